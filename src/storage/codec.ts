@@ -1,0 +1,103 @@
+/**
+ * Binary codecs for the Raft log commands and the object store's LevelDB records, generated at
+ * start-up by protobufjs from proto/zeoraft/v1/log.proto. Compact, schema-checked, no JSON.
+ */
+import * as path from 'node:path';
+import * as protobuf from 'protobufjs';
+import { PROTO_DIR } from '../util/proto-path';
+
+const root = protobuf.loadSync(path.join(PROTO_DIR, 'zeoraft/v1/log.proto'));
+
+export interface StoreOp {
+  oid: Uint8Array;
+  serial?: Uint8Array;
+  data?: Uint8Array;
+  refs?: Uint8Array[];
+  delete?: boolean;
+}
+export interface CheckOp {
+  oid: Uint8Array;
+  serial?: Uint8Array;
+}
+export interface Txn {
+  storage: string;
+  user?: string;
+  description?: string;
+  extension?: Uint8Array;
+  stores?: StoreOp[];
+  checks?: CheckOp[];
+}
+export type Command =
+  | { commit: { tid: Uint8Array; txn: Txn } }
+  | { prepare: { txnId: string; txn: Txn; deadlineMs?: number } }
+  | { finish: { storage: string; txnId: string; tid: Uint8Array } }
+  | { abort: { storage: string; txnId: string; reason?: string } }
+  | {
+      undo: {
+        tid: Uint8Array;
+        storage: string;
+        undoTid: Uint8Array;
+        user?: string;
+        description?: string;
+      };
+    }
+  | { pack: { storage: string; packTid: Uint8Array; gc?: boolean } }
+  | { newOids: { storage: string; count: number } }
+  | { noop: Record<string, never> };
+
+export interface Revision {
+  data?: Uint8Array;
+  deleted?: boolean;
+  refs?: Uint8Array[];
+  dataTid?: Uint8Array;
+}
+export interface TxnRecord {
+  user?: string;
+  description?: string;
+  extension?: Uint8Array;
+  oids?: Uint8Array[];
+}
+export interface PreparedRecord {
+  txn: Txn;
+  deadlineMs?: number;
+  index?: number;
+}
+export interface StorageMeta {
+  lastTid?: Uint8Array;
+  nextOid?: Uint8Array;
+  packTid?: Uint8Array;
+  objectCount?: number;
+}
+export interface SnapshotChunk {
+  keys: Uint8Array[];
+  values: Uint8Array[];
+  last?: boolean;
+}
+
+/** A typed encode/decode pair over one protobuf message type. */
+export interface Codec<T> {
+  encode(value: T): Buffer;
+  decode(bytes: Uint8Array): T;
+}
+
+const TO_OBJECT: protobuf.IConversionOptions = { longs: Number, defaults: false, oneofs: false };
+
+function codec<T>(name: string): Codec<T> {
+  const type = root.lookupType(name);
+  return {
+    encode(value: T): Buffer {
+      const w = type.encode(type.fromObject(value as Record<string, unknown>)).finish();
+      return Buffer.from(w.buffer, w.byteOffset, w.byteLength);
+    },
+    decode(bytes: Uint8Array): T {
+      return type.toObject(type.decode(bytes), TO_OBJECT) as T;
+    },
+  };
+}
+
+export const commandCodec = codec<Command>('zeoraft.v1.log.Command');
+export const revisionCodec = codec<Revision>('zeoraft.v1.log.Revision');
+export const txnRecordCodec = codec<TxnRecord>('zeoraft.v1.log.TxnRecord');
+export const preparedCodec = codec<PreparedRecord>('zeoraft.v1.log.PreparedRecord');
+export const storageMetaCodec = codec<StorageMeta>('zeoraft.v1.log.StorageMeta');
+export const snapshotChunkCodec = codec<SnapshotChunk>('zeoraft.v1.log.SnapshotChunk');

@@ -1,0 +1,99 @@
+/**
+ * LevelDB key layout of the object store. Every key starts with a one-byte tag; per-storage
+ * keys follow with the storage name as [length byte][utf-8 name] so one storage's keys form a
+ * contiguous range and names cannot collide.
+ *
+ *   G                          global meta: applied index (8) | last TID (8)
+ *   S <st>                     StorageMeta
+ *   C <st> <oid>               current serial (8 bytes) of an existing object
+ *   R <st> <oid> <tid>         Revision written by <tid>
+ *   T <st> <tid>               TxnRecord
+ *   P <st> <txn id>            PreparedRecord (voted, not yet finished)
+ *   F <st> <txn id>            TID of a finished two-phase transaction (idempotent Finish)
+ */
+import { ID_BYTES } from '../util/ids';
+
+export const TAG = {
+  global: 0x47, // G
+  storage: 0x53, // S
+  current: 0x43, // C
+  revision: 0x52, // R
+  txn: 0x54, // T
+  prepared: 0x50, // P
+  finished: 0x46, // F
+} as const;
+
+export const MAX_STORAGE_NAME_BYTES = 64;
+
+function storagePart(storage: string): Buffer {
+  const name = Buffer.from(storage, 'utf8');
+  if (name.length === 0 || name.length > MAX_STORAGE_NAME_BYTES) {
+    throw new RangeError(`storage name must be 1..${MAX_STORAGE_NAME_BYTES} bytes`);
+  }
+  return Buffer.concat([Buffer.from([name.length]), name]);
+}
+
+export const globalKey = Buffer.from([TAG.global]);
+
+export function storageKey(st: string): Buffer {
+  return Buffer.concat([Buffer.from([TAG.storage]), storagePart(st)]);
+}
+
+export function currentPrefix(st: string): Buffer {
+  return Buffer.concat([Buffer.from([TAG.current]), storagePart(st)]);
+}
+
+export function currentKey(st: string, oid: Uint8Array): Buffer {
+  return Buffer.concat([currentPrefix(st), oid]);
+}
+
+export function revisionPrefix(st: string, oid: Uint8Array): Buffer {
+  return Buffer.concat([Buffer.from([TAG.revision]), storagePart(st), oid]);
+}
+
+export function revisionKey(st: string, oid: Uint8Array, tid: Uint8Array): Buffer {
+  return Buffer.concat([revisionPrefix(st, oid), tid]);
+}
+
+/** The TID at the end of a revision key. */
+export function revisionKeyTid(key: Buffer): Buffer {
+  return key.subarray(key.length - ID_BYTES);
+}
+
+export function txnPrefix(st: string): Buffer {
+  return Buffer.concat([Buffer.from([TAG.txn]), storagePart(st)]);
+}
+
+export function txnKey(st: string, tid: Uint8Array): Buffer {
+  return Buffer.concat([txnPrefix(st), tid]);
+}
+
+export function preparedPrefix(st: string): Buffer {
+  return Buffer.concat([Buffer.from([TAG.prepared]), storagePart(st)]);
+}
+
+export function preparedKey(st: string, txnId: string): Buffer {
+  return Buffer.concat([preparedPrefix(st), Buffer.from(txnId, 'utf8')]);
+}
+
+export function finishedKey(st: string, txnId: string): Buffer {
+  return Buffer.concat([Buffer.from([TAG.finished]), storagePart(st), Buffer.from(txnId, 'utf8')]);
+}
+
+/** The storage name encoded in a per-storage key. */
+export function keyStorage(key: Buffer): string {
+  const len = key[1];
+  return key.subarray(2, 2 + len).toString('utf8');
+}
+
+/** The exclusive upper bound of all keys starting with `prefix`. */
+export function prefixEnd(prefix: Buffer): Buffer {
+  const end = Buffer.from(prefix);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i] < 0xff) {
+      end[i]++;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+}

@@ -1,0 +1,885 @@
+/**
+ * The object store: ZODB storage semantics on LevelDB, shaped as a deterministic state machine.
+ *
+ * All changes go through `apply(index, command)`; the same sequence of commands yields the same
+ * state and the same results on every replica (no clock, no randomness: proposed TIDs arrive in
+ * the commands). Reads (`load`, `loadBefore`, ...) may run concurrently with apply: each apply
+ * lands as one atomic LevelDB batch, and revisions are only ever removed by pack.
+ *
+ * Invariants (asserted):
+ * - applied indexes strictly increase; apply is never re-entered;
+ * - the global last TID strictly increases with every transaction;
+ * - an object's current serial is the TID of its newest revision;
+ * - an object is locked by at most one voted transaction, and only voted transactions hold locks.
+ */
+import { Level } from 'level';
+import { assert } from '../util/assert';
+import {
+  ID_BYTES,
+  Z64,
+  hex,
+  idCompare,
+  idEquals,
+  idMax,
+  idNext,
+  isId,
+  p64,
+  u64,
+} from '../util/ids';
+import {
+  Command,
+  PreparedRecord,
+  Revision,
+  StorageMeta,
+  Txn,
+  TxnRecord,
+  preparedCodec,
+  revisionCodec,
+  snapshotChunkCodec,
+  storageMetaCodec,
+  txnRecordCodec,
+} from './codec';
+import { StorageError } from './errors';
+import * as K from './keys';
+
+type Db = Level<Buffer, Buffer>;
+type BatchOp = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer };
+
+export const MAX_NEW_OIDS = 10_000;
+/** Bytes of raw key/value data per snapshot chunk. */
+export const SNAPSHOT_CHUNK_BYTES = 1 << 20;
+
+export interface ObjectStoreOptions {
+  /** fsync every applied batch. A Raft replica does not need it (the log is durable); a standalone node does. */
+  sync: boolean;
+}
+
+export interface CommittedRecord {
+  oid: Buffer;
+  data?: Buffer;
+  deleted: boolean;
+}
+
+/** Emitted after a transaction is durably applied, in TID order. */
+export interface CommitEvent {
+  index: number;
+  storage: string;
+  tid: Buffer;
+  records: CommittedRecord[];
+}
+
+export type ApplyResult =
+  | { ok: true; tid?: Buffer; oids?: Buffer[]; removed?: number }
+  | { ok: false; error: StorageError };
+
+export interface LoadResult {
+  data: Buffer;
+  serial: Buffer;
+}
+export interface LoadBeforeResult {
+  found: boolean;
+  data?: Buffer;
+  start?: Buffer;
+  end?: Buffer;
+}
+export interface HistoryEntry {
+  tid: Buffer;
+  user: string;
+  description: string;
+  extension: Buffer;
+  size: number;
+}
+export interface TransactionInfo {
+  tid: Buffer;
+  user: string;
+  description: string;
+  extension: Buffer;
+  records: { oid: Buffer; data: Buffer; deleted: boolean; dataTid: Buffer }[];
+}
+export interface StorageSummary {
+  name: string;
+  lastTid: Buffer;
+  objectCount: number;
+  packTid: Buffer;
+  nextOid: Buffer;
+}
+export interface PreparedSummary {
+  storage: string;
+  txnId: string;
+  deadlineMs: number;
+  oids: Buffer[];
+}
+
+/** The C-record value: the current serial and whether the current revision is a deletion. */
+function currentValue(serial: Buffer, deleted: boolean): Buffer {
+  return Buffer.concat([serial, Buffer.from([deleted ? 1 : 0])]);
+}
+
+function parseCurrent(v: Buffer): { serial: Buffer; deleted: boolean } {
+  return { serial: v.subarray(0, ID_BYTES), deleted: v[ID_BYTES] === 1 };
+}
+
+function buf(b: Uint8Array | undefined): Buffer {
+  if (!b) return Buffer.alloc(0);
+  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+}
+
+/** A serial as sent by a client: empty means "new object" (z64). */
+function serialOf(b: Uint8Array | undefined): Buffer {
+  return b && b.length > 0 ? buf(b) : Z64;
+}
+
+function lockKey(storage: string, oid: Uint8Array): string {
+  return `${storage}\0${hex(oid)}`;
+}
+
+export class ObjectStore {
+  private appliedIdx = 0;
+  private lastTidGlobal: Buffer = Z64;
+  private readonly metas = new Map<string, StorageMeta>();
+  /** lockKey(storage, oid) -> voted transaction id holding it. */
+  private readonly locks = new Map<string, string>();
+  private readonly prepared = new Map<string, PreparedSummary>();
+  private applying = false;
+  private readonly commitListeners = new Set<(ev: CommitEvent) => void>();
+
+  private constructor(
+    private readonly db: Db,
+    private readonly options: ObjectStoreOptions,
+  ) {}
+
+  static async open(dir: string, options: ObjectStoreOptions): Promise<ObjectStore> {
+    const db: Db = new Level<Buffer, Buffer>(dir, {
+      keyEncoding: 'buffer',
+      valueEncoding: 'buffer',
+    });
+    await db.open();
+    const store = new ObjectStore(db, options);
+    await store.loadState();
+    return store;
+  }
+
+  async close(): Promise<void> {
+    await this.db.close();
+  }
+
+  /** Index of the last applied command (0 when none). */
+  get appliedIndex(): number {
+    return this.appliedIdx;
+  }
+
+  /** The newest TID committed in any storage (z64 when none). */
+  get lastTid(): Buffer {
+    return this.lastTidGlobal;
+  }
+
+  onCommit(fn: (ev: CommitEvent) => void): () => void {
+    this.commitListeners.add(fn);
+    return () => this.commitListeners.delete(fn);
+  }
+
+  private async loadState(): Promise<void> {
+    this.metas.clear();
+    this.locks.clear();
+    this.prepared.clear();
+    const g = await this.db.get(K.globalKey);
+    if (g) {
+      this.appliedIdx = Number(g.readBigUInt64BE(0));
+      this.lastTidGlobal = Buffer.from(g.subarray(8, 16));
+    } else {
+      this.appliedIdx = 0;
+      this.lastTidGlobal = Z64;
+    }
+    for await (const [key, value] of this.db.iterator({
+      gte: Buffer.from([K.TAG.storage]),
+      lt: Buffer.from([K.TAG.storage + 1]),
+    })) {
+      this.metas.set(K.keyStorage(key), storageMetaCodec.decode(value));
+    }
+    for await (const [key, value] of this.db.iterator({
+      gte: Buffer.from([K.TAG.prepared]),
+      lt: Buffer.from([K.TAG.prepared + 1]),
+    })) {
+      const st = K.keyStorage(key);
+      const txnId = key.subarray(2 + key[1]).toString('utf8');
+      this.holdLocks(st, txnId, preparedCodec.decode(value));
+    }
+  }
+
+  private holdLocks(st: string, txnId: string, rec: PreparedRecord): void {
+    const oids = [...(rec.txn.stores ?? []), ...(rec.txn.checks ?? [])].map((s) => buf(s.oid));
+    for (const oid of oids) {
+      const k = lockKey(st, oid);
+      assert(!this.locks.has(k), `object ${hex(oid)} locked twice`);
+      this.locks.set(k, txnId);
+    }
+    this.prepared.set(`${st}\0${txnId}`, {
+      storage: st,
+      txnId,
+      deadlineMs: rec.deadlineMs ?? 0,
+      oids,
+    });
+  }
+
+  private releaseLocks(st: string, txnId: string): void {
+    const p = this.prepared.get(`${st}\0${txnId}`);
+    assert(p, `releasing locks of unknown transaction ${txnId}`);
+    for (const oid of p.oids) {
+      const k = lockKey(st, oid);
+      assert(this.locks.get(k) === txnId, `lock of ${hex(oid)} not held by ${txnId}`);
+      this.locks.delete(k);
+    }
+    this.prepared.delete(`${st}\0${txnId}`);
+  }
+
+  private meta(st: string): StorageMeta {
+    return this.metas.get(st) ?? { lastTid: Z64, nextOid: p64(1n), packTid: Z64, objectCount: 0 };
+  }
+
+  storageSummary(st: string): StorageSummary {
+    const m = this.meta(st);
+    return {
+      name: st,
+      lastTid: serialOf(m.lastTid),
+      objectCount: m.objectCount ?? 0,
+      packTid: serialOf(m.packTid),
+      nextOid: m.nextOid && m.nextOid.length ? buf(m.nextOid) : p64(1n),
+    };
+  }
+
+  storageNames(): string[] {
+    return [...this.metas.keys()].sort();
+  }
+
+  preparedTransactions(): PreparedSummary[] {
+    return [...this.prepared.values()];
+  }
+
+  /** The voted transaction holding a lock on the object, if any. */
+  lockHolder(st: string, oid: Uint8Array): string | undefined {
+    return this.locks.get(lockKey(st, oid));
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Apply
+
+  /**
+   * Apply one command at log index `index`. Deterministic: the result depends only on the state
+   * and the command. Expected failures (conflicts, unknown objects) are results, not throws.
+   */
+  async apply(index: number, cmd: Command): Promise<ApplyResult> {
+    assert(!this.applying, 'apply re-entered');
+    assert(index > this.appliedIdx, `apply index ${index} not after applied ${this.appliedIdx}`);
+    this.applying = true;
+    try {
+      const ops: BatchOp[] = [];
+      const after: Array<() => void> = [];
+      let result: ApplyResult;
+      try {
+        result = await this.applyOp(cmd, ops, after);
+      } catch (e) {
+        if (!(e instanceof StorageError)) throw e;
+        ops.length = 0;
+        after.length = 0;
+        result = { ok: false, error: e };
+      }
+      this.appliedIdx = index;
+      ops.push({ type: 'put', key: K.globalKey, value: this.globalValue() });
+      await this.db.batch(ops, { sync: this.options.sync });
+      for (const fn of after) fn();
+      return result;
+    } finally {
+      this.applying = false;
+    }
+  }
+
+  private globalValue(): Buffer {
+    const g = Buffer.alloc(16);
+    g.writeBigUInt64BE(BigInt(this.appliedIdx), 0);
+    this.lastTidGlobal.copy(g, 8);
+    return g;
+  }
+
+  private applyOp(cmd: Command, ops: BatchOp[], after: Array<() => void>): Promise<ApplyResult> {
+    if ('commit' in cmd && cmd.commit)
+      return this.applyCommit(cmd.commit.txn, cmd.commit.tid, ops, after, undefined);
+    if ('prepare' in cmd && cmd.prepare) return this.applyPrepare(cmd.prepare, ops, after);
+    if ('finish' in cmd && cmd.finish) return this.applyFinish(cmd.finish, ops, after);
+    if ('abort' in cmd && cmd.abort) return this.applyAbort(cmd.abort, ops, after);
+    if ('undo' in cmd && cmd.undo) return this.applyUndo(cmd.undo, ops, after);
+    if ('pack' in cmd && cmd.pack) return this.applyPack(cmd.pack, ops, after);
+    if ('newOids' in cmd && cmd.newOids)
+      return Promise.resolve(this.applyNewOids(cmd.newOids, ops, after));
+    if ('noop' in cmd) return Promise.resolve({ ok: true });
+    throw new StorageError('INVALID', 'empty command');
+  }
+
+  private validateTxn(txn: Txn | undefined): asserts txn is Txn {
+    if (!txn) throw new StorageError('INVALID', 'command without a transaction');
+    if (!txn.storage) throw new StorageError('INVALID', 'transaction without a storage name');
+    const seen = new Set<string>();
+    for (const op of [...(txn.stores ?? []), ...(txn.checks ?? [])]) {
+      if (!isId(op.oid)) throw new StorageError('INVALID', 'an OID must be exactly 8 bytes');
+      if (op.serial && op.serial.length !== 0 && op.serial.length !== ID_BYTES) {
+        throw new StorageError('INVALID', `serial of ${hex(op.oid)} must be 8 bytes or empty`);
+      }
+      const h = hex(op.oid);
+      if (seen.has(h))
+        throw new StorageError('INVALID', `object ${h} appears twice in one transaction`);
+      seen.add(h);
+    }
+  }
+
+  /** Conflict-check every store and check of `txn`; objects locked by another transaction fail with LOCKED. */
+  private async checkTxn(
+    txn: Txn,
+    ownTxnId: string | undefined,
+  ): Promise<Map<string, { serial: Buffer; deleted: boolean }>> {
+    const current = new Map<string, { serial: Buffer; deleted: boolean }>();
+    const st = txn.storage;
+    const all = [
+      ...(txn.stores ?? []).map((s) => ({ op: s, kind: 'CONFLICT' as const })),
+      ...(txn.checks ?? []).map((c) => ({ op: c, kind: 'READ_CONFLICT' as const })),
+    ];
+    for (const { op, kind } of all) {
+      const oid = buf(op.oid);
+      const holder = this.locks.get(lockKey(st, oid));
+      if (holder !== undefined && holder !== ownTxnId) {
+        throw new StorageError('LOCKED', `object ${hex(oid)} is locked by a voted transaction`);
+      }
+      const cur = await this.db.get(K.currentKey(st, oid));
+      const c = cur ? parseCurrent(cur) : { serial: Z64, deleted: false };
+      current.set(hex(oid), c);
+      const expected = serialOf(op.serial);
+      if (!idEquals(expected, c.serial)) {
+        const currentData =
+          c.deleted || !cur ? undefined : await this.revisionData(st, oid, c.serial);
+        throw new StorageError(
+          kind,
+          `${kind === 'CONFLICT' ? 'conflict' : 'read conflict'} on object ${hex(oid)}: based on serial ${hex(expected)}, current serial is ${hex(c.serial)}`,
+          { oid, expected, actual: c.serial, currentData },
+        );
+      }
+    }
+    return current;
+  }
+
+  private async revisionData(st: string, oid: Buffer, serial: Buffer): Promise<Buffer | undefined> {
+    const r = await this.db.get(K.revisionKey(st, oid, serial));
+    return r ? buf(revisionCodec.decode(r).data) : undefined;
+  }
+
+  /** Write a transaction's revisions and records into `ops`; the TID is max(proposed, last + 1). */
+  private async applyCommit(
+    txn: Txn | undefined,
+    proposedTid: Uint8Array | undefined,
+    ops: BatchOp[],
+    after: Array<() => void>,
+    known: Map<string, { serial: Buffer; deleted: boolean }> | undefined,
+    dataTids?: Map<string, Buffer>,
+  ): Promise<ApplyResult> {
+    this.validateTxn(txn);
+    const st = txn.storage;
+    const current = known ?? (await this.checkTxn(txn, undefined));
+    const proposed = proposedTid && proposedTid.length === ID_BYTES ? buf(proposedTid) : Z64;
+    const tid = idMax(proposed, idNext(this.lastTidGlobal));
+    const meta = { ...this.meta(st) };
+    let nextOid = serialOf(meta.nextOid);
+    if (idEquals(nextOid, Z64)) nextOid = p64(1n);
+    let count = meta.objectCount ?? 0;
+    const records: CommittedRecord[] = [];
+    for (const s of txn.stores ?? []) {
+      const oid = buf(s.oid);
+      const prev = current.get(hex(oid));
+      assert(prev, 'store without a conflict check');
+      const existed = !idEquals(prev.serial, Z64) && !prev.deleted;
+      const deleted = s.delete === true;
+      const rev: Revision = deleted ? { deleted: true } : { data: buf(s.data), refs: s.refs };
+      const dataTid = dataTids?.get(hex(oid));
+      if (dataTid) rev.dataTid = dataTid;
+      ops.push({ type: 'put', key: K.revisionKey(st, oid, tid), value: revisionCodec.encode(rev) });
+      ops.push({ type: 'put', key: K.currentKey(st, oid), value: currentValue(tid, deleted) });
+      if (existed && deleted) count--;
+      if (!existed && !deleted) count++;
+      if (idCompare(oid, nextOid) >= 0) nextOid = idNext(oid);
+      records.push({ oid, data: deleted ? undefined : buf(s.data), deleted });
+    }
+    const rec: TxnRecord = {
+      user: txn.user ?? '',
+      description: txn.description ?? '',
+      extension: buf(txn.extension),
+      oids: records.map((r) => r.oid),
+    };
+    ops.push({ type: 'put', key: K.txnKey(st, tid), value: txnRecordCodec.encode(rec) });
+    const newMeta: StorageMeta = { ...meta, lastTid: tid, nextOid, objectCount: count };
+    ops.push({ type: 'put', key: K.storageKey(st), value: storageMetaCodec.encode(newMeta) });
+    assert(idCompare(tid, this.lastTidGlobal) > 0, 'TIDs must strictly increase');
+    this.lastTidGlobal = tid;
+    this.metas.set(st, newMeta);
+    const index = () => this.appliedIdx;
+    after.push(() => {
+      const ev: CommitEvent = { index: index(), storage: st, tid, records };
+      for (const fn of this.commitListeners) fn(ev);
+    });
+    return { ok: true, tid, oids: records.map((r) => r.oid) };
+  }
+
+  private async applyPrepare(
+    p: { txnId: string; txn: Txn; deadlineMs?: number },
+    ops: BatchOp[],
+    after: Array<() => void>,
+  ): Promise<ApplyResult> {
+    this.validateTxn(p.txn);
+    if (!p.txnId) throw new StorageError('INVALID', 'vote without a transaction id');
+    const st = p.txn.storage;
+    if (this.prepared.has(`${st}\0${p.txnId}`)) return { ok: true }; // a retried vote
+    if (await this.db.get(K.finishedKey(st, p.txnId))) {
+      throw new StorageError('INVALID', `transaction ${p.txnId} was already finished`);
+    }
+    await this.checkTxn(p.txn, undefined);
+    const rec: PreparedRecord = { txn: p.txn, deadlineMs: p.deadlineMs ?? 0 };
+    ops.push({ type: 'put', key: K.preparedKey(st, p.txnId), value: preparedCodec.encode(rec) });
+    // Locks are taken now (not after the write) so that the next command applied sees them.
+    this.holdLocks(st, p.txnId, rec);
+    return { ok: true };
+  }
+
+  private async applyFinish(
+    f: { storage: string; txnId: string; tid: Uint8Array },
+    ops: BatchOp[],
+    after: Array<() => void>,
+  ): Promise<ApplyResult> {
+    const st = f.storage;
+    const done = await this.db.get(K.finishedKey(st, f.txnId));
+    if (done) return { ok: true, tid: Buffer.from(done) };
+    const raw = await this.db.get(K.preparedKey(st, f.txnId));
+    if (!raw)
+      throw new StorageError(
+        'UNKNOWN_TRANSACTION',
+        `transaction ${f.txnId} was not voted or was aborted`,
+      );
+    const rec = preparedCodec.decode(raw);
+    // Locked since the vote, so the conflict check cannot fail: a failure here is a bug.
+    const current = await this.checkTxn(rec.txn, f.txnId).catch((e: unknown) => {
+      throw new Error(
+        `voted transaction ${f.txnId} no longer passes its conflict check: ${String(e)}`,
+      );
+    });
+    const result = await this.applyCommit(rec.txn, f.tid, ops, after, current);
+    assert(result.ok && result.tid, 'finish of a voted transaction must commit');
+    ops.push({ type: 'del', key: K.preparedKey(st, f.txnId) });
+    ops.push({ type: 'put', key: K.finishedKey(st, f.txnId), value: result.tid });
+    this.releaseLocks(st, f.txnId);
+    return result;
+  }
+
+  private async applyAbort(
+    a: { storage: string; txnId: string },
+    ops: BatchOp[],
+    _after: Array<() => void>,
+  ): Promise<ApplyResult> {
+    if (!this.prepared.has(`${a.storage}\0${a.txnId}`)) return { ok: true };
+    ops.push({ type: 'del', key: K.preparedKey(a.storage, a.txnId) });
+    this.releaseLocks(a.storage, a.txnId);
+    return { ok: true };
+  }
+
+  private async applyUndo(
+    u: {
+      tid: Uint8Array;
+      storage: string;
+      undoTid: Uint8Array;
+      user?: string;
+      description?: string;
+    },
+    ops: BatchOp[],
+    after: Array<() => void>,
+  ): Promise<ApplyResult> {
+    const st = u.storage;
+    if (!isId(u.undoTid)) throw new StorageError('INVALID', 'undo needs an 8-byte TID');
+    const raw = await this.db.get(K.txnKey(st, u.undoTid));
+    if (!raw)
+      throw new StorageError('NOT_FOUND', `no transaction ${hex(u.undoTid)} in storage ${st}`);
+    const undone = txnRecordCodec.decode(raw);
+    const stores: Txn['stores'] = [];
+    const dataTids = new Map<string, Buffer>();
+    for (const o of undone.oids ?? []) {
+      const oid = buf(o);
+      const cur = await this.db.get(K.currentKey(st, oid));
+      const c = cur ? parseCurrent(cur) : undefined;
+      if (!c || !idEquals(c.serial, u.undoTid)) {
+        throw new StorageError(
+          'UNDO_CONFLICT',
+          `object ${hex(oid)} changed after transaction ${hex(u.undoTid)}`,
+          {
+            oid,
+            expected: buf(u.undoTid),
+            actual: c ? c.serial : Z64,
+            currentData: c && !c.deleted ? await this.revisionData(st, oid, c.serial) : undefined,
+          },
+        );
+      }
+      const prev = await this.revisionBefore(st, oid, buf(u.undoTid));
+      if (!prev) {
+        if (idCompare(buf(u.undoTid), this.storageSummary(st).packTid) <= 0) {
+          throw new StorageError(
+            'HISTORY_PACKED',
+            `the revision before ${hex(u.undoTid)} of ${hex(oid)} was packed away`,
+          );
+        }
+        stores.push({ oid, serial: c.serial, delete: true });
+      } else {
+        const rev = revisionCodec.decode(prev.value);
+        if (rev.deleted) stores.push({ oid, serial: c.serial, delete: true });
+        else stores.push({ oid, serial: c.serial, data: buf(rev.data), refs: rev.refs });
+        dataTids.set(hex(oid), prev.tid);
+      }
+    }
+    const txn: Txn = { storage: st, user: u.user ?? '', description: u.description ?? '', stores };
+    return this.applyCommit(txn, u.tid, ops, after, undefined, dataTids);
+  }
+
+  private async revisionBefore(
+    st: string,
+    oid: Buffer,
+    tid: Buffer,
+  ): Promise<{ tid: Buffer; value: Buffer } | undefined> {
+    for await (const [key, value] of this.db.iterator({
+      gte: K.revisionPrefix(st, oid),
+      lt: K.revisionKey(st, oid, tid),
+      reverse: true,
+      limit: 1,
+    })) {
+      return { tid: Buffer.from(K.revisionKeyTid(key)), value };
+    }
+    return undefined;
+  }
+
+  private async applyPack(
+    p: { storage: string; packTid: Uint8Array; gc?: boolean },
+    ops: BatchOp[],
+    _after: Array<() => void>,
+  ): Promise<ApplyResult> {
+    const st = p.storage;
+    if (!isId(p.packTid)) throw new StorageError('INVALID', 'pack needs an 8-byte TID');
+    const meta = this.meta(st);
+    // Never pack past the newest transaction: readers at the current state need its revisions.
+    const packTid = idMax(
+      serialOf(meta.packTid),
+      idCompare(buf(p.packTid), this.lastTidGlobal) > 0 ? this.lastTidGlobal : buf(p.packTid),
+    );
+    let removed = 0;
+    let count = meta.objectCount ?? 0;
+    // Pass 1: per object, the revisions at or before packTid and whether any come later.
+    interface Obj {
+      oid: Buffer;
+      old: { tid: Buffer; rev: Revision }[];
+      hasLater: boolean;
+      laterRefs: Uint8Array[];
+    }
+    const objects: Obj[] = [];
+    const cPrefix = K.currentPrefix(st);
+    for await (const [ckey] of this.db.iterator({
+      gte: cPrefix,
+      lt: K.prefixEnd(cPrefix),
+      values: false,
+    } as any)) {
+      const oid = Buffer.from(ckey.subarray(cPrefix.length));
+      const o: Obj = { oid, old: [], hasLater: false, laterRefs: [] };
+      const rp = K.revisionPrefix(st, oid);
+      for await (const [rkey, rval] of this.db.iterator({ gte: rp, lt: K.prefixEnd(rp) })) {
+        const tid = Buffer.from(K.revisionKeyTid(rkey));
+        const rev = revisionCodec.decode(rval);
+        if (idCompare(tid, packTid) <= 0) o.old.push({ tid, rev });
+        else {
+          o.hasLater = true;
+          o.laterRefs.push(...(rev.refs ?? []));
+        }
+      }
+      objects.push(o);
+    }
+    let reachable: Set<string> | undefined;
+    if (p.gc) {
+      // Objects reachable from the root at packTid, or referenced by any later revision.
+      const byOid = new Map(objects.map((o) => [hex(o.oid), o]));
+      reachable = new Set<string>();
+      const todo: string[] = [hex(Z64)];
+      for (const o of objects) for (const r of o.laterRefs) todo.push(hex(r));
+      for (const o of objects) if (o.hasLater) todo.push(hex(o.oid));
+      while (todo.length) {
+        const h = todo.pop() as string;
+        if (reachable.has(h)) continue;
+        reachable.add(h);
+        const o = byOid.get(h);
+        const keep = o?.old[o.old.length - 1];
+        if (keep && !keep.rev.deleted) for (const r of keep.rev.refs ?? []) todo.push(hex(r));
+      }
+    }
+    for (const o of objects) {
+      const garbage = reachable !== undefined && !reachable.has(hex(o.oid));
+      const keepLast = !garbage && o.old.length > 0 && !o.old[o.old.length - 1].rev.deleted;
+      const drop = keepLast ? o.old.slice(0, -1) : o.old;
+      for (const d of drop) ops.push({ type: 'del', key: K.revisionKey(st, o.oid, d.tid) });
+      removed += drop.length;
+      if (!o.hasLater && !keepLast && o.old.length > 0) {
+        ops.push({ type: 'del', key: K.currentKey(st, o.oid) });
+        if (!o.old[o.old.length - 1].rev.deleted) count--;
+      }
+    }
+    const newMeta: StorageMeta = { ...meta, packTid, objectCount: count };
+    ops.push({ type: 'put', key: K.storageKey(st), value: storageMetaCodec.encode(newMeta) });
+    this.metas.set(st, newMeta);
+    return { ok: true, removed };
+  }
+
+  private applyNewOids(
+    n: { storage: string; count: number },
+    ops: BatchOp[],
+    _after: Array<() => void>,
+  ): ApplyResult {
+    if (!n.storage) throw new StorageError('INVALID', 'newOids without a storage name');
+    if (!Number.isInteger(n.count) || n.count < 1 || n.count > MAX_NEW_OIDS) {
+      throw new StorageError('INVALID', `newOids count must be 1..${MAX_NEW_OIDS}`);
+    }
+    const meta = this.meta(n.storage);
+    let next = u64(serialOf(meta.nextOid));
+    if (next === 0n) next = 1n;
+    const oids: Buffer[] = [];
+    for (let i = 0; i < n.count; i++) oids.push(p64(next + BigInt(i)));
+    const newMeta: StorageMeta = { ...meta, nextOid: p64(next + BigInt(n.count)) };
+    ops.push({
+      type: 'put',
+      key: K.storageKey(n.storage),
+      value: storageMetaCodec.encode(newMeta),
+    });
+    this.metas.set(n.storage, newMeta);
+    return { ok: true, oids };
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Reads
+
+  async load(st: string, oid: Buffer): Promise<LoadResult> {
+    const cur = await this.db.get(K.currentKey(st, oid));
+    if (!cur) throw new StorageError('NOT_FOUND', `no object ${hex(oid)} in storage ${st}`);
+    const c = parseCurrent(cur);
+    if (c.deleted)
+      throw new StorageError('NOT_FOUND', `object ${hex(oid)} was deleted by ${hex(c.serial)}`);
+    const data = await this.revisionData(st, oid, c.serial);
+    assert(data !== undefined, `current revision ${hex(c.serial)} of ${hex(oid)} is missing`);
+    return { data, serial: Buffer.from(c.serial) };
+  }
+
+  /** The revision with start < before <= end; `found: false` when the object has none before `before`. */
+  async loadBefore(st: string, oid: Buffer, before: Buffer): Promise<LoadBeforeResult> {
+    const cur = await this.db.get(K.currentKey(st, oid));
+    if (!cur) throw new StorageError('NOT_FOUND', `no object ${hex(oid)} in storage ${st}`);
+    const prev = await this.revisionBefore(st, oid, before);
+    if (!prev) {
+      if (idCompare(before, this.storageSummary(st).packTid) <= 0) {
+        throw new StorageError(
+          'HISTORY_PACKED',
+          `history of ${hex(oid)} before ${hex(before)} was packed away`,
+        );
+      }
+      return { found: false };
+    }
+    const rev = revisionCodec.decode(prev.value);
+    if (rev.deleted)
+      throw new StorageError('NOT_FOUND', `object ${hex(oid)} did not exist before ${hex(before)}`);
+    let end: Buffer | undefined;
+    const rp = K.revisionPrefix(st, oid);
+    for await (const [key] of this.db.iterator({
+      gte: K.revisionKey(st, oid, before),
+      lt: K.prefixEnd(rp),
+      limit: 1,
+    })) {
+      end = Buffer.from(K.revisionKeyTid(key));
+    }
+    return { found: true, data: buf(rev.data), start: prev.tid, end };
+  }
+
+  async loadSerial(st: string, oid: Buffer, serial: Buffer): Promise<Buffer> {
+    const r = await this.db.get(K.revisionKey(st, oid, serial));
+    if (!r) {
+      if (
+        idCompare(serial, this.storageSummary(st).packTid) <= 0 &&
+        (await this.db.get(K.currentKey(st, oid)))
+      ) {
+        throw new StorageError(
+          'HISTORY_PACKED',
+          `revision ${hex(serial)} of ${hex(oid)} was packed away`,
+        );
+      }
+      throw new StorageError('NOT_FOUND', `no revision ${hex(serial)} of object ${hex(oid)}`);
+    }
+    const rev = revisionCodec.decode(r);
+    if (rev.deleted)
+      throw new StorageError('NOT_FOUND', `revision ${hex(serial)} of ${hex(oid)} is a deletion`);
+    return buf(rev.data);
+  }
+
+  async history(st: string, oid: Buffer, size: number): Promise<HistoryEntry[]> {
+    const rp = K.revisionPrefix(st, oid);
+    const out: HistoryEntry[] = [];
+    for await (const [key, value] of this.db.iterator({
+      gte: rp,
+      lt: K.prefixEnd(rp),
+      reverse: true,
+      limit: size,
+    })) {
+      const tid = Buffer.from(K.revisionKeyTid(key));
+      const t = await this.db.get(K.txnKey(st, tid));
+      const rec = t ? txnRecordCodec.decode(t) : {};
+      const rev = revisionCodec.decode(value);
+      out.push({
+        tid,
+        user: rec.user ?? '',
+        description: rec.description ?? '',
+        extension: buf(rec.extension),
+        size: rev.data?.length ?? 0,
+      });
+    }
+    if (out.length === 0)
+      throw new StorageError('NOT_FOUND', `no object ${hex(oid)} in storage ${st}`);
+    return out;
+  }
+
+  /** Committed transactions with start <= tid <= stop, in TID order. */
+  async *iterate(st: string, start: Buffer = Z64, stop?: Buffer): AsyncGenerator<TransactionInfo> {
+    const tp = K.txnPrefix(st);
+    const range = {
+      gte: K.txnKey(st, start),
+      ...(stop ? { lte: K.txnKey(st, stop) } : { lt: K.prefixEnd(tp) }),
+    };
+    for await (const [key, value] of this.db.iterator(range)) {
+      const tid = Buffer.from(key.subarray(key.length - ID_BYTES));
+      const rec = txnRecordCodec.decode(value);
+      const records: TransactionInfo['records'] = [];
+      for (const o of rec.oids ?? []) {
+        const oid = buf(o);
+        const r = await this.db.get(K.revisionKey(st, oid, tid));
+        if (!r) continue; // removed by pack
+        const rev = revisionCodec.decode(r);
+        records.push({
+          oid,
+          data: buf(rev.data),
+          deleted: rev.deleted === true,
+          dataTid: serialOf(rev.dataTid),
+        });
+      }
+      yield {
+        tid,
+        user: rec.user ?? '',
+        description: rec.description ?? '',
+        extension: buf(rec.extension),
+        records,
+      };
+    }
+  }
+
+  /** The OIDs written by one transaction, or undefined when there is no such transaction. */
+  async transactionOids(st: string, tid: Buffer): Promise<Buffer[] | undefined> {
+    const t = await this.db.get(K.txnKey(st, tid));
+    return t ? (txnRecordCodec.decode(t).oids ?? []).map(buf) : undefined;
+  }
+
+  /** The oldest committed TID of a storage still on record (z64 when none). */
+  async oldestTid(st: string): Promise<Buffer> {
+    const tp = K.txnPrefix(st);
+    for await (const [key] of this.db.iterator({ gte: tp, lt: K.prefixEnd(tp), limit: 1 })) {
+      return Buffer.from(key.subarray(key.length - ID_BYTES));
+    }
+    return Z64;
+  }
+
+  /** ZODB's undoLog(first, last): newest first, skipping `first`, up to `last - first` entries. */
+  async undoLog(st: string, first: number, last: number): Promise<HistoryEntry[]> {
+    const tp = K.txnPrefix(st);
+    const out: HistoryEntry[] = [];
+    let i = 0;
+    for await (const [key, value] of this.db.iterator({
+      gte: tp,
+      lt: K.prefixEnd(tp),
+      reverse: true,
+      limit: last,
+    })) {
+      if (i++ < first) continue;
+      const rec = txnRecordCodec.decode(value);
+      out.push({
+        tid: Buffer.from(key.subarray(key.length - ID_BYTES)),
+        user: rec.user ?? '',
+        description: rec.description ?? '',
+        extension: buf(rec.extension),
+        size: 0,
+      });
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Snapshots (Raft state transfer)
+
+  /**
+   * The whole state as encoded chunks, read from one consistent LevelDB snapshot taken when the
+   * iterator is created (synchronously, before any later apply lands). Returns the applied index
+   * the chunks describe.
+   */
+  snapshot(): { index: number; chunks: AsyncGenerator<Buffer> } {
+    const it = this.db.iterator();
+    const index = this.appliedIdx;
+    async function* gen(): AsyncGenerator<Buffer> {
+      try {
+        let keys: Buffer[] = [];
+        let values: Buffer[] = [];
+        let bytes = 0;
+        for await (const [k, v] of it) {
+          keys.push(k);
+          values.push(v);
+          bytes += k.length + v.length;
+          if (bytes >= SNAPSHOT_CHUNK_BYTES) {
+            yield snapshotChunkCodec.encode({ keys, values });
+            keys = [];
+            values = [];
+            bytes = 0;
+          }
+        }
+        yield snapshotChunkCodec.encode({ keys, values, last: true });
+      } finally {
+        await it.close();
+      }
+    }
+    return { index, chunks: gen() };
+  }
+
+  /** Replace the whole state with a snapshot's chunks. Returns the applied index it holds. */
+  async restore(chunks: AsyncIterable<Uint8Array>): Promise<number> {
+    assert(!this.applying, 'restore during apply');
+    this.applying = true;
+    try {
+      await this.db.clear();
+      let sawLast = false;
+      for await (const raw of chunks) {
+        assert(!sawLast, 'snapshot chunk after the last one');
+        const c = snapshotChunkCodec.decode(raw);
+        assert(
+          (c.keys ?? []).length === (c.values ?? []).length,
+          'snapshot chunk keys/values mismatch',
+        );
+        const ops: BatchOp[] = (c.keys ?? []).map((k, i) => ({
+          type: 'put',
+          key: buf(k),
+          value: buf(c.values[i]),
+        }));
+        if (ops.length) await this.db.batch(ops);
+        sawLast = c.last === true;
+      }
+      if (!sawLast) throw new Error('snapshot ended before its last chunk');
+      await this.db.batch([], { sync: true });
+      await this.loadState();
+      return this.appliedIdx;
+    } finally {
+      this.applying = false;
+    }
+  }
+}
