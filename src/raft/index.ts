@@ -1,0 +1,7 @@
+/** Public surface of the Raft core. */
+export * from './types';
+export * from './errors';
+export * from './storage';
+export { RawNode } from './raw-node';
+export type { RaftConfig, RaftStatus, ProgressStatus } from './raw-node';
+export { encodeConfChange, decodeConfChange, confChangeProblem, applyToConf } from './confchange';
