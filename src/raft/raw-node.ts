@@ -6,7 +6,6 @@ import {
   ConfState,
   HardState,
   Message,
-  MessageType,
   NodeId,
   Ready,
   SoftState,
@@ -53,12 +52,6 @@ export class RawNode {
   /** Handle a message from a peer. Stale or unexpected messages are ignored safely. */
   step(m: Message): void {
     if (m.to !== this.raft.id) return; // misrouted
-    if (
-      !this.raft.prs.has(m.from) &&
-      m.type === MessageType.AppendResp &&
-      this.raft.state !== 'leader'
-    )
-      return;
     this.raft.step(m);
   }
 
