@@ -142,6 +142,7 @@ export class ObjectStore {
   private readonly prepared = new Map<string, PreparedSummary>();
   private applying = false;
   private readonly commitListeners = new Set<(ev: CommitEvent) => void>();
+  private readonly applyListeners = new Set<(index: number) => void>();
 
   private constructor(
     private readonly db: Db,
@@ -173,9 +174,16 @@ export class ObjectStore {
     return this.lastTidGlobal;
   }
 
+  /** Called after each committed transaction is durably applied, in TID order. */
   onCommit(fn: (ev: CommitEvent) => void): () => void {
     this.commitListeners.add(fn);
     return () => this.commitListeners.delete(fn);
+  }
+
+  /** Called after every applied command (or restored snapshot) with the new applied index. */
+  onApplied(fn: (index: number) => void): () => void {
+    this.applyListeners.add(fn);
+    return () => this.applyListeners.delete(fn);
   }
 
   private async loadState(): Promise<void> {
@@ -287,6 +295,7 @@ export class ObjectStore {
       ops.push({ type: 'put', key: K.globalKey, value: this.globalValue() });
       await this.db.batch(ops, { sync: this.options.sync });
       for (const fn of after) fn();
+      for (const fn of this.applyListeners) fn(index);
       return result;
     } finally {
       this.applying = false;
@@ -784,6 +793,20 @@ export class ObjectStore {
     return t ? (txnRecordCodec.decode(t).oids ?? []).map(buf) : undefined;
   }
 
+  /** TIDs of the newest `n` transactions of a storage, newest first. */
+  async *iterateBackwards(st: string, n: number): AsyncGenerator<Buffer> {
+    const tp = K.txnPrefix(st);
+    for await (const [key] of this.db.iterator({
+      gte: tp,
+      lt: K.prefixEnd(tp),
+      reverse: true,
+      limit: n,
+      values: false,
+    } as any)) {
+      yield Buffer.from((key as Buffer).subarray((key as Buffer).length - ID_BYTES));
+    }
+  }
+
   /** The oldest committed TID of a storage still on record (z64 when none). */
   async oldestTid(st: string): Promise<Buffer> {
     const tp = K.txnPrefix(st);
@@ -875,8 +898,9 @@ export class ObjectStore {
         sawLast = c.last === true;
       }
       if (!sawLast) throw new Error('snapshot ended before its last chunk');
-      await this.db.batch([], { sync: true });
       await this.loadState();
+      await this.db.put(K.globalKey, this.globalValue(), { sync: true });
+      for (const fn of this.applyListeners) fn(this.appliedIdx);
       return this.appliedIdx;
     } finally {
       this.applying = false;

@@ -1,0 +1,135 @@
+/** A node's configuration, validated up front. The CLI builds it from flags, a file and ZEORAFT_* variables. */
+import type { LogLevel } from '../util/log';
+
+export interface StorageConfig {
+  name: string;
+  readOnly: boolean;
+}
+
+export interface PeerConfig {
+  id: string;
+  /** host:port of the peer's Raft listener. */
+  peerAddress: string;
+  /** host:port of the peer's client listener (for leader hints). */
+  clientAddress: string;
+}
+
+export interface NodeConfig {
+  nodeId: string;
+  dataDir: string;
+  /** host:port for the client Storage API (and Admin). */
+  listen: string;
+  /** host:port for the Raft peer transport; '' for a standalone node. */
+  peerListen: string;
+  /** host:port for /metrics, /livez, /readyz; '' to disable. */
+  httpListen: string;
+  /** The initial voters (including this node) when bootstrapping a new cluster; empty when standalone. */
+  peers: PeerConfig[];
+  /** Join an existing cluster as a learner instead of bootstrapping (the leader adds us). */
+  join: boolean;
+  storages: StorageConfig[];
+  readOnly: boolean;
+  logLevel: LogLevel;
+  /** Milliseconds per Raft tick. */
+  tickMs: number;
+  electionTicks: number;
+  heartbeatTicks: number;
+  /** Applied entries kept in the log beyond the last snapshot, so followers catch up without one. */
+  snapshotEntries: number;
+  /** A voted transaction not finished within this time is aborted by the leader. */
+  txnTimeoutMs: number;
+  /** How long a commit waits for objects locked by a voted transaction. */
+  lockWaitMs: number;
+  /** Deadline for calls that set none. */
+  defaultDeadlineMs: number;
+  /** fsync the Raft log (never turn off outside benchmarks of the un-synced path). */
+  fsync: boolean;
+  limits: LimitsConfig;
+  historyMaxTransactions: number;
+  historyMaxAgeMs: number;
+}
+
+export interface LimitsConfig {
+  /** Largest gRPC message accepted, in bytes. */
+  maxMessageBytes: number;
+  /** Objects (stores, deletes and checks) in one transaction. */
+  maxTxnObjects: number;
+  /** Data bytes in one transaction. */
+  maxTxnBytes: number;
+  /** Open Subscribe streams on this node. */
+  maxSubscribers: number;
+  /** Events queued for one slow subscriber before it is cut off. */
+  subscriberBufferEvents: number;
+  /** Proposals waiting for the log (forwarded ones included). */
+  maxPendingProposals: number;
+}
+
+export const DEFAULT_LIMITS: LimitsConfig = {
+  maxMessageBytes: 64 << 20,
+  maxTxnObjects: 100_000,
+  maxTxnBytes: 32 << 20,
+  maxSubscribers: 10_000,
+  subscriberBufferEvents: 10_000,
+  maxPendingProposals: 10_000,
+};
+
+export function defaultConfig(overrides: Partial<NodeConfig> = {}): NodeConfig {
+  const c: NodeConfig = {
+    nodeId: 'n1',
+    dataDir: './data/n1',
+    listen: '127.0.0.1:7101',
+    peerListen: '',
+    httpListen: '',
+    peers: [],
+    join: false,
+    storages: [{ name: '1', readOnly: false }],
+    readOnly: false,
+    logLevel: 'info',
+    tickMs: 50,
+    electionTicks: 10,
+    heartbeatTicks: 1,
+    snapshotEntries: 10_000,
+    txnTimeoutMs: 30_000,
+    lockWaitMs: 5_000,
+    defaultDeadlineMs: 30_000,
+    fsync: true,
+    limits: { ...DEFAULT_LIMITS },
+    historyMaxTransactions: 100_000,
+    historyMaxAgeMs: 24 * 3600_000,
+    ...overrides,
+  };
+  validateConfig(c);
+  return c;
+}
+
+const HOST_PORT = /^[^\s]+:\d{1,5}$/;
+
+export function validateConfig(c: NodeConfig): void {
+  const fail = (m: string): never => {
+    throw new Error(`invalid configuration: ${m}`);
+  };
+  if (!/^[A-Za-z0-9_.-]{1,64}$/.test(c.nodeId))
+    fail(`node id ${JSON.stringify(c.nodeId)} must be 1..64 of [A-Za-z0-9_.-]`);
+  if (!c.dataDir) fail('data dir is required');
+  if (!HOST_PORT.test(c.listen))
+    fail(`listen address ${JSON.stringify(c.listen)} is not host:port`);
+  if (c.peerListen && !HOST_PORT.test(c.peerListen))
+    fail(`peer listen address ${JSON.stringify(c.peerListen)} is not host:port`);
+  if (c.httpListen && !HOST_PORT.test(c.httpListen))
+    fail(`http listen address ${JSON.stringify(c.httpListen)} is not host:port`);
+  if (c.storages.length === 0) fail('at least one storage is required');
+  for (const s of c.storages)
+    if (!/^[A-Za-z0-9_.-]{1,64}$/.test(s.name))
+      fail(`storage name ${JSON.stringify(s.name)} must be 1..64 of [A-Za-z0-9_.-]`);
+  if (new Set(c.storages.map((s) => s.name)).size !== c.storages.length)
+    fail('storage names must be unique');
+  if (c.peers.length > 0) {
+    if (!c.peerListen) fail('a cluster member needs a peer listen address');
+    if (!c.join && !c.peers.some((p) => p.id === c.nodeId))
+      fail(`the peer list must include this node (${c.nodeId})`);
+    if (new Set(c.peers.map((p) => p.id)).size !== c.peers.length) fail('peer ids must be unique');
+  }
+  if (c.heartbeatTicks < 1 || c.electionTicks <= c.heartbeatTicks)
+    fail('election ticks must exceed heartbeat ticks (>= 1)');
+  if (c.tickMs < 1) fail('tick must be at least 1 ms');
+}

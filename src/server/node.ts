@@ -1,0 +1,227 @@
+/**
+ * A ZeoRaft storage node: the object store, the replicator that feeds it, the Storage gRPC
+ * service, subscriptions, metrics and health. Standalone (one node, LocalReplicator) or a Raft
+ * cluster member (RaftReplicator); the services do not know which.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import type * as http from 'node:http';
+import { NodeMetrics } from '../metrics/metrics';
+import { storagePackage } from '../proto';
+import { ObjectStore } from '../storage/object-store';
+import { hex, idCompare } from '../util/ids';
+import { Logger, createLogger } from '../util/log';
+import { NodeConfig } from './config';
+import { RpcError, unavailable } from './errors';
+import { startHttp } from './http';
+import { Limits } from './limits';
+import { LocalReplicator } from './local-replicator';
+import type { Replicator } from './replicator';
+import { storageHandlers } from './storage-service';
+import { SubscriptionHub } from './subscriptions';
+
+/** How often the leader looks for voted transactions past their timeout. */
+const TXN_SWEEP_MS = 500;
+
+export interface Clock {
+  nowMs(): number;
+}
+export const systemClock: Clock = { nowMs: () => Date.now() };
+
+/** Builds the replicator for a node; the cluster runtime provides one that runs Raft. */
+export type ReplicatorFactory = (node: StorageNode) => Promise<Replicator>;
+
+export class StorageNode {
+  readonly metrics: NodeMetrics;
+  readonly limits: Limits;
+  readonly log: Logger;
+  readonly subscriptions: SubscriptionHub;
+  replicator!: Replicator;
+  private grpcServer: grpc.Server | undefined;
+  private httpServer: http.Server | undefined;
+  private sweeper: NodeJS.Timeout | undefined;
+  private readonly appliedWaiters = new Set<() => void>();
+  private stopping = false;
+  /** The bound client port (useful when listening on port 0). */
+  port = 0;
+
+  private constructor(
+    readonly config: NodeConfig,
+    readonly store: ObjectStore,
+    readonly clock: Clock,
+  ) {
+    this.metrics = new NodeMetrics({ node: config.nodeId });
+    this.limits = new Limits(config.limits);
+    this.log = createLogger(config.logLevel, { node: config.nodeId });
+    this.subscriptions = new SubscriptionHub(
+      store,
+      {
+        historyMaxTransactions: config.historyMaxTransactions,
+        historyMaxAgeMs: config.historyMaxAgeMs,
+        bufferMaxEvents: config.limits.subscriberBufferEvents,
+        nowMs: () => clock.nowMs(),
+      },
+      (n) => this.metrics.invalidationsSent.inc(n),
+    );
+    store.onApplied((index) => {
+      this.metrics.appliedIndex.set(index);
+      for (const w of [...this.appliedWaiters]) w();
+    });
+  }
+
+  static async start(
+    config: NodeConfig,
+    factory?: ReplicatorFactory,
+    clock: Clock = systemClock,
+  ): Promise<StorageNode> {
+    fs.mkdirSync(config.dataDir, { recursive: true });
+    const standalone = !factory;
+    const store = await ObjectStore.open(path.join(config.dataDir, 'state'), {
+      sync: standalone && config.fsync,
+    });
+    const node = new StorageNode(config, store, clock);
+    node.replicator = factory
+      ? await factory(node)
+      : new LocalReplicator(store, config.nodeId, () => clock.nowMs());
+    await node.startGrpc();
+    if (config.httpListen) node.httpServer = await startHttp(config.httpListen, node.metrics, node);
+    node.sweeper = setInterval(() => node.abortExpired(), TXN_SWEEP_MS);
+    node.log.info(
+      {
+        listen: config.listen,
+        port: node.port,
+        http: config.httpListen,
+        peers: config.peers.length,
+        lastTid: hex(store.lastTid),
+        applied: store.appliedIndex,
+      },
+      'node started',
+    );
+    return node;
+  }
+
+  /** Extra services (Admin, Raft peer) register here before the server starts. */
+  readonly extraServices: Array<(server: grpc.Server) => void> = [];
+
+  private async startGrpc(): Promise<void> {
+    const server = new grpc.Server({
+      'grpc.max_receive_message_length': this.config.limits.maxMessageBytes,
+      'grpc.max_send_message_length': this.config.limits.maxMessageBytes,
+    });
+    server.addService(storagePackage().zeoraft.v1.Storage.service, storageHandlers(this));
+    for (const add of this.extraServices) add(server);
+    this.port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(this.config.listen, grpc.ServerCredentials.createInsecure(), (err, port) =>
+        err ? reject(err) : resolve(port),
+      ),
+    );
+    this.grpcServer = server;
+  }
+
+  ready(): { ok: boolean; reason: string } {
+    const v = this.replicator.view();
+    if (this.stopping) return { ok: false, reason: 'stopping' };
+    if (!v.leaderId) return { ok: false, reason: 'no leader' };
+    if (v.commitIndex - this.store.appliedIndex > 1000)
+      return {
+        ok: false,
+        reason: `applied index ${this.store.appliedIndex} far behind commit ${v.commitIndex}`,
+      };
+    return { ok: true, reason: `leader ${v.leaderId}, applied ${this.store.appliedIndex}` };
+  }
+
+  /** Resolve once `cond()` holds after some apply, or reject at the deadline. */
+  waitApplied(cond: () => boolean, deadlineMs: number, what: () => string): Promise<void> {
+    if (cond()) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const check = (): void => {
+        if (cond()) {
+          cleanup();
+          resolve();
+        }
+      };
+      const timer = setTimeout(
+        () => {
+          cleanup();
+          reject(new RpcError(grpc.status.DEADLINE_EXCEEDED, what()));
+        },
+        Math.max(0, deadlineMs - Date.now()),
+      );
+      const cleanup = (): void => {
+        clearTimeout(timer);
+        this.appliedWaiters.delete(check);
+      };
+      this.appliedWaiters.add(check);
+    });
+  }
+
+  /** Wait until this node has applied `tid` (MISSION §2.6: never serve a client older state than it saw). */
+  waitForTid(tid: Buffer, deadlineMs: number): Promise<void> {
+    return this.waitApplied(
+      () => idCompare(this.store.lastTid, tid) >= 0,
+      deadlineMs,
+      () =>
+        `node ${this.config.nodeId} has applied up to TID ${hex(this.store.lastTid)}, behind the client's ${hex(tid)}; try another node`,
+    );
+  }
+
+  /** Wait for the next applied command (locks may have been released), at most until the deadline. */
+  waitForUnlock(deadlineMs: number): Promise<void> {
+    const start = this.store.appliedIndex;
+    return this.waitApplied(
+      () => this.store.appliedIndex > start,
+      deadlineMs,
+      () => 'lock wait timed out',
+    ).catch(() => undefined);
+  }
+
+  /** On the leader: abort voted transactions whose client did not finish them in time. */
+  private abortExpired(): void {
+    if (this.stopping) return;
+    const v = this.replicator.view();
+    if (v.role !== 'leader' && v.role !== 'standalone') return;
+    const now = this.clock.nowMs();
+    for (const p of this.store.preparedTransactions()) {
+      if (p.deadlineMs > 0 && p.deadlineMs < now) {
+        this.log.warn(
+          { storage: p.storage, txn: p.txnId },
+          'aborting voted transaction past its timeout',
+        );
+        this.replicator
+          .propose(
+            { abort: { storage: p.storage, txnId: p.txnId, reason: 'timeout' } },
+            Date.now() + 5000,
+          )
+          .catch((e: unknown) =>
+            this.log.warn({ txn: p.txnId, error: String(e) }, 'timeout abort failed; will retry'),
+          );
+      }
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.subscriptions.closeAll(unavailable(`node ${this.config.nodeId} is shutting down`));
+    await this.replicator.close();
+    if (this.grpcServer) {
+      const s = this.grpcServer;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          s.forceShutdown();
+          resolve();
+        }, 2000);
+        s.tryShutdown(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    if (this.httpServer)
+      await new Promise<void>((resolve) => this.httpServer!.close(() => resolve()));
+    await this.store.close();
+    this.log.info('node stopped');
+  }
+}

@@ -1,0 +1,47 @@
+/**
+ * How a node gets commands into the replicated state. The Storage service talks only to this
+ * interface: a single node applies directly (LocalReplicator), a cluster member goes through Raft.
+ */
+import type { ApplyResult } from '../storage/object-store';
+import type { Command } from '../storage/codec';
+import { tidFromTime } from '../util/ids';
+
+export type Role = 'leader' | 'follower' | 'candidate' | 'precandidate' | 'learner' | 'standalone';
+
+export interface ReplicaView {
+  nodeId: string;
+  role: Role;
+  /** '' when unknown. */
+  leaderId: string;
+  /** The leader's client address, '' when unknown. */
+  leaderAddress: string;
+  term: number;
+  commitIndex: number;
+  appliedIndex: number;
+}
+
+export interface Replicator {
+  /**
+   * Replicate `cmd` and apply it. Resolves with the state machine's result once the command is
+   * committed and applied on this node. Rejects with an RpcError (UNAVAILABLE, DEADLINE_EXCEEDED,
+   * RESOURCE_EXHAUSTED) when the command could not be committed; the command may still commit
+   * later in that case, so callers treat such failures as "outcome unknown".
+   */
+  propose(cmd: Command, deadlineMs: number): Promise<ApplyResult>;
+  /** Resolves once this node has applied everything committed before the call (ReadIndex). */
+  linearizableRead(deadlineMs: number): Promise<void>;
+  view(): ReplicaView;
+  close(): Promise<void>;
+}
+
+/**
+ * Fill the proposal TID of commands that commit a transaction from the leader's clock. The store
+ * applies max(proposed, last + 1), so a clock going backwards never breaks TID order.
+ */
+export function stampCommand(cmd: Command, nowMs: number): Command {
+  const tid = tidFromTime(nowMs);
+  if ('commit' in cmd && cmd.commit) return { commit: { ...cmd.commit, tid } };
+  if ('finish' in cmd && cmd.finish) return { finish: { ...cmd.finish, tid } };
+  if ('undo' in cmd && cmd.undo) return { undo: { ...cmd.undo, tid } };
+  return cmd;
+}

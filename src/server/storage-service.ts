@@ -1,0 +1,388 @@
+/**
+ * The zeoraft.v1.Storage gRPC service: validates requests, turns them into reads of the local
+ * store or commands for the replicator, and maps results to responses and statuses.
+ */
+import * as grpc from '@grpc/grpc-js';
+import type { StorageHandlers } from '../generated/zeoraft/v1/Storage';
+import type { Transaction__Output } from '../generated/zeoraft/v1/Transaction';
+import type { StorageInfo } from '../generated/zeoraft/v1/StorageInfo';
+import type { Command, Txn } from '../storage/codec';
+import type { ApplyResult } from '../storage/object-store';
+import { StorageError } from '../storage/errors';
+import { MAX_NEW_OIDS } from '../storage/object-store';
+import { Z64, idCompare, tidFromTime, tidToTime } from '../util/ids';
+import { RpcError, fromStorageError, invalid, readOnly, toServiceError } from './errors';
+import type { StorageNode } from './node';
+import { count, optionalId, requireId, serialOrZ64, text, txnId } from './validate';
+
+export const DEFAULT_STORAGE = '1';
+const MAX_HISTORY = 1000;
+
+type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>;
+
+export function storageHandlers(node: StorageNode): StorageHandlers {
+  /** Wrap a promise-returning handler: errors become statuses, never crashes; metrics observe it. */
+  function unary<Req, Res>(method: string, fn: Unary<Req, Res>): grpc.handleUnaryCall<Req, Res> {
+    return (call, callback) => {
+      const done = node.metrics.startRequest(method);
+      fn(call).then(
+        (res) => {
+          done(grpc.status.OK);
+          callback(null, res);
+        },
+        (e: unknown) => {
+          const err = toServiceError(e);
+          done(err.code ?? grpc.status.UNKNOWN);
+          if (err.code === grpc.status.INTERNAL)
+            node.log.error(
+              { method, error: String(e), stack: (e as Error)?.stack },
+              'internal error',
+            );
+          callback(err as grpc.ServiceError);
+        },
+      );
+    };
+  }
+
+  const deadline = (call: { getDeadline(): grpc.Deadline }): number => {
+    const d = call.getDeadline();
+    const ms = d instanceof Date ? d.getTime() : Number(d);
+    return Number.isFinite(ms) && ms > 0 ? ms : Date.now() + node.config.defaultDeadlineMs;
+  };
+
+  function storageName(name: string | undefined): string {
+    const st = name || DEFAULT_STORAGE;
+    if (!node.config.storages.some((s) => s.name === st)) {
+      throw new RpcError(
+        grpc.status.NOT_FOUND,
+        `unknown storage ${JSON.stringify(st)}; this cluster serves ${node.config.storages.map((s) => JSON.stringify(s.name)).join(', ')}`,
+        { kind: 'INVALID' },
+      );
+    }
+    return st;
+  }
+
+  function writable(st: string): void {
+    if (node.config.readOnly) throw readOnly(`node ${node.config.nodeId} is read-only`);
+    if (node.config.storages.find((s) => s.name === st)?.readOnly)
+      throw readOnly(`storage ${JSON.stringify(st)} is read-only`);
+  }
+
+  async function fresh(
+    call: { getDeadline(): grpc.Deadline },
+    seen: Buffer | undefined,
+  ): Promise<void> {
+    const tid = optionalId(seen, 'seen_tid');
+    if (tid) await node.waitForTid(tid, deadline(call));
+  }
+
+  function unwrap(r: ApplyResult): Extract<ApplyResult, { ok: true }> {
+    if (!r.ok) throw fromStorageError(r.error);
+    return r;
+  }
+
+  function txnFrom(t: Transaction__Output | null): Txn {
+    if (!t) throw invalid('transaction is required');
+    const st = storageName(t.storage);
+    writable(st);
+    const stores: NonNullable<Txn['stores']> = [];
+    t.stores.forEach((s, i) => {
+      stores.push({
+        oid: requireId(s.oid, `transaction.stores[${i}].oid`),
+        serial: serialOrZ64(s.serial, `transaction.stores[${i}].serial`),
+        data: s.data,
+        refs: s.refs.map((r, j) => requireId(r, `transaction.stores[${i}].refs[${j}]`)),
+      });
+    });
+    t.deletes.forEach((d, i) => {
+      stores.push({
+        oid: requireId(d.oid, `transaction.deletes[${i}].oid`),
+        serial: requireId(d.serial, `transaction.deletes[${i}].serial`),
+        delete: true,
+      });
+    });
+    const checks = t.checks.map((c, i) => ({
+      oid: requireId(c.oid, `transaction.checks[${i}].oid`),
+      serial: serialOrZ64(c.serial, `transaction.checks[${i}].serial`),
+    }));
+    node.limits.checkTransaction(
+      stores.length + checks.length,
+      stores.reduce((n, s) => n + (s.data?.length ?? 0), 0),
+    );
+    return {
+      storage: st,
+      user: text(t.user, 'transaction.user'),
+      description: text(t.description, 'transaction.description'),
+      extension: t.extension,
+      stores,
+      checks,
+    };
+  }
+
+  async function info(st: string): Promise<StorageInfo> {
+    const s = node.store.storageSummary(st);
+    const cfg = node.config.storages.find((x) => x.name === st);
+    return {
+      name: st,
+      readOnly: node.config.readOnly || cfg?.readOnly === true,
+      supportsUndo: true,
+      objectCount: s.objectCount,
+      lastTid: s.lastTid,
+      oldestResumableTid: await node.subscriptions.oldestResumable(st),
+    };
+  }
+
+  /** Propose a transaction-committing command, waiting (bounded) for locks held by voted transactions. */
+  async function commitWithLockWait(
+    call: { getDeadline(): grpc.Deadline },
+    cmd: Command,
+  ): Promise<ApplyResult> {
+    const end = Math.min(deadline(call), Date.now() + node.config.lockWaitMs);
+    for (;;) {
+      const r = await node.replicator.propose(cmd, deadline(call));
+      if (r.ok || r.error.kind !== 'LOCKED' || Date.now() >= end) {
+        if (!r.ok && r.error.kind === 'CONFLICT') node.metrics.conflicts.inc();
+        return r;
+      }
+      await node.waitForUnlock(end);
+    }
+  }
+
+  return {
+    Open: unary('Open', async (call) => {
+      const st = storageName(call.request.storage);
+      const seen = optionalId(call.request.lastTid, 'last_tid');
+      text(call.request.clientName, 'client_name', 256);
+      if (seen) await node.waitForTid(seen, deadline(call));
+      const v = node.replicator.view();
+      const i = await info(st);
+      if (call.request.readOnly) i.readOnly = true;
+      return { lastTid: node.store.lastTid, info: i, nodeId: v.nodeId, leaderId: v.leaderId };
+    }),
+
+    Load: unary('Load', async (call) => {
+      const st = storageName(call.request.storage);
+      const oid = requireId(call.request.oid, 'oid');
+      await fresh(call, call.request.seenTid);
+      // Read the applied TID first: the revision is current as of at least this TID.
+      const asOf = node.store.lastTid;
+      const r = await node.store.load(st, oid);
+      return { data: r.data, serial: r.serial, asOfTid: asOf };
+    }),
+
+    LoadBefore: unary('LoadBefore', async (call) => {
+      const st = storageName(call.request.storage);
+      const oid = requireId(call.request.oid, 'oid');
+      const before = requireId(call.request.beforeTid, 'before_tid');
+      await fresh(call, call.request.seenTid);
+      const r = await node.store.loadBefore(st, oid, before);
+      return r.found
+        ? { found: true, data: r.data, start: r.start, end: r.end ?? Buffer.alloc(0) }
+        : { found: false };
+    }),
+
+    LoadSerial: unary('LoadSerial', async (call) => {
+      const st = storageName(call.request.storage);
+      const oid = requireId(call.request.oid, 'oid');
+      const serial = requireId(call.request.serial, 'serial');
+      await fresh(call, call.request.seenTid);
+      return { data: await node.store.loadSerial(st, oid, serial) };
+    }),
+
+    History: unary('History', async (call) => {
+      const st = storageName(call.request.storage);
+      const oid = requireId(call.request.oid, 'oid');
+      const size = count(call.request.size, 'size', 1, MAX_HISTORY);
+      await fresh(call, call.request.seenTid);
+      return { entries: await node.store.history(st, oid, size) };
+    }),
+
+    LastTransaction: unary('LastTransaction', async (call) => {
+      const st = storageName(call.request.storage);
+      return { tid: node.store.storageSummary(st).lastTid };
+    }),
+
+    NewOids: unary('NewOids', async (call) => {
+      const st = storageName(call.request.storage);
+      writable(st);
+      const n = count(call.request.count, 'count', 100, MAX_NEW_OIDS);
+      const r = unwrap(
+        await node.replicator.propose({ newOids: { storage: st, count: n } }, deadline(call)),
+      );
+      return { oids: r.oids ?? [] };
+    }),
+
+    Commit: unary('Commit', async (call) => {
+      const txn = txnFrom(call.request.transaction);
+      const started = Date.now();
+      const r = unwrap(await commitWithLockWait(call, { commit: { tid: Z64, txn } }));
+      node.metrics.observeCommit(Date.now() - started);
+      return { tid: r.tid };
+    }),
+
+    Vote: unary('Vote', async (call) => {
+      const id = txnId(call.request.transactionId);
+      const txn = txnFrom(call.request.transaction);
+      const deadlineMs = Date.now() + node.config.txnTimeoutMs;
+      unwrap(await commitWithLockWait(call, { prepare: { txnId: id, txn, deadlineMs } }));
+      return {};
+    }),
+
+    Finish: unary('Finish', async (call) => {
+      const st = storageName(call.request.storage);
+      const id = txnId(call.request.transactionId);
+      const started = Date.now();
+      const r = unwrap(
+        await node.replicator.propose(
+          { finish: { storage: st, txnId: id, tid: Z64 } },
+          deadline(call),
+        ),
+      );
+      node.metrics.observeCommit(Date.now() - started);
+      return { tid: r.tid };
+    }),
+
+    Abort: unary('Abort', async (call) => {
+      const st = storageName(call.request.storage);
+      const id = txnId(call.request.transactionId);
+      unwrap(
+        await node.replicator.propose(
+          { abort: { storage: st, txnId: id, reason: 'client' } },
+          deadline(call),
+        ),
+      );
+      return {};
+    }),
+
+    Undo: unary('Undo', async (call) => {
+      const st = storageName(call.request.storage);
+      writable(st);
+      const undoTid = requireId(call.request.tid, 'tid');
+      const cmd: Command = {
+        undo: {
+          tid: Z64,
+          storage: st,
+          undoTid,
+          user: text(call.request.user, 'user'),
+          description: text(call.request.description, 'description'),
+        },
+      };
+      const r = unwrap(await commitWithLockWait(call, cmd));
+      return { tid: r.tid, oids: r.oids ?? [] };
+    }),
+
+    UndoLog: unary('UndoLog', async (call) => {
+      const st = storageName(call.request.storage);
+      const first = count(call.request.first, 'first', 0, 1_000_000);
+      const last = count(call.request.last, 'last', first + 20, first + MAX_HISTORY);
+      if (last < first) throw invalid('last must not be less than first');
+      const entries = await node.store.undoLog(st, first, last);
+      return {
+        transactions: entries.map((e) => ({
+          tid: e.tid,
+          user: e.user,
+          description: e.description,
+          extension: e.extension,
+          time: tidToTime(e.tid) / 1000,
+        })),
+      };
+    }),
+
+    Pack: unary('Pack', async (call) => {
+      const st = storageName(call.request.storage);
+      writable(st);
+      let packTid = optionalId(call.request.packTid, 'pack_tid');
+      if (!packTid) {
+        const t = call.request.packTime;
+        if (!Number.isFinite(t) || t <= 0)
+          throw invalid('pack_tid or a positive pack_time is required');
+        packTid = tidFromTime(t * 1000);
+      }
+      const r = unwrap(
+        await node.replicator.propose(
+          { pack: { storage: st, packTid, gc: call.request.gc } },
+          deadline(call),
+        ),
+      );
+      return { removed: r.removed ?? 0 };
+    }),
+
+    Iterate: (call) => {
+      const done = node.metrics.startRequest('Iterate');
+      (async () => {
+        const st = storageName(call.request.storage);
+        const start = optionalId(call.request.start, 'start') ?? Z64;
+        const stop = optionalId(call.request.stop, 'stop');
+        if (stop && idCompare(stop, start) < 0) throw invalid('stop must not be before start');
+        let cancelled = false;
+        call.on('cancelled', () => (cancelled = true));
+        for await (const t of node.store.iterate(st, start, stop)) {
+          if (cancelled) return;
+          const ok = call.write({
+            tid: t.tid,
+            user: t.user,
+            description: t.description,
+            extension: t.extension,
+            records: t.records.map((r) => ({
+              oid: r.oid,
+              data: r.data,
+              deleted: r.deleted,
+              dataTid: r.dataTid,
+            })),
+          });
+          if (!ok) await new Promise((resolve) => call.once('drain', resolve));
+        }
+        call.end();
+      })().then(
+        () => done(grpc.status.OK),
+        (e: unknown) => {
+          const err = toServiceError(e);
+          done(err.code ?? grpc.status.UNKNOWN);
+          call.destroy(err as Error);
+        },
+      );
+    },
+
+    Subscribe: (call) => {
+      const done = node.metrics.startRequest('Subscribe');
+      (async () => {
+        const st = storageName(call.request.storage);
+        const from = optionalId(call.request.fromTid, 'from_tid');
+        // Never reveal less than the client has seen: wait for this node to catch up first.
+        if (from && idCompare(from, node.store.lastTid) > 0)
+          await node.waitForTid(from, deadline(call));
+        node.limits.checkSubscribers(node.subscriptions.count);
+        await node.subscriptions.serve(st, call.request, call);
+      })().then(
+        () => done(grpc.status.OK),
+        (e: unknown) => {
+          const err = toServiceError(e);
+          done(err.code ?? grpc.status.UNKNOWN);
+          call.destroy(err as Error);
+        },
+      );
+    },
+
+    Sync: unary('Sync', async (call) => {
+      storageName(call.request.storage);
+      await node.replicator.linearizableRead(deadline(call));
+      return { tid: node.store.lastTid };
+    }),
+
+    Status: unary('Status', async () => {
+      const v = node.replicator.view();
+      return {
+        nodeId: v.nodeId,
+        role: v.role,
+        leaderId: v.leaderId,
+        term: v.term,
+        commitIndex: v.commitIndex,
+        appliedIndex: node.store.appliedIndex,
+        lastTid: node.store.lastTid,
+        storages: await Promise.all(node.config.storages.map((s) => info(s.name))),
+      };
+    }),
+  };
+}
+
+export { StorageError };

@@ -1,0 +1,245 @@
+/**
+ * Subscribe streams: every transaction committed in a storage after a TID, in TID order.
+ *
+ * Guarantees (MISSION §3): ordered and unique (a subscriber's last sent TID only grows and an
+ * event is sent only for a TID above it), reliable (the live listener is registered before the
+ * history read starts, so every commit is either in the history read or in the live buffer),
+ * atomic (one event per transaction), resumable (from any TID inside the retained window;
+ * outside it an explicit Reset), bookmarked (a Progress at TID T is sent only with nothing
+ * queued, so everything up to T was sent). Slow subscribers are cut off at a bounded queue.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { once } from 'node:events';
+import type { CommitEvent, ObjectStore } from '../storage/object-store';
+import { Z64, hex, idCompare, idNext, tidFromTime } from '../util/ids';
+import type { SubscribeEvent } from '../generated/zeoraft/v1/SubscribeEvent';
+import type { SubscribeRequest__Output } from '../generated/zeoraft/v1/SubscribeRequest';
+import { RpcError, toServiceError } from './errors';
+
+export interface SubscriptionOptions {
+  /** Resume points older than this many transactions back get a Reset. */
+  historyMaxTransactions: number;
+  /** Resume points older than this get a Reset. */
+  historyMaxAgeMs: number;
+  /** Events queued for one subscriber before it is cut off with RESOURCE_EXHAUSTED. */
+  bufferMaxEvents: number;
+  nowMs: () => number;
+}
+
+export const DEFAULT_SUBSCRIPTION_OPTIONS: Omit<SubscriptionOptions, 'nowMs'> = {
+  historyMaxTransactions: 100_000,
+  historyMaxAgeMs: 24 * 3600_000,
+  bufferMaxEvents: 10_000,
+};
+
+const DEFAULT_MAX_DATA_BYTES = 1 << 20;
+const DEFAULT_PROGRESS_MS = 1000;
+const MIN_PROGRESS_MS = 10;
+
+type Call = grpc.ServerWritableStream<SubscribeRequest__Output, SubscribeEvent>;
+
+export class SubscriptionHub {
+  private readonly subscribers = new Set<Subscriber>();
+
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly options: SubscriptionOptions,
+    private readonly onDelivered: (n: number) => void = () => undefined,
+  ) {}
+
+  get count(): number {
+    return this.subscribers.size;
+  }
+
+  /** The oldest TID a subscriber of `storage` may resume from. */
+  async oldestResumable(storage: string): Promise<Buffer> {
+    let oldest = await this.store.oldestTid(storage);
+    let n = 0;
+    for await (const t of this.store.iterateBackwards(
+      storage,
+      this.options.historyMaxTransactions,
+    )) {
+      oldest = t;
+      n++;
+    }
+    if (n >= this.options.historyMaxTransactions) oldest = idNext(oldest);
+    const byAge = tidFromTime(this.options.nowMs() - this.options.historyMaxAgeMs);
+    return idCompare(byAge, oldest) > 0 ? byAge : oldest;
+  }
+
+  async serve(storage: string, req: SubscribeRequest__Output, call: Call): Promise<void> {
+    const sub = new Subscriber(storage, req, call, this.store, this.options, this.onDelivered);
+    this.subscribers.add(sub);
+    try {
+      await sub.run(this);
+    } finally {
+      this.subscribers.delete(sub);
+    }
+  }
+
+  /** Tell every subscriber that this node lost its leader and may fall behind. */
+  leaderLost(nodeId: string): void {
+    for (const s of this.subscribers) s.push({ leaderLost: { nodeId } });
+  }
+
+  closeAll(e: RpcError): void {
+    for (const s of this.subscribers) s.fail(e);
+  }
+}
+
+class Subscriber {
+  private lastSent: Buffer = Z64;
+  private readonly queue: SubscribeEvent[] = [];
+  private pending: CommitEvent[] | undefined = [];
+  private wake: (() => void) | undefined;
+  private done = false;
+  private failure: RpcError | undefined;
+  private readonly maxDataBytes: number;
+  private readonly progressMs: number;
+
+  constructor(
+    private readonly storage: string,
+    private readonly req: SubscribeRequest__Output,
+    private readonly call: Call,
+    private readonly store: ObjectStore,
+    private readonly options: SubscriptionOptions,
+    private readonly onDelivered: (n: number) => void,
+  ) {
+    this.maxDataBytes = req.maxDataBytes || DEFAULT_MAX_DATA_BYTES;
+    this.progressMs = Math.max(MIN_PROGRESS_MS, req.progressIntervalMs || DEFAULT_PROGRESS_MS);
+  }
+
+  push(ev: SubscribeEvent): void {
+    if (this.done) return;
+    if (this.queue.length >= this.options.bufferMaxEvents) {
+      this.fail(
+        new RpcError(
+          grpc.status.RESOURCE_EXHAUSTED,
+          `limit subscriber_buffer_events (${this.options.bufferMaxEvents}) exceeded: subscriber too slow; resume from TID ${hex(this.lastSent)}`,
+          { kind: 'LIMIT', transient: true },
+        ),
+      );
+      return;
+    }
+    this.queue.push(ev);
+    this.wake?.();
+  }
+
+  fail(e: RpcError): void {
+    if (this.done) return;
+    this.failure = e;
+    this.done = true;
+    this.wake?.();
+  }
+
+  private onCommit = (ev: CommitEvent): void => {
+    if (ev.storage !== this.storage) return;
+    if (this.pending) this.pending.push(ev);
+    else this.push(this.commitEvent(ev.tid, ev.records));
+  };
+
+  private commitEvent(
+    tid: Buffer,
+    records: { oid: Buffer; data?: Buffer; deleted: boolean }[],
+  ): SubscribeEvent {
+    const ev: SubscribeEvent = {
+      commit: { tid, storage: this.storage, oids: records.map((r) => r.oid) },
+    };
+    if (this.req.includeData) {
+      const bytes = records.reduce((n, r) => n + (r.data?.length ?? 0), 0);
+      if (bytes <= this.maxDataBytes) {
+        ev.commit!.objects = records.map((r) => ({
+          oid: r.oid,
+          data: r.data ?? Buffer.alloc(0),
+          deleted: r.deleted,
+        }));
+        ev.commit!.completeData = true;
+      }
+    }
+    return ev;
+  }
+
+  private async write(ev: SubscribeEvent): Promise<void> {
+    if (ev.commit) {
+      const tid = ev.commit.tid as Buffer;
+      // Invariant: events leave in strictly increasing TID order, each at most once.
+      if (idCompare(tid, this.lastSent) <= 0)
+        throw new Error(`subscription order violated: ${hex(tid)} after ${hex(this.lastSent)}`);
+      this.lastSent = tid;
+      this.onDelivered(1);
+    }
+    if (!this.call.write(ev))
+      await Promise.race([once(this.call, 'drain'), once(this.call, 'close')]);
+  }
+
+  async run(hub: SubscriptionHub): Promise<void> {
+    const unlisten = this.store.onCommit(this.onCommit);
+    const cancel = (): void => this.fail(new RpcError(grpc.status.CANCELLED, 'cancelled'));
+    this.call.on('cancelled', cancel);
+    this.call.on('close', cancel);
+    try {
+      await this.catchUp(hub);
+      let idleSince = this.options.nowMs();
+      while (!this.done) {
+        const ev = this.queue.shift();
+        if (ev) {
+          await this.write(ev);
+          idleSince = this.options.nowMs();
+          continue;
+        }
+        const wait = Math.max(0, idleSince + this.progressMs - this.options.nowMs());
+        if (wait === 0) {
+          // Nothing queued: every commit up to the store's last TID has been written.
+          await this.write({ progress: { tid: this.store.lastTid } });
+          idleSince = this.options.nowMs();
+          continue;
+        }
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, wait);
+          this.wake = () => {
+            clearTimeout(t);
+            resolve();
+          };
+        });
+        this.wake = undefined;
+      }
+      if (this.failure && this.failure.code !== grpc.status.CANCELLED)
+        this.call.destroy(toServiceError(this.failure) as Error);
+      else this.call.end();
+    } finally {
+      unlisten();
+    }
+  }
+
+  private async catchUp(hub: SubscriptionHub): Promise<void> {
+    const from = this.req.fromTid;
+    if (!from || from.length === 0) {
+      this.lastSent = this.store.lastTid;
+    } else {
+      const oldest = await hub.oldestResumable(this.storage);
+      const lastInStorage = this.store.storageSummary(this.storage).lastTid;
+      // Resumable when every transaction after `from` is still on record.
+      if (idCompare(idNext(from), oldest) < 0 && idCompare(from, lastInStorage) < 0) {
+        const now = this.store.lastTid;
+        await this.write({ reset: { oldestTid: oldest, tid: now } });
+        this.lastSent = now;
+      } else {
+        this.lastSent = Buffer.from(from);
+        for await (const t of this.store.iterate(this.storage, idNext(from))) {
+          if (this.done) return;
+          if (idCompare(t.tid, this.lastSent) <= 0) continue;
+          await this.write(
+            this.commitEvent(
+              t.tid,
+              t.records.map((r) => ({ oid: r.oid, data: r.data, deleted: r.deleted })),
+            ),
+          );
+        }
+      }
+    }
+    const pending = this.pending ?? [];
+    this.pending = undefined;
+    for (const ev of pending)
+      if (idCompare(ev.tid, this.lastSent) > 0) this.push(this.commitEvent(ev.tid, ev.records));
+  }
+}
