@@ -46,6 +46,11 @@ export class Inflights {
     if (this.count === 0) this.start = 0;
   }
 
+  /** Forget the oldest in-flight message (it was probably lost; the peer is known alive). */
+  freeFirstOne(): void {
+    if (this.count > 0) this.freeLE(this.indices[this.start]);
+  }
+
   full(): boolean {
     return this.count === this.capacity || (this.maxBytes > 0 && this.bytes >= this.maxBytes);
   }

@@ -692,7 +692,7 @@ export class Raft {
     if (pr.state === 'replicate' && pr.inflights.full()) {
       // The window may be full of lost messages; a heartbeat reply means the peer is alive,
       // so free one slot to keep making progress.
-      pr.inflights.freeLE(pr.inflights.count > 0 ? pr.match : 0);
+      pr.inflights.freeFirstOne();
     }
     if (pr.match < this.log.lastIndex()) this.sendAppend(m.from, true);
     if (m.context !== undefined && m.context.length > 0) this.ackRead(m.from, m.context);

@@ -1,0 +1,741 @@
+/**
+ * Deterministic cluster simulator: one seed drives a 3–5 node cluster of real RawNodes over an
+ * in-memory network (drop, delay, reorder, duplicate, partitions) and in-memory disks (crashes
+ * lose whatever was not yet "fsynced"), with compactions, snapshots, membership changes,
+ * leadership transfers, proposals and reads. Safety invariants are checked after every step;
+ * a liveness phase then heals everything and requires convergence within a tick bound.
+ *
+ * runSeed() is the reusable core; run.ts is the CLI and sim.test.ts the mocha entry.
+ */
+import { Mulberry32 } from '../../src/util/prng';
+import {
+  ConfChangeType,
+  ConfState,
+  Entry,
+  EntryType,
+  Message,
+  MessageType,
+  MemoryStorage,
+  RawNode,
+  Ready,
+  RaftError,
+  decodeConfChange,
+} from '../../src/raft';
+
+export interface SimOptions {
+  /** Ticks of the fault phase. */
+  safetyTicks?: number;
+  /** Max ticks of the healed phase before convergence is declared failed. */
+  livenessTicks?: number;
+  /** Receives a readable line per event / delivered message (SEED=s replay). */
+  trace?: (line: string) => void;
+}
+
+export interface SimStats {
+  ticks: number;
+  delivered: number;
+  dropped: number;
+  crashes: number;
+  leaders: number;
+  proposed: number;
+  committedProposals: number;
+  snapshotsInstalled: number;
+  compactions: number;
+  confChangesApplied: number;
+  reads: number;
+  transfers: number;
+  maxTerm: number;
+}
+
+export interface SimResult {
+  seed: number;
+  ok: boolean;
+  failure?: string;
+  stats: SimStats;
+}
+
+class SimFailure extends Error {}
+
+function fail(msg: string): never {
+  throw new SimFailure(msg);
+}
+
+/** The state machine: a hash chain over applied entries, plus membership as of `index`. */
+interface SmState {
+  index: number;
+  hash: number;
+  conf: ConfState;
+}
+
+function copySm(s: SmState): SmState {
+  return {
+    index: s.index,
+    hash: s.hash,
+    conf: { voters: [...s.conf.voters], learners: [...s.conf.learners] },
+  };
+}
+
+const dec = new TextDecoder();
+const enc = new TextEncoder();
+
+function entryKey(e: Entry): string {
+  return `${e.type}:${dec.decode(e.data)}`;
+}
+
+function mix(h: number, s: string): number {
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 16777619) >>> 0;
+  return h;
+}
+
+interface SimNode {
+  id: string;
+  storage: MemoryStorage;
+  /** State-machine data of storage.snapshot(), i.e. the durable snapshot file. */
+  snapData: SmState;
+  up: boolean;
+  retired: boolean;
+  raw?: RawNode;
+  pending?: Ready;
+  sm: SmState;
+  /** Snapshot data received from the network, awaiting the core's decision (volatile). */
+  staged: Map<number, SmState>;
+  incarnation: number;
+  downUntil: number;
+}
+
+interface InFlight {
+  at: number;
+  m?: Message;
+  snap?: SmState;
+  /** A snapshot-transfer outcome reported back to the sender. */
+  report?: { node: string; incarnation: number; peer: string; ok: boolean };
+}
+
+const MSG_NAMES = MessageType as unknown as Record<number, string>;
+
+function fmtMsg(m: Message): string {
+  let s = `${m.from}->${m.to} ${MSG_NAMES[m.type]} t${m.term}`;
+  if (m.type === MessageType.Append)
+    s += ` prev=${m.index}/${m.logTerm} n=${m.entries.length} c=${m.commit}`;
+  else if (m.type === MessageType.AppendResp)
+    s += ` idx=${m.index}${m.reject ? ` REJECT hint=${m.rejectHint}/${m.logTerm}` : ''}`;
+  else if (m.type === MessageType.Heartbeat) s += ` c=${m.commit}`;
+  else if (m.type === MessageType.Vote || m.type === MessageType.PreVote)
+    s += ` last=${m.index}/${m.logTerm}`;
+  else if (m.type === MessageType.VoteResp || m.type === MessageType.PreVoteResp)
+    s += m.reject ? ' reject' : ' grant';
+  else if (m.type === MessageType.Snapshot) s += ` snap=${m.snapshot?.index}/${m.snapshot?.term}`;
+  else if (m.type === MessageType.ReadIndexResp) s += ` idx=${m.index}`;
+  return s;
+}
+
+const MAX_NODES = 7;
+const ELECTION_TICKS = 10;
+
+export function runSeed(seed: number, opts: SimOptions = {}): SimResult {
+  const sim = new Sim(seed, opts);
+  try {
+    sim.run();
+    return { seed, ok: true, stats: sim.stats };
+  } catch (e) {
+    const msg =
+      e instanceof SimFailure ? e.message : `exception: ${(e as Error).stack ?? String(e)}`;
+    return { seed, ok: false, failure: `t=${sim.now}: ${msg}`, stats: sim.stats };
+  }
+}
+
+class Sim {
+  readonly rng: Mulberry32;
+  now = 0;
+  readonly stats: SimStats = {
+    ticks: 0,
+    delivered: 0,
+    dropped: 0,
+    crashes: 0,
+    leaders: 0,
+    proposed: 0,
+    committedProposals: 0,
+    snapshotsInstalled: 0,
+    compactions: 0,
+    confChangesApplied: 0,
+    reads: 0,
+    transfers: 0,
+    maxTerm: 0,
+  };
+  private readonly nodes = new Map<string, SimNode>();
+  private nextNodeNo = 1;
+  private net: InFlight[] = [];
+  /** Directed links that are cut: "a>b". */
+  private cut = new Set<string>();
+  private faults = true;
+
+  // Per-seed fault profile.
+  private readonly dropRate: number;
+  private readonly dupRate: number;
+  private readonly maxDelay: number;
+  private readonly crashRate: number;
+  private readonly persistRate: number;
+  private readonly preVote: boolean;
+  private readonly checkQuorum: boolean;
+  private readonly maxSizePerMsg: number;
+  private readonly maxInflight: number;
+  private readonly maxUncommitted: number;
+
+  // Checker state.
+  private readonly leaderOfTerm = new Map<number, string>();
+  /** index -> "term|key" of the entry applied there (state machine safety). */
+  private readonly appliedAt = new Map<number, string>();
+  /** index -> state hash after applying it. */
+  private readonly hashAt = new Map<number, number>();
+  /** "index|term" -> key and previous term (log matching). */
+  private readonly logAt = new Map<string, { key: string; prevTerm: number | undefined }>();
+  private maxCommitSeen = 0;
+  private readonly reads = new Map<number, { required: number; node: string }>();
+  private nextReadId = 1;
+  private nextProposalId = 1;
+  /** proposal id -> index it was appended at (until it is applied somewhere). */
+  private readonly pendingProposals = new Map<number, number>();
+  private readonly lastLeaderSeen = new Map<string, number>();
+  private readonly retireAt = new Map<string, number>();
+
+  constructor(
+    readonly seed: number,
+    private readonly opts: SimOptions,
+  ) {
+    this.rng = new Mulberry32(seed);
+    const r = this.rng;
+    this.dropRate = r.nextFloat() * 0.15;
+    this.dupRate = r.nextFloat() * 0.05;
+    this.maxDelay = r.nextInt(5);
+    this.crashRate = r.nextFloat() * 0.006;
+    this.persistRate = 0.3 + r.nextFloat() * 0.7;
+    this.preVote = r.nextFloat() < 0.8;
+    this.checkQuorum = r.nextFloat() < 0.8;
+    this.maxSizePerMsg = 16 + r.nextInt(256);
+    this.maxInflight = 1 + r.nextInt(8);
+    this.maxUncommitted = r.nextFloat() < 0.5 ? 0 : 64 + r.nextInt(512);
+    const n = 3 + r.nextInt(3);
+    const voters: string[] = [];
+    for (let i = 0; i < n; i++) voters.push(`n${this.nextNodeNo++}`);
+    for (const id of voters) {
+      const storage = MemoryStorage.bootstrap({ voters, learners: [] });
+      this.addNode(id, storage, { index: 1, hash: 0, conf: { voters: [...voters], learners: [] } });
+    }
+    this.trace(
+      `seed ${seed}: ${n} voters, drop=${this.dropRate.toFixed(3)} dup=${this.dupRate.toFixed(3)} delay<=${this.maxDelay} ` +
+        `crash=${this.crashRate.toFixed(4)} persist=${this.persistRate.toFixed(2)} preVote=${this.preVote} ` +
+        `checkQuorum=${this.checkQuorum} maxMsg=${this.maxSizePerMsg} inflight=${this.maxInflight} uncommitted=${this.maxUncommitted}`,
+    );
+  }
+
+  private trace(line: string): void {
+    if (this.opts.trace) this.opts.trace(`[t=${this.now}] ${line}`);
+  }
+
+  private addNode(id: string, storage: MemoryStorage, snapData: SmState): void {
+    const node: SimNode = {
+      id,
+      storage,
+      snapData,
+      up: false,
+      retired: false,
+      sm: copySm(snapData),
+      staged: new Map(),
+      incarnation: 0,
+      downUntil: 0,
+    };
+    this.nodes.set(id, node);
+    this.start(node);
+  }
+
+  private start(node: SimNode): void {
+    node.sm = copySm(node.snapData);
+    node.staged = new Map();
+    node.pending = undefined;
+    node.incarnation++;
+    node.raw = new RawNode({
+      id: node.id,
+      electionTicks: ELECTION_TICKS,
+      heartbeatTicks: 1,
+      storage: node.storage,
+      applied: node.sm.index,
+      rng: this.rng.fork(node.incarnation * 31 + node.id.length),
+      preVote: this.preVote,
+      checkQuorum: this.checkQuorum,
+      maxSizePerMsg: this.maxSizePerMsg,
+      maxInflightMsgs: this.maxInflight,
+      maxUncommittedEntriesBytes: this.maxUncommitted,
+    });
+    node.up = true;
+  }
+
+  private crash(node: SimNode): void {
+    this.trace(`CRASH ${node.id}${node.pending ? ' (unpersisted Ready lost)' : ''}`);
+    node.up = false;
+    node.raw = undefined;
+    node.pending = undefined;
+    node.staged = new Map();
+    this.stats.crashes++;
+  }
+
+  run(): void {
+    const safetyTicks = this.opts.safetyTicks ?? 400;
+    const livenessTicks = this.opts.livenessTicks ?? 600;
+    for (let i = 0; i < safetyTicks; i++) this.step();
+    // Liveness: heal everything and stop injecting faults.
+    this.faults = false;
+    this.cut.clear();
+    this.trace('=== HEAL: liveness phase ===');
+    for (const n of this.nodes.values()) if (!n.up && !n.retired) this.start(n);
+    let finalId = 0;
+    let finalIndex = 0;
+    for (let i = 0; i < livenessTicks; i++) {
+      this.step();
+      const leader = this.leader();
+      if (!leader) continue;
+      const raw = leader.raw!;
+      if (
+        finalId === 0 ||
+        (finalIndex > 0 &&
+          this.appliedAt.has(finalIndex) &&
+          !this.appliedAt.get(finalIndex)!.endsWith(`:p${finalId}`))
+      ) {
+        // Propose a final entry (again, if a previous attempt was superseded).
+        try {
+          const id = this.nextProposalId++;
+          finalIndex = raw.propose(enc.encode(`p${id}`));
+          finalId = id;
+          this.pendingProposals.set(id, finalIndex);
+        } catch (e) {
+          if (!(e instanceof RaftError)) throw e;
+        }
+        continue;
+      }
+      if (this.converged(leader, finalId)) {
+        this.trace(`converged after ${i} liveness ticks`);
+        return;
+      }
+    }
+    const l = this.leader();
+    fail(
+      `liveness: no convergence within ${livenessTicks} ticks after healing (leader=${l?.id ?? 'none'}, ` +
+        `pending proposals=${[...this.pendingProposals.values()].slice(0, 5).join(',')}, ` +
+        `nodes=${[...this.nodes.values()]
+          .filter((n) => n.up)
+          .map((n) => {
+            const s = n.raw!.status();
+            return `${n.id}:${s.role}/t${s.term}/c${s.commit}/a${s.applied}/last${s.lastIndex}`;
+          })
+          .join(' ')})`,
+    );
+  }
+
+  private leader(): SimNode | undefined {
+    let best: SimNode | undefined;
+    let bestTerm = -1;
+    for (const n of this.nodes.values()) {
+      if (!n.up) continue;
+      const s = n.raw!.status();
+      if (s.role === 'leader' && s.term > bestTerm) {
+        best = n;
+        bestTerm = s.term;
+      }
+    }
+    return best;
+  }
+
+  private converged(leader: SimNode, finalId: number): boolean {
+    const ls = leader.raw!.status();
+    if (!this.appliedAt.get(this.pendingProposals.get(finalId) ?? -1)?.endsWith(`:p${finalId}`)) {
+      if (this.pendingProposals.has(finalId)) return false;
+    }
+    // Every proposal ever accepted must be resolved: committed, or its index committed by another entry.
+    for (const idx of this.pendingProposals.values()) if (idx > ls.commit) return false;
+    for (const id of [...ls.conf.voters, ...ls.conf.learners]) {
+      const n = this.nodes.get(id);
+      if (!n || !n.up) return false;
+      const s = n.raw!.status();
+      if (s.applied < ls.commit || n.pending) return false;
+    }
+    return true;
+  }
+
+  private step(): void {
+    this.now++;
+    this.stats.ticks++;
+    if (this.faults) this.injectFaults();
+    this.clientActions();
+    for (const n of this.nodes.values()) {
+      if (!n.up) continue;
+      if (this.faults && this.rng.nextFloat() < 0.02) continue; // clock drift: a skipped tick
+      n.raw!.tick();
+    }
+    this.deliver();
+    for (const n of this.nodes.values()) this.processReady(n);
+    this.check();
+  }
+
+  private injectFaults(): void {
+    const r = this.rng;
+    for (const n of this.nodes.values()) {
+      if (n.retired) continue;
+      if (n.up && r.nextFloat() < this.crashRate) {
+        this.crash(n);
+        n.downUntil = this.now + 1 + r.nextInt(60);
+      } else if (!n.up && this.now >= n.downUntil) {
+        this.trace(`RESTART ${n.id}`);
+        this.start(n);
+      }
+    }
+    for (const [id, at] of this.retireAt) {
+      const n = this.nodes.get(id)!;
+      if (this.now >= at && !n.retired) {
+        this.trace(`RETIRE ${id} (removed from the cluster)`);
+        if (n.up) this.crash(n);
+        n.retired = true;
+      }
+    }
+    if (r.nextFloat() < 0.01) {
+      const ids = [...this.nodes.keys()];
+      this.cut.clear();
+      if (r.nextFloat() < 0.5) {
+        // Symmetric split into two groups.
+        const side = new Map(ids.map((id) => [id, r.nextFloat() < 0.5]));
+        for (const a of ids)
+          for (const b of ids) if (side.get(a) !== side.get(b)) this.cut.add(`${a}>${b}`);
+        this.trace(
+          `PARTITION ${ids.filter((id) => side.get(id)).join(',')} | ${ids.filter((id) => !side.get(id)).join(',')}`,
+        );
+      } else {
+        // Asymmetric: some directed links fail.
+        for (const a of ids)
+          for (const b of ids) if (a !== b && r.nextFloat() < 0.25) this.cut.add(`${a}>${b}`);
+        this.trace(`ASYMMETRIC cut ${[...this.cut].join(' ')}`);
+      }
+    } else if (this.cut.size > 0 && r.nextFloat() < 0.03) {
+      this.cut.clear();
+      this.trace('HEAL network');
+    }
+    if (r.nextFloat() < 0.03) {
+      const n = this.randomUp();
+      if (n) this.compact(n);
+    }
+  }
+
+  private randomUp(): SimNode | undefined {
+    const ups = [...this.nodes.values()].filter((n) => n.up);
+    return ups.length ? ups[this.rng.nextInt(ups.length)] : undefined;
+  }
+
+  private compact(n: SimNode): void {
+    if (n.sm.index <= n.storage.snapshot().index) return;
+    n.storage.createSnapshot(n.sm.index, n.sm.conf);
+    n.snapData = copySm(n.sm);
+    const keep = this.rng.nextInt(4);
+    const to = Math.max(n.storage.firstIndex(), n.sm.index - keep);
+    n.storage.compact(to);
+    this.stats.compactions++;
+    this.trace(`COMPACT ${n.id} snapshot@${n.sm.index} first=${n.storage.firstIndex()}`);
+  }
+
+  private clientActions(): void {
+    const r = this.rng;
+    const leader = this.leader();
+    if (r.nextFloat() < 0.4) {
+      const n = leader && r.nextFloat() < 0.85 ? leader : this.randomUp();
+      if (n) {
+        const count = 1 + r.nextInt(3); // several proposals in one tick get batched
+        for (let i = 0; i < count; i++) {
+          const id = this.nextProposalId++;
+          try {
+            const idx = n.raw!.propose(enc.encode(`p${id}`));
+            this.pendingProposals.set(id, idx);
+            this.stats.proposed++;
+          } catch (e) {
+            if (!(e instanceof RaftError)) throw e;
+            break;
+          }
+        }
+      }
+    }
+    if (r.nextFloat() < 0.08) {
+      const n = this.randomUp();
+      if (n) {
+        const id = this.nextReadId++;
+        const ctx = enc.encode(`r${id}`);
+        try {
+          n.raw!.readIndex(ctx);
+          this.reads.set(id, { required: this.maxCommitSeen, node: n.id });
+        } catch (e) {
+          if (!(e instanceof RaftError)) throw e;
+        }
+      }
+    }
+    if (!this.faults || !leader) return;
+    if (r.nextFloat() < 0.015) this.confChange(leader);
+    if (r.nextFloat() < 0.005) {
+      const voters = leader.raw!.status().conf.voters.filter((v) => v !== leader.id);
+      if (voters.length > 0) {
+        const to = voters[r.nextInt(voters.length)];
+        this.trace(`TRANSFER leadership ${leader.id} -> ${to}`);
+        this.stats.transfers++;
+        leader.raw!.transferLeadership(to);
+      }
+    }
+  }
+
+  private confChange(leader: SimNode): void {
+    const r = this.rng;
+    const conf = leader.raw!.status().conf;
+    const members = conf.voters.length + conf.learners.length;
+    const choice = r.nextInt(4);
+    let cc: { type: ConfChangeType; node: string } | undefined;
+    let fresh = false;
+    if (choice === 0 && this.nextNodeNo <= MAX_NODES && members < 6) {
+      cc = {
+        type: r.nextFloat() < 0.8 ? ConfChangeType.AddLearner : ConfChangeType.AddVoter,
+        node: `n${this.nextNodeNo}`,
+      };
+      fresh = true;
+    } else if (choice === 1 && conf.learners.length > 0) {
+      cc = {
+        type: ConfChangeType.PromoteLearner,
+        node: conf.learners[r.nextInt(conf.learners.length)],
+      };
+    } else if (choice === 2 && members > 2) {
+      const all = [...conf.voters, ...conf.learners];
+      cc = { type: ConfChangeType.RemoveNode, node: all[r.nextInt(all.length)] };
+    }
+    if (!cc) return;
+    try {
+      leader.raw!.proposeConfChange(cc);
+    } catch (e) {
+      if (!(e instanceof RaftError)) throw e;
+      return;
+    }
+    this.trace(`PROPOSE conf change ${ConfChangeType[cc.type]} ${cc.node} at ${leader.id}`);
+    if (fresh) {
+      this.nextNodeNo++;
+      // A joining node starts with an empty disk and learns everything from the leader.
+      this.addNode(cc.node, new MemoryStorage(), {
+        index: 0,
+        hash: 0,
+        conf: { voters: [], learners: [] },
+      });
+    }
+  }
+
+  private send(from: SimNode, m: Message): void {
+    const r = this.rng;
+    let snap: SmState | undefined;
+    if (m.type === MessageType.Snapshot) {
+      // The host streams the snapshot data; it can only serve the snapshot it holds on disk.
+      const ok = from.snapData.index === m.snapshot!.index;
+      if (ok) snap = copySm(from.snapData);
+      const lost = !ok || (this.faults && r.nextFloat() < this.dropRate);
+      this.net.push({
+        at: this.now + 1 + r.nextInt(this.maxDelay + 3),
+        report: { node: from.id, incarnation: from.incarnation, peer: m.to, ok: !lost },
+      });
+      if (lost) return;
+    }
+    if (this.faults && r.nextFloat() < this.dropRate) {
+      this.stats.dropped++;
+      return;
+    }
+    const copies = this.faults && r.nextFloat() < this.dupRate ? 2 : 1;
+    for (let i = 0; i < copies; i++) {
+      this.net.push({
+        at: this.now + 1 + (this.faults ? r.nextInt(this.maxDelay + 1) : 0),
+        m,
+        snap,
+      });
+    }
+  }
+
+  private deliver(): void {
+    const due: InFlight[] = [];
+    const later: InFlight[] = [];
+    for (const f of this.net) (f.at <= this.now ? due : later).push(f);
+    this.net = later;
+    // Reorder: deliver due messages in a random order.
+    for (let i = due.length - 1; i > 0; i--) {
+      const j = this.rng.nextInt(i + 1);
+      [due[i], due[j]] = [due[j], due[i]];
+    }
+    for (const f of due) {
+      if (f.report) {
+        const n = this.nodes.get(f.report.node)!;
+        if (n.up && n.incarnation === f.report.incarnation)
+          n.raw!.reportSnapshot(f.report.peer, f.report.ok);
+        continue;
+      }
+      const m = f.m!;
+      const to = this.nodes.get(m.to);
+      if (!to || !to.up || this.cut.has(`${m.from}>${m.to}`)) {
+        this.stats.dropped++;
+        continue;
+      }
+      this.stats.delivered++;
+      this.trace(fmtMsg(m));
+      if (m.type === MessageType.Snapshot && f.snap) to.staged.set(f.snap.index, copySm(f.snap));
+      to.raw!.step({ ...m });
+    }
+  }
+
+  private processReady(n: SimNode): void {
+    for (let round = 0; round < 2 && n.up; round++) {
+      const raw = n.raw!;
+      if (!n.pending) {
+        if (!raw.hasReady()) return;
+        n.pending = raw.ready();
+        this.checkNewEntries(n, n.pending);
+      }
+      // Persist at a random later point: a crash before it loses the whole Ready.
+      if (this.faults && this.rng.nextFloat() >= this.persistRate) return;
+      const rd = n.pending;
+      n.pending = undefined;
+      this.persistAndApply(n, rd);
+    }
+  }
+
+  /** Log matching and "committed entries are never overwritten", for every entry a node logs. */
+  private checkNewEntries(n: SimNode, rd: Ready): void {
+    if (rd.softState)
+      this.trace(`${n.id} is ${rd.softState.role} (leader '${rd.softState.leader}')`);
+    const commit = n.raw!.status().commit;
+    let prevTerm = rd.entries.length > 0 ? n.raw!.termAt(rd.entries[0].index - 1) : undefined;
+    for (const e of rd.entries) {
+      const key = entryKey(e);
+      const k = `${e.index}|${e.term}`;
+      const seen = this.logAt.get(k);
+      if (seen) {
+        if (seen.key !== key)
+          fail(`log matching: ${n.id} has ${key} at ${k}, another node has ${seen.key}`);
+        if (seen.prevTerm !== undefined && prevTerm !== undefined && seen.prevTerm !== prevTerm) {
+          fail(
+            `log matching: ${n.id} entry ${k} follows term ${prevTerm}, elsewhere term ${seen.prevTerm}`,
+          );
+        }
+      } else {
+        this.logAt.set(k, { key, prevTerm });
+      }
+      // A node may hold stale, never-committed entries at an index committed elsewhere, but
+      // never once it considers that index committed.
+      const committed = e.index <= commit ? this.appliedAt.get(e.index) : undefined;
+      if (committed !== undefined && committed !== `${e.term}|${key}`) {
+        fail(
+          `committed entry lost: ${n.id} logs ${e.term}|${key} at ${e.index}, committed was ${committed}`,
+        );
+      }
+      prevTerm = e.term;
+    }
+  }
+
+  private persistAndApply(n: SimNode, rd: Ready): void {
+    const raw = n.raw!;
+    if (rd.snapshot) {
+      const data = n.staged.get(rd.snapshot.index);
+      if (!data)
+        fail(`${n.id} asked to install snapshot ${rd.snapshot.index} whose data it never received`);
+      if (data.index <= n.sm.index)
+        fail(`${n.id} applied index would go backwards: snapshot ${data.index} <= ${n.sm.index}`);
+      const h = this.hashAt.get(data.index);
+      if (h !== undefined && h !== data.hash)
+        fail(`snapshot ${data.index} state differs from applied state`);
+      n.storage.applySnapshot(rd.snapshot);
+      n.snapData = copySm(data);
+      n.sm = copySm(data);
+      n.staged.clear();
+      this.stats.snapshotsInstalled++;
+      this.trace(`${n.id} INSTALL snapshot ${data.index}`);
+    }
+    if (rd.hardState) n.storage.setHardState(rd.hardState);
+    n.storage.append(rd.entries);
+    for (const m of rd.messages) this.send(n, m);
+    for (const e of rd.committedEntries) this.apply(n, e);
+    for (const rs of rd.readStates) {
+      const id = Number(dec.decode(rs.context).slice(1));
+      const req = this.reads.get(id);
+      if (!req) fail(`${n.id} got a read state for unknown request ${id}`); // duplicates are fine
+      if (rs.index < req.required) {
+        fail(
+          `ReadIndex not linearizable: read r${id} answered at ${rs.index} but ${req.required} was committed before it was issued`,
+        );
+      }
+      this.stats.reads++;
+    }
+    raw.advance(rd);
+  }
+
+  private apply(n: SimNode, e: Entry): void {
+    if (e.index !== n.sm.index + 1)
+      fail(`${n.id} applies ${e.index} after ${n.sm.index} (gap or going backwards)`);
+    const key = entryKey(e);
+    const rec = `${e.term}|${key}`;
+    const prev = this.appliedAt.get(e.index);
+    if (prev !== undefined && prev !== rec)
+      fail(
+        `state machine safety: ${n.id} applies ${rec} at ${e.index}, another node applied ${prev}`,
+      );
+    n.sm.hash = mix(n.sm.hash, `${e.index}|${rec}`);
+    n.sm.index = e.index;
+    const h = this.hashAt.get(e.index);
+    if (h !== undefined && h !== n.sm.hash)
+      fail(`state machine safety: ${n.id} state hash at ${e.index} differs`);
+    if (prev === undefined) {
+      this.appliedAt.set(e.index, rec);
+      this.hashAt.set(e.index, n.sm.hash);
+      const s = dec.decode(e.data);
+      if (e.type === EntryType.Normal && s.startsWith('p')) this.stats.committedProposals++;
+    }
+    if (e.type === EntryType.Normal && e.data.length > 0)
+      this.pendingProposals.delete(Number(dec.decode(e.data).slice(1)));
+    if (e.type === EntryType.ConfChange) {
+      const cc = decodeConfChange(e.data);
+      n.sm.conf = n.raw!.applyConfChange(cc);
+      if (prev === undefined) {
+        this.stats.confChangesApplied++;
+        this.trace(
+          `${n.id} APPLY conf change ${ConfChangeType[cc.type]} ${cc.node} -> voters=${n.sm.conf.voters} learners=${n.sm.conf.learners}`,
+        );
+      }
+      if (cc.type === ConfChangeType.RemoveNode && !this.retireAt.has(cc.node))
+        this.retireAt.set(cc.node, this.now + 30);
+    }
+  }
+
+  private check(): void {
+    for (const n of this.nodes.values()) {
+      if (!n.up) continue;
+      const s = n.raw!.status();
+      if (s.commit > this.maxCommitSeen) this.maxCommitSeen = s.commit;
+      if (s.term > this.stats.maxTerm) this.stats.maxTerm = s.term;
+      if (s.role !== 'leader') continue;
+      const other = this.leaderOfTerm.get(s.term);
+      if (other !== undefined && other !== n.id)
+        fail(`two leaders in term ${s.term}: ${other} and ${n.id}`);
+      if (other === undefined) {
+        this.leaderOfTerm.set(s.term, n.id);
+        this.stats.leaders++;
+      }
+      if (this.lastLeaderSeen.get(n.id) !== s.term) {
+        this.lastLeaderSeen.set(n.id, s.term);
+        this.checkLeaderCompleteness(n, s.firstIndex);
+      }
+    }
+  }
+
+  /** §5.4: a new leader's log holds every entry committed (applied anywhere) so far. */
+  private checkLeaderCompleteness(n: SimNode, firstIndex: number): void {
+    for (const [index, rec] of this.appliedAt) {
+      if (index < firstIndex) continue;
+      const term = Number(rec.slice(0, rec.indexOf('|')));
+      const t = n.raw!.termAt(index);
+      if (t !== term)
+        fail(
+          `leader completeness: leader ${n.id} has term ${t} at committed index ${index} (committed term ${term})`,
+        );
+    }
+  }
+}
