@@ -62,7 +62,7 @@ export function encodeStatusDetails(
   const status = StatusType.fromObject({
     code,
     message,
-    details: [{ typeUrl: ERROR_DETAIL_TYPE_URL, value }],
+    details: [{ type_url: ERROR_DETAIL_TYPE_URL, value }],
   });
   return Buffer.from(StatusType.encode(status).finish());
 }
@@ -74,9 +74,9 @@ export function decodeStatusDetails(
   const raw = metadata?.get(STATUS_DETAILS_KEY)[0];
   if (!raw || typeof raw === 'string') return undefined;
   const status = StatusType.toObject(StatusType.decode(raw)) as {
-    details?: { typeUrl: string; value: Uint8Array }[];
+    details?: { type_url: string; value: Uint8Array }[];
   };
-  const any = status.details?.find((d) => d.typeUrl === ERROR_DETAIL_TYPE_URL);
+  const any = status.details?.find((d) => d.type_url === ERROR_DETAIL_TYPE_URL);
   if (!any) return undefined;
   return DetailType.toObject(DetailType.decode(any.value), {
     enums: String,

@@ -338,7 +338,7 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
         (e: unknown) => {
           const err = toServiceError(e);
           done(err.code ?? grpc.status.UNKNOWN);
-          call.destroy(err as Error);
+          call.emit('error', err);
         },
       );
     },
@@ -358,7 +358,7 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
         (e: unknown) => {
           const err = toServiceError(e);
           done(err.code ?? grpc.status.UNKNOWN);
-          call.destroy(err as Error);
+          call.emit('error', err);
         },
       );
     },

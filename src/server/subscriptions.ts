@@ -204,7 +204,7 @@ class Subscriber {
         this.wake = undefined;
       }
       if (this.failure && this.failure.code !== grpc.status.CANCELLED)
-        this.call.destroy(toServiceError(this.failure) as Error);
+        this.call.emit('error', toServiceError(this.failure));
       else this.call.end();
     } finally {
       unlisten();

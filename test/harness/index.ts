@@ -1,0 +1,112 @@
+/**
+ * Test harness: real node processes on free loopback ports, stopped by PID; temp data dirs.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+export const CLI = path.resolve(__dirname, '../../src/cli/main.js');
+
+export function tmpDir(prefix: string): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), `zeoraft-${prefix}-`));
+}
+
+export function rmDir(dir: string): void {
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+
+/** A port that was free a moment ago (bound and released by the OS on 127.0.0.1). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Poll `fn` until it returns a truthy value or throws past the timeout. */
+export async function eventually<T>(
+  fn: () => Promise<T> | T,
+  timeoutMs = 10_000,
+  what = 'condition',
+): Promise<NonNullable<T>> {
+  const end = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v as NonNullable<T>;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > end)
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ''}`,
+      );
+    await sleep(50);
+  }
+}
+
+export class NodeProcess {
+  private exited: Promise<void>;
+  output = '';
+
+  private constructor(
+    readonly child: ChildProcess,
+    readonly env: Record<string, string>,
+  ) {
+    this.exited = new Promise((resolve) => child.once('exit', () => resolve()));
+    child.stdout?.on('data', (d: Buffer) => (this.output += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (this.output += d.toString()));
+  }
+
+  get pid(): number {
+    return this.child.pid as number;
+  }
+
+  get alive(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** Start `zeoraft server` with ZEORAFT_* settings; resolves once it printed its ready line. */
+  static async start(env: Record<string, string>, timeoutMs = 20_000): Promise<NodeProcess> {
+    const child = spawn(process.execPath, [CLI, 'server'], {
+      env: { ...process.env, ZEORAFT_LOG_LEVEL: 'warn', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const p = new NodeProcess(child, env);
+    await eventually(
+      () => {
+        if (!p.alive) throw new Error(`node exited early: ${p.output}`);
+        return p.output.includes('zeoraft node ready');
+      },
+      timeoutMs,
+      `node ${env.ZEORAFT_NODE_ID} to start`,
+    );
+    return p;
+  }
+
+  /** Send a signal by PID and wait for the process to exit. */
+  async kill(signal: NodeJS.Signals = 'SIGKILL', timeoutMs = 15_000): Promise<void> {
+    if (!this.alive) return;
+    process.kill(this.pid, signal);
+    const t = setTimeout(() => this.alive && process.kill(this.pid, 'SIGKILL'), timeoutMs);
+    await this.exited;
+    clearTimeout(t);
+  }
+
+  pause(): void {
+    process.kill(this.pid, 'SIGSTOP');
+  }
+
+  resume(): void {
+    process.kill(this.pid, 'SIGCONT');
+  }
+}
