@@ -174,6 +174,8 @@ class Sim {
   private readonly dupRate: number;
   private readonly maxDelay: number;
   private readonly crashRate: number;
+  private readonly leaderCrashRate: number;
+  private readonly partitionRate: number;
   private readonly persistRate: number;
   private readonly preVote: boolean;
   private readonly checkQuorum: boolean;
@@ -207,7 +209,9 @@ class Sim {
     this.dropRate = r.nextFloat() * 0.15;
     this.dupRate = r.nextFloat() * 0.05;
     this.maxDelay = r.nextInt(5);
-    this.crashRate = r.nextFloat() * 0.006;
+    this.crashRate = r.nextFloat() * 0.008;
+    this.leaderCrashRate = r.nextFloat() < 0.5 ? r.nextFloat() * 0.03 : 0;
+    this.partitionRate = 0.003 + r.nextFloat() * 0.03;
     this.persistRate = 0.3 + r.nextFloat() * 0.7;
     this.preVote = r.nextFloat() < 0.8;
     this.checkQuorum = r.nextFloat() < 0.8;
@@ -223,7 +227,7 @@ class Sim {
     }
     this.trace(
       `seed ${seed}: ${n} voters, drop=${this.dropRate.toFixed(3)} dup=${this.dupRate.toFixed(3)} delay<=${this.maxDelay} ` +
-        `crash=${this.crashRate.toFixed(4)} persist=${this.persistRate.toFixed(2)} preVote=${this.preVote} ` +
+        `crash=${this.crashRate.toFixed(4)} leaderCrash=${this.leaderCrashRate.toFixed(3)} partition=${this.partitionRate.toFixed(3)} persist=${this.persistRate.toFixed(2)} preVote=${this.preVote} ` +
         `checkQuorum=${this.checkQuorum} maxMsg=${this.maxSizePerMsg} inflight=${this.maxInflight} uncommitted=${this.maxUncommitted}`,
     );
   }
@@ -279,7 +283,7 @@ class Sim {
   }
 
   run(): void {
-    const safetyTicks = this.opts.safetyTicks ?? 400;
+    const safetyTicks = this.opts.safetyTicks ?? 500;
     const livenessTicks = this.opts.livenessTicks ?? 600;
     for (let i = 0; i < safetyTicks; i++) this.step();
     // Liveness: heal everything and stop injecting faults.
@@ -381,11 +385,17 @@ class Sim {
       if (n.retired) continue;
       if (n.up && r.nextFloat() < this.crashRate) {
         this.crash(n);
-        n.downUntil = this.now + 1 + r.nextInt(60);
+        n.downUntil = this.now + 1 + r.nextInt(40);
       } else if (!n.up && this.now >= n.downUntil) {
         this.trace(`RESTART ${n.id}`);
         this.start(n);
       }
+    }
+    const leader = this.leader();
+    if (leader && r.nextFloat() < this.leaderCrashRate) {
+      // Crash the leader, often right after it appended entries it has not replicated.
+      this.crash(leader);
+      leader.downUntil = this.now + 1 + r.nextInt(25);
     }
     for (const [id, at] of this.retireAt) {
       const n = this.nodes.get(id)!;
@@ -395,10 +405,19 @@ class Sim {
         n.retired = true;
       }
     }
-    if (r.nextFloat() < 0.01) {
+    if (r.nextFloat() < this.partitionRate) {
       const ids = [...this.nodes.keys()];
       this.cut.clear();
-      if (r.nextFloat() < 0.5) {
+      const kind = r.nextFloat();
+      if (kind < 0.25 && leader) {
+        // Isolate the leader (it keeps believing it leads until check-quorum or a higher term).
+        for (const b of ids) {
+          if (b === leader.id) continue;
+          this.cut.add(`${leader.id}>${b}`);
+          this.cut.add(`${b}>${leader.id}`);
+        }
+        this.trace(`ISOLATE leader ${leader.id}`);
+      } else if (kind < 0.65) {
         // Symmetric split into two groups.
         const side = new Map(ids.map((id) => [id, r.nextFloat() < 0.5]));
         for (const a of ids)
@@ -412,7 +431,7 @@ class Sim {
           for (const b of ids) if (a !== b && r.nextFloat() < 0.25) this.cut.add(`${a}>${b}`);
         this.trace(`ASYMMETRIC cut ${[...this.cut].join(' ')}`);
       }
-    } else if (this.cut.size > 0 && r.nextFloat() < 0.03) {
+    } else if (this.cut.size > 0 && r.nextFloat() < this.partitionRate * 2) {
       this.cut.clear();
       this.trace('HEAL network');
     }
@@ -646,7 +665,7 @@ class Sim {
       n.storage.applySnapshot(rd.snapshot);
       n.snapData = copySm(data);
       n.sm = copySm(data);
-      n.staged.clear();
+      for (const idx of [...n.staged.keys()]) if (idx <= data.index) n.staged.delete(idx);
       this.stats.snapshotsInstalled++;
       this.trace(`${n.id} INSTALL snapshot ${data.index}`);
     }
