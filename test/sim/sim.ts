@@ -196,7 +196,7 @@ class Sim {
   private nextReadId = 1;
   private nextProposalId = 1;
   /** proposal id -> index it was appended at (until it is applied somewhere). */
-  private readonly pendingProposals = new Map<number, number>();
+  private readonly pendingProposals = new Map<number, { index: number; term: number }>();
   private readonly lastLeaderSeen = new Map<string, number>();
   private readonly retireAt = new Map<string, number>();
 
@@ -215,7 +215,8 @@ class Sim {
     this.persistRate = 0.3 + r.nextFloat() * 0.7;
     this.preVote = r.nextFloat() < 0.8;
     this.checkQuorum = r.nextFloat() < 0.8;
-    this.maxSizePerMsg = 16 + r.nextInt(256);
+    // Often tiny, so that entries travel one per message (exposes commit-rule bugs, Figure 8).
+    this.maxSizePerMsg = [1, 1, 8, 64, 1024][r.nextInt(5)];
     this.maxInflight = 1 + r.nextInt(8);
     this.maxUncommitted = r.nextFloat() < 0.5 ? 0 : 64 + r.nextInt(512);
     const n = 3 + r.nextInt(3);
@@ -292,24 +293,24 @@ class Sim {
     this.trace('=== HEAL: liveness phase ===');
     for (const n of this.nodes.values()) if (!n.up && !n.retired) this.start(n);
     let finalId = 0;
-    let finalIndex = 0;
+    let finalAt = { index: 0, term: 0 };
     for (let i = 0; i < livenessTicks; i++) {
       this.step();
       const leader = this.leader();
       if (!leader) continue;
       const raw = leader.raw!;
-      if (
-        finalId === 0 ||
-        (finalIndex > 0 &&
-          this.appliedAt.has(finalIndex) &&
-          !this.appliedAt.get(finalIndex)!.endsWith(`:p${finalId}`))
-      ) {
-        // Propose a final entry (again, if a previous attempt was superseded).
+      const superseded =
+        finalId !== 0 &&
+        this.pendingProposals.has(finalId) &&
+        raw.termAt(finalAt.index) !== finalAt.term;
+      if (finalId === 0 || superseded) {
+        // Propose a final entry (again, if the previous attempt was lost with its leader).
         try {
           const id = this.nextProposalId++;
-          finalIndex = raw.propose(enc.encode(`p${id}`));
+          const index = raw.propose(enc.encode(`p${id}`));
+          finalAt = { index, term: raw.status().term };
           finalId = id;
-          this.pendingProposals.set(id, finalIndex);
+          this.pendingProposals.set(id, finalAt);
         } catch (e) {
           if (!(e instanceof RaftError)) throw e;
         }
@@ -323,7 +324,10 @@ class Sim {
     const l = this.leader();
     fail(
       `liveness: no convergence within ${livenessTicks} ticks after healing (leader=${l?.id ?? 'none'}, ` +
-        `pending proposals=${[...this.pendingProposals.values()].slice(0, 5).join(',')}, ` +
+        `pending proposals=${[...this.pendingProposals.values()]
+          .slice(0, 5)
+          .map((p) => `${p.index}/${p.term}`)
+          .join(',')}, ` +
         `nodes=${[...this.nodes.values()]
           .filter((n) => n.up)
           .map((n) => {
@@ -350,11 +354,16 @@ class Sim {
 
   private converged(leader: SimNode, finalId: number): boolean {
     const ls = leader.raw!.status();
-    if (!this.appliedAt.get(this.pendingProposals.get(finalId) ?? -1)?.endsWith(`:p${finalId}`)) {
-      if (this.pendingProposals.has(finalId)) return false;
+    if (this.pendingProposals.has(finalId)) return false;
+    // Every proposal ever accepted must be resolved: committed (then it left pendingProposals),
+    // or visibly superseded — the leader's log holds another entry at its index — so the host
+    // can refuse it.
+    for (const p of this.pendingProposals.values()) {
+      if (p.index <= ls.commit && this.appliedAt.get(p.index)?.startsWith(`${p.term}|`)) {
+        fail(`proposal at ${p.index}/${p.term} is committed but was never applied`);
+      }
+      if (leader.raw!.termAt(p.index) === p.term) return false;
     }
-    // Every proposal ever accepted must be resolved: committed, or its index committed by another entry.
-    for (const idx of this.pendingProposals.values()) if (idx > ls.commit) return false;
     for (const id of [...ls.conf.voters, ...ls.conf.learners]) {
       const n = this.nodes.get(id);
       if (!n || !n.up) return false;
@@ -460,7 +469,7 @@ class Sim {
   private clientActions(): void {
     const r = this.rng;
     const leader = this.leader();
-    if (r.nextFloat() < 0.4) {
+    if (this.faults && r.nextFloat() < 0.4) {
       const n = leader && r.nextFloat() < 0.85 ? leader : this.randomUp();
       if (n) {
         const count = 1 + r.nextInt(3); // several proposals in one tick get batched
@@ -468,7 +477,7 @@ class Sim {
           const id = this.nextProposalId++;
           try {
             const idx = n.raw!.propose(enc.encode(`p${id}`));
-            this.pendingProposals.set(id, idx);
+            this.pendingProposals.set(id, { index: idx, term: n.raw!.status().term });
             this.stats.proposed++;
           } catch (e) {
             if (!(e instanceof RaftError)) throw e;
