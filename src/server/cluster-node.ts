@@ -1,9 +1,73 @@
-/** Starting a node as a Raft cluster member. */
+/**
+ * Starting a node as a Raft cluster member: the durable log, the Raft host loop, the peer
+ * transport and the Admin service, around a StorageNode.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { randomInt } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { storagePackage } from '../proto';
+import { assert } from '../util/assert';
+import { adminHandlers, adminPackage } from './admin-service';
 import type { NodeConfig } from './config';
-import type { StorageNode } from './node';
+import { StorageNode } from './node';
+import { PeerTransport } from './peer-transport';
+import { DurableLog } from './raft-log';
+import { RaftReplicator } from './raft-replicator';
+
+/**
+ * A node starting with an empty data directory while its peers already run a cluster must join
+ * (receive a snapshot, not vote until then) instead of bootstrapping a fresh log: a fresh empty
+ * log that votes could elect a leader missing committed entries.
+ */
+async function clusterAlreadyRunning(config: NodeConfig): Promise<boolean> {
+  const Storage = storagePackage().zeoraft.v1.Storage;
+  const probes = config.peers
+    .filter((p) => p.id !== config.nodeId && p.clientAddress)
+    .map(
+      (p) =>
+        new Promise<boolean>((resolve) => {
+          const c = new Storage(p.clientAddress, grpc.credentials.createInsecure());
+          c.Status({}, { deadline: Date.now() + 700 }, (err, res) => {
+            c.close();
+            resolve(!err && !!res && (res.appliedIndex > 1 || res.leaderId !== ''));
+          });
+        }),
+    );
+  return (await Promise.all(probes)).some(Boolean);
+}
 
 export async function startClusterNode(config: NodeConfig): Promise<StorageNode> {
-  throw new Error(
-    `node ${config.nodeId}: cluster membership (--peers/--join) is not available in this build`,
-  );
+  const logDir = path.join(config.dataDir, 'raft');
+  let join = config.join;
+  if (!join && !fs.existsSync(logDir) && (await clusterAlreadyRunning(config))) join = true;
+  let replicator: RaftReplicator | undefined;
+  const node = await StorageNode.start(config, async (n) => {
+    const log = await DurableLog.open(logDir, {
+      initial: { voters: config.peers.map((p) => p.id), learners: [] },
+      join,
+      fsync: config.fsync,
+      onFsync: (s) => n.metrics.fsyncDuration.observe(s),
+    });
+    // The bootstrap snapshot (index 1) describes the empty state: the store reaches it with a no-op.
+    if (log.mem.snapshot().index === 1 && n.store.appliedIndex === 0)
+      await n.store.apply(1, { noop: {} });
+    assert(
+      n.store.appliedIndex >= log.mem.snapshot().index,
+      `the object store (applied ${n.store.appliedIndex}) is behind the Raft log's snapshot (${log.mem.snapshot().index}): the state directory was lost; wipe ${config.dataDir} and restart with --join`,
+    );
+    if (join && log.isNew)
+      n.log.info('joining an existing cluster: waiting for a snapshot from the leader');
+    const r = new RaftReplicator(n, log, randomInt(1, 2 ** 31));
+    const transport = new PeerTransport(n, r);
+    r.transport = transport;
+    await transport.listen();
+    replicator = r;
+    n.extraServices.push((server) =>
+      server.addService(adminPackage().zeoraft.v1.Admin.service, adminHandlers(n, r)),
+    );
+    return r;
+  });
+  assert(replicator, 'replicator created');
+  return node;
 }

@@ -14,6 +14,7 @@ import { hex, idCompare } from '../util/ids';
 import { Logger, createLogger } from '../util/log';
 import { NodeConfig } from './config';
 import { RpcError, unavailable } from './errors';
+import { AddressBook } from './address-book';
 import { startHttp } from './http';
 import { Limits } from './limits';
 import { LocalReplicator } from './local-replicator';
@@ -37,6 +38,7 @@ export class StorageNode {
   readonly limits: Limits;
   readonly log: Logger;
   readonly subscriptions: SubscriptionHub;
+  readonly addressBook: AddressBook;
   replicator!: Replicator;
   private grpcServer: grpc.Server | undefined;
   private httpServer: http.Server | undefined;
@@ -64,6 +66,7 @@ export class StorageNode {
       },
       (n) => this.metrics.invalidationsSent.inc(n),
     );
+    this.addressBook = new AddressBook(config.peers, store);
     store.onApplied((index) => {
       this.metrics.appliedIndex.set(index);
       for (const w of [...this.appliedWaiters]) w();

@@ -43,7 +43,15 @@ export type Command =
     }
   | { pack: { storage: string; packTid: Uint8Array; gc?: boolean } }
   | { newOids: { storage: string; count: number } }
-  | { noop: Record<string, never> };
+  | { noop: Record<string, never> }
+  | { member: MemberRecord };
+
+export interface MemberRecord {
+  id: string;
+  peerAddress?: string;
+  clientAddress?: string;
+  remove?: boolean;
+}
 
 export interface Revision {
   data?: Uint8Array;
@@ -100,4 +108,5 @@ export const revisionCodec = codec<Revision>('zeoraft.v1.log.Revision');
 export const txnRecordCodec = codec<TxnRecord>('zeoraft.v1.log.TxnRecord');
 export const preparedCodec = codec<PreparedRecord>('zeoraft.v1.log.PreparedRecord');
 export const storageMetaCodec = codec<StorageMeta>('zeoraft.v1.log.StorageMeta');
+export const memberCodec = codec<MemberRecord>('zeoraft.v1.log.MemberCmd');
 export const snapshotChunkCodec = codec<SnapshotChunk>('zeoraft.v1.log.SnapshotChunk');

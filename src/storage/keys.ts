@@ -10,6 +10,7 @@
  *   T <st> <tid>               TxnRecord
  *   P <st> <txn id>            PreparedRecord (voted, not yet finished)
  *   F <st> <txn id>            TID of a finished two-phase transaction (idempotent Finish)
+ *   M <member id>              MemberRecord: a cluster member's addresses
  */
 import { ID_BYTES } from '../util/ids';
 
@@ -21,7 +22,12 @@ export const TAG = {
   txn: 0x54, // T
   prepared: 0x50, // P
   finished: 0x46, // F
+  member: 0x4d, // M
 } as const;
+
+export function memberKey(id: string): Buffer {
+  return Buffer.concat([Buffer.from([TAG.member]), Buffer.from(id, 'utf8')]);
+}
 
 export const MAX_STORAGE_NAME_BYTES = 64;
 

@@ -28,7 +28,9 @@ import {
 } from '../util/ids';
 import {
   Command,
+  MemberRecord,
   PreparedRecord,
+  memberCodec,
   Revision,
   StorageMeta,
   Txn,
@@ -129,6 +131,27 @@ function serialOf(b: Uint8Array | undefined): Buffer {
   return b && b.length > 0 ? buf(b) : Z64;
 }
 
+const LAST_OID = (1n << 64n) - 1n;
+
+function isLastOid(oid: Uint8Array): boolean {
+  return u64(oid) === LAST_OID;
+}
+
+function isStorageName(st: unknown): boolean {
+  if (typeof st !== 'string') return false;
+  const bytes = Buffer.byteLength(st, 'utf8');
+  return bytes >= 1 && bytes <= K.MAX_STORAGE_NAME_BYTES;
+}
+
+/** The storage a command names, or null for commands that name none (noop, empty). */
+function commandStorage(cmd: Command): unknown {
+  const c = cmd as Record<string, any>;
+  if (c.commit) return c.commit.txn ? c.commit.txn.storage : null; // no txn: validateTxn says INVALID
+  if (c.prepare) return c.prepare.txn ? c.prepare.txn.storage : null;
+  for (const op of ['finish', 'abort', 'undo', 'pack', 'newOids']) if (c[op]) return c[op].storage;
+  return null;
+}
+
 function lockKey(storage: string, oid: Uint8Array): string {
   return `${storage}\0${hex(oid)}`;
 }
@@ -140,6 +163,7 @@ export class ObjectStore {
   /** lockKey(storage, oid) -> voted transaction id holding it. */
   private readonly locks = new Map<string, string>();
   private readonly prepared = new Map<string, PreparedSummary>();
+  private readonly memberMap = new Map<string, MemberRecord>();
   private applying = false;
   private readonly commitListeners = new Set<(ev: CommitEvent) => void>();
   private readonly applyListeners = new Set<(index: number) => void>();
@@ -190,6 +214,13 @@ export class ObjectStore {
     this.metas.clear();
     this.locks.clear();
     this.prepared.clear();
+    this.memberMap.clear();
+    for await (const [key, value] of this.db.iterator({
+      gte: Buffer.from([K.TAG.member]),
+      lt: Buffer.from([K.TAG.member + 1]),
+    })) {
+      this.memberMap.set(key.subarray(1).toString('utf8'), memberCodec.decode(value));
+    }
     const g = await this.db.get(K.globalKey);
     if (g) {
       this.appliedIdx = Number(g.readBigUInt64BE(0));
@@ -310,6 +341,15 @@ export class ObjectStore {
   }
 
   private applyOp(cmd: Command, ops: BatchOp[], after: Array<() => void>): Promise<ApplyResult> {
+    // Key building throws RangeError on a bad storage name; that must be a result, not a crash
+    // that every replica would repeat on replay.
+    const st = commandStorage(cmd);
+    if (st !== null && !isStorageName(st)) {
+      throw new StorageError(
+        'INVALID',
+        `a storage name must be 1..${K.MAX_STORAGE_NAME_BYTES} bytes`,
+      );
+    }
     if ('commit' in cmd && cmd.commit)
       return this.applyCommit(cmd.commit.txn, cmd.commit.tid, ops, after, undefined);
     if ('prepare' in cmd && cmd.prepare) return this.applyPrepare(cmd.prepare, ops, after);
@@ -320,6 +360,8 @@ export class ObjectStore {
     if ('newOids' in cmd && cmd.newOids)
       return Promise.resolve(this.applyNewOids(cmd.newOids, ops, after));
     if ('noop' in cmd) return Promise.resolve({ ok: true });
+    if ('member' in cmd && cmd.member)
+      return Promise.resolve(this.applyMember(cmd.member, ops, after));
     throw new StorageError('INVALID', 'empty command');
   }
 
@@ -336,6 +378,10 @@ export class ObjectStore {
       if (seen.has(h))
         throw new StorageError('INVALID', `object ${h} appears twice in one transaction`);
       seen.add(h);
+    }
+    // Storing (or deleting) an OID sets the counter past it; the largest OID has nothing past it.
+    if ((txn.stores ?? []).some((op) => isLastOid(op.oid))) {
+      throw new StorageError('INVALID', 'the largest OID cannot be stored');
     }
   }
 
@@ -615,6 +661,17 @@ export class ObjectStore {
       const todo: string[] = [hex(Z64)];
       for (const o of objects) for (const r of o.laterRefs) todo.push(hex(r));
       for (const o of objects) if (o.hasLater) todo.push(hex(o.oid));
+      // ...and what a voted transaction holds or will reference: its finish must still pass its
+      // conflict check (vote guarantees finish) and must not commit a reference to a collected object.
+      const pp = K.preparedPrefix(st);
+      for await (const [, v] of this.db.iterator({ gte: pp, lt: K.prefixEnd(pp) })) {
+        const voted = preparedCodec.decode(v).txn;
+        for (const c of voted.checks ?? []) todo.push(hex(c.oid));
+        for (const s of voted.stores ?? []) {
+          todo.push(hex(s.oid));
+          for (const r of s.refs ?? []) todo.push(hex(r));
+        }
+      }
       while (todo.length) {
         const h = todo.pop() as string;
         if (reachable.has(h)) continue;
@@ -626,7 +683,11 @@ export class ObjectStore {
     }
     for (const o of objects) {
       const garbage = reachable !== undefined && !reachable.has(hex(o.oid));
-      const keepLast = !garbage && o.old.length > 0 && !o.old[o.old.length - 1].rev.deleted;
+      // A deletion is dropped with the object's current record, unless a voted transaction holds
+      // the object: its finish is checked against that current serial.
+      const held = this.locks.has(lockKey(st, o.oid));
+      const keepLast =
+        !garbage && o.old.length > 0 && (held || !o.old[o.old.length - 1].rev.deleted);
       const drop = keepLast ? o.old.slice(0, -1) : o.old;
       for (const d of drop) ops.push({ type: 'del', key: K.revisionKey(st, o.oid, d.tid) });
       removed += drop.length;
@@ -653,6 +714,9 @@ export class ObjectStore {
     const meta = this.meta(n.storage);
     let next = u64(serialOf(meta.nextOid));
     if (next === 0n) next = 1n;
+    if (next + BigInt(n.count) > LAST_OID) {
+      throw new StorageError('INVALID', 'newOids would run past the largest OID');
+    }
     const oids: Buffer[] = [];
     for (let i = 0; i < n.count; i++) oids.push(p64(next + BigInt(i)));
     const newMeta: StorageMeta = { ...meta, nextOid: p64(next + BigInt(n.count)) };
@@ -663,6 +727,34 @@ export class ObjectStore {
     });
     this.metas.set(n.storage, newMeta);
     return { ok: true, oids };
+  }
+
+  private applyMember(m: MemberRecord, ops: BatchOp[], after: Array<() => void>): ApplyResult {
+    if (!m.id) throw new StorageError('INVALID', 'member without an id');
+    if (m.remove) {
+      ops.push({ type: 'del', key: K.memberKey(m.id) });
+      after.push(() => this.memberMap.delete(m.id));
+    } else {
+      const rec: MemberRecord = {
+        id: m.id,
+        peerAddress: m.peerAddress ?? '',
+        clientAddress: m.clientAddress ?? '',
+      };
+      ops.push({ type: 'put', key: K.memberKey(m.id), value: memberCodec.encode(rec) });
+      after.push(() => this.memberMap.set(m.id, rec));
+    }
+    return { ok: true };
+  }
+
+  /** Member addresses recorded through the log. */
+  members(): MemberRecord[] {
+    return [...this.memberMap.values()];
+  }
+
+  /** Make every applied write durable (one synced write flushes LevelDB's log). */
+  async flush(): Promise<void> {
+    assert(!this.applying, 'flush during apply');
+    await this.db.put(K.globalKey, this.globalValue(), { sync: true });
   }
 
   // ------------------------------------------------------------------------------------------

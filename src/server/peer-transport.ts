@@ -1,0 +1,400 @@
+/**
+ * Raft messages between members over gRPC: one client stream per peer for ordinary messages,
+ * snapshots on their own RPC in chunks (so a large snapshot never delays heartbeats), and
+ * forwarding of commands from followers to the leader.
+ *
+ * Every outbound queue is bounded: past MAX_OUTSTANDING_WRITES unflushed envelopes to a peer,
+ * messages to it are dropped and the core is told the peer is unreachable (Raft retries).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { loadProto } from '../proto';
+import type { ProtoGrpcType as RaftProto } from '../generated/raft';
+import type { RaftClient, RaftHandlers } from '../generated/zeoraft/v1/raft/Raft';
+import type { Message as PMessage, Message__Output } from '../generated/zeoraft/v1/raft/Message';
+import type { Envelope, Envelope__Output } from '../generated/zeoraft/v1/raft/Envelope';
+import type { SnapshotPart, SnapshotPart__Output } from '../generated/zeoraft/v1/raft/SnapshotPart';
+import { Message, MessageType } from '../raft';
+import { commandCodec } from '../storage/codec';
+import type { ApplyResult } from '../storage/object-store';
+import { decodeApplyResult, encodeApplyResult } from './apply-result-codec';
+import { RpcError, toServiceError } from './errors';
+import type { StorageNode } from './node';
+import type { PeerSender, RaftReplicator } from './raft-replicator';
+
+const MAX_OUTSTANDING_WRITES = 1024;
+const SNAPSHOT_FILE = 'snapshot-incoming.tmp';
+
+let raftProto: RaftProto | undefined;
+export function raftPackage(): RaftProto {
+  raftProto ??= loadProto('zeoraft/v1/raft.proto') as unknown as RaftProto;
+  return raftProto;
+}
+
+export function toProto(m: Message): PMessage {
+  return {
+    type: m.type,
+    from: m.from,
+    to: m.to,
+    term: m.term,
+    logTerm: m.logTerm,
+    index: m.index,
+    entries: m.entries.map((e) => ({
+      index: e.index,
+      term: e.term,
+      type: e.type,
+      data: Buffer.from(e.data.buffer, e.data.byteOffset, e.data.byteLength),
+    })),
+    commit: m.commit,
+    reject: m.reject,
+    rejectHint: m.rejectHint,
+    snapshot: m.snapshot
+      ? { index: m.snapshot.index, term: m.snapshot.term, conf: m.snapshot.conf }
+      : undefined,
+    context: m.context ? Buffer.from(m.context) : Buffer.alloc(0),
+  };
+}
+
+export function fromProto(p: Message__Output): Message {
+  const m: Message = {
+    type: p.type as MessageType,
+    from: p.from,
+    to: p.to,
+    term: p.term,
+    logTerm: p.logTerm,
+    index: p.index,
+    entries: p.entries.map((e) => ({ index: e.index, term: e.term, type: e.type, data: e.data })),
+    commit: p.commit,
+    reject: p.reject,
+    rejectHint: p.rejectHint,
+  };
+  if (p.snapshot)
+    m.snapshot = {
+      index: p.snapshot.index,
+      term: p.snapshot.term,
+      conf: { voters: p.snapshot.conf?.voters ?? [], learners: p.snapshot.conf?.learners ?? [] },
+    };
+  if (p.context && p.context.length) m.context = p.context;
+  return m;
+}
+
+class PeerLink {
+  private client: RaftClient | undefined;
+  private address = '';
+  private stream: grpc.ClientWritableStream<Envelope> | undefined;
+  private outstanding = 0;
+  snapshotInFlight = false;
+
+  constructor(
+    readonly id: string,
+    private readonly transport: PeerTransport,
+  ) {}
+
+  connection(): RaftClient | undefined {
+    const address = this.transport.node.addressBook.peerAddress(this.id);
+    if (!address) return undefined;
+    if (!this.client || address !== this.address) {
+      this.client?.close();
+      const Raft = raftPackage().zeoraft.v1.raft.Raft;
+      this.client = new Raft(address, grpc.credentials.createInsecure(), {
+        'grpc.max_receive_message_length': 256 << 20,
+        'grpc.max_send_message_length': 256 << 20,
+        'grpc.initial_reconnect_backoff_ms': 100,
+        'grpc.max_reconnect_backoff_ms': 1000,
+        'grpc.keepalive_time_ms': 10_000,
+      });
+      this.address = address;
+      this.stream = undefined;
+    }
+    return this.client;
+  }
+
+  send(messages: PMessage[]): void {
+    const client = this.connection();
+    if (!client) return this.failed(`no address for peer ${this.id}`);
+    if (this.outstanding >= MAX_OUTSTANDING_WRITES)
+      return this.failed(`peer ${this.id}: ${this.outstanding} writes outstanding`);
+    if (!this.stream) {
+      const s = client.Stream((err) => {
+        if (this.stream === s) this.stream = undefined;
+        this.outstanding = 0;
+        if (err && !this.transport.closing)
+          this.failed(`stream to ${this.id} ended: ${err.message}`);
+      });
+      this.stream = s;
+    }
+    this.outstanding++;
+    const env: Envelope = {
+      from: this.transport.node.config.nodeId,
+      messages,
+      sentAtMs: Date.now(),
+    };
+    this.stream.write(env, () => this.outstanding--);
+  }
+
+  private failed(why: string): void {
+    this.transport.node.metrics.peerSentFailures.inc({ peer: this.id });
+    this.transport.node.log.debug({ peer: this.id, why }, 'peer send failed');
+    this.transport.replicator.reportUnreachable(this.id);
+  }
+
+  close(): void {
+    this.stream?.end();
+    this.stream = undefined;
+    this.client?.close();
+    this.client = undefined;
+  }
+}
+
+export class PeerTransport implements PeerSender {
+  private readonly links = new Map<string, PeerLink>();
+  private server: grpc.Server | undefined;
+  closing = false;
+
+  constructor(
+    readonly node: StorageNode,
+    readonly replicator: RaftReplicator,
+  ) {}
+
+  async listen(): Promise<number> {
+    const server = new grpc.Server({
+      'grpc.max_receive_message_length': 256 << 20,
+      'grpc.max_send_message_length': 256 << 20,
+    });
+    server.addService(raftPackage().zeoraft.v1.raft.Raft.service, this.handlers());
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(
+        this.node.config.peerListen,
+        grpc.ServerCredentials.createInsecure(),
+        (err, p) => (err ? reject(err) : resolve(p)),
+      ),
+    );
+    this.server = server;
+    return port;
+  }
+
+  private link(id: string): PeerLink {
+    let l = this.links.get(id);
+    if (!l) {
+      l = new PeerLink(id, this);
+      this.links.set(id, l);
+    }
+    return l;
+  }
+
+  send(messages: Message[]): void {
+    const byPeer = new Map<string, PMessage[]>();
+    for (const m of messages) {
+      if (m.to === this.node.config.nodeId) continue;
+      if (m.type === MessageType.Snapshot) {
+        void this.sendSnapshot(m);
+        continue;
+      }
+      let list = byPeer.get(m.to);
+      if (!list) byPeer.set(m.to, (list = []));
+      list.push(toProto(m));
+    }
+    for (const [peer, list] of byPeer) this.link(peer).send(list);
+  }
+
+  private async sendSnapshot(m: Message): Promise<void> {
+    const link = this.link(m.to);
+    if (link.snapshotInFlight) return;
+    link.snapshotInFlight = true;
+    const started = Date.now();
+    let ok = false;
+    try {
+      const client = link.connection();
+      const cap = await this.replicator.captureSnapshot();
+      if (!client || !cap) return;
+      const msg: Message = { ...m, snapshot: cap.meta };
+      this.node.log.info({ to: m.to, index: cap.meta.index }, 'sending snapshot');
+      let bytes = 0;
+      const ack = await new Promise<{ installed: boolean }>((resolve, reject) => {
+        const call = client.Snapshot({ deadline: Date.now() + 10 * 60_000 }, (err, res) =>
+          err ? reject(err) : resolve(res as { installed: boolean }),
+        );
+        (async () => {
+          const write = async (part: SnapshotPart): Promise<void> => {
+            if (!call.write(part)) await new Promise((r) => call.once('drain', r));
+          };
+          await write({ message: toProto(msg) });
+          for await (const chunk of cap.chunks) {
+            bytes += chunk.length;
+            await write({ chunk });
+          }
+          call.end();
+        })().catch((e: unknown) => {
+          call.cancel();
+          reject(e);
+        });
+      });
+      ok = ack.installed;
+      this.node.metrics.snapshotsSent.inc();
+      this.node.metrics.snapshotBytesSent.inc(bytes);
+      this.node.metrics.snapshotSendDuration.observe((Date.now() - started) / 1000);
+      this.node.log.info(
+        { to: m.to, index: cap.meta.index, bytes, installed: ok, ms: Date.now() - started },
+        'snapshot sent',
+      );
+    } catch (e) {
+      this.node.log.warn({ to: m.to, error: String(e) }, 'snapshot transfer failed');
+      this.node.metrics.peerSentFailures.inc({ peer: m.to });
+    } finally {
+      link.snapshotInFlight = false;
+      this.replicator.reportSnapshot(m.to, ok);
+    }
+  }
+
+  async forward(
+    leaderId: string,
+    command: Buffer,
+    deadlineMs: number,
+  ): Promise<{ index: number; result: ApplyResult }> {
+    const client = this.link(leaderId).connection();
+    if (!client)
+      throw new RpcError(grpc.status.UNAVAILABLE, `no address for leader ${leaderId}`, {
+        kind: 'NOT_LEADER',
+        transient: true,
+      });
+    const res = await new Promise<any>((resolve, reject) =>
+      client.Forward(
+        { command, from: this.node.config.nodeId },
+        { deadline: deadlineMs },
+        (err, r) => {
+          if (!err) return resolve(r);
+          const code =
+            err.code === grpc.status.DEADLINE_EXCEEDED ||
+            err.code === grpc.status.RESOURCE_EXHAUSTED
+              ? err.code
+              : grpc.status.UNAVAILABLE;
+          reject(
+            new RpcError(
+              code,
+              `forwarding to leader ${leaderId} failed: ${err.details || err.message}`,
+              {
+                kind: 'NOT_LEADER',
+                leaderHint: this.node.addressBook.clientAddress(leaderId),
+                transient: true,
+              },
+            ),
+          );
+        },
+      ),
+    );
+    return decodeApplyResult(res);
+  }
+
+  private handlers(): RaftHandlers {
+    return {
+      Stream: (call, callback) => {
+        call.on('data', (env: Envelope__Output) => {
+          for (const m of env.messages) this.replicator.step(fromProto(m));
+        });
+        call.on('end', () => callback(null, {}));
+        call.on('error', () => undefined);
+      },
+      Snapshot: (call, callback) => {
+        const file = path.join(this.node.config.dataDir, SNAPSHOT_FILE);
+        let header: Message | undefined;
+        const out = fs.createWriteStream(file);
+        call.on('data', (part: SnapshotPart__Output) => {
+          if (!header && part.message) {
+            header = fromProto(part.message);
+            return;
+          }
+          const len = Buffer.alloc(4);
+          len.writeUInt32BE(part.chunk.length);
+          out.write(len);
+          if (!out.write(part.chunk)) {
+            call.pause();
+            out.once('drain', () => call.resume());
+          }
+        });
+        call.on('error', () => out.destroy());
+        call.on('end', () => {
+          out.end(async () => {
+            try {
+              if (!header || header.type !== MessageType.Snapshot)
+                throw new RpcError(
+                  grpc.status.INVALID_ARGUMENT,
+                  'snapshot stream without a Snapshot message',
+                );
+              const installed = await this.replicator.installSnapshot(header, () =>
+                this.node.store.restore(readChunks(file)),
+              );
+              callback(null, { installed, appliedIndex: this.node.store.appliedIndex });
+            } catch (e) {
+              this.node.log.error({ error: String(e) }, 'snapshot install failed');
+              callback(toServiceError(e) as grpc.ServiceError);
+            } finally {
+              fs.rmSync(file, { force: true });
+            }
+          });
+        });
+      },
+      Forward: (call, callback) => {
+        let cmd;
+        try {
+          cmd = commandCodec.decode(call.request.command);
+        } catch (e) {
+          return callback(
+            toServiceError(
+              new RpcError(grpc.status.INVALID_ARGUMENT, `undecodable command: ${String(e)}`),
+            ) as grpc.ServiceError,
+          );
+        }
+        const d = call.getDeadline();
+        const deadline =
+          d instanceof Date
+            ? d.getTime()
+            : Number.isFinite(Number(d)) && Number(d) > 0
+              ? Number(d)
+              : Date.now() + 30_000;
+        this.replicator.proposeLocal(cmd, deadline).then(
+          ({ index, result }) => callback(null, encodeApplyResult(index, result)),
+          (e: unknown) => callback(toServiceError(e) as grpc.ServiceError),
+        );
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    for (const l of this.links.values()) l.close();
+    if (this.server) {
+      const s = this.server;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          s.forceShutdown();
+          resolve();
+        }, 1000);
+        s.tryShutdown(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+}
+
+/** The length-prefixed chunks of a received snapshot file. */
+async function* readChunks(file: string): AsyncGenerator<Buffer> {
+  const fd = await fs.promises.open(file, 'r');
+  try {
+    const len = Buffer.alloc(4);
+    for (;;) {
+      const r = await fd.read(len, 0, 4, null);
+      if (r.bytesRead === 0) return;
+      if (r.bytesRead !== 4) throw new Error('truncated snapshot file');
+      const n = len.readUInt32BE(0);
+      const chunk = Buffer.alloc(n);
+      const c = await fd.read(chunk, 0, n, null);
+      if (c.bytesRead !== n) throw new Error('truncated snapshot chunk');
+      yield chunk;
+    }
+  } finally {
+    await fd.close();
+  }
+}

@@ -1,0 +1,183 @@
+/**
+ * The durable Raft log on LevelDB: hard state, snapshot metadata and entries, with an in-memory
+ * copy (the core's RaftStorage) of everything after the last compaction. Each Ready is persisted
+ * with one LevelDB batch, synced when the Ready says so: many proposals share one fsync.
+ *
+ * Keys: h -> HardState, s -> SnapshotMeta, j -> "joining" marker, e<index:8> -> Entry.
+ */
+import * as path from 'node:path';
+import * as protobuf from 'protobufjs';
+import { Level } from 'level';
+import { MemoryStorage } from '../raft/storage';
+import type { ConfState, Entry, HardState, Ready, SnapshotMeta } from '../raft/types';
+import { assert } from '../util/assert';
+import { PROTO_DIR } from '../util/proto-path';
+
+const root = protobuf.loadSync(path.join(PROTO_DIR, 'zeoraft/v1/raft.proto'));
+const EntryT = root.lookupType('zeoraft.v1.raft.Entry');
+const HardStateT = root.lookupType('zeoraft.v1.raft.HardState');
+const SnapshotMetaT = root.lookupType('zeoraft.v1.raft.SnapshotMeta');
+const CONV = { longs: Number, defaults: true, arrays: true } as protobuf.IConversionOptions;
+
+const enc = (t: protobuf.Type, v: object): Buffer =>
+  Buffer.from(t.encode(t.fromObject(v)).finish());
+const dec = <T>(t: protobuf.Type, b: Uint8Array): T => t.toObject(t.decode(b), CONV) as T;
+
+const K_HARD = Buffer.from('h');
+const K_SNAP = Buffer.from('s');
+const K_JOIN = Buffer.from('j');
+function entryKey(i: number): Buffer {
+  const b = Buffer.alloc(9);
+  b[0] = 0x65; // e
+  b.writeBigUInt64BE(BigInt(i), 1);
+  return b;
+}
+
+type Op = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer };
+
+export class DurableLog {
+  /** The RaftStorage the core reads. */
+  readonly mem: MemoryStorage;
+  private joiningFlag: boolean;
+
+  private constructor(
+    private readonly db: Level<Buffer, Buffer>,
+    mem: MemoryStorage,
+    joining: boolean,
+    readonly isNew: boolean,
+    private readonly fsync: boolean,
+    private readonly onFsync: (seconds: number) => void,
+  ) {
+    this.mem = mem;
+    this.joiningFlag = joining;
+  }
+
+  /**
+   * Open the log. A brand-new log is bootstrapped with `initial` membership (a snapshot at index
+   * 1, term 1), or left empty and marked "joining" when `join` is set: a joining node waits for a
+   * snapshot from the leader and does not vote until it has one.
+   */
+  static async open(
+    dir: string,
+    opts: {
+      initial: ConfState;
+      join: boolean;
+      fsync: boolean;
+      onFsync?: (seconds: number) => void;
+    },
+  ): Promise<DurableLog> {
+    const db = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    await db.open();
+    const hardRaw = await db.get(K_HARD);
+    const snapRaw = await db.get(K_SNAP);
+    const onFsync = opts.onFsync ?? (() => undefined);
+    if (!hardRaw && !snapRaw) {
+      const log = new DurableLog(db, new MemoryStorage(), opts.join, true, opts.fsync, onFsync);
+      if (opts.join) {
+        await db.put(K_JOIN, Buffer.from([1]), { sync: true });
+      } else {
+        const boot = MemoryStorage.bootstrap(opts.initial);
+        await db.batch(
+          [
+            { type: 'put', key: K_SNAP, value: enc(SnapshotMetaT, boot.snapshot()) },
+            { type: 'put', key: K_HARD, value: enc(HardStateT, boot.hardState()) },
+          ],
+          { sync: true },
+        );
+        return new DurableLog(db, boot, false, true, opts.fsync, onFsync);
+      }
+      return log;
+    }
+    const mem = new MemoryStorage();
+    if (snapRaw) {
+      const meta = dec<SnapshotMeta>(SnapshotMetaT, snapRaw);
+      meta.conf = { voters: meta.conf?.voters ?? [], learners: meta.conf?.learners ?? [] };
+      if (meta.index > 0) mem.applySnapshot(meta);
+    }
+    const entries: Entry[] = [];
+    for await (const [, v] of db.iterator({
+      gt: entryKey(mem.firstIndex() - 1),
+      lt: Buffer.from('f'),
+    })) {
+      const e = dec<Entry>(EntryT, v);
+      e.data = e.data ?? new Uint8Array(0);
+      if (entries.length)
+        assert(
+          e.index === entries[entries.length - 1].index + 1,
+          `log gap before entry ${e.index}`,
+        );
+      entries.push(e);
+    }
+    if (entries.length) {
+      assert(
+        entries[0].index === mem.firstIndex(),
+        `log starts at ${entries[0].index}, expected ${mem.firstIndex()}`,
+      );
+      mem.append(entries);
+    }
+    if (hardRaw) mem.setHardState(dec<HardState>(HardStateT, hardRaw));
+    const joining = (await db.get(K_JOIN)) !== undefined;
+    return new DurableLog(db, mem, joining, false, opts.fsync, onFsync);
+  }
+
+  /** True while a joining node has not yet received its first snapshot (it must not vote). */
+  get joining(): boolean {
+    return this.joiningFlag;
+  }
+
+  /** Persist a Ready's snapshot, entries and hard state in one batch (synced when required). */
+  async persist(rd: Ready): Promise<void> {
+    const ops: Op[] = [];
+    if (rd.snapshot) {
+      // The whole log is replaced by the snapshot.
+      for (let i = this.mem.firstIndex(); i <= this.mem.lastIndex(); i++)
+        ops.push({ type: 'del', key: entryKey(i) });
+      ops.push({ type: 'put', key: K_SNAP, value: enc(SnapshotMetaT, rd.snapshot) });
+      if (this.joiningFlag) ops.push({ type: 'del', key: K_JOIN });
+    }
+    if (rd.entries.length) {
+      const first = rd.entries[0].index;
+      const oldLast = rd.snapshot ? rd.snapshot.index : this.mem.lastIndex();
+      const newLast = rd.entries[rd.entries.length - 1].index;
+      for (let i = newLast + 1; i <= oldLast; i++) ops.push({ type: 'del', key: entryKey(i) });
+      for (const e of rd.entries)
+        ops.push({ type: 'put', key: entryKey(e.index), value: enc(EntryT, e) });
+      assert(
+        first > (rd.snapshot?.index ?? this.mem.firstIndex() - 1),
+        `entry ${first} at or before the snapshot`,
+      );
+    }
+    if (rd.hardState) ops.push({ type: 'put', key: K_HARD, value: enc(HardStateT, rd.hardState) });
+    if (ops.length) {
+      const sync = rd.mustSync && this.fsync;
+      const started = process.hrtime.bigint();
+      await this.db.batch(ops, { sync });
+      if (sync) this.onFsync(Number(process.hrtime.bigint() - started) / 1e9);
+    }
+    if (rd.snapshot) {
+      this.mem.applySnapshot(rd.snapshot);
+      this.joiningFlag = false;
+    }
+    if (rd.entries.length) this.mem.append(rd.entries);
+    if (rd.hardState) this.mem.setHardState(rd.hardState);
+  }
+
+  /**
+   * Record that the state machine holds everything up to `snapIndex` durably, and discard entries
+   * before `compactIndex` (<= snapIndex), keeping the rest so followers can catch up from the log.
+   */
+  async compact(snapIndex: number, conf: ConfState, compactIndex: number): Promise<void> {
+    assert(compactIndex <= snapIndex, 'compact beyond the snapshot');
+    if (snapIndex <= this.mem.snapshot().index) return;
+    const first = this.mem.firstIndex();
+    const meta = this.mem.createSnapshot(snapIndex, conf);
+    const ops: Op[] = [{ type: 'put', key: K_SNAP, value: enc(SnapshotMetaT, meta) }];
+    for (let i = first; i < compactIndex; i++) ops.push({ type: 'del', key: entryKey(i) });
+    await this.db.batch(ops, { sync: this.fsync });
+    this.mem.compact(compactIndex);
+  }
+
+  async close(): Promise<void> {
+    await this.db.close();
+  }
+}
