@@ -482,7 +482,7 @@ export class ObjectStore {
   private async applyPrepare(
     p: { txnId: string; txn: Txn; deadlineMs?: number },
     ops: BatchOp[],
-    after: Array<() => void>,
+    _after: Array<() => void>,
   ): Promise<ApplyResult> {
     this.validateTxn(p.txn);
     if (!p.txnId) throw new StorageError('INVALID', 'vote without a transaction id');
@@ -576,7 +576,7 @@ export class ObjectStore {
       }
       const prev = await this.revisionBefore(st, oid, buf(u.undoTid));
       if (!prev) {
-        if (idCompare(buf(u.undoTid), this.storageSummary(st).packTid) <= 0) {
+        if (this.packedAway(st, buf(u.undoTid))) {
           throw new StorageError(
             'HISTORY_PACKED',
             `the revision before ${hex(u.undoTid)} of ${hex(oid)} was packed away`,
@@ -757,6 +757,12 @@ export class ObjectStore {
     await this.db.put(K.globalKey, this.globalValue(), { sync: true });
   }
 
+  /** Whether history at or before `tid` may have been removed by a pack of this storage. */
+  private packedAway(st: string, tid: Buffer): boolean {
+    const packTid = this.storageSummary(st).packTid;
+    return !idEquals(packTid, Z64) && idCompare(tid, packTid) <= 0;
+  }
+
   // ------------------------------------------------------------------------------------------
   // Reads
 
@@ -777,7 +783,7 @@ export class ObjectStore {
     if (!cur) throw new StorageError('NOT_FOUND', `no object ${hex(oid)} in storage ${st}`);
     const prev = await this.revisionBefore(st, oid, before);
     if (!prev) {
-      if (idCompare(before, this.storageSummary(st).packTid) <= 0) {
+      if (this.packedAway(st, before)) {
         throw new StorageError(
           'HISTORY_PACKED',
           `history of ${hex(oid)} before ${hex(before)} was packed away`,
@@ -804,7 +810,7 @@ export class ObjectStore {
     const r = await this.db.get(K.revisionKey(st, oid, serial));
     if (!r) {
       if (
-        idCompare(serial, this.storageSummary(st).packTid) <= 0 &&
+        this.packedAway(st, serial) &&
         (await this.db.get(K.currentKey(st, oid)))
       ) {
         throw new StorageError(

@@ -326,7 +326,7 @@ export class Model {
       const before = (s.revs.get(oid) ?? []).filter((r) => r.tid < undoTid);
       const prev = before[before.length - 1];
       if (!prev) {
-        if (undoTid <= s.packTid) throw new ModelError('HISTORY_PACKED');
+        if (s.packTid > 0n && undoTid <= s.packTid) throw new ModelError('HISTORY_PACKED');
         stores.push({ oid: p64(oid), serial: p64(c.serial), delete: true });
       } else {
         if (prev.deleted) stores.push({ oid: p64(oid), serial: p64(c.serial), delete: true });
@@ -450,7 +450,7 @@ export class Model {
     const prior = revs.filter((r) => r.tid < before);
     const prev = prior[prior.length - 1];
     if (!prev)
-      return before <= s.packTid ? { error: 'HISTORY_PACKED' } : { value: { found: false } };
+      return s.packTid > 0n && before <= s.packTid ? { error: 'HISTORY_PACKED' } : { value: { found: false } };
     if (prev.deleted) return { error: 'NOT_FOUND' };
     const end = revs.find((r) => r.tid >= before);
     const value: Record<string, unknown> = {
@@ -486,7 +486,7 @@ export class Model {
     const s = this.sm(st);
     const r = s.revs.get(oid)?.find((x) => x.tid === serial);
     if (!r) {
-      if (serial <= s.packTid && s.cur.has(oid)) return { error: 'HISTORY_PACKED' };
+      if (s.packTid > 0n && serial <= s.packTid && s.cur.has(oid)) return { error: 'HISTORY_PACKED' };
       return { error: 'NOT_FOUND' };
     }
     if (r.deleted) return { error: 'NOT_FOUND' };
