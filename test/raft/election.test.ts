@@ -1,0 +1,92 @@
+import assert from 'node:assert/strict';
+import { MessageType } from '../../src/raft';
+import { Network } from './network';
+
+describe('§5.2 leader election', () => {
+  it('elects exactly one leader when every node runs its randomized timer', () => {
+    const net = new Network(['a', 'b', 'c', 'd', 'e']);
+    net.tick(40);
+    const leaders = net.leaders();
+    assert.equal(leaders.length, 1);
+    const term = net.node(leaders[0]).raw.status().term;
+    for (const n of net.nodes.values()) {
+      assert.equal(n.raw.status().leader, leaders[0]);
+      assert.equal(n.raw.status().term, term);
+    }
+  });
+
+  it('draws election timeouts from [electionTicks, 2*electionTicks): no campaign before electionTicks', () => {
+    const net = new Network(['a', 'b', 'c']);
+    net.tick(9, ['a']);
+    assert.equal(net.node('a').raw.status().role, 'follower');
+    net.tick(11, ['a']);
+    assert.notEqual(net.node('a').raw.status().role, 'follower');
+  });
+
+  it('a single voter elects itself and commits its own entries', () => {
+    const net = new Network(['solo']);
+    net.campaign('solo');
+    assert.equal(net.node('solo').raw.status().role, 'leader');
+    const i = net.propose('solo', 'x');
+    assert.equal(net.node('solo').raw.status().commit, i);
+    assert.deepEqual(net.appliedTexts('solo'), ['x']);
+  });
+});
+
+describe('§9.6 pre-vote', () => {
+  it('a rejoining partitioned node does not bump the term or disrupt the leader', () => {
+    const net = new Network(['a', 'b', 'c']);
+    net.campaign('a');
+    const term = net.node('a').raw.status().term;
+    net.isolate('c');
+    net.tick(50, ['c']); // c times out repeatedly, but only pre-votes
+    assert.equal(net.node('c').raw.status().term, term, 'pre-vote must not increase the term');
+    net.heal();
+    net.tick(5);
+    assert.equal(net.node('a').raw.status().role, 'leader');
+    assert.equal(net.node('a').raw.status().term, term);
+    assert.equal(net.node('c').raw.status().leader, 'a');
+  });
+
+  it('without pre-vote the same scenario inflates the term (the disruption pre-vote prevents)', () => {
+    const net = new Network(['a', 'b', 'c'], { preVote: false, checkQuorum: false });
+    net.campaign('a');
+    const term = net.node('a').raw.status().term;
+    net.isolate('c');
+    net.tick(50, ['c']);
+    assert.ok(net.node('c').raw.status().term > term);
+  });
+});
+
+describe('§9 check-quorum and leader lease', () => {
+  it('an isolated leader steps down after an election timeout without a quorum', () => {
+    const net = new Network(['a', 'b', 'c']);
+    net.campaign('a');
+    net.isolate('a');
+    net.tick(10, ['a']);
+    assert.equal(net.node('a').raw.status().role, 'leader');
+    net.tick(11, ['a']);
+    assert.equal(net.node('a').raw.status().role, 'follower');
+  });
+
+  it('followers that heard from the leader recently ignore vote requests (lease)', () => {
+    const net = new Network(['a', 'b', 'c'], { preVote: false });
+    net.campaign('a');
+    const term = net.node('a').raw.status().term;
+    const b = net.node('b').raw;
+    b.step({
+      type: MessageType.Vote,
+      from: 'c',
+      to: 'b',
+      term: term + 5,
+      logTerm: 99,
+      index: 99,
+      entries: [],
+      commit: 0,
+      reject: false,
+      rejectHint: 0,
+    });
+    assert.equal(b.status().term, term, 'vote request inside the lease is ignored');
+    assert.equal(b.status().leader, 'a');
+  });
+});
