@@ -114,7 +114,12 @@ export class NodeMetrics {
       'Commit latency seen by clients of this node.',
       LATENCY_BUCKETS,
     );
-    this.subscribers = g('subscribers', 'Open Subscribe streams.');
+    this.subscribers = new client.Gauge({
+      name: 'zeoraft_subscribers',
+      help: 'Open Subscribe streams.',
+      registers: r,
+      collect: () => this.subscribers.set(this.subscriberCount()),
+    });
     this.invalidationsSent = c('invalidations_sent_total', 'Commit events sent to subscribers.');
     this.grpcRequests = c('grpc_requests_total', 'gRPC requests by method and status code.', [
       'method',
@@ -136,6 +141,12 @@ export class NodeMetrics {
       'Connections or requests refused by an address allow-list.',
       ['listener'],
     );
+  }
+
+  /** Where the subscribers gauge reads its value at scrape time. */
+  private subscriberCount: () => number = () => 0;
+  countSubscribers(count: () => number): void {
+    this.subscriberCount = count;
   }
 
   /** Start timing a request; call the result with the final status code. */

@@ -15,6 +15,7 @@ import { Logger, createLogger } from '../util/log';
 import { NodeConfig } from './config';
 import { RpcError, unavailable } from './errors';
 import { AddressBook } from './address-book';
+import { addHealthAndReflection, stopHealth } from './health';
 import { startHttp } from './http';
 import { Limits } from './limits';
 import { LocalReplicator } from './local-replicator';
@@ -67,6 +68,7 @@ export class StorageNode {
       (n) => this.metrics.invalidationsSent.inc(n),
     );
     this.addressBook = new AddressBook(config.peers, store);
+    this.metrics.countSubscribers(() => this.subscriptions.count);
     store.onApplied((index) => {
       this.metrics.appliedIndex.set(index);
       for (const w of [...this.appliedWaiters]) w();
@@ -113,6 +115,7 @@ export class StorageNode {
       'grpc.max_send_message_length': this.config.limits.maxMessageBytes,
     });
     server.addService(storagePackage().zeoraft.v1.Storage.service, storageHandlers(this));
+    addHealthAndReflection(server, this);
     for (const add of this.extraServices) add(server);
     this.port = await new Promise<number>((resolve, reject) =>
       server.bindAsync(this.config.listen, grpc.ServerCredentials.createInsecure(), (err, port) =>
@@ -206,6 +209,7 @@ export class StorageNode {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    stopHealth(this);
     if (this.sweeper) clearInterval(this.sweeper);
     this.subscriptions.closeAll(unavailable(`node ${this.config.nodeId} is shutting down`));
     await this.replicator.close();

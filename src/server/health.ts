@@ -1,0 +1,67 @@
+/**
+ * The standard gRPC health service (grpc.health.v1.Health) and server reflection
+ * (grpc.reflection.v1 and v1alpha) on a node's client port, so any gRPC tool or client in any
+ * language can discover the API and probe the node without the .proto files.
+ *
+ * Health follows the node's readiness (the same answer as HTTP /readyz): SERVING while it knows
+ * a leader and has applied close to the commit index, NOT_SERVING otherwise, for the whole
+ * server ("") and for each ZeoRaft service name. Readiness is polled, not pushed, so a Watch
+ * sees a change within HEALTH_POLL_MS.
+ */
+import type * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation, ServingStatus, protoPath as HEALTH_PROTO } from 'grpc-health-check';
+import { LOADER_OPTIONS } from '../proto';
+import type { StorageNode } from './node';
+
+/** How often the health status is recomputed from node.ready(). */
+export const HEALTH_POLL_MS = 500;
+
+/** Service names with a health status: "" is the server as a whole (the gRPC convention). */
+export const HEALTH_SERVICES = ['', 'zeoraft.v1.Storage', 'zeoraft.v1.Admin'] as const;
+
+/** Files described by reflection: the client contract, administration, and health itself. */
+const REFLECTED_PROTOS = ['zeoraft/v1/storage.proto', 'zeoraft/v1/admin.proto'];
+
+/** Per node: the readiness poller and how to report NOT_SERVING when the node stops. */
+const running = new WeakMap<StorageNode, { timer: NodeJS.Timeout; stopped: () => void }>();
+
+let reflectedDefinition: protoLoader.PackageDefinition | undefined;
+function reflectedPackages(): protoLoader.PackageDefinition {
+  reflectedDefinition ??= {
+    ...protoLoader.loadSync(REFLECTED_PROTOS, LOADER_OPTIONS),
+    ...protoLoader.loadSync(HEALTH_PROTO, LOADER_OPTIONS),
+  };
+  return reflectedDefinition;
+}
+
+/**
+ * Register health and reflection on `server` (before it starts) and keep the health status in
+ * step with `node.ready()` until stopHealth(node) is called.
+ */
+export function addHealthAndReflection(server: grpc.Server, node: StorageNode): void {
+  const health = new HealthImplementation();
+  let last: ServingStatus | undefined;
+  const set = (status: ServingStatus): void => {
+    if (status === last) return; // Watch streams are sent changes only
+    last = status;
+    for (const name of HEALTH_SERVICES) health.setStatus(name, status);
+  };
+  set(node.ready().ok ? 'SERVING' : 'NOT_SERVING');
+  health.addToServer(server);
+  new ReflectionService(reflectedPackages()).addToServer(server);
+  stopHealth(node);
+  const timer = setInterval(() => set(node.ready().ok ? 'SERVING' : 'NOT_SERVING'), HEALTH_POLL_MS);
+  timer.unref(); // never what keeps a process alive
+  running.set(node, { timer, stopped: () => set('NOT_SERVING') });
+}
+
+/** Stop polling readiness and report NOT_SERVING to watchers (first thing in node.stop()). */
+export function stopHealth(node: StorageNode): void {
+  const r = running.get(node);
+  if (!r) return;
+  clearInterval(r.timer);
+  r.stopped();
+  running.delete(node);
+}
