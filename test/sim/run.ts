@@ -3,6 +3,7 @@
  *   npm run sim -- --seeds N [--start S]     run seeds S..S+N-1 (default S=1)
  *   npm run sim -- --seconds T [--start S]   run consecutive seeds for a time budget (CI)
  *   SEED=s npm run sim                       replay one seed with a readable trace
+ *   --max-failures F (default 5) stops after F failing seeds; --quiet omits the reproduce hints
  */
 import { SimStats, runSeed } from './sim';
 
@@ -28,6 +29,8 @@ function main(): number {
     return 0;
   }
   const start = arg('start') ?? 1;
+  const maxFailures = arg('max-failures') ?? 5;
+  const quiet = process.argv.includes('--quiet');
   const seconds = arg('seconds');
   const count = arg('seeds') ?? (seconds === undefined ? 200 : Infinity);
   const t0 = Date.now();
@@ -42,8 +45,8 @@ function main(): number {
     if (!res.ok) {
       failures++;
       console.log(`FAIL seed ${seed}: ${res.failure}`);
-      console.log(`reproduce with SEED=${seed} npm run sim`);
-      if (failures >= 5) break;
+      if (!quiet) console.log(`reproduce with SEED=${seed} npm run sim`);
+      if (failures >= maxFailures) break;
     }
   }
   const secs = (Date.now() - t0) / 1000;

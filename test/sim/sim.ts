@@ -175,6 +175,9 @@ class Sim {
   private readonly maxDelay: number;
   private readonly crashRate: number;
   private readonly leaderCrashRate: number;
+  /** Adversarial scheduling: crash leaders right after they apply a commit (Figure 8 hunting). */
+  private readonly crashAfterCommitRate: number;
+  private leaderJustApplied: SimNode | undefined;
   private readonly partitionRate: number;
   private readonly persistRate: number;
   private readonly preVote: boolean;
@@ -211,6 +214,7 @@ class Sim {
     this.maxDelay = r.nextInt(5);
     this.crashRate = r.nextFloat() * 0.008;
     this.leaderCrashRate = r.nextFloat() < 0.5 ? r.nextFloat() * 0.03 : 0;
+    this.crashAfterCommitRate = r.nextFloat() < 0.4 ? r.nextFloat() * 0.3 : 0;
     this.partitionRate = 0.003 + r.nextFloat() * 0.03;
     this.persistRate = 0.3 + r.nextFloat() * 0.7;
     this.preVote = r.nextFloat() < 0.8;
@@ -401,7 +405,12 @@ class Sim {
       }
     }
     const leader = this.leader();
-    if (leader && r.nextFloat() < this.leaderCrashRate) {
+    const lja = this.leaderJustApplied;
+    this.leaderJustApplied = undefined;
+    if (lja && lja.up && r.nextFloat() < this.crashAfterCommitRate) {
+      this.crash(lja);
+      lja.downUntil = this.now + 1 + r.nextInt(25);
+    } else if (leader && r.nextFloat() < this.leaderCrashRate) {
       // Crash the leader, often right after it appended entries it has not replicated.
       this.crash(leader);
       leader.downUntil = this.now + 1 + r.nextInt(25);
@@ -682,6 +691,8 @@ class Sim {
     n.storage.append(rd.entries);
     for (const m of rd.messages) this.send(n, m);
     for (const e of rd.committedEntries) this.apply(n, e);
+    if (rd.committedEntries.length > 0 && raw.status().role === 'leader')
+      this.leaderJustApplied = n;
     for (const rs of rd.readStates) {
       const id = Number(dec.decode(rs.context).slice(1));
       const req = this.reads.get(id);
