@@ -24,6 +24,7 @@ export function clusterEnv(opts: ClusterOptions, i: number): Record<string, stri
     ZEORAFT_LISTEN: `127.0.0.1:${opts.basePort + i}`,
     ZEORAFT_PEER_LISTEN: `127.0.0.1:${opts.basePort + 100 + i}`,
     ZEORAFT_HTTP_LISTEN: `127.0.0.1:${opts.basePort + 200 + i}`,
+    ZEORAFT_ZEO_LISTEN: `127.0.0.1:${opts.basePort + 1000 + i}`,
     ZEORAFT_PEERS: opts.nodes > 1 ? peers : '',
     ZEORAFT_LOG_LEVEL: opts.logLevel,
   };
@@ -40,7 +41,7 @@ export async function runCluster(opts: ClusterOptions): Promise<void> {
     });
     children.push(child);
     process.stdout.write(
-      `node n${i}: client ${env.ZEORAFT_LISTEN}  peer ${env.ZEORAFT_PEER_LISTEN}  http http://${env.ZEORAFT_HTTP_LISTEN}/metrics  data ${env.ZEORAFT_DATA_DIR}  pid ${child.pid}\n`,
+      `node n${i}: client ${env.ZEORAFT_LISTEN}  peer ${env.ZEORAFT_PEER_LISTEN}  zeo ${env.ZEORAFT_ZEO_LISTEN}  http http://${env.ZEORAFT_HTTP_LISTEN}/metrics  data ${env.ZEORAFT_DATA_DIR}  pid ${child.pid}\n`,
     );
     child.on('exit', (code, signal) =>
       process.stdout.write(`node n${i} exited (${signal ?? code})\n`),

@@ -14,6 +14,7 @@ export const SETTINGS = {
   listen: 'ZEORAFT_LISTEN',
   'peer-listen': 'ZEORAFT_PEER_LISTEN',
   'http-listen': 'ZEORAFT_HTTP_LISTEN',
+  'zeo-listen': 'ZEORAFT_ZEO_LISTEN',
   peers: 'ZEORAFT_PEERS',
   join: 'ZEORAFT_JOIN',
   storages: 'ZEORAFT_STORAGES',
@@ -90,6 +91,7 @@ export function buildConfig(
   set('listen', 'listen', (s) => s);
   set('peer-listen', 'peerListen', (s) => s);
   set('http-listen', 'httpListen', (s) => s);
+  set('zeo-listen', 'zeoListen', (s) => s);
   set('peers', 'peers', parsePeers);
   set('join', 'join', bool);
   set('storages', 'storages', parseStorages);

@@ -23,6 +23,8 @@ export interface NodeConfig {
   peerListen: string;
   /** host:port for /metrics, /livez, /readyz; '' to disable. */
   httpListen: string;
+  /** host:port for the ZEO 5 protocol listener (ZODB ClientStorage); '' to disable. */
+  zeoListen: string;
   /** The initial voters (including this node) when bootstrapping a new cluster; empty when standalone. */
   peers: PeerConfig[];
   /** Join an existing cluster as a learner instead of bootstrapping (the leader adds us). */
@@ -80,6 +82,7 @@ export function defaultConfig(overrides: Partial<NodeConfig> = {}): NodeConfig {
     listen: '127.0.0.1:7101',
     peerListen: '',
     httpListen: '',
+    zeoListen: '',
     peers: [],
     join: false,
     storages: [{ name: '1', readOnly: false }],
@@ -117,6 +120,8 @@ export function validateConfig(c: NodeConfig): void {
     fail(`peer listen address ${JSON.stringify(c.peerListen)} is not host:port`);
   if (c.httpListen && !HOST_PORT.test(c.httpListen))
     fail(`http listen address ${JSON.stringify(c.httpListen)} is not host:port`);
+  if (c.zeoListen && !HOST_PORT.test(c.zeoListen))
+    fail(`zeo listen address ${JSON.stringify(c.zeoListen)} is not host:port`);
   if (c.storages.length === 0) fail('at least one storage is required');
   for (const s of c.storages)
     if (!/^[A-Za-z0-9_.-]{1,64}$/.test(s.name))

@@ -22,6 +22,7 @@ import { LocalReplicator } from './local-replicator';
 import type { Replicator } from './replicator';
 import { storageHandlers } from './storage-service';
 import { SubscriptionHub } from './subscriptions';
+import { ZeoServer, startZeoServer } from '../zeo/server';
 
 /** How often the leader looks for voted transactions past their timeout. */
 const TXN_SWEEP_MS = 500;
@@ -44,6 +45,7 @@ export class StorageNode {
   private grpcServer: grpc.Server | undefined;
   private httpServer: http.Server | undefined;
   private sweeper: NodeJS.Timeout | undefined;
+  private zeoServer: ZeoServer | undefined;
   private readonly appliedWaiters = new Set<() => void>();
   private stopping = false;
   /** The bound client port (useful when listening on port 0). */
@@ -91,6 +93,7 @@ export class StorageNode {
       : new LocalReplicator(store, config.nodeId, () => clock.nowMs());
     await node.startGrpc();
     if (config.httpListen) node.httpServer = await startHttp(config.httpListen, node.metrics, node);
+    if (config.zeoListen) node.zeoServer = await startZeoServer(node, config.zeoListen);
     node.sweeper = setInterval(() => node.abortExpired(), TXN_SWEEP_MS);
     node.log.info(
       {
@@ -212,6 +215,7 @@ export class StorageNode {
     stopHealth(this);
     if (this.sweeper) clearInterval(this.sweeper);
     this.subscriptions.closeAll(unavailable(`node ${this.config.nodeId} is shutting down`));
+    if (this.zeoServer) await this.zeoServer.close();
     await this.replicator.close();
     if (this.grpcServer) {
       const s = this.grpcServer;

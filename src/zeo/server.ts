@@ -1,0 +1,229 @@
+/**
+ * The ZEO 5 listener of a node: lets ZODB's ClientStorage (Python) use a ZeoRaft cluster.
+ *
+ * Wire protocol (ZEO docs/protocol.rst, ZEO.asyncio.server): 4-byte big-endian sized messages.
+ * The server speaks first with its protocol greeting, "M5" (msgpack encoding, version 5); the
+ * client answers with the protocol it will use (a ZEO client echoes the server's encoding letter)
+ * or with "ruok", a status probe answered with one JSON message before the connection closes.
+ * Then messages are `[msgid, flag, method, args]`; see marshal.ts and session.ts.
+ *
+ * Failure handling follows ZEO: an undecodable message, an unknown method, a bad handshake, or an
+ * error in a one-way call closes the connection (the client reconnects and verifies its cache);
+ * an error in a two-way call is answered as an exception.
+ */
+import * as net from 'node:net';
+import { RpcError } from '../server/errors';
+import type { StorageNode } from '../server/node';
+import { StorageError } from '../storage/errors';
+import { ZeoDisconnect, ZeoException, storageError } from './errors';
+import { FrameDecoder, frame } from './framing';
+import {
+  FLAG_ERROR,
+  FLAG_ONEWAY,
+  HEARTBEAT_MSGID,
+  MarshalError,
+  PROTOCOL_M5,
+  REPLY,
+  RUOK,
+  decodeMessage,
+  encodeMessage,
+} from './marshal';
+import { ReplyThen, ZeoSession, ZeoStats } from './session';
+
+/** Requests of one connection being served at once; a client exceeding it is cut off. */
+const INFLIGHT_MAX = 1_000;
+/** Bytes queued for a slow client before it is cut off (it reconnects and verifies its cache). */
+const SEND_BUFFER_MAX_BYTES = 64 << 20;
+/** A client must answer the greeting within this time. */
+const HANDSHAKE_TIMEOUT_MS = 30_000;
+/** The greeting and "ruok" are short: a longer first message is not a ZEO client. */
+const HANDSHAKE_MAX_BYTES = 64;
+
+export interface ZeoServer {
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+class ZeoConnection {
+  private readonly decoder: FrameDecoder;
+  private state: 'handshake' | 'open' | 'closed' = 'handshake';
+  private readonly session: ZeoSession;
+  private inflight = 0;
+  private readonly handshakeTimer: NodeJS.Timeout;
+  readonly label: string;
+
+  constructor(
+    private readonly node: StorageNode,
+    private readonly socket: net.Socket,
+    statsFor: (st: string) => ZeoStats,
+    private readonly onClosed: (c: ZeoConnection) => void,
+  ) {
+    this.label = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.decoder = new FrameDecoder(node.config.limits.maxMessageBytes);
+    this.session = new ZeoSession(node, this, statsFor);
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', () => this.close('socket error'));
+    socket.on('close', () => this.close('closed by peer'));
+    this.handshakeTimer = setTimeout(() => this.close('no handshake'), HANDSHAKE_TIMEOUT_MS);
+    this.write(Buffer.from(PROTOCOL_M5, 'latin1'));
+  }
+
+  callAsync(method: string, args: unknown[]): void {
+    this.write(encodeMessage(0, true, method, args));
+  }
+
+  private write(payload: Buffer): void {
+    if (this.state === 'closed') return;
+    this.socket.write(frame(payload));
+    if (this.socket.writableLength > SEND_BUFFER_MAX_BYTES)
+      this.close(`client too slow: over ${SEND_BUFFER_MAX_BYTES} bytes queued`);
+  }
+
+  close(why: string): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    clearTimeout(this.handshakeTimer);
+    this.node.log.debug({ client: this.label, why }, 'zeo: connection closed');
+    this.session.close();
+    this.socket.end();
+    this.socket.destroySoon();
+    this.onClosed(this);
+  }
+
+  private onData(chunk: Buffer): void {
+    let messages: Buffer[];
+    try {
+      messages = this.decoder.push(chunk);
+    } catch (e) {
+      this.node.log.warn({ client: this.label, error: String(e) }, 'zeo: bad frame');
+      return this.close('bad frame');
+    }
+    for (const m of messages) {
+      if (this.state === 'closed') return;
+      if (this.state === 'handshake') this.onHandshake(m);
+      else this.onMessage(m);
+    }
+  }
+
+  private onHandshake(m: Buffer): void {
+    clearTimeout(this.handshakeTimer);
+    const proto = m.length <= HANDSHAKE_MAX_BYTES ? m.toString('latin1') : '';
+    if (proto === RUOK) {
+      const status: Record<string, unknown> = {};
+      for (const s of this.node.config.storages) status[s.name] = this.session.serverStatus(s.name);
+      this.write(Buffer.from(JSON.stringify(status), 'utf8'));
+      return this.close('ruok answered');
+    }
+    if (proto !== PROTOCOL_M5) {
+      this.node.log.warn(
+        { client: this.label, handshake: m.subarray(0, HANDSHAKE_MAX_BYTES).toString('hex') },
+        'zeo: bad handshake (this server speaks M5: msgpack, ZEO 5)',
+      );
+      return this.close('bad handshake');
+    }
+    this.state = 'open';
+  }
+
+  private onMessage(bytes: Buffer): void {
+    let msg;
+    try {
+      msg = decodeMessage(bytes);
+    } catch (e) {
+      if (!(e instanceof MarshalError)) throw e;
+      this.node.log.warn({ client: this.label, error: e.message }, 'zeo: bad message');
+      return this.close('bad message');
+    }
+    if (msg.msgid === HEARTBEAT_MSGID || msg.method === REPLY) return; // keep-alive
+    const oneWay = msg.flag === FLAG_ONEWAY;
+    const handler = this.session.handler(msg.method);
+    if (!handler) {
+      this.node.log.warn(
+        { client: this.label, method: msg.method.slice(0, 100) },
+        this.session.registered ? 'zeo: unknown method' : 'zeo: call before register',
+      );
+      return this.close('invalid method');
+    }
+    if (this.inflight >= INFLIGHT_MAX) return this.close('too many requests in flight');
+    let result: unknown;
+    try {
+      result = handler(msg.args);
+    } catch (e) {
+      return this.fail(msg.msgid, oneWay, msg.method, e);
+    }
+    if (result instanceof Promise) {
+      this.inflight++;
+      result.then(
+        (r: unknown) => {
+          this.inflight--;
+          if (!oneWay) this.reply(msg.msgid, r);
+        },
+        (e: unknown) => {
+          this.inflight--;
+          this.fail(msg.msgid, oneWay, msg.method, e);
+        },
+      );
+    } else if (!oneWay) this.reply(msg.msgid, result);
+  }
+
+  private reply(msgid: unknown, result: unknown): void {
+    if (result instanceof ReplyThen) {
+      this.write(encodeMessage(msgid, 0, REPLY, result.result));
+      result.after();
+    } else this.write(encodeMessage(msgid, 0, REPLY, result ?? null));
+  }
+
+  private fail(msgid: unknown, oneWay: boolean, method: string, e: unknown): void {
+    if (this.state === 'closed') return;
+    if (e instanceof ZeoDisconnect) {
+      this.node.log.warn({ client: this.label, method, error: e.message }, 'zeo: disconnecting');
+      return this.close(e.message);
+    }
+    let exc: ZeoException;
+    if (e instanceof ZeoException) exc = e;
+    else if (e instanceof RpcError || e instanceof StorageError) exc = storageError(e.message);
+    else {
+      this.node.log.error(
+        { client: this.label, method, error: String(e), stack: (e as Error)?.stack },
+        'zeo: internal error',
+      );
+      exc = storageError(`internal error: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    // One-way calls cannot answer: ZEO closes the connection ("no way to cry for help").
+    if (oneWay) return this.close(`${method} failed: ${exc.message}`);
+    this.write(encodeMessage(msgid, FLAG_ERROR, REPLY, exc.reduce()));
+  }
+}
+
+export async function startZeoServer(node: StorageNode, listen: string): Promise<ZeoServer> {
+  const stats = new Map<string, ZeoStats>();
+  const statsFor = (st: string): ZeoStats => {
+    let s = stats.get(st);
+    if (!s) stats.set(st, (s = new ZeoStats()));
+    return s;
+  };
+  const connections = new Set<ZeoConnection>();
+  const server = net.createServer((socket) => {
+    connections.add(new ZeoConnection(node, socket, statsFor, (c) => connections.delete(c)));
+  });
+  const i = listen.lastIndexOf(':');
+  const host = listen.slice(0, i);
+  const port = Number(listen.slice(i + 1));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const bound = (server.address() as net.AddressInfo).port;
+  node.log.info({ zeo: `${host}:${bound}` }, 'zeo: listening (protocol M5)');
+  return {
+    port: bound,
+    async close(): Promise<void> {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const c of [...connections]) c.close('node stopping');
+      await closed;
+    },
+  };
+}

@@ -1,0 +1,996 @@
+/**
+ * One ZEO client connection's view of a storage: ZEO's ZEOStorage rebuilt on a ZeoRaft node.
+ * Reads come from the node's applied state (after waiting for it to reach the client's view);
+ * writes are replicated commands: tpc_begin/storea/... collect a transaction locally, `vote` is the
+ * replicated prepare (the objects are then locked on every node), `tpc_finish` the replicated
+ * finish. Conflicts found at vote are returned for client-side resolution, as ZEO 5 does with
+ * `client-conflict-resolution` on: the server never runs application code.
+ */
+import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import type { Command, StoreOp, CheckOp, Txn } from '../storage/codec';
+import type { ApplyResult, CommitEvent, TransactionInfo } from '../storage/object-store';
+import { MAX_NEW_OIDS } from '../storage/object-store';
+import { StorageError } from '../storage/errors';
+import type { StorageNode } from '../server/node';
+import { Z64, hex, idCompare, idNext, p64, tidFromTime, tidToTime, u64 } from '../util/ids';
+import {
+  arity,
+  bytesArg,
+  idArg,
+  intArg,
+  numberArg,
+  optionalIdArg,
+  textArg,
+  toBuffer,
+  txnHandleArg,
+} from './args';
+import {
+  ZeoDisconnect,
+  ZeoException,
+  conflictError,
+  keyError,
+  posKeyError,
+  readOnlyError,
+  storageError,
+  storageTransactionError,
+  typeError,
+  undoError,
+  unsupported,
+  valueError,
+} from './errors';
+import { decodeValue, encodeValue } from './marshal';
+
+/** ZEO hands out at most this many OIDs per new_oids call. */
+const NEW_OIDS_MAX = 100;
+const HISTORY_MAX = 1000;
+const UNDO_LOG_MAX = 1000;
+/** Open transaction/record iterators per connection. */
+const ITERATORS_MAX = 100;
+/** getInvalidations scans at most this many transactions; a client further behind drops its cache. */
+const INVALIDATIONS_SCAN_MAX_TXNS = 10_000;
+/** How long tpc_finish retries a finish whose outcome is unknown (leader change) before giving up. */
+const FINISH_RETRY_MS = 20_000;
+const FINISH_RETRY_PAUSE_MS = 100;
+/** Failed proposals whose RpcError codes mean "outcome unknown, try again". */
+const RETRYABLE = new Set<number>([
+  grpc.status.UNAVAILABLE,
+  grpc.status.DEADLINE_EXCEEDED,
+  grpc.status.RESOURCE_EXHAUSTED,
+]);
+
+/** What a session needs from its connection. */
+export interface SessionPeer {
+  /** A one-way server-to-client call (invalidateTransaction, info). */
+  callAsync(method: string, args: unknown[]): void;
+  readonly label: string;
+}
+
+/** A handler's answer: the reply, plus what must be sent right after it (in order). */
+export class ReplyThen {
+  constructor(
+    readonly result: unknown,
+    readonly after: () => void,
+  ) {}
+}
+
+/** Per-storage counters, shared by the connections of one node (ZEO's StorageStats). */
+export class ZeoStats {
+  connections = 0;
+  loads = 0;
+  stores = 0;
+  commits = 0;
+  aborts = 0;
+  active_txns = 0;
+  conflicts = 0;
+  conflicts_resolved = 0;
+  readonly start = new Date().toUTCString();
+}
+
+interface PendingTxn {
+  handle: string;
+  /** The replicated transaction id (unique across clients and nodes). */
+  txnId: string;
+  user: string;
+  description: string;
+  extension: Buffer;
+  stores: Map<string, StoreOp>;
+  checks: Map<string, CheckOp>;
+  undos: Buffer[];
+  dataBytes: number;
+  /** An error from a one-way call, reported at vote (one-way calls cannot answer). */
+  error?: ZeoException;
+  voted: boolean;
+  /** A finish was proposed: a disconnect must not abort it. */
+  finishing: boolean;
+}
+
+interface TxnIterator {
+  kind: 'txn';
+  gen: AsyncGenerator<TransactionInfo>;
+  last?: TransactionInfo;
+}
+interface RecordIterator {
+  kind: 'record';
+  records: TransactionInfo['records'];
+  tid: Buffer;
+  next: number;
+}
+
+const bytes = (s: string): Buffer => Buffer.from(s, 'utf8');
+
+/** A transaction extension as stored by ZEO clients: the msgpack encoding of the ext dict. */
+function encodeExtension(ext: unknown): Buffer {
+  if (ext === null || ext === undefined) return Buffer.alloc(0);
+  if (typeof ext !== 'object' || Array.isArray(ext) || ext instanceof Uint8Array)
+    throw typeError('the transaction extension must be a dict');
+  return Object.keys(ext).length ? encodeValue(ext) : Buffer.alloc(0);
+}
+
+/** The ext dict back; extensions written by other clients (opaque bytes) read as {}. */
+function decodeExtension(b: Buffer): Record<string, unknown> {
+  if (!b.length) return {};
+  try {
+    const v = decodeValue(b);
+    if (v && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array))
+      return v as Record<string, unknown>;
+  } catch {
+    // not ours: fall through
+  }
+  return {};
+}
+
+export class ZeoSession {
+  storage: string | undefined;
+  private readOnly = false;
+  private txn: PendingTxn | undefined;
+  private readonly iterators = new Map<number, TxnIterator | RecordIterator>();
+  private nextIteratorId = 0;
+  private readonly connectionId = randomUUID();
+  private txnCounter = 0;
+  private unsubscribe: (() => void) | undefined;
+  /** While a tpc_finish is in flight, commit events wait here so they are sent in ZEO's order. */
+  private finishBuffer: CommitEvent[] | undefined;
+  private label = '';
+  private closed = false;
+
+  constructor(
+    private readonly node: StorageNode,
+    private readonly peer: SessionPeer,
+    private readonly statsFor: (storage: string) => ZeoStats,
+  ) {}
+
+  get registered(): boolean {
+    return this.storage !== undefined;
+  }
+
+  private get st(): string {
+    if (this.storage === undefined) throw valueError('register() must be called first');
+    return this.storage;
+  }
+
+  private get stats(): ZeoStats {
+    return this.statsFor(this.st);
+  }
+
+  private deadline(): number {
+    return Date.now() + this.node.config.defaultDeadlineMs;
+  }
+
+  private storageReadOnly(st: string): string | undefined {
+    if (this.node.config.readOnly) return `node ${this.node.config.nodeId} is read-only`;
+    if (this.node.config.storages.find((s) => s.name === st)?.readOnly)
+      return `storage ${JSON.stringify(st)} is read-only`;
+    return undefined;
+  }
+
+  private writable(): void {
+    const why = this.storageReadOnly(this.st);
+    if (why) throw readOnlyError(why);
+    if (this.readOnly) throw readOnlyError('this connection was registered read-only');
+  }
+
+  /** Propose a command; an unknown outcome (no leader, deadline) drops the connection. */
+  private async propose(cmd: Command): Promise<ApplyResult> {
+    try {
+      return await this.node.replicator.propose(cmd, this.deadline());
+    } catch (e) {
+      throw new ZeoDisconnect(`replication failed: ${e instanceof Error ? e.message : e}`, {
+        cause: e,
+      });
+    }
+  }
+
+  /** Wait until this node has applied `tid` (MISSION §2.6); too slow drops the connection. */
+  private async caughtUp(tid: Buffer): Promise<void> {
+    if (idCompare(this.node.store.lastTid, tid) >= 0) return;
+    try {
+      await this.node.waitForTid(tid, this.deadline());
+    } catch (e) {
+      throw new ZeoDisconnect(e instanceof Error ? e.message : String(e), { cause: e });
+    }
+  }
+
+  private fromStorage(e: unknown, oid?: Buffer): never {
+    if (!(e instanceof StorageError)) throw e;
+    switch (e.kind) {
+      case 'NOT_FOUND':
+        throw posKeyError(e.conflict?.oid ?? oid ?? Z64);
+      case 'CONFLICT':
+      case 'LOCKED':
+      case 'UNDO_CONFLICT':
+        throw conflictError(
+          'ConflictError',
+          e.message,
+          e.conflict?.oid ?? null,
+          e.conflict ? [e.conflict.actual, e.conflict.expected] : null,
+        );
+      case 'READ_CONFLICT':
+        throw conflictError(
+          'ReadConflictError',
+          e.message,
+          e.conflict?.oid ?? null,
+          e.conflict ? [e.conflict.actual, e.conflict.expected] : null,
+        );
+      case 'UNKNOWN_TRANSACTION':
+        throw storageTransactionError(e.message);
+      default:
+        throw storageError(e.message);
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Invalidations
+
+  /** A committed transaction of any storage, in TID order (from ObjectStore.onCommit). */
+  private onCommit(ev: CommitEvent): void {
+    if (this.closed || ev.storage !== this.storage) return;
+    if (this.finishBuffer) this.finishBuffer.push(ev);
+    else this.sendInvalidation(ev);
+  }
+
+  private sendInvalidation(ev: CommitEvent): void {
+    this.peer.callAsync('invalidateTransaction', [ev.tid, ev.records.map((r) => r.oid)]);
+    this.node.metrics.invalidationsSent.inc();
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Dispatch
+
+  /** One-way calls a client makes (errors close the connection, as in ZEO). */
+  static readonly ONE_WAY = new Set([
+    'tpc_begin',
+    'storea',
+    'checkCurrentSerialInTransaction',
+    'deleteObject',
+    'undoa',
+    'restorea',
+    'storeBlobStart',
+    'storeBlobChunk',
+    'storeBlobEnd',
+    'storeBlobShared',
+    'iterator_gc',
+    'set_client_label',
+  ]);
+
+  /** Call a method by name; undefined when there is no such method (the caller closes). */
+  handler(method: string): ((args: unknown[]) => unknown) | undefined {
+    if (!this.registered) return method === 'register' ? (a) => this.register(a) : undefined;
+    const h = this.methods[method];
+    return h ? (args) => h.call(this, args) : undefined;
+  }
+
+  private readonly methods: Record<string, (this: ZeoSession, args: unknown[]) => unknown> = {
+    get_info: function (a) {
+      arity(a, 'get_info', 0);
+      return this.getInfo();
+    },
+    lastTransaction: function (a) {
+      arity(a, 'lastTransaction', 0);
+      return this.node.store.storageSummary(this.st).lastTid;
+    },
+    getInvalidations: function (a) {
+      arity(a, 'getInvalidations', 1);
+      return this.getInvalidations(idArg(a[0], 'tid'));
+    },
+    loadBefore: function (a) {
+      arity(a, 'loadBefore', 2);
+      return this.loadBefore(idArg(a[0], 'oid'), idArg(a[1], 'tid'));
+    },
+    loadSerial: function (a) {
+      arity(a, 'loadSerial', 2);
+      return this.loadSerial(idArg(a[0], 'oid'), idArg(a[1], 'serial'));
+    },
+    getTid: function (a) {
+      arity(a, 'getTid', 1);
+      return this.getTid(idArg(a[0], 'oid'));
+    },
+    history: function (a) {
+      arity(a, 'history', 1, 2);
+      return this.history(idArg(a[0], 'oid'), intArg(a[1], 'size', 1));
+    },
+    record_iternext: function (a) {
+      arity(a, 'record_iternext', 0, 1);
+      return this.recordIternext(optionalIdArg(a[0], 'next'));
+    },
+    new_oids: function (a) {
+      arity(a, 'new_oids', 0, 1);
+      return this.newOids(intArg(a[0], 'n', NEW_OIDS_MAX));
+    },
+    new_oid: async function (a) {
+      arity(a, 'new_oid', 0);
+      return (await this.newOids(1))[0];
+    },
+    tpc_begin: function (a) {
+      arity(a, 'tpc_begin', 4, 6);
+      return this.tpcBegin(a);
+    },
+    storea: function (a) {
+      arity(a, 'storea', 4);
+      this.stage(a[3], (t) => {
+        const oid = idArg(a[0], 'oid');
+        const data = bytesArg(a[2], 'data');
+        t.dataBytes += data.length;
+        t.stores.set(hex(oid), { oid, serial: idArg(a[1], 'serial'), data });
+        this.stats.stores++;
+      });
+    },
+    deleteObject: function (a) {
+      arity(a, 'deleteObject', 3);
+      this.stage(a[2], (t) => {
+        const oid = idArg(a[0], 'oid');
+        t.stores.set(hex(oid), { oid, serial: idArg(a[1], 'serial'), delete: true });
+        this.stats.stores++;
+      });
+    },
+    checkCurrentSerialInTransaction: function (a) {
+      arity(a, 'checkCurrentSerialInTransaction', 3);
+      this.stage(a[2], (t) => {
+        const oid = idArg(a[0], 'oid');
+        t.checks.set(hex(oid), { oid, serial: idArg(a[1], 'serial') });
+      });
+    },
+    undoa: function (a) {
+      arity(a, 'undoa', 2);
+      this.stage(a[1], (t) => t.undos.push(this.undoId(a[0])));
+    },
+    undo: function (a) {
+      arity(a, 'undo', 2);
+      this.stage(a[1], (t) => t.undos.push(this.undoId(a[0])));
+    },
+    restorea: function (a) {
+      this.stage(a[a.length - 1], (t) => {
+        t.error ??= unsupported('restore is not supported by ZeoRaft (it cannot set serials)');
+      });
+    },
+    storeBlobEnd: function (a) {
+      this.stage(a[a.length - 1], (t) => {
+        t.error ??= unsupported('blobs are not supported by ZeoRaft; do not set blob_dir');
+      });
+    },
+    storeBlobShared: function (a) {
+      this.stage(a[a.length - 1], (t) => {
+        t.error ??= unsupported('blobs are not supported by ZeoRaft; do not set blob_dir');
+      });
+    },
+    storeBlobStart: function () {
+      // The chunks are dropped; storeBlobEnd fails the transaction at vote.
+    },
+    storeBlobChunk: function () {},
+    sendBlob: function () {
+      throw unsupported('blobs are not supported by ZeoRaft');
+    },
+    vote: function (a) {
+      arity(a, 'vote', 1);
+      return this.vote(txnHandleArg(a[0]));
+    },
+    tpc_finish: function (a) {
+      arity(a, 'tpc_finish', 1);
+      return this.tpcFinish(txnHandleArg(a[0]));
+    },
+    tpc_abort: function (a) {
+      arity(a, 'tpc_abort', 1);
+      return this.tpcAbort(txnHandleArg(a[0]));
+    },
+    undoLog: function (a) {
+      arity(a, 'undoLog', 0, 2);
+      return this.undoLog(intArg(a[0], 'first', 0), intArg(a[1], 'last', -20), undefined);
+    },
+    undoInfo: function (a) {
+      arity(a, 'undoInfo', 0, 3);
+      const spec = a[2];
+      if (spec !== undefined && spec !== null && (typeof spec !== 'object' || Array.isArray(spec)))
+        throw typeError('specification must be a dict or None');
+      return this.undoLog(
+        intArg(a[0], 'first', 0),
+        intArg(a[1], 'last', -20),
+        (spec ?? undefined) as Record<string, unknown> | undefined,
+      );
+    },
+    pack: function (a) {
+      arity(a, 'pack', 1, 2);
+      return this.pack(numberArg(a[0], 'time'), intArg(a[1], 'wait', 1));
+    },
+    iterator_start: function (a) {
+      arity(a, 'iterator_start', 0, 2);
+      return this.iteratorStart(optionalIdArg(a[0], 'start'), optionalIdArg(a[1], 'stop'));
+    },
+    iterator_next: function (a) {
+      arity(a, 'iterator_next', 1);
+      return this.iteratorNext(intArg(a[0], 'iid'));
+    },
+    iterator_record_start: function (a) {
+      arity(a, 'iterator_record_start', 2);
+      return this.iteratorRecordStart(intArg(a[0], 'txn_iid'), idArg(a[1], 'tid'));
+    },
+    iterator_record_next: function (a) {
+      arity(a, 'iterator_record_next', 1);
+      return this.iteratorRecordNext(intArg(a[0], 'iid'));
+    },
+    iterator_gc: function (a) {
+      arity(a, 'iterator_gc', 1);
+      if (!Array.isArray(a[0])) throw typeError('iids must be a list');
+      for (const iid of a[0]) this.closeIterator(intArg(iid, 'iid'));
+    },
+    server_status: function (a) {
+      arity(a, 'server_status', 0);
+      return this.serverStatus(this.st);
+    },
+    set_client_label: function (a) {
+      arity(a, 'set_client_label', 1);
+      this.label = textArg(a[0], 'label', 256);
+    },
+    ping: function () {
+      return null;
+    },
+  };
+
+  // ------------------------------------------------------------------------------------------
+  // Connection set-up
+
+  private async register(a: unknown[]): Promise<Buffer> {
+    arity(a, 'register', 2);
+    const st = textArg(a[0], 'storage_id', 64);
+    const readOnly = intArg(a[1], 'read_only') !== 0;
+    if (this.storage !== undefined) throw valueError('duplicate register() call');
+    if (!this.node.config.storages.some((s) => s.name === st))
+      throw valueError(`unknown storage: ${st}`);
+    if (!readOnly) {
+      const why = this.storageReadOnly(st);
+      if (why) throw readOnlyError(why);
+    }
+    // The client compares its cache's TID with ours and refuses a server behind it; a
+    // linearizable point makes this node at least as new as anything the client can have seen.
+    try {
+      await this.node.replicator.linearizableRead(Date.now() + 5_000);
+    } catch {
+      // No leader right now: serve what this node has; the client refuses us if we are behind.
+    }
+    if (this.closed) throw new ZeoDisconnect('closed during register');
+    this.storage = st;
+    this.readOnly = readOnly;
+    const stats = this.statsFor(st);
+    stats.connections++;
+    // Subscribe and read the last TID in the same tick: every later commit is an invalidation.
+    this.unsubscribe = this.node.store.onCommit((ev) => this.onCommit(ev));
+    return this.node.store.storageSummary(st).lastTid;
+  }
+
+  private getInfo(): Record<string, unknown> {
+    const s = this.node.store.storageSummary(this.st);
+    return {
+      length: s.objectCount,
+      size: 0,
+      name: `ZeoRaft storage ${this.st} on node ${this.node.config.nodeId}`,
+      supportsUndo: true,
+      supports_record_iternext: true,
+      interfaces: [
+        ['ZODB.interfaces', 'IStorageIteration'],
+        ['ZODB.interfaces', 'IStorageUndoable'],
+        ['ZODB.interfaces', 'IStorageCurrentRecordIteration'],
+      ],
+    };
+  }
+
+  /** (tid, oids) changed after `tid`, or null when history that old is not kept (drop the cache). */
+  private async getInvalidations(tid: Buffer): Promise<[Buffer, Buffer[]] | null> {
+    const st = this.st;
+    const last = this.node.store.storageSummary(st).lastTid;
+    if (idCompare(tid, last) >= 0) return [last, []];
+    const oldest = await this.node.subscriptions.oldestResumable(st);
+    if (idCompare(idNext(tid), oldest) < 0) return null;
+    const oids = new Map<string, Buffer>();
+    let latest = tid;
+    let n = 0;
+    for await (const t of this.node.store.iterate(st, idNext(tid), last)) {
+      if (++n > INVALIDATIONS_SCAN_MAX_TXNS) return null;
+      for (const oid of (await this.node.store.transactionOids(st, t.tid)) ?? [])
+        oids.set(hex(oid), oid);
+      latest = t.tid;
+    }
+    return [latest, [...oids.values()]];
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Reads
+
+  private async loadBefore(
+    oid: Buffer,
+    tid: Buffer,
+  ): Promise<[Buffer, Buffer, Buffer | null] | null> {
+    if (u64(tid) > 0n) await this.caughtUp(p64(u64(tid) - 1n));
+    this.stats.loads++;
+    try {
+      const r = await this.node.store.loadBefore(this.st, oid, tid);
+      if (!r.found) return null;
+      return [r.data ?? Buffer.alloc(0), r.start as Buffer, r.end ?? null];
+    } catch (e) {
+      // Packed-away history reads like "no revision" (ZODB then raises ReadConflictError).
+      if (e instanceof StorageError && e.kind === 'HISTORY_PACKED') return null;
+      return this.fromStorage(e, oid);
+    }
+  }
+
+  private async loadSerial(oid: Buffer, serial: Buffer): Promise<Buffer> {
+    await this.caughtUp(serial);
+    this.stats.loads++;
+    try {
+      return await this.node.store.loadSerial(this.st, oid, serial);
+    } catch (e) {
+      return this.fromStorage(e, oid);
+    }
+  }
+
+  private async getTid(oid: Buffer): Promise<Buffer> {
+    try {
+      return (await this.node.store.history(this.st, oid, 1))[0].tid;
+    } catch (e) {
+      return this.fromStorage(e, oid);
+    }
+  }
+
+  private async history(oid: Buffer, size: number): Promise<Record<string, unknown>[]> {
+    const n = Math.min(Math.max(size, 1), HISTORY_MAX);
+    try {
+      const entries = await this.node.store.history(this.st, oid, n);
+      return entries.map((e) => ({
+        time: tidToTime(e.tid) / 1000,
+        tid: e.tid,
+        serial: e.tid,
+        user_name: bytes(e.user),
+        description: bytes(e.description),
+        size: e.size,
+      }));
+    } catch (e) {
+      return this.fromStorage(e, oid);
+    }
+  }
+
+  /** IStorageCurrentRecordIteration: (oid, tid, data, next_oid) of the first object at or after `next`. */
+  private async recordIternext(
+    next: Buffer | undefined,
+  ): Promise<[Buffer, Buffer, Buffer, Buffer | null]> {
+    const st = this.st;
+    const end = u64(this.node.store.storageSummary(st).nextOid);
+    // OIDs are handed out densely by new_oids, so a scan up to the allocation counter is short.
+    for (let o = next ? u64(next) : 0n; o < end; o++) {
+      const oid = p64(o);
+      try {
+        const r = await this.node.store.load(st, oid);
+        let after: Buffer | null = null;
+        for (let m = o + 1n; m < end; m++) {
+          try {
+            await this.node.store.load(st, p64(m));
+            after = p64(m);
+            break;
+          } catch (e) {
+            if (!(e instanceof StorageError && e.kind === 'NOT_FOUND')) throw e;
+          }
+        }
+        return [oid, r.serial, r.data, after];
+      } catch (e) {
+        if (!(e instanceof StorageError && e.kind === 'NOT_FOUND')) throw e;
+      }
+    }
+    throw posKeyError(next ?? Z64);
+  }
+
+  private async undoLog(
+    first: number,
+    last: number,
+    spec: Record<string, unknown> | undefined,
+  ): Promise<Record<string, unknown>[]> {
+    if (last < 0) last = first - last;
+    first = Math.max(0, first);
+    last = Math.min(Math.max(last, first), first + UNDO_LOG_MAX);
+    const entries = await this.node.store.undoLog(this.st, first, last);
+    const out = entries.map((e) => ({
+      ...decodeExtension(e.extension),
+      id: e.tid,
+      time: tidToTime(e.tid) / 1000,
+      user_name: bytes(e.user),
+      description: bytes(e.description),
+    }));
+    if (!spec) return out;
+    const eq = (x: unknown, y: unknown): boolean =>
+      x instanceof Uint8Array && y instanceof Uint8Array
+        ? Buffer.compare(toBuffer(x), toBuffer(y)) === 0
+        : x === y;
+    return out.filter((d) =>
+      Object.entries(spec).every(([k, v]) => eq((d as Record<string, unknown>)[k], v)),
+    );
+  }
+
+  private iteratorStart(start: Buffer | undefined, stop: Buffer | undefined): number {
+    if (this.iterators.size >= ITERATORS_MAX)
+      throw storageError(`too many open iterators (at most ${ITERATORS_MAX})`);
+    const iid = this.nextIteratorId++;
+    this.iterators.set(iid, {
+      kind: 'txn',
+      gen: this.node.store.iterate(this.st, start ?? Z64, stop),
+    });
+    return iid;
+  }
+
+  private async iteratorNext(iid: number): Promise<unknown[] | null> {
+    const it = this.iterators.get(iid);
+    if (!it || it.kind !== 'txn') throw keyError(`no transaction iterator ${iid}`);
+    const r = await it.gen.next();
+    if (r.done) {
+      this.iterators.delete(iid);
+      return null;
+    }
+    it.last = r.value;
+    const t = r.value;
+    return [t.tid, ' ', bytes(t.user), bytes(t.description), decodeExtension(t.extension)];
+  }
+
+  private iteratorRecordStart(txnIid: number, tid: Buffer): number {
+    const it = this.iterators.get(txnIid);
+    if (!it || it.kind !== 'txn' || !it.last) throw keyError(`no transaction iterator ${txnIid}`);
+    if (!it.last.tid.equals(tid))
+      throw storageError(`out-of-order request for the records of transaction ${hex(tid)}`);
+    if (this.iterators.size >= ITERATORS_MAX)
+      throw storageError(`too many open iterators (at most ${ITERATORS_MAX})`);
+    const iid = this.nextIteratorId++;
+    this.iterators.set(iid, { kind: 'record', records: it.last.records, tid, next: 0 });
+    return iid;
+  }
+
+  private iteratorRecordNext(iid: number): unknown[] | null {
+    const it = this.iterators.get(iid);
+    if (!it || it.kind !== 'record') throw keyError(`no record iterator ${iid}`);
+    const r = it.records[it.next++];
+    if (!r) {
+      this.iterators.delete(iid);
+      return null;
+    }
+    const dataTxn = r.dataTid && !r.dataTid.equals(Z64) ? r.dataTid : null;
+    return [r.oid, it.tid, r.deleted ? null : r.data, dataTxn];
+  }
+
+  private closeIterator(iid: number): void {
+    const it = this.iterators.get(iid);
+    this.iterators.delete(iid);
+    if (it?.kind === 'txn') void it.gen.return(undefined).catch(() => undefined);
+  }
+
+  serverStatus(st: string): Record<string, unknown> {
+    const s = this.statsFor(st);
+    const v = this.node.replicator.view();
+    return {
+      ...s,
+      waiting: 0,
+      'timeout-thread-is-alive': true,
+      'last-transaction': hex(this.node.store.storageSummary(st).lastTid),
+      'zeoraft-node': v.nodeId,
+      'zeoraft-role': v.role,
+      'zeoraft-leader': v.leaderId,
+    };
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Writes
+
+  private async newOids(n: number): Promise<Buffer[]> {
+    this.writable();
+    const count = Math.min(Math.max(n, 1), NEW_OIDS_MAX, MAX_NEW_OIDS);
+    const r = await this.propose({ newOids: { storage: this.st, count } });
+    if (!r.ok) return this.fromStorage(r.error);
+    return r.oids ?? [];
+  }
+
+  private tpcBegin(a: unknown[]): void {
+    this.writable();
+    const handle = txnHandleArg(a[0]);
+    if (this.txn) {
+      if (this.txn.handle === handle) return; // a duplicate tpc_begin
+      throw storageTransactionError('Multiple simultaneous tpc_begin requests from one client.');
+    }
+    const user = textArg(a[1], 'user');
+    const description = textArg(a[2], 'description');
+    const extension = encodeExtension(a[3]);
+    if (a[4] !== undefined && a[4] !== null)
+      throw unsupported('tpc_begin with a given TID (restore) is not supported');
+    this.txn = {
+      handle,
+      txnId: `z:${this.connectionId}:${++this.txnCounter}`,
+      user,
+      description,
+      extension,
+      stores: new Map(),
+      checks: new Map(),
+      undos: [],
+      dataBytes: 0,
+      voted: false,
+      finishing: false,
+    };
+    this.stats.active_txns++;
+  }
+
+  /** Apply a one-way transaction call; a call for another transaction is a protocol error. */
+  private stage(handleArg: unknown, fn: (t: PendingTxn) => void): void {
+    const handle = txnHandleArg(handleArg);
+    const t = this.txn;
+    if (!t || t.handle !== handle)
+      throw storageTransactionError(`no current transaction ${handle}`);
+    if (t.voted) throw storageTransactionError('the transaction was already voted');
+    try {
+      fn(t);
+    } catch (e) {
+      if (e instanceof ZeoException) t.error ??= e;
+      else throw e;
+    }
+  }
+
+  private undoId(v: unknown): Buffer {
+    const b = bytesArg(v, 'transaction_id');
+    if (b.length === 8) return b;
+    const d = Buffer.from(b.toString('ascii'), 'base64');
+    if (d.length === 8) return d;
+    throw undoError(`not a transaction id: ${b.toString('hex')}`);
+  }
+
+  private clearTxn(): void {
+    if (this.txn && this.storage) this.stats.active_txns--;
+    this.txn = undefined;
+  }
+
+  /** The stores that undo `tid`: each object it wrote goes back to its revision before `tid`. */
+  private async undoStores(tid: Buffer): Promise<StoreOp[]> {
+    const st = this.st;
+    const oids = await this.node.store.transactionOids(st, tid);
+    if (!oids) throw undoError(`no transaction ${hex(tid)}`);
+    const out: StoreOp[] = [];
+    for (const oid of oids) {
+      const cur = (await this.node.store.history(st, oid, 1).catch(() => []))[0];
+      if (!cur || !cur.tid.equals(tid))
+        throw undoError(`object ${hex(oid)} was modified after transaction ${hex(tid)}`, oid);
+      try {
+        const prev = await this.node.store.loadBefore(st, oid, tid);
+        out.push(
+          prev.found
+            ? { oid, serial: tid, data: prev.data ?? Buffer.alloc(0) }
+            : { oid, serial: tid, delete: true },
+        );
+      } catch (e) {
+        if (e instanceof StorageError && e.kind === 'NOT_FOUND')
+          out.push({ oid, serial: tid, delete: true });
+        else if (e instanceof StorageError && e.kind === 'HISTORY_PACKED')
+          throw undoError(`the history of ${hex(oid)} before ${hex(tid)} was packed away`, oid);
+        else throw e;
+      }
+    }
+    return out;
+  }
+
+  private conflictDict(op: StoreOp, actual: Buffer): Record<string, unknown> {
+    return { oid: op.oid, serials: [actual, op.serial ?? Z64], data: op.data ?? Buffer.alloc(0) };
+  }
+
+  /**
+   * The replicated prepare. Returns ZEO's vote answer: a list whose dict entries are conflicts for
+   * the client to resolve (it stores the resolved data and votes again) and whose bytes entries
+   * are OIDs the server changed for it (undo). Once it returns without conflicts, finish cannot
+   * fail: the objects are locked on every node.
+   */
+  private async vote(handle: string): Promise<unknown[]> {
+    const t = this.txn;
+    if (!t || t.handle !== handle)
+      throw storageTransactionError(`no current transaction ${handle}`);
+    if (t.voted) return [];
+    try {
+      this.writable();
+      if (t.error) throw t.error;
+      const stores = new Map(t.stores);
+      const undone: Buffer[] = [];
+      for (const tid of t.undos) {
+        for (const op of await this.undoStores(tid)) {
+          const k = hex(op.oid);
+          if (stores.has(k))
+            throw undoError(`object ${k} is changed twice in this transaction`, op.oid as Buffer);
+          stores.set(k, op);
+          undone.push(op.oid as Buffer);
+        }
+      }
+      const checks = [...t.checks.entries()].filter(([k]) => !stores.has(k)).map(([, c]) => c);
+      this.node.limits.checkTransaction(stores.size + checks.length, t.dataBytes);
+      // Conflicts visible in the applied state are all answered at once; the prepare below
+      // remains the authority (this node may be behind, so only a newer serial counts here).
+      const conflicts: Record<string, unknown>[] = [];
+      for (const op of t.stores.values()) {
+        if (op.delete) continue;
+        const cur = await this.node.store.load(this.st, op.oid as Buffer).catch(() => undefined);
+        if (cur && idCompare(cur.serial, op.serial ?? Z64) > 0)
+          conflicts.push(this.conflictDict(op, cur.serial));
+      }
+      if (conflicts.length) {
+        this.stats.conflicts += conflicts.length;
+        this.node.metrics.conflicts.inc(conflicts.length);
+        return conflicts;
+      }
+      const txn: Txn = {
+        storage: this.st,
+        user: t.user,
+        description: t.description,
+        extension: t.extension,
+        stores: [...stores.values()],
+        checks,
+      };
+      const deadlineMs = Date.now() + this.node.config.txnTimeoutMs;
+      const r = await this.prepareWithLockWait({ prepare: { txnId: t.txnId, txn, deadlineMs } });
+      if (!r.ok) {
+        const e = r.error;
+        const c = e.conflict;
+        const op = c ? t.stores.get(hex(c.oid)) : undefined;
+        this.stats.conflicts++;
+        this.node.metrics.conflicts.inc();
+        if (e.kind === 'CONFLICT' && c && op && !op.delete)
+          return [this.conflictDict(op, c.actual)];
+        this.fromStorage(e);
+      }
+      t.voted = true;
+      return undone;
+    } catch (e) {
+      if (!(e instanceof ZeoDisconnect)) this.clearTxn();
+      throw e;
+    }
+  }
+
+  /** Propose a prepare, waiting (bounded) while a voted transaction holds one of its objects. */
+  private async prepareWithLockWait(cmd: Command): Promise<ApplyResult> {
+    const end = Date.now() + this.node.config.lockWaitMs;
+    for (;;) {
+      let r: ApplyResult;
+      try {
+        r = await this.node.replicator.propose(cmd, this.deadline());
+      } catch (e) {
+        // Outcome unknown: the prepare may still commit and hold locks. Abort it (best effort;
+        // the leader's transaction timeout is the backstop) and drop the connection.
+        const txnId = 'prepare' in cmd ? cmd.prepare.txnId : '';
+        this.node.replicator
+          .propose({ abort: { storage: this.st, txnId, reason: 'client' } }, this.deadline())
+          .catch(() => undefined);
+        this.clearTxn();
+        throw new ZeoDisconnect(`vote failed: ${e instanceof Error ? e.message : e}`, { cause: e });
+      }
+      if (r.ok || r.error.kind !== 'LOCKED' || Date.now() >= end) return r;
+      await this.node.waitForUnlock(end);
+    }
+  }
+
+  private async tpcFinish(handle: string): Promise<unknown> {
+    const t = this.txn;
+    if (!t || t.handle !== handle) return null; // ZEO answers None for a stale id
+    if (!t.voted) throw storageTransactionError('tpc_finish before a successful vote');
+    const st = this.st;
+    this.finishBuffer ??= [];
+    t.finishing = true;
+    const started = Date.now();
+    let r: ApplyResult | undefined;
+    const end = Date.now() + FINISH_RETRY_MS;
+    for (;;) {
+      try {
+        r = await this.node.replicator.propose(
+          { finish: { storage: st, txnId: t.txnId, tid: Z64 } },
+          this.deadline(),
+        );
+        break;
+      } catch (e) {
+        // A finish is idempotent (the store remembers finished transaction ids): retry it
+        // through a leader change. Past the retry window the outcome is unknown: disconnect.
+        const code = (e as { code?: number }).code;
+        if (this.closed || Date.now() >= end || code === undefined || !RETRYABLE.has(code)) {
+          this.flushFinishBuffer(undefined);
+          throw new ZeoDisconnect(`tpc_finish failed: ${e instanceof Error ? e.message : e}`, {
+            cause: e,
+          });
+        }
+        await new Promise((res) => setTimeout(res, FINISH_RETRY_PAUSE_MS));
+      }
+    }
+    this.clearTxn();
+    if (!r.ok) {
+      this.flushFinishBuffer(undefined);
+      return this.fromStorage(r.error);
+    }
+    const tid = r.tid as Buffer;
+    this.stats.commits++;
+    this.node.metrics.observeCommit(Date.now() - started);
+    // ZEO's order: invalidations of earlier transactions, `info`, the reply, then later ones.
+    // The client does not get an invalidation for its own transaction.
+    const pending = this.finishBuffer ?? [];
+    for (const ev of pending) if (idCompare(ev.tid, tid) < 0) this.sendInvalidation(ev);
+    this.finishBuffer = pending.filter((ev) => idCompare(ev.tid, tid) > 0);
+    const s = this.node.store.storageSummary(st);
+    this.peer.callAsync('info', [{ length: s.objectCount, size: 0 }]);
+    return new ReplyThen(tid, () => this.flushFinishBuffer(tid));
+  }
+
+  private flushFinishBuffer(own: Buffer | undefined): void {
+    const pending = this.finishBuffer ?? [];
+    this.finishBuffer = undefined;
+    for (const ev of pending) if (!own || !ev.tid.equals(own)) this.sendInvalidation(ev);
+  }
+
+  private async tpcAbort(handle: string): Promise<null> {
+    const t = this.txn;
+    if (!t || t.handle !== handle) return null;
+    this.clearTxn();
+    this.stats.aborts++;
+    if (t.voted) {
+      const r = await this.propose({
+        abort: { storage: this.st, txnId: t.txnId, reason: 'client' },
+      });
+      if (!r.ok) this.fromStorage(r.error);
+    }
+    return null;
+  }
+
+  private async pack(time: number, wait: number): Promise<null> {
+    this.writable();
+    // ZEO clients do not declare references, so pack never collects garbage here (gc: false):
+    // it only removes revisions not needed to read at or after the pack time.
+    const run = async (): Promise<void> => {
+      const r = await this.propose({
+        pack: { storage: this.st, packTid: tidFromTime(time * 1000), gc: false },
+      });
+      if (!r.ok) this.fromStorage(r.error);
+      const s = this.node.store.storageSummary(this.st);
+      this.peer.callAsync('info', [{ length: s.objectCount, size: 0 }]);
+    };
+    if (wait) await run();
+    else
+      run().catch((e: unknown) =>
+        this.node.log.warn({ error: String(e) }, 'zeo: background pack failed'),
+      );
+    return null;
+  }
+
+  /** The connection is gone: abort a voted transaction (ZEO's notify_disconnected) and clean up. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.unsubscribe?.();
+    for (const iid of [...this.iterators.keys()]) this.closeIterator(iid);
+    const t = this.txn;
+    if (this.storage) {
+      this.statsFor(this.storage).connections--;
+      this.clearTxn();
+    }
+    if (t?.voted && !t.finishing && this.storage) {
+      this.node.replicator
+        .propose(
+          { abort: { storage: this.storage, txnId: t.txnId, reason: 'client' } },
+          this.deadline(),
+        )
+        .catch((e: unknown) =>
+          this.node.log.warn(
+            { txn: t.txnId, error: String(e) },
+            'zeo: abort after disconnect failed; the transaction timeout will abort it',
+          ),
+        );
+    }
+    this.node.log.debug({ client: this.peer.label, label: this.label }, 'zeo: session closed');
+  }
+}
