@@ -115,3 +115,20 @@ export function fromGrpcError(e: grpc.ServiceError): ZeoRaftError {
       return new ZeoRaftError(msg, e.code, detail, opts);
   }
 }
+
+/**
+ * A transaction was voted but its finish could not be confirmed within the retry window: it may
+ * or may not have committed. Not transient — retrying the work could apply it twice.
+ */
+export class CommitUnknownError extends ZeoRaftError {
+  override readonly code = 'ZEORAFT_COMMIT_UNKNOWN';
+}
+/** The ClientStorage was closed. */
+export class ClientClosedError extends ZeoRaftError {
+  override readonly code = 'ZEORAFT_CLOSED';
+}
+
+/** Whether retrying may succeed: conflicts, locks and disconnections (MISSION §2.8). */
+export function isTransient(e: unknown): boolean {
+  return e instanceof ZeoRaftError && e.transient;
+}

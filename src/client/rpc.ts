@@ -14,10 +14,10 @@ import { fromGrpcError } from './errors';
 import type { StorageDefinition } from '../generated/zeoraft/v1/Storage';
 import type { MethodDefinition } from '@grpc/proto-loader';
 
-type UnaryMethod = Exclude<keyof StorageDefinition, 'Iterate' | 'Subscribe'>;
-type ReqOf<K extends UnaryMethod> =
+export type UnaryMethod = Exclude<keyof StorageDefinition, 'Iterate' | 'Subscribe'>;
+export type ReqOf<K extends UnaryMethod> =
   StorageDefinition[K] extends MethodDefinition<infer R, any, any, any> ? R : never;
-type ResOf<K extends UnaryMethod> =
+export type ResOf<K extends UnaryMethod> =
   StorageDefinition[K] extends MethodDefinition<any, any, any, infer R> ? R : never;
 
 export interface RpcOptions {
