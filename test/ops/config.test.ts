@@ -26,6 +26,7 @@ function run(cmd: string, args: string[], cwd = ROOT): string {
 }
 
 describe('cluster/: Prometheus configuration and alert rules', function () {
+  this.timeout(60_000);
   before(function () {
     if (!hasCommand('promtool')) {
       console.warn('    skipped: promtool is not installed (apt-get install prometheus; CI does)');
@@ -117,6 +118,7 @@ describe('cluster/grafana: the dashboard covers failover monitoring', () => {
 });
 
 describe('docker-compose.yml', function () {
+  this.timeout(60_000);
   before(function () {
     if (!hasCommand('docker-compose', ['version'])) {
       console.warn(
