@@ -9,7 +9,7 @@ import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { StorageRpc } from '../../src/client/rpc';
 import { eventually, sleep } from '../harness';
-import { LocalCluster, OpsNode } from './local-cluster';
+import { LocalCluster, OpsNode, scrape } from './local-cluster';
 
 const ROOT = path.resolve(__dirname, '../../..');
 const CLIENT = path.join(ROOT, 'examples/python/zeoraft_client.py');
@@ -134,6 +134,12 @@ describe('examples/python: a Python gRPC client across a leader failover', funct
         () => follower.lines.some((l) => l.event === 'subscribed'),
         30_000,
         'the python client to subscribe',
+      );
+      // Its stream shows on the node's zeoraft_subscribers gauge.
+      await eventually(
+        async () => ((await scrape(leader, 'zeoraft_subscribers')) ?? 0) >= 1,
+        10_000,
+        `${leader.id} zeoraft_subscribers >= 1`,
       );
       const acked: string[] = [];
       let serial: Buffer = Buffer.alloc(8);
