@@ -178,6 +178,8 @@ class Sim {
   /** Adversarial scheduling: crash leaders right after they apply a commit (Figure 8 hunting). */
   private readonly crashAfterCommitRate: number;
   private leaderJustApplied: SimNode | undefined;
+  /** Adversarial scheduling: crash a node right after it persisted a vote and sent its messages. */
+  private readonly crashAfterVoteRate: number;
   private readonly partitionRate: number;
   private readonly persistRate: number;
   private readonly preVote: boolean;
@@ -211,10 +213,11 @@ class Sim {
     const r = this.rng;
     this.dropRate = r.nextFloat() * 0.15;
     this.dupRate = r.nextFloat() * 0.05;
-    this.maxDelay = r.nextInt(5);
+    this.maxDelay = r.nextFloat() < 0.3 ? 4 + r.nextInt(6) : r.nextInt(4);
     this.crashRate = r.nextFloat() * 0.008;
     this.leaderCrashRate = r.nextFloat() < 0.5 ? r.nextFloat() * 0.03 : 0;
     this.crashAfterCommitRate = r.nextFloat() < 0.4 ? r.nextFloat() * 0.3 : 0;
+    this.crashAfterVoteRate = r.nextFloat() < 0.4 ? r.nextFloat() * 0.3 : 0;
     this.partitionRate = 0.003 + r.nextFloat() * 0.03;
     this.persistRate = 0.3 + r.nextFloat() * 0.7;
     this.preVote = r.nextFloat() < 0.8;
@@ -632,7 +635,18 @@ class Sim {
       if (this.faults && this.rng.nextFloat() >= this.persistRate) return;
       const rd = n.pending;
       n.pending = undefined;
+      const before = n.storage.hardState();
       this.persistAndApply(n, rd);
+      // Adversarial crash point: right after a vote for another node was made durable and sent.
+      const voted =
+        rd.hardState !== undefined &&
+        rd.hardState.vote !== '' &&
+        rd.hardState.vote !== n.id &&
+        (rd.hardState.vote !== before.vote || rd.hardState.term !== before.term);
+      if (this.faults && voted && this.rng.nextFloat() < this.crashAfterVoteRate) {
+        this.crash(n);
+        n.downUntil = this.now + 1 + this.rng.nextInt(3);
+      }
     }
   }
 
