@@ -15,6 +15,8 @@ import {
 export type { RaftConfig } from './config';
 export type { RaftStatus, ProgressStatus } from './raft';
 
+export type BasicStatus = Omit<RaftStatus, 'conf' | 'progress' | 'leadTransferee'>;
+
 /**
  * The host-facing handle on one Raft node. The host loop is:
  *
@@ -169,8 +171,25 @@ export class RawNode {
     this.raft.onPersisted();
   }
 
+  /** Full status: role, term, leader, commit, applied, membership and (on a leader) per-peer progress. */
   status(): RaftStatus {
     return this.raft.status();
+  }
+
+  /** The cheap part of status(), without membership or progress (no allocation beyond the result). */
+  basicStatus(): BasicStatus {
+    const r = this.raft;
+    return {
+      id: r.id,
+      role: r.softState().role,
+      term: r.term,
+      vote: r.vote,
+      leader: r.lead,
+      commit: r.log.committed,
+      applied: r.log.applied,
+      lastIndex: r.log.lastIndex(),
+      firstIndex: r.log.firstIndex(),
+    };
   }
 
   /** Term of log entry i as this node sees it (undefined if compacted or absent). For checkers. */

@@ -315,7 +315,7 @@ class Sim {
         try {
           const id = this.nextProposalId++;
           const index = raw.propose(enc.encode(`p${id}`));
-          finalAt = { index, term: raw.status().term };
+          finalAt = { index, term: raw.basicStatus().term };
           finalId = id;
           this.pendingProposals.set(id, finalAt);
         } catch (e) {
@@ -350,7 +350,7 @@ class Sim {
     let bestTerm = -1;
     for (const n of this.nodes.values()) {
       if (!n.up) continue;
-      const s = n.raw!.status();
+      const s = n.raw!.basicStatus();
       if (s.role === 'leader' && s.term > bestTerm) {
         best = n;
         bestTerm = s.term;
@@ -489,7 +489,7 @@ class Sim {
           const id = this.nextProposalId++;
           try {
             const idx = n.raw!.propose(enc.encode(`p${id}`));
-            this.pendingProposals.set(id, { index: idx, term: n.raw!.status().term });
+            this.pendingProposals.set(id, { index: idx, term: n.raw!.basicStatus().term });
             this.stats.proposed++;
           } catch (e) {
             if (!(e instanceof RaftError)) throw e;
@@ -617,7 +617,7 @@ class Sim {
         continue;
       }
       this.stats.delivered++;
-      this.trace(fmtMsg(m));
+      if (this.opts.trace) this.trace(fmtMsg(m));
       if (m.type === MessageType.Snapshot && f.snap) to.staged.set(f.snap.index, copySm(f.snap));
       to.raw!.step({ ...m });
     }
@@ -654,7 +654,7 @@ class Sim {
   private checkNewEntries(n: SimNode, rd: Ready): void {
     if (rd.softState)
       this.trace(`${n.id} is ${rd.softState.role} (leader '${rd.softState.leader}')`);
-    const commit = n.raw!.status().commit;
+    const commit = n.raw!.basicStatus().commit;
     let prevTerm = rd.entries.length > 0 ? n.raw!.termAt(rd.entries[0].index - 1) : undefined;
     for (const e of rd.entries) {
       const key = entryKey(e);
@@ -705,7 +705,7 @@ class Sim {
     n.storage.append(rd.entries);
     for (const m of rd.messages) this.send(n, m);
     for (const e of rd.committedEntries) this.apply(n, e);
-    if (rd.committedEntries.length > 0 && raw.status().role === 'leader')
+    if (rd.committedEntries.length > 0 && raw.basicStatus().role === 'leader')
       this.leaderJustApplied = n;
     for (const rs of rd.readStates) {
       const id = Number(dec.decode(rs.context).slice(1));
@@ -761,7 +761,7 @@ class Sim {
   private check(): void {
     for (const n of this.nodes.values()) {
       if (!n.up) continue;
-      const s = n.raw!.status();
+      const s = n.raw!.basicStatus();
       if (s.commit > this.maxCommitSeen) this.maxCommitSeen = s.commit;
       if (s.term > this.stats.maxTerm) this.stats.maxTerm = s.term;
       if (s.role !== 'leader') continue;
