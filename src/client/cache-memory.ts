@@ -30,8 +30,9 @@ export class MemoryCache {
     return this.index.count;
   }
 
-  current(oid: Uint8Array): CachedRevision | undefined {
-    return view(this.index.current(idKey(oid)));
+  /** The current revision (the index's own record: callers must not modify it). */
+  current(oid: Uint8Array): Readonly<Revision<Buffer>> | undefined {
+    return this.index.current(idKey(oid));
   }
 
   before(oid: Uint8Array, before: Uint8Array): CachedRevision | undefined {

@@ -291,7 +291,7 @@ export class ClientStorage implements ViewSource {
   load(oid: Buffer): Promise<LoadResult> {
     checkOid(oid);
     const m = this.mem.current(oid);
-    if (m) return Promise.resolve({ data: m.data, serial: m.start });
+    if (m) return Promise.resolve({ data: m.payload, serial: m.start });
     // Concurrent loads of one object share one request.
     const k = idKey(oid);
     let p = this.inflight.get(k);
