@@ -608,7 +608,15 @@ export class Raft {
   }
 
   private handleHeartbeat(m: Message): void {
-    this.log.commitTo(m.commit);
+    if (m.commit > this.log.lastIndex()) {
+      // The leader believes we hold entries we do not (our disk was wiped and we rejoined
+      // empty). Do not commit; the leader's next Append is rejected and it re-probes us.
+      this.logger(
+        `${this.id} ignoring heartbeat commit ${m.commit} beyond last index ${this.log.lastIndex()}`,
+      );
+    } else {
+      this.log.commitTo(m.commit);
+    }
     const resp = emptyMessage(MessageType.HeartbeatResp, this.id, m.from);
     resp.context = m.context;
     this.send(resp);
@@ -649,6 +657,19 @@ export class Raft {
     if (!pr) return;
     pr.recentActive = true;
     if (m.reject) {
+      if (m.rejectHint < pr.match && m.index >= pr.match) {
+        // The follower no longer has entries it acknowledged: its disk was wiped and it rejoined
+        // empty. Match is only a lower bound on what it holds, so lowering it is safe (commit
+        // never moves back); without this, probes at match+1 would be rejected forever.
+        this.logger(
+          `peer ${m.from} lost its log (has ${m.rejectHint}, had acknowledged ${pr.match}); probing from scratch`,
+        );
+        pr.match = m.rejectHint;
+        pr.becomeProbe();
+        pr.next = m.rejectHint + 1;
+        this.sendAppend(m.from, true);
+        return;
+      }
       let nextProbe = m.rejectHint;
       if (m.logTerm > 0) nextProbe = this.log.findConflictByTerm(m.rejectHint, m.logTerm)[0];
       if (pr.maybeDecrTo(m.index, nextProbe)) {
