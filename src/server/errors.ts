@@ -27,6 +27,19 @@ export const unavailable = (message: string, leaderHint = ''): RpcError =>
     transient: true,
   });
 
+/** The write may or may not have committed: the node or its leader went away mid-flight. */
+export const outcomeUnknown = (
+  message: string,
+  code: grpc.status = grpc.status.UNAVAILABLE,
+): RpcError => new RpcError(code, message, { kind: 'OUTCOME_UNKNOWN', transient: true });
+
+/** Whether an error says for certain that a command was not appended to the log (safe to retry). */
+export function definitelyNotAppended(e: unknown): boolean {
+  return (
+    e instanceof RpcError && e.code === grpc.status.UNAVAILABLE && e.detail?.kind === 'NOT_LEADER'
+  );
+}
+
 export const readOnly = (message: string): RpcError =>
   new RpcError(grpc.status.PERMISSION_DENIED, message, { kind: 'READ_ONLY' });
 

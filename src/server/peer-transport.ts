@@ -9,7 +9,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { loadProto } from '../proto';
+import { decodeStatusDetails, loadProto } from '../proto';
 import type { ProtoGrpcType as RaftProto } from '../generated/raft';
 import type { RaftClient, RaftHandlers } from '../generated/zeoraft/v1/raft/Raft';
 import type { Message as PMessage, Message__Output } from '../generated/zeoraft/v1/raft/Message';
@@ -19,7 +19,7 @@ import { Message, MessageType } from '../raft';
 import { commandCodec } from '../storage/codec';
 import type { ApplyResult } from '../storage/object-store';
 import { decodeApplyResult, encodeApplyResult } from './apply-result-codec';
-import { RpcError, toServiceError } from './errors';
+import { RpcError, outcomeUnknown, toServiceError } from './errors';
 import type { StorageNode } from './node';
 import type { PeerSender, RaftReplicator } from './raft-replicator';
 
@@ -264,22 +264,19 @@ export class PeerTransport implements PeerSender {
         { deadline: deadlineMs },
         (err, r) => {
           if (!err) return resolve(r);
-          const code =
-            err.code === grpc.status.DEADLINE_EXCEEDED ||
-            err.code === grpc.status.RESOURCE_EXHAUSTED
-              ? err.code
-              : grpc.status.UNAVAILABLE;
-          reject(
-            new RpcError(
-              code,
-              `forwarding to leader ${leaderId} failed: ${err.details || err.message}`,
-              {
-                kind: 'NOT_LEADER',
-                leaderHint: this.node.addressBook.clientAddress(leaderId),
-                transient: true,
-              },
-            ),
-          );
+          // The leader's own refusal carries its details through; anything else (a broken
+          // connection, a deadline) leaves the command's fate unknown.
+          const detail = decodeStatusDetails(err.metadata);
+          const leaderHint = this.node.addressBook.clientAddress(leaderId);
+          const msg = `forwarding to leader ${leaderId} failed: ${err.details || err.message}`;
+          if (detail) reject(new RpcError(err.code, msg, { ...detail, leaderHint }));
+          else
+            reject(
+              outcomeUnknown(
+                msg,
+                err.code === grpc.status.DEADLINE_EXCEEDED ? err.code : grpc.status.UNAVAILABLE,
+              ),
+            );
         },
       ),
     );

@@ -33,7 +33,7 @@ import { Command, commandCodec } from '../storage/codec';
 import type { ApplyResult } from '../storage/object-store';
 import { assert } from '../util/assert';
 import { Mulberry32 } from '../util/prng';
-import { RpcError, unavailable } from './errors';
+import { RpcError, definitelyNotAppended, outcomeUnknown, unavailable } from './errors';
 import { Mutex } from './mutex';
 import type { StorageNode } from './node';
 import type { DurableLog } from './raft-log';
@@ -142,6 +142,14 @@ export class RaftReplicator implements Replicator {
         this.heartbeatSentAt.delete(m.from);
       }
     }
+    if (
+      (m.type === MessageType.Heartbeat || m.type === MessageType.Append) &&
+      m.commit > this.log.mem.lastIndex()
+    ) {
+      // The leader believes we hold more than we do: this node lost its disk and rejoined. Ignoring
+      // commit information is always safe (it only delays commits); the leader re-probes us.
+      m = { ...m, commit: Math.min(m.commit, this.log.mem.hardState().commit) };
+    }
     this.raw.step(m);
     this.schedule();
   }
@@ -223,7 +231,8 @@ export class RaftReplicator implements Replicator {
     if (!rd.softState) return;
     const { leader, role } = rd.softState;
     if (leader !== this.leader) {
-      this.node.metrics.leaderChanges.inc();
+      // Counted once per new leader seen, as etcd does; losing the leader alone is not a change.
+      if (leader) this.node.metrics.leaderChanges.inc();
       this.node.log.info(
         {
           term: this.raw.status().term,
@@ -258,7 +267,8 @@ export class RaftReplicator implements Replicator {
         this.node.log.info(
           {
             change: ConfChangeType[cc.type],
-            node: cc.node,
+            member: cc.node,
+            term: e.term,
             voters: this.conf.voters,
             learners: this.conf.learners,
             index: e.index,
@@ -365,10 +375,30 @@ export class RaftReplicator implements Replicator {
 
   async propose(cmd: Command, deadlineMs: number): Promise<ApplyResult> {
     this.node.limits.checkPending(this.pending.size);
-    await this.waitForLeader(deadlineMs);
-    if (this.role === 'leader') return (await this.proposeLocal(cmd, deadlineMs)).result;
+    for (;;) {
+      await this.waitForLeader(deadlineMs);
+      const leader = this.leader;
+      try {
+        return await this.proposeVia(leader, cmd, deadlineMs);
+      } catch (e) {
+        // Refused before it reached the log (no leader there, leadership being transferred):
+        // safe to retry once leadership settles, within the caller's deadline.
+        if (!definitelyNotAppended(e) || Date.now() >= deadlineMs) throw e;
+        await this.waitFor(
+          () => this.leader !== leader || this.closed,
+          Math.min(deadlineMs, Date.now() + 200),
+          () => new Error('leader unchanged'),
+        ).catch(() => undefined);
+        if (this.closed) throw e;
+      }
+    }
+  }
+
+  private async proposeVia(leader: string, cmd: Command, deadlineMs: number): Promise<ApplyResult> {
+    if (leader === this.node.config.nodeId)
+      return (await this.proposeLocal(cmd, deadlineMs)).result;
     const { index, result } = await this.transport.forward(
-      this.leader,
+      leader,
       commandCodec.encode(cmd),
       deadlineMs,
     );
@@ -612,7 +642,12 @@ export class RaftReplicator implements Replicator {
     }
     this.closed = true;
     clearInterval(this.ticker);
-    for (const [, p] of this.pending) p.reject(unavailable('node shutting down'));
+    for (const [, p] of this.pending)
+      p.reject(
+        outcomeUnknown(
+          `node ${this.node.config.nodeId} shut down before the command was applied; its outcome is unknown`,
+        ),
+      );
     this.pending.clear();
     this.notify();
     await this.lock.run(async () => undefined);
