@@ -78,7 +78,7 @@ export class NodeProcess {
   /** Start `zeoraft server` with ZEORAFT_* settings; resolves once it printed its ready line. */
   static async start(env: Record<string, string>, timeoutMs = 20_000): Promise<NodeProcess> {
     const child = spawn(process.execPath, [CLI, 'server'], {
-      env: { ...process.env, ZEORAFT_LOG_LEVEL: 'warn', ...env },
+      env: { ...process.env, ZEORAFT_LOG_LEVEL: process.env.ZEORAFT_LOG_LEVEL ?? 'warn', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const p = new NodeProcess(child, env);
