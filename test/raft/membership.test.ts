@@ -145,4 +145,21 @@ describe('§7 log compaction', () => {
     assert.equal(c.raw.status().commit, a.raw.status().commit);
     assert.deepEqual(net.appliedTexts('c'), ['after']);
   });
+
+  it('a follower whose disk was wiped rejoins from a snapshot (operating condition, not a crash)', () => {
+    const net = new Network(['a', 'b', 'c']);
+    net.campaign('a');
+    for (let i = 0; i < 5; i++) net.propose('a', `e${i}`);
+    const a = net.node('a');
+    a.storage.createSnapshot(a.appliedIndex, a.conf);
+    a.storage.compact(a.appliedIndex);
+    net.nodes.delete('c');
+    net.addNode('c', new MemoryStorage()); // empty disk, same id
+    net.tick(5);
+    net.propose('a', 'after');
+    const c = net.node('c');
+    assert.equal(c.storage.snapshot().index, a.storage.snapshot().index);
+    assert.deepEqual(c.conf.voters, ['a', 'b', 'c']);
+    assert.deepEqual(net.appliedTexts('c'), ['after']);
+  });
 });
