@@ -1,0 +1,294 @@
+/**
+ * `npm run bench`: start a local three-node ZeoRaft cluster (and, with --compare etcd, a
+ * three-member etcd cluster), run the workloads against each, print a table and write
+ * bench/results/<timestamp>.json.
+ *
+ *   --only commit,conflicts,loads,fanout,failover,memory   run a subset
+ *   --quick            small sizes for a smoke run
+ *   --objects N        objects loaded by the memory workload (default 1,000,000)
+ *   --duration S       seconds per measured point (default 10; --quick: 2)
+ *   --compare etcd     run the same workloads against etcd too (needs the `etcd` binary)
+ *   --profile          run the ZeoRaft nodes under --cpu-prof and print their hottest functions
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { EtcdTarget, etcdVersion } from './etcd/cluster';
+import { makeTempDir } from './lib/proc';
+import { summarizeProfiles } from './lib/profile';
+import type { Target } from './lib/target';
+import { ZeoRaftTarget } from './lib/zeoraft';
+import * as w from './workloads';
+
+const WORKLOADS = ['commit', 'conflicts', 'loads', 'fanout', 'failover', 'memory'] as const;
+type Workload = (typeof WORKLOADS)[number];
+const RESULTS_DIR = path.resolve(__dirname, '../../bench/results');
+
+interface SystemResults {
+  commit?: w.ThroughputPoint[];
+  conflicts?: w.ConflictResult;
+  loads?: w.LoadResults;
+  fanout?: w.FanoutResult;
+  failover?: w.FailoverResult;
+  memory?: w.MemoryResult;
+  error?: string;
+}
+
+function parse(): {
+  only: Workload[];
+  sizes: w.Sizes;
+  compare: boolean;
+  profile: boolean;
+  quick: boolean;
+} {
+  const { values } = parseArgs({
+    options: {
+      only: { type: 'string' },
+      quick: { type: 'boolean', default: false },
+      objects: { type: 'string' },
+      duration: { type: 'string' },
+      compare: { type: 'string' },
+      profile: { type: 'boolean', default: false },
+    },
+  });
+  const only = (
+    values.only ? values.only.split(',').map((s) => s.trim()) : [...WORKLOADS]
+  ) as Workload[];
+  for (const o of only)
+    if (!WORKLOADS.includes(o))
+      throw new Error(`unknown workload ${o}; choose from ${WORKLOADS.join(', ')}`);
+  if (values.compare !== undefined && values.compare !== 'etcd')
+    throw new Error('--compare takes only "etcd"');
+  const quick = values.quick ?? false;
+  const durationS = values.duration ? Number(values.duration) : quick ? 2 : 10;
+  const objects = values.objects ? Number(values.objects) : quick ? 20_000 : 1_000_000;
+  if (!(durationS > 0)) throw new Error('--duration must be a positive number of seconds');
+  if (!(objects > 0)) throw new Error('--objects must be positive');
+  return {
+    only,
+    quick,
+    compare: values.compare === 'etcd',
+    profile: values.profile ?? false,
+    sizes: {
+      durationMs: durationS * 1000,
+      warmupMs: quick ? 200 : 1000,
+      commitClients: [1, 16, 64, 256],
+      conflictClients: quick ? 16 : 64,
+      loadClients: 64,
+      subscribers: 100,
+      writerPerSecond: 200,
+      failoverTrials: quick ? 1 : 5,
+      objects,
+    },
+  };
+}
+
+async function runAll(t: Target, only: Workload[], sizes: w.Sizes): Promise<SystemResults> {
+  const r: SystemResults = {};
+  process.stderr.write(`[bench] starting ${t.name} cluster\n`);
+  await t.start();
+  try {
+    if (only.includes('commit')) r.commit = await w.commitWorkload(t, sizes);
+    if (only.includes('conflicts')) r.conflicts = await w.conflictWorkload(t, sizes);
+    if (only.includes('loads')) r.loads = await w.loadWorkload(t, sizes);
+    if (only.includes('fanout')) r.fanout = await w.fanoutWorkload(t, sizes);
+    if (only.includes('failover')) r.failover = await w.failoverWorkload(t, sizes);
+    if (only.includes('memory')) r.memory = await w.memoryWorkload(t, sizes);
+  } catch (e) {
+    r.error = String((e as Error)?.stack ?? e);
+    process.stderr.write(`[bench] ${t.name} failed: ${r.error}\n`);
+  } finally {
+    await t.stop();
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The table
+
+interface Row {
+  workload: string;
+  metric: string;
+  /** Whether larger is better (decides the direction of the ratio's meaning; shown in the table). */
+  higherBetter: boolean;
+  zeoraft?: number;
+  etcd?: number;
+  unit: string;
+}
+
+function rows(z: SystemResults, e: SystemResults | undefined): Row[] {
+  const out: Row[] = [];
+  const add = (
+    workload: string,
+    metric: string,
+    unit: string,
+    higherBetter: boolean,
+    get: (r: SystemResults) => number | undefined,
+  ): void => {
+    const zv = get(z);
+    const ev = e ? get(e) : undefined;
+    if (zv === undefined && ev === undefined) return;
+    out.push({ workload, metric, unit, higherBetter, zeoraft: zv, etcd: ev });
+  };
+  const points = z.commit ?? e?.commit ?? [];
+  points.forEach((p0, i) => {
+    const name = `commit C=${p0.clients}`;
+    add(name, 'commits/s', '/s', true, (r) => r.commit?.[i]?.perSecond);
+    add(name, 'p50', 'ms', false, (r) => r.commit?.[i]?.p50Ms);
+    add(name, 'p99', 'ms', false, (r) => r.commit?.[i]?.p99Ms);
+    add(name, 'max', 'ms', false, (r) => r.commit?.[i]?.maxMs);
+  });
+  const cn = `conflicts C=${(z.conflicts ?? e?.conflicts)?.clients ?? ''} hot=100`;
+  add(cn, 'commits/s', '/s', true, (r) => r.conflicts?.perSecond);
+  add(cn, 'conflicts/s', '/s', false, (r) => r.conflicts?.conflictsPerSecond);
+  add(cn, 'p50 (with retries)', 'ms', false, (r) => r.conflicts?.p50Ms);
+  add(cn, 'p99 (with retries)', 'ms', false, (r) => r.conflicts?.p99Ms);
+  add('loads cached (ClientStorage)', 'loads/s', '/s', true, (r) => r.loads?.cached?.perSecond);
+  add('loads cached (ClientStorage)', 'p99 per load', 'ms', false, (r) => r.loads?.cached?.p99Ms);
+  add('loads follower (serializable)', 'loads/s', '/s', true, (r) => r.loads?.follower.perSecond);
+  add('loads follower (serializable)', 'p50', 'ms', false, (r) => r.loads?.follower.p50Ms);
+  add('loads follower (serializable)', 'p99', 'ms', false, (r) => r.loads?.follower.p99Ms);
+  add('loads linearizable', 'loads/s', '/s', true, (r) => r.loads?.linearizable.perSecond);
+  add('loads linearizable', 'p50', 'ms', false, (r) => r.loads?.linearizable.p50Ms);
+  add('loads linearizable', 'p99', 'ms', false, (r) => r.loads?.linearizable.p99Ms);
+  add('fanout 100 subs @200/s', 'delay p50', 'ms', false, (r) => r.fanout?.p50Ms);
+  add('fanout 100 subs @200/s', 'delay p99', 'ms', false, (r) => r.fanout?.p99Ms);
+  add('fanout 100 subs @200/s', 'delay max', 'ms', false, (r) => r.fanout?.maxMs);
+  add('fanout 100 subs @200/s', 'missing', '', false, (r) => r.fanout?.missing);
+  add('fanout 100 subs @200/s', 'out of order', '', false, (r) => r.fanout?.outOfOrder);
+  add(
+    'failover kill -9 leader',
+    'no-commit window p50',
+    'ms',
+    false,
+    (r) => r.failover?.windowP50Ms,
+  );
+  add(
+    'failover kill -9 leader',
+    'no-commit window max',
+    'ms',
+    false,
+    (r) => r.failover?.windowMaxMs,
+  );
+  add(
+    'failover kill -9 leader',
+    'kill->first commit max',
+    'ms',
+    false,
+    (r) => r.failover?.resumeMaxMs,
+  );
+  add('failover kill -9 leader', 'new leader p50', 'ms', false, (r) => r.failover?.newLeaderP50Ms);
+  add('failover kill -9 leader', 'new leader max', 'ms', false, (r) => r.failover?.newLeaderMaxMs);
+  add('failover kill -9 leader', 'acked commits lost', '', false, (r) => r.failover?.lost);
+  const mn = `memory ${(z.memory ?? e?.memory)?.objects ?? ''} objects`;
+  add(mn, 'load rate', 'obj/s', true, (r) =>
+    r.memory ? r.memory.objects / r.memory.loadSeconds : undefined,
+  );
+  add(mn, 'max node RSS', 'MiB', false, (r) =>
+    r.memory ? r.memory.rssMaxBytes / 2 ** 20 : undefined,
+  );
+  add(
+    'client cache (1 MiB bound)',
+    'peak bytes',
+    'B',
+    false,
+    (r) => r.memory?.clientCache?.peakBytes,
+  );
+  return out;
+}
+
+function fmt(v: number | undefined): string {
+  if (v === undefined || Number.isNaN(v)) return '-';
+  if (v === 0) return '0';
+  if (Math.abs(v) >= 100) return v.toFixed(0);
+  if (Math.abs(v) >= 10) return v.toFixed(1);
+  return v.toFixed(2);
+}
+
+function table(rs: Row[], withEtcd: boolean): string {
+  const header = withEtcd
+    ? ['workload', 'metric', 'zeoraft', 'etcd', 'zeoraft/etcd', 'better']
+    : ['workload', 'metric', 'zeoraft'];
+  const body = rs.map((r) => {
+    const unit = r.unit ? ` ${r.unit}` : '';
+    const cells = [r.workload, r.metric, `${fmt(r.zeoraft)}${unit}`];
+    if (withEtcd) {
+      const ratio =
+        r.zeoraft !== undefined && r.etcd !== undefined && r.etcd !== 0
+          ? r.zeoraft / r.etcd
+          : undefined;
+      cells.push(
+        `${fmt(r.etcd)}${unit}`,
+        ratio === undefined ? '-' : `${ratio.toFixed(2)}x`,
+        r.higherBetter ? 'higher' : 'lower',
+      );
+    }
+    return cells;
+  });
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
+  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i])).join(' | ');
+  return [line(header), widths.map((x) => '-'.repeat(x)).join('-|-'), ...body.map(line)].join('\n');
+}
+
+async function main(): Promise<void> {
+  const opts = parse();
+  const started = new Date();
+  let compare = opts.compare;
+  const etcdVer = compare ? etcdVersion() : undefined;
+  if (compare && !etcdVer) {
+    process.stderr.write(
+      '[bench] --compare etcd: no `etcd` binary found (apt-get install etcd-server); running ZeoRaft only\n',
+    );
+    compare = false;
+  }
+  const profileDir = opts.profile ? makeTempDir('cpuprof') : undefined;
+  const zeoraft = await runAll(
+    new ZeoRaftTarget({ cpuProfileDir: profileDir }),
+    opts.only,
+    opts.sizes,
+  );
+  const etcd = compare ? await runAll(new EtcdTarget(), opts.only, opts.sizes) : undefined;
+  const rs = rows(zeoraft, etcd);
+  const out = table(rs, compare);
+  process.stdout.write(`\n${out}\n`);
+  process.stdout.write(
+    `\nLatencies are per operation from send to reply (process.hrtime); p50 is the median. ` +
+      `Clients share ${w.CHANNELS_PER_NODE} gRPC channels per node; subscribers have one channel each.\n`,
+  );
+  let profile: string | undefined;
+  if (profileDir) {
+    profile = summarizeProfiles(profileDir);
+    process.stdout.write(`\n${profile}\n`);
+  }
+  const result = {
+    startedAt: started.toISOString(),
+    finishedAt: new Date().toISOString(),
+    host: {
+      cpus: os.cpus().length,
+      cpuModel: os.cpus()[0]?.model,
+      memBytes: os.totalmem(),
+      node: process.version,
+      platform: `${os.platform()} ${os.release()}`,
+    },
+    etcdVersion: etcdVer,
+    options: { ...opts, compare },
+    zeoraft,
+    etcd,
+    table: rs,
+    profile,
+  };
+  fs.mkdirSync(RESULTS_DIR, { recursive: true });
+  const file = path.join(RESULTS_DIR, `${started.toISOString().replace(/[:.]/g, '-')}.json`);
+  fs.writeFileSync(
+    file,
+    JSON.stringify(result, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2),
+  );
+  process.stdout.write(`\nresults: ${path.relative(process.cwd(), file)}\n`);
+  if (zeoraft.error || etcd?.error) process.exitCode = 1;
+}
+
+main().catch((e) => {
+  process.stderr.write(`${String((e as Error)?.stack ?? e)}\n`);
+  process.exit(1);
+});

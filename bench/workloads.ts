@@ -1,0 +1,558 @@
+/**
+ * The workloads, written once against the Target interface and run against each system.
+ * Key ranges are disjoint per workload so they do not disturb one another on one cluster.
+ */
+import { ClientStorage } from '../src/client/client-storage';
+import { oidOf, ZeoRaftTarget } from './lib/zeoraft';
+import { sleep, waitFor } from './lib/proc';
+import { closedLoop, LatencySummary, median, nowMs, openLoop, summarize } from './lib/stats';
+import type { AckId, Conn, Target } from './lib/target';
+
+export const VALUE_BYTES = 256;
+/** Client connections are spread over this many gRPC channels (TCP connections) per node. */
+export const CHANNELS_PER_NODE = 8;
+
+const COMMIT_KEYS = 10_000;
+const COMMIT_KEY_BASE = 0;
+const HOT_KEYS = 100;
+const HOT_KEY_BASE = 20_000;
+const LOAD_KEYS = 10_000;
+const LOAD_KEY_BASE = 30_000;
+const FANOUT_KEY_BASE = 50_000;
+const FANOUT_KEYS = 1000;
+const FAILOVER_KEY_BASE = 100_000;
+const MEMORY_KEY_BASE = 10_000_000;
+/** Read-modify-write attempts before an operation is counted as failed. */
+const RMW_ATTEMPTS_MAX = 100;
+/** Open-loop writers keep at most this many commits outstanding. */
+const OPEN_LOOP_INFLIGHT_MAX = 256;
+
+export interface Sizes {
+  durationMs: number;
+  warmupMs: number;
+  commitClients: number[];
+  conflictClients: number;
+  loadClients: number;
+  subscribers: number;
+  writerPerSecond: number;
+  failoverTrials: number;
+  objects: number;
+}
+
+function value(seed: number): Buffer {
+  const b = Buffer.alloc(VALUE_BYTES, seed & 0xff);
+  b.writeUInt32BE(seed >>> 0, 0);
+  return b;
+}
+
+function randomInt(n: number): number {
+  return Math.floor(Math.random() * n);
+}
+
+function log(msg: string): void {
+  process.stderr.write(`[bench] ${msg}\n`);
+}
+
+/** Errors seen by a workload, first few kept as examples. */
+class ErrorTally {
+  count = 0;
+  readonly examples: string[] = [];
+  add = (e: unknown): void => {
+    this.count++;
+    if (this.examples.length < 3) this.examples.push(String((e as Error)?.message ?? e));
+  };
+}
+
+async function populate(t: Target, conn: Conn, base: number, count: number): Promise<void> {
+  const batch = Math.min(t.maxBatch, 1000);
+  for (let k = 0; k < count; k += batch)
+    await conn.putMany(base + k, Math.min(batch, count - k), value(k));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface ThroughputPoint extends LatencySummary {
+  clients: number;
+  perSecond: number;
+  failed: number;
+  errors: number;
+  errorExamples: string[];
+}
+
+/** C clients, each writing one 256-byte value among the keys it owns (key % C === client). */
+export async function commitWorkload(t: Target, sizes: Sizes): Promise<ThroughputPoint[]> {
+  const points: ThroughputPoint[] = [];
+  for (const clients of sizes.commitClients) {
+    const leader = await t.leader();
+    const conns = Array.from({ length: clients }, (_, c) => t.conn(leader, c % CHANNELS_PER_NODE));
+    const owned = Math.floor(COMMIT_KEYS / clients);
+    const errors = new ErrorTally();
+    const r = await closedLoop(
+      clients,
+      sizes.durationMs,
+      sizes.warmupMs,
+      async (c) => {
+        const key = COMMIT_KEY_BASE + c + clients * randomInt(owned);
+        await conns[c].put(key, value(key));
+        return true;
+      },
+      errors.add,
+    );
+    const p: ThroughputPoint = {
+      clients,
+      perSecond: r.ok / r.seconds,
+      failed: r.failed,
+      errors: errors.count,
+      errorExamples: errors.examples,
+      ...summarize(r.latenciesMs),
+    };
+    log(
+      `${t.name} commit C=${clients}: ${p.perSecond.toFixed(0)}/s p50 ${p.p50Ms.toFixed(2)} ms p99 ${p.p99Ms.toFixed(2)} ms`,
+    );
+    points.push(p);
+  }
+  return points;
+}
+
+export interface ConflictResult extends ThroughputPoint {
+  conflictsPerSecond: number;
+}
+
+/** C clients doing read-modify-write on a hot set of 100 keys, retrying on conflict. */
+export async function conflictWorkload(t: Target, sizes: Sizes): Promise<ConflictResult> {
+  const leader = await t.leader();
+  await populate(t, t.conn(leader), HOT_KEY_BASE, HOT_KEYS);
+  const clients = sizes.conflictClients;
+  const conns = Array.from({ length: clients }, (_, c) => t.conn(leader, c % CHANNELS_PER_NODE));
+  let conflicts = 0;
+  let measuring = false;
+  const errors = new ErrorTally();
+  const start = nowMs();
+  const r = await closedLoop(
+    clients,
+    sizes.durationMs,
+    sizes.warmupMs,
+    async (c) => {
+      measuring ||= nowMs() - start >= sizes.warmupMs;
+      const key = HOT_KEY_BASE + randomInt(HOT_KEYS);
+      for (let attempt = 0; attempt < RMW_ATTEMPTS_MAX; attempt++) {
+        if ((await conns[c].readModifyWrite(key)) === 'ok') return true;
+        if (measuring) conflicts++;
+      }
+      return false;
+    },
+    errors.add,
+  );
+  const res: ConflictResult = {
+    clients,
+    perSecond: r.ok / r.seconds,
+    conflictsPerSecond: conflicts / r.seconds,
+    failed: r.failed,
+    errors: errors.count,
+    errorExamples: errors.examples,
+    ...summarize(r.latenciesMs),
+  };
+  log(
+    `${t.name} conflicts C=${clients}: ${res.perSecond.toFixed(0)} ok/s, ${res.conflictsPerSecond.toFixed(0)} conflicts/s`,
+  );
+  return res;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface LoadResults {
+  follower: ThroughputPoint;
+  linearizable: ThroughputPoint;
+  cached?: ThroughputPoint & { hitRatio: number };
+  cachedSkipped?: string;
+}
+
+/** Remote reads from a follower (local state) and linearizable reads (Sync + Load, or quorum Range). */
+export async function loadWorkload(t: Target, sizes: Sizes): Promise<LoadResults> {
+  const leader = await t.leader();
+  await populate(t, t.conn(leader), LOAD_KEY_BASE, LOAD_KEYS);
+  const follower = (leader + 1) % t.nodeCount;
+  const run = async (linearizable: boolean): Promise<ThroughputPoint> => {
+    const clients = sizes.loadClients;
+    const conns = Array.from({ length: clients }, (_, c) =>
+      t.conn(follower, c % CHANNELS_PER_NODE),
+    );
+    const errors = new ErrorTally();
+    const r = await closedLoop(
+      clients,
+      sizes.durationMs,
+      sizes.warmupMs,
+      async (c) => {
+        await conns[c].get(LOAD_KEY_BASE + randomInt(LOAD_KEYS), linearizable);
+        return true;
+      },
+      errors.add,
+    );
+    const p = {
+      clients,
+      perSecond: r.ok / r.seconds,
+      failed: r.failed,
+      errors: errors.count,
+      errorExamples: errors.examples,
+      ...summarize(r.latenciesMs),
+    };
+    log(
+      `${t.name} loads ${linearizable ? 'linearizable' : 'follower'}: ${p.perSecond.toFixed(0)}/s p99 ${p.p99Ms.toFixed(2)} ms`,
+    );
+    return p;
+  };
+  const res: LoadResults = { follower: await run(false), linearizable: await run(true) };
+  if (t instanceof ZeoRaftTarget) {
+    try {
+      res.cached = await cachedLoads(t, sizes);
+    } catch (e) {
+      res.cachedSkipped = `ClientStorage not usable: ${String((e as Error)?.message ?? e)}`;
+      log(res.cachedSkipped);
+    }
+  } else res.cachedSkipped = 'etcd has no client cache';
+  return res;
+}
+
+/** One caller loading warmed objects through a ClientStorage memory cache, back to back. */
+async function cachedLoads(
+  t: ZeoRaftTarget,
+  sizes: Sizes,
+): Promise<ThroughputPoint & { hitRatio: number }> {
+  const leader = await t.leader();
+  const cs = await ClientStorage.open({
+    addresses: [t.address((leader + 1) % t.nodeCount)],
+    cache: { memoryBytes: 64 << 20 },
+  });
+  try {
+    const oids = Array.from({ length: LOAD_KEYS }, (_, i) => oidOf(LOAD_KEY_BASE + i));
+    await cs.prefetch(oids);
+    const before = cs.cacheStats().memory.count;
+    const lat: number[] = [];
+    const warmEnd = nowMs() + sizes.warmupMs;
+    while (nowMs() < warmEnd) await cs.load(oids[randomInt(LOAD_KEYS)]);
+    const t0 = nowMs();
+    const end = t0 + sizes.durationMs;
+    let n = 0;
+    // Latency is taken per 1000 loads (a single hrtime read costs about as much as a hit).
+    for (;;) {
+      const b0 = nowMs();
+      if (b0 >= end) break;
+      for (let i = 0; i < 1000; i++) await cs.load(oids[(n + i * 7919) % LOAD_KEYS]);
+      n += 1000;
+      lat.push((nowMs() - b0) / 1000);
+    }
+    const seconds = (nowMs() - t0) / 1000;
+    const p = {
+      clients: 1,
+      perSecond: n / seconds,
+      failed: 0,
+      errors: 0,
+      errorExamples: [],
+      hitRatio: before / LOAD_KEYS,
+      ...summarize(lat),
+    };
+    log(
+      `zeoraft cached loads: ${p.perSecond.toFixed(0)}/s (objects cached ${before}/${LOAD_KEYS})`,
+    );
+    return p;
+  } finally {
+    await cs.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface FanoutResult extends LatencySummary {
+  subscribers: number;
+  commits: number;
+  deliveries: number;
+  missing: number;
+  outOfOrder: number;
+  /** Deliveries that arrived before the writer saw its acknowledgement (counted as 0 ms). */
+  beforeAck: number;
+  streamErrors: number;
+}
+
+/** 100 subscribers over all nodes, one writer at a fixed rate: ack-to-receipt delay. */
+export async function fanoutWorkload(t: Target, sizes: Sizes): Promise<FanoutResult> {
+  const leader = await t.leader();
+  const writer = t.conn(leader, 0);
+  const received: { id: AckId; atMs: number }[][] = [];
+  const lastId: AckId[] = [];
+  let outOfOrder = 0;
+  const streamErrors = new ErrorTally();
+  const cancels: (() => void)[] = [];
+  for (let i = 0; i < sizes.subscribers; i++) {
+    received.push([]);
+    lastId.push(-1n);
+    const conn = t.conn(i % t.nodeCount, 100 + i);
+    cancels.push(
+      await conn.subscribe((id) => {
+        if (id <= lastId[i]) outOfOrder++;
+        lastId[i] = id;
+        received[i].push({ id, atMs: nowMs() });
+      }, streamErrors.add),
+    );
+  }
+  const acked = new Map<AckId, number>();
+  await openLoop(sizes.writerPerSecond, sizes.durationMs, OPEN_LOOP_INFLIGHT_MAX, async (seq) => {
+    const key = FANOUT_KEY_BASE + (seq % FANOUT_KEYS);
+    const id = await writer.put(key, value(seq));
+    acked.set(id, nowMs());
+  });
+  const complete = (): boolean => received.every((r) => r.length >= acked.size);
+  await waitFor('subscribers to catch up', () => (complete() ? true : undefined), 5000).catch(
+    () => undefined,
+  );
+  for (const c of cancels) c();
+  const delays: number[] = [];
+  let missing = 0;
+  let beforeAck = 0;
+  let deliveries = 0;
+  for (const r of received) {
+    const got = new Set<AckId>();
+    for (const { id, atMs } of r) {
+      got.add(id);
+      const ackAt = acked.get(id);
+      if (ackAt === undefined) continue;
+      deliveries++;
+      if (atMs < ackAt) beforeAck++;
+      delays.push(Math.max(0, atMs - ackAt));
+    }
+    for (const id of acked.keys()) if (!got.has(id)) missing++;
+  }
+  const res = {
+    subscribers: sizes.subscribers,
+    commits: acked.size,
+    deliveries,
+    missing,
+    outOfOrder,
+    beforeAck,
+    streamErrors: streamErrors.count,
+    ...summarize(delays),
+  };
+  log(
+    `${t.name} fanout: p50 ${res.p50Ms.toFixed(2)} ms p99 ${res.p99Ms.toFixed(2)} ms missing ${missing} out-of-order ${outOfOrder}`,
+  );
+  return res;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface FailoverTrial {
+  killedNode: number;
+  /** Longest gap between successive acknowledged commits around the kill. */
+  windowMs: number;
+  /** From the kill to the first acknowledgement after it. */
+  resumeMs: number;
+  /** From the kill to a new leader agreed by the surviving nodes. */
+  newLeaderMs: number;
+}
+
+export interface FailoverResult {
+  trials: FailoverTrial[];
+  windowP50Ms: number;
+  windowMaxMs: number;
+  resumeP50Ms: number;
+  resumeMaxMs: number;
+  newLeaderP50Ms: number;
+  newLeaderMaxMs: number;
+  acked: number;
+  failedCommits: number;
+  lost: number;
+  verifyErrors: number;
+}
+
+/** A writer at a fixed rate while the leader is SIGKILLed and restarted, several times. */
+export async function failoverWorkload(t: Target, sizes: Sizes): Promise<FailoverResult> {
+  let target = await t.leader();
+  const acks: { key: number; id: AckId; atMs: number }[] = [];
+  let failed = 0;
+  let stop = false;
+  const writerRun = openLoop(
+    sizes.writerPerSecond,
+    Infinity,
+    OPEN_LOOP_INFLIGHT_MAX,
+    async (seq) => {
+      const node = target;
+      const key = FAILOVER_KEY_BASE + seq;
+      try {
+        const id = await t.conn(node, 0).put(key, value(seq));
+        acks.push({ key, id, atMs: nowMs() });
+      } catch {
+        failed++;
+        // Try the next live node (followers forward writes to the leader).
+        if (target === node) {
+          let next = (node + 1) % t.nodeCount;
+          while (!t.isAlive(next) && next !== node) next = (next + 1) % t.nodeCount;
+          target = next;
+        }
+      }
+    },
+    () => stop,
+  );
+  const trials: FailoverTrial[] = [];
+  try {
+    for (let trial = 0; trial < sizes.failoverTrials; trial++) {
+      await sleep(1500);
+      const leader = await t.leader();
+      const killAt = nowMs();
+      await t.kill(leader);
+      const newLeaderMs = await t.leader(30_000).then(() => nowMs() - killAt);
+      await waitFor(
+        'a commit acknowledged after the kill',
+        () => (acks.some((a) => a.atMs > killAt) ? true : undefined),
+        30_000,
+      );
+      const firstAfter = Math.min(...acks.filter((a) => a.atMs > killAt).map((a) => a.atMs));
+      const before = acks.filter((a) => a.atMs <= killAt).map((a) => a.atMs);
+      const lastBefore = before.length ? Math.max(...before) : killAt;
+      const tr = {
+        killedNode: leader,
+        windowMs: firstAfter - lastBefore,
+        resumeMs: firstAfter - killAt,
+        newLeaderMs,
+      };
+      trials.push(tr);
+      log(
+        `${t.name} failover ${trial + 1}: window ${tr.windowMs.toFixed(0)} ms, resume ${tr.resumeMs.toFixed(0)} ms, new leader ${newLeaderMs.toFixed(0)} ms`,
+      );
+      await t.restart(leader);
+      await t.leader(30_000);
+    }
+    await sleep(1000);
+  } finally {
+    stop = true;
+    await writerRun;
+  }
+  // Every acknowledged commit must be readable, with the acknowledged version.
+  const verifier = t.conn(await t.leader(), 1);
+  let lost = 0;
+  const verifyErrors = new ErrorTally();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 16 }, async () => {
+      while (next < acks.length) {
+        const a = acks[next++];
+        try {
+          if (!(await verifier.verify(a.key, a.id, value(a.key - FAILOVER_KEY_BASE)))) lost++;
+        } catch (e) {
+          lost++;
+          verifyErrors.add(e);
+        }
+      }
+    }),
+  );
+  const w = trials.map((x) => x.windowMs);
+  const rs = trials.map((x) => x.resumeMs);
+  const nl = trials.map((x) => x.newLeaderMs);
+  const res: FailoverResult = {
+    trials,
+    windowP50Ms: median(w),
+    windowMaxMs: Math.max(...w),
+    resumeP50Ms: median(rs),
+    resumeMaxMs: Math.max(...rs),
+    newLeaderP50Ms: median(nl),
+    newLeaderMaxMs: Math.max(...nl),
+    acked: acks.length,
+    failedCommits: failed,
+    lost,
+    verifyErrors: verifyErrors.count,
+  };
+  log(
+    `${t.name} failover: ${acks.length} acked, ${lost} lost${verifyErrors.examples.length ? ` (${verifyErrors.examples[0]})` : ''}`,
+  );
+  return res;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface MemoryResult {
+  objects: number;
+  loadSeconds: number;
+  rssBytes: (number | null)[];
+  rssMaxBytes: number;
+  clientCache?: { maxBytes: number; peakBytes: number; finalBytes: number; loads: number };
+  clientCacheSkipped?: string;
+}
+
+/** Load N objects in big transactions, then read each node's RSS. */
+export async function memoryWorkload(t: Target, sizes: Sizes): Promise<MemoryResult> {
+  const leader = await t.leader();
+  const batch = Math.min(t.maxBatch, 1000);
+  const loaders = 4;
+  let nextKey = 0;
+  let reported = 0;
+  const t0 = nowMs();
+  await Promise.all(
+    Array.from({ length: loaders }, async (_, l) => {
+      const conn = t.conn(leader, l);
+      while (nextKey < sizes.objects) {
+        const first = nextKey;
+        const count = Math.min(batch, sizes.objects - first);
+        nextKey += count;
+        await conn.putMany(MEMORY_KEY_BASE + first, count, value(first));
+        if (nextKey - reported >= sizes.objects / 10) {
+          reported = nextKey;
+          log(
+            `${t.name} memory: ${nextKey} objects loaded (${((nowMs() - t0) / 1000).toFixed(0)} s)`,
+          );
+        }
+      }
+    }),
+  );
+  const loadSeconds = (nowMs() - t0) / 1000;
+  await sleep(2000);
+  const rss = Array.from({ length: t.nodeCount }, (_, i) => t.rssBytes(i) ?? null);
+  const res: MemoryResult = {
+    objects: sizes.objects,
+    loadSeconds,
+    rssBytes: rss,
+    rssMaxBytes: Math.max(...rss.map((x) => x ?? 0)),
+  };
+  log(
+    `${t.name} memory: RSS ${rss.map((x) => (x === null ? '?' : `${(x / 2 ** 20).toFixed(0)} MiB`)).join(', ')}`,
+  );
+  if (t instanceof ZeoRaftTarget) {
+    try {
+      res.clientCache = await clientCacheBound(t, Math.min(sizes.objects, 20_000));
+    } catch (e) {
+      res.clientCacheSkipped = `ClientStorage not usable: ${String((e as Error)?.message ?? e)}`;
+    }
+  } else res.clientCacheSkipped = 'etcd has no client cache';
+  return res;
+}
+
+/** Load more objects than fit through a ClientStorage with a 1 MiB memory cache; track its size. */
+async function clientCacheBound(
+  t: ZeoRaftTarget,
+  loads: number,
+): Promise<MemoryResult['clientCache']> {
+  const maxBytes = 1 << 20;
+  const cs = await ClientStorage.open({
+    addresses: [t.address(await t.leader())],
+    cache: { memoryBytes: maxBytes },
+  });
+  try {
+    let peak = 0;
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        while (next < loads) {
+          await cs.load(oidOf(MEMORY_KEY_BASE + next++));
+          peak = Math.max(peak, cs.cacheStats().memory.bytes);
+        }
+      }),
+    );
+    const r = {
+      maxBytes: cs.cacheStats().memory.maxBytes,
+      peakBytes: peak,
+      finalBytes: cs.cacheStats().memory.bytes,
+      loads,
+    };
+    log(`zeoraft client cache: peak ${r.peakBytes} bytes of ${r.maxBytes} bound`);
+    return r;
+  } finally {
+    await cs.close();
+  }
+}
