@@ -1,30 +1,155 @@
-/** Admin commands against a running node. */
+/**
+ * Admin commands against a running cluster: any node's client address is enough; calls that
+ * must reach the leader follow its hint.
+ */
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
-import { storagePackage } from '../proto';
+import { decodeStatusDetails, storagePackage } from '../proto';
+import { adminPackage } from '../server/admin-service';
 import { hex, tidToIso } from '../util/ids';
 
+const TIMEOUT_MS = 30_000;
+
+function call<T>(client: any, method: string, req: object, timeoutMs = TIMEOUT_MS): Promise<T> {
+  return new Promise((resolve, reject) =>
+    client[method](
+      req,
+      { deadline: Date.now() + timeoutMs },
+      (err: grpc.ServiceError | null, res: T) => (err ? reject(err) : resolve(res)),
+    ),
+  );
+}
+
+function adminClient(address: string): any {
+  return new (adminPackage().zeoraft.v1.Admin)(address, grpc.credentials.createInsecure());
+}
+
+/** Call an Admin method on `address`, following a leader hint once. */
+async function adminCall<T>(address: string, method: string, req: object): Promise<T> {
+  let target = address;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const c = adminClient(target);
+    try {
+      return await call<T>(c, method, req);
+    } catch (e) {
+      const hint = decodeStatusDetails((e as grpc.ServiceError).metadata)?.leaderHint;
+      if ((e as grpc.ServiceError).code !== grpc.status.UNAVAILABLE || !hint || hint === target)
+        throw e;
+      target = hint;
+    } finally {
+      c.close();
+    }
+  }
+  throw new Error(`${method}: could not reach the leader`);
+}
+
+async function status(address: string): Promise<number> {
+  const Storage = storagePackage().zeoraft.v1.Storage;
+  const one = new Storage(address, grpc.credentials.createInsecure());
+  const self = await call<any>(one, 'Status', {}, 5000);
+  one.close();
+  let members: { id: string; role: string; clientAddress: string }[] = [];
+  try {
+    members = (await call<any>(adminClient(address), 'Members', {}, 5000)).members;
+  } catch {
+    members = [{ id: self.nodeId, role: self.role, clientAddress: address }]; // a standalone node
+  }
+  const rows = await Promise.all(
+    members.map(async (m) => {
+      const c = new Storage(m.clientAddress || address, grpc.credentials.createInsecure());
+      try {
+        const s = await call<any>(c, 'Status', {}, 3000);
+        return [
+          m.id,
+          s.role,
+          s.leaderId || '-',
+          String(s.term),
+          String(s.commitIndex),
+          String(s.appliedIndex),
+          `${hex(s.lastTid)} ${tidToIso(s.lastTid)}`,
+          'yes',
+        ];
+      } catch (e) {
+        return [
+          m.id,
+          m.role,
+          '-',
+          '-',
+          '-',
+          '-',
+          '-',
+          `no (${(e as grpc.ServiceError).code === grpc.status.UNAVAILABLE ? 'unreachable' : String(e)})`,
+        ];
+      } finally {
+        c.close();
+      }
+    }),
+  );
+  const header = ['MEMBER', 'ROLE', 'LEADER', 'TERM', 'COMMIT', 'APPLIED', 'LAST TID', 'REACHABLE'];
+  const all = [header, ...rows];
+  const widths = header.map((_, i) => Math.max(...all.map((r) => r[i].length)));
+  for (const r of all) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i])).join('  ')}\n`);
+  return 0;
+}
+
 export async function runAdminCommand(command: string, args: string[]): Promise<number> {
-  const { values } = parseArgs({
+  const { values, positionals } = parseArgs({
     args,
     options: { address: { type: 'string' } },
     allowPositionals: true,
   });
   const address = values.address ?? process.env.ZEORAFT_ADDRESS ?? '127.0.0.1:7101';
-  if (command !== 'status') {
-    process.stderr.write(`${command}: not supported by a standalone node\n`);
-    return 2;
+  const need = (n: number, usage: string): void => {
+    if (positionals.length < n) throw new Error(`usage: zeoraft ${usage}`);
+  };
+  switch (command) {
+    case 'status':
+      return status(address);
+    case 'member': {
+      const [sub, id, peerAddress, clientAddress] = positionals;
+      if (sub === 'add') {
+        need(4, 'member add ID PEER_HOST:PORT CLIENT_HOST:PORT');
+        const r = await adminCall<any>(address, 'AddMember', { id, peerAddress, clientAddress });
+        process.stdout.write(
+          `added ${id} as a learner at index ${r.index}; promote it once it has caught up\n`,
+        );
+      } else if (sub === 'promote' || sub === 'remove') {
+        need(2, `member ${sub} ID`);
+        const r = await adminCall<any>(
+          address,
+          sub === 'promote' ? 'PromoteMember' : 'RemoveMember',
+          { id },
+        );
+        process.stdout.write(
+          `${sub === 'promote' ? 'promoted' : 'removed'} ${id} at index ${r.index}\n`,
+        );
+      } else if (sub === 'list' || sub === undefined) {
+        const r = await adminCall<any>(address, 'Members', {});
+        for (const m of r.members)
+          process.stdout.write(
+            `${m.id}\t${m.role}\tpeer=${m.peerAddress}\tclient=${m.clientAddress}\tmatch=${m.matchIndex}\n`,
+          );
+      } else {
+        throw new Error('usage: zeoraft member add|promote|remove|list ...');
+      }
+      return 0;
+    }
+    case 'transfer-leader': {
+      need(1, 'transfer-leader ID');
+      const r = await adminCall<any>(address, 'TransferLeader', { id: positionals[0] });
+      process.stdout.write(`leader is now ${r.leaderId}\n`);
+      return 0;
+    }
+    case 'snapshot': {
+      const c = adminClient(address);
+      const r = await call<any>(c, 'Snapshot', {});
+      c.close();
+      process.stdout.write(
+        `log compacted: snapshot at index ${r.snapshotIndex}, first retained entry ${r.firstIndex}\n`,
+      );
+      return 0;
+    }
+    default:
+      throw new Error(`unknown admin command ${command}`);
   }
-  const Storage = storagePackage().zeoraft.v1.Storage;
-  const client = new Storage(address, grpc.credentials.createInsecure());
-  const status = await new Promise<any>((resolve, reject) =>
-    client.Status({}, { deadline: Date.now() + 5000 }, (err, res) =>
-      err ? reject(err) : resolve(res),
-    ),
-  );
-  client.close();
-  process.stdout.write(
-    `${status.nodeId}\trole=${status.role}\tleader=${status.leaderId}\tterm=${status.term}\tcommit=${status.commitIndex}\tapplied=${status.appliedIndex}\tlast_tid=${hex(status.lastTid)} (${tidToIso(status.lastTid)})\n`,
-  );
-  return 0;
 }

@@ -809,10 +809,7 @@ export class ObjectStore {
   async loadSerial(st: string, oid: Buffer, serial: Buffer): Promise<Buffer> {
     const r = await this.db.get(K.revisionKey(st, oid, serial));
     if (!r) {
-      if (
-        this.packedAway(st, serial) &&
-        (await this.db.get(K.currentKey(st, oid)))
-      ) {
+      if (this.packedAway(st, serial) && (await this.db.get(K.currentKey(st, oid)))) {
         throw new StorageError(
           'HISTORY_PACKED',
           `revision ${hex(serial)} of ${hex(oid)} was packed away`,

@@ -450,7 +450,9 @@ export class Model {
     const prior = revs.filter((r) => r.tid < before);
     const prev = prior[prior.length - 1];
     if (!prev)
-      return s.packTid > 0n && before <= s.packTid ? { error: 'HISTORY_PACKED' } : { value: { found: false } };
+      return s.packTid > 0n && before <= s.packTid
+        ? { error: 'HISTORY_PACKED' }
+        : { value: { found: false } };
     if (prev.deleted) return { error: 'NOT_FOUND' };
     const end = revs.find((r) => r.tid >= before);
     const value: Record<string, unknown> = {
@@ -486,7 +488,8 @@ export class Model {
     const s = this.sm(st);
     const r = s.revs.get(oid)?.find((x) => x.tid === serial);
     if (!r) {
-      if (s.packTid > 0n && serial <= s.packTid && s.cur.has(oid)) return { error: 'HISTORY_PACKED' };
+      if (s.packTid > 0n && serial <= s.packTid && s.cur.has(oid))
+        return { error: 'HISTORY_PACKED' };
       return { error: 'NOT_FOUND' };
     }
     if (r.deleted) return { error: 'NOT_FOUND' };
