@@ -6,6 +6,14 @@ import { ConfChange, ConfChangeType, ConfState, NodeId } from './types';
  * configuration as of its applied index. Safety of apply-time changes rests on two leader
  * rules enforced in raft.ts: at most one unapplied conf change in the log, and none proposed
  * before the leader has applied an entry of its own term.
+ *
+ * Operational caveat (as in etcd): removing one of TWO voters can stall the cluster if the
+ * removed node is the leader and it stops (crash, shutdown) after applying its removal but
+ * before the survivor learned that the removal committed: the survivor still needs the removed
+ * node's vote under the old configuration, and the removed node refuses it while its log is
+ * longer. The removed leader hands leadership off (see Raft.applyConfChange) to make this
+ * unlikely; to shrink 2 -> 1 safely, remove the follower from the leader, or transfer leadership
+ * away from the node to be removed first.
  */
 
 const encoder = new TextEncoder();

@@ -228,8 +228,12 @@ export class Raft {
     this.setConf(applyToConf(this.conf, cc));
     if (this.state === 'leader') {
       if (!this.isVoter(this.id)) {
-        this.logger(`${this.id} removed from the voters: stepping down`);
-        this.becomeFollower(this.term, '');
+        // A removed leader steps down by handing off (it no longer counts in any quorum).
+        // Stepping down at once could deadlock: the remaining voters may not know yet that the
+        // removal committed, so they still need this node's vote — which it refuses them while
+        // its log is longer than theirs.
+        this.logger(`${this.id} removed from the voters: handing off leadership`);
+        this.handOff();
       } else {
         if (this.leadTransferee !== '' && !this.isVoter(this.leadTransferee))
           this.abortLeaderTransfer();
@@ -333,6 +337,7 @@ export class Raft {
       }
       // A transfer that did not finish within an election timeout is abandoned.
       this.abortLeaderTransfer();
+      if (!this.isVoter(this.id)) this.handOff(); // removed leader: try again
     }
     if (this.heartbeatElapsed >= this.heartbeatTicks) {
       this.heartbeatElapsed = 0;
@@ -982,6 +987,20 @@ export class Raft {
     const pr = this.prs.get(target)!;
     if (pr.match === this.log.lastIndex()) this.sendTimeoutNow(target);
     else this.sendAppend(target, true);
+  }
+
+  /** Removed leader: transfer leadership to the most up-to-date remaining voter. */
+  private handOff(): void {
+    let best = '';
+    let bestMatch = -1;
+    for (const id of this.conf.voters) {
+      const m = this.prs.get(id)?.match ?? 0;
+      if (m > bestMatch) {
+        best = id;
+        bestMatch = m;
+      }
+    }
+    if (best !== '') this.transferLeadership(best);
   }
 
   private abortLeaderTransfer(): void {

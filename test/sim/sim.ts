@@ -180,6 +180,8 @@ class Sim {
   private leaderJustApplied: SimNode | undefined;
   /** Adversarial scheduling: crash a node right after it persisted a vote and sent its messages. */
   private readonly crashAfterVoteRate: number;
+  /** Adversarial scheduling: crash a new leader after persisting its first entries, before sending. */
+  private readonly crashNewLeaderRate: number;
   private readonly partitionRate: number;
   private readonly persistRate: number;
   private readonly preVote: boolean;
@@ -203,7 +205,8 @@ class Sim {
   /** proposal id -> index it was appended at (until it is applied somewhere). */
   private readonly pendingProposals = new Map<number, { index: number; term: number }>();
   private readonly lastLeaderSeen = new Map<string, number>();
-  private readonly retireAt = new Map<string, number>();
+  /** Removed node -> earliest tick to shut it down and the index of its removal. */
+  private readonly retireAt = new Map<string, { at: number; index: number }>();
 
   constructor(
     readonly seed: number,
@@ -218,6 +221,7 @@ class Sim {
     this.leaderCrashRate = r.nextFloat() < 0.5 ? r.nextFloat() * 0.03 : 0;
     this.crashAfterCommitRate = r.nextFloat() < 0.4 ? r.nextFloat() * 0.3 : 0;
     this.crashAfterVoteRate = r.nextFloat() < 0.4 ? r.nextFloat() * 0.3 : 0;
+    this.crashNewLeaderRate = r.nextFloat() < 0.4 ? r.nextFloat() * 0.4 : 0;
     this.partitionRate = 0.003 + r.nextFloat() * 0.03;
     this.persistRate = 0.3 + r.nextFloat() * 0.7;
     this.preVote = r.nextFloat() < 0.8;
@@ -325,6 +329,8 @@ class Sim {
       }
       if (this.converged(leader, finalId)) {
         this.trace(`converged after ${i} liveness ticks`);
+        // No committed entry was lost: the final leader still holds every one of them.
+        this.checkLeaderCompleteness(leader, leader.raw!.basicStatus().firstIndex);
         return;
       }
     }
@@ -418,9 +424,14 @@ class Sim {
       this.crash(leader);
       leader.downUntil = this.now + 1 + r.nextInt(25);
     }
-    for (const [id, at] of this.retireAt) {
+    for (const [id, { at, index }] of this.retireAt) {
       const n = this.nodes.get(id)!;
-      if (this.now >= at && !n.retired) {
+      // Like an operator, shut a removed node down only once a remaining voter has applied its
+      // removal (else the others may still need its vote under the old configuration).
+      const acknowledged = [...this.nodes.values()].some(
+        (m) => m.id !== id && !m.retired && m.sm.index >= index && m.sm.conf.voters.includes(m.id),
+      );
+      if (this.now >= at && !n.retired && acknowledged) {
         this.trace(`RETIRE ${id} (removed from the cluster)`);
         if (n.up) this.crash(n);
         n.retired = true;
@@ -543,8 +554,10 @@ class Sim {
         node: conf.learners[r.nextInt(conf.learners.length)],
       };
     } else if (choice === 2 && members > 2) {
-      const all = [...conf.voters, ...conf.learners];
-      cc = { type: ConfChangeType.RemoveNode, node: all[r.nextInt(all.length)] };
+      // Never shrink two voters to one: see the note in src/raft/confchange.ts.
+      const all = [...(conf.voters.length >= 3 ? conf.voters : []), ...conf.learners];
+      if (all.length > 0)
+        cc = { type: ConfChangeType.RemoveNode, node: all[r.nextInt(all.length)] };
     }
     if (!cc) return;
     try {
@@ -643,7 +656,7 @@ class Sim {
         rd.hardState.vote !== '' &&
         rd.hardState.vote !== n.id &&
         (rd.hardState.vote !== before.vote || rd.hardState.term !== before.term);
-      if (this.faults && voted && this.rng.nextFloat() < this.crashAfterVoteRate) {
+      if (this.faults && n.up && voted && this.rng.nextFloat() < this.crashAfterVoteRate) {
         this.crash(n);
         n.downUntil = this.now + 1 + this.rng.nextInt(3);
       }
@@ -703,10 +716,31 @@ class Sim {
     }
     if (rd.hardState) n.storage.setHardState(rd.hardState);
     n.storage.append(rd.entries);
-    for (const m of rd.messages) this.send(n, m);
+    // Committed entries may be applied before or after sending (they are already durable on a
+    // quorum); a crash between the two loses the messages.
+    if (
+      this.faults &&
+      rd.softState?.role === 'leader' &&
+      rd.entries.length > 0 &&
+      this.rng.nextFloat() < this.crashNewLeaderRate
+    ) {
+      // Crash between fsync and send: the new leader's entries exist only on its own disk.
+      this.crash(n);
+      n.downUntil = this.now + 1 + this.rng.nextInt(25);
+      return;
+    }
+    const applyFirst = this.faults && this.rng.nextFloat() < 0.5;
+    if (!applyFirst) for (const m of rd.messages) this.send(n, m);
     for (const e of rd.committedEntries) this.apply(n, e);
-    if (rd.committedEntries.length > 0 && raw.basicStatus().role === 'leader')
+    if (rd.committedEntries.length > 0 && raw.basicStatus().role === 'leader') {
+      if (applyFirst && this.rng.nextFloat() < this.crashAfterCommitRate) {
+        this.crash(n);
+        n.downUntil = this.now + 1 + this.rng.nextInt(25);
+        return;
+      }
       this.leaderJustApplied = n;
+    }
+    if (applyFirst) for (const m of rd.messages) this.send(n, m);
     for (const rs of rd.readStates) {
       const id = Number(dec.decode(rs.context).slice(1));
       const req = this.reads.get(id);
@@ -754,7 +788,7 @@ class Sim {
         );
       }
       if (cc.type === ConfChangeType.RemoveNode && !this.retireAt.has(cc.node))
-        this.retireAt.set(cc.node, this.now + 30);
+        this.retireAt.set(cc.node, { at: this.now + 30, index: e.index });
     }
   }
 
