@@ -6,6 +6,7 @@ import { CompactedError, ProposalDroppedError } from './errors';
 import { RaftLog } from './log';
 import { Progress } from './progress';
 import { committedIndex, quorumSize, voteResult } from './quorum';
+import { ReadOnly, ReadRequest } from './read-only';
 import {
   ConfChange,
   ConfState,
@@ -25,21 +26,10 @@ import {
 
 /** Context byte marking the Vote messages of an election started by TimeoutNow. */
 const CAMPAIGN_TRANSFER = 0x54;
-/** Bound on read requests queued while a new leader has not yet committed in its term. */
-export const MAX_PENDING_READS = 4096;
 /** Bound on committed entry bytes handed out per Ready (at least one entry is). */
 export const MAX_COMMITTED_BYTES_PER_READY = 64 * 1024 * 1024;
 
 type Campaign = 'pre' | 'election' | 'transfer';
-
-interface ReadRequest {
-  /** Commit index when the request arrived: the read is linearizable at this index. */
-  index: number;
-  from: NodeId;
-  context: Uint8Array;
-  /** Voters that answered a heartbeat carrying this request's context. */
-  acks: Set<NodeId>;
-}
 
 export interface ProgressStatus {
   match: number;
@@ -64,13 +54,6 @@ export interface RaftStatus {
   leadTransferee: NodeId;
   /** Per-peer replication progress; only on the leader. */
   progress: Record<NodeId, ProgressStatus>;
-}
-
-function bytesEqual(a: Uint8Array | undefined, b: Uint8Array | undefined): boolean {
-  if (a === undefined || b === undefined) return a === b;
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 /**
@@ -105,8 +88,7 @@ export class Raft {
   /** Leader: entries it appended that are not yet committed, as (index, payload bytes). */
   private uncommitted: { index: number; bytes: number }[] = [];
   private uncommittedBytes = 0;
-  private pendingReads: ReadRequest[] = [];
-  private readsAwaitingCommit: { from: NodeId; context: Uint8Array }[] = [];
+  private readonly readOnly = new ReadOnly();
   /** Proposals were appended since the last broadcast (batched until flush()). */
   private needsBroadcast = false;
 
@@ -265,8 +247,7 @@ export class Raft {
     this.pendingConfIndex = 0;
     this.uncommitted = [];
     this.uncommittedBytes = 0;
-    this.pendingReads = [];
-    this.readsAwaitingCommit = [];
+    this.readOnly.reset();
     this.needsBroadcast = false;
   }
 
@@ -735,9 +716,7 @@ export class Raft {
       this.uncommitted.shift();
     }
     if (!hadCommittedInTerm) {
-      const waiting = this.readsAwaitingCommit;
-      this.readsAwaitingCommit = [];
-      for (const r of waiting) this.handleReadIndex(r.from, r.context);
+      for (const r of this.readOnly.takeDeferred()) this.handleReadIndex(r.from, r.context);
     }
     return true;
   }
@@ -824,10 +803,7 @@ export class Raft {
   }
 
   private bcastHeartbeat(): void {
-    const ctx =
-      this.pendingReads.length > 0
-        ? this.pendingReads[this.pendingReads.length - 1].context
-        : undefined;
+    const ctx = this.readOnly.lastContext();
     for (const id of this.prs.keys()) if (id !== this.id) this.sendHeartbeat(id, ctx);
   }
 
@@ -932,26 +908,16 @@ export class Raft {
     }
     if (this.log.term(this.log.committed) !== this.term) {
       // Our commit index may lag the true one until an entry of our term commits.
-      if (this.readsAwaitingCommit.length < MAX_PENDING_READS)
-        this.readsAwaitingCommit.push({ from, context });
+      this.readOnly.defer(from, context); // if full, dropped: the client times out and retries
       return;
     }
-    if (this.pendingReads.length >= MAX_PENDING_READS) return; // the client will time out and retry
-    this.pendingReads.push({ index: this.log.committed, from, context, acks: new Set([this.id]) });
+    if (!this.readOnly.add(this.log.committed, from, context, this.id)) return; // full: dropped
     this.bcastHeartbeat();
   }
 
   private ackRead(from: NodeId, context: Uint8Array): void {
-    const at = this.pendingReads.findIndex((r) => bytesEqual(r.context, context));
-    if (at < 0) return;
-    const req = this.pendingReads[at];
-    if (this.isVoter(from)) req.acks.add(from);
-    const votes = new Map<NodeId, boolean>();
-    for (const id of req.acks) votes.set(id, true);
-    if (voteResult(this.conf.voters, votes) !== 'won') return;
     // A quorum confirmed our leadership after this request (and all earlier ones) arrived.
-    const done = this.pendingReads.splice(0, at + 1);
-    for (const r of done) this.respondRead(r);
+    for (const r of this.readOnly.ack(from, context, this.conf.voters)) this.respondRead(r);
   }
 
   private respondRead(r: ReadRequest): void {
