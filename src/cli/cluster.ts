@@ -4,13 +4,17 @@
  * Node i (1-based) listens on base+i (client), base+100+i (peer), base+200+i (http).
  */
 import { ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { makeCerts, tlsEnv } from './certs';
 
 export interface ClusterOptions {
   nodes: number;
   dataDir: string;
   logLevel: string;
   basePort: number;
+  /** TLS for clients and mutual TLS between the nodes, with certificates under dataDir/certs. */
+  tls?: boolean;
 }
 
 export function clusterEnv(opts: ClusterOptions, i: number): Record<string, string> {
@@ -27,12 +31,20 @@ export function clusterEnv(opts: ClusterOptions, i: number): Record<string, stri
     ZEORAFT_ZEO_LISTEN: `127.0.0.1:${opts.basePort + 1000 + i}`,
     ZEORAFT_PEERS: opts.nodes > 1 ? peers : '',
     ZEORAFT_LOG_LEVEL: opts.logLevel,
+    ...(opts.tls ? tlsEnv(path.join(opts.dataDir, 'certs'), `n${i}`) : {}),
   };
 }
 
 export async function runCluster(opts: ClusterOptions): Promise<void> {
   const main = path.join(__dirname, 'main.js');
   const children: ChildProcess[] = [];
+  if (opts.tls) {
+    const certs = path.join(opts.dataDir, 'certs');
+    const ids = Array.from({ length: opts.nodes }, (_, k) => `n${k + 1}`);
+    if (!ids.every((id) => fs.existsSync(path.join(certs, `${id}.crt`))))
+      makeCerts({ out: certs, nodes: ids });
+    process.stdout.write(`TLS on: clients trust ${path.join(certs, 'ca.crt')}\n`);
+  }
   for (let i = 1; i <= opts.nodes; i++) {
     const env = clusterEnv(opts, i);
     const child = spawn(process.execPath, [main, 'server'], {

@@ -6,6 +6,7 @@
 import * as fs from 'node:fs';
 import { NodeConfig, PeerConfig, StorageConfig, defaultConfig } from '../server/config';
 import type { LogLevel } from '../util/log';
+import { SECURITY_SETTINGS, applySecuritySettings } from './security-settings';
 
 /** Flag name -> environment variable; every setting has both. */
 export const SETTINGS = {
@@ -29,6 +30,7 @@ export const SETTINGS = {
   'history-max-age-ms': 'ZEORAFT_HISTORY_MAX_AGE_MS',
   fsync: 'ZEORAFT_FSYNC',
   config: 'ZEORAFT_CONFIG',
+  ...SECURITY_SETTINGS,
 } as const;
 export type SettingName = keyof typeof SETTINGS;
 
@@ -107,6 +109,7 @@ export function buildConfig(
   );
   set('history-max-age-ms', 'historyMaxAgeMs', (s) => int(s, 'history-max-age-ms'));
   set('fsync', 'fsync', bool);
+  applySecuritySettings(o, get);
   if (o.nodeId && !o.dataDir) o.dataDir = `./data/${o.nodeId}`;
   return defaultConfig(o);
 }

@@ -10,6 +10,8 @@ import { runCluster } from './cluster';
 import { SETTINGS, buildConfig } from './config-source';
 import { runServer } from './server';
 import { runAdminCommand } from './admin';
+import { makeCerts } from './certs';
+import { runKeysCommand } from './keys';
 
 const USAGE = `usage: zeoraft <command> [flags]
 
@@ -20,6 +22,9 @@ commands:
   member add ID PEER_ADDR CLIENT_ADDR | member promote ID | member remove ID
   transfer-leader ID
   snapshot           ask the node to compact its log now
+  certs --out DIR --nodes n1,n2,n3     make a development CA and node certificates (openssl)
+  keys add --file F --role read-write|read-only|admin --storages 1,...   print a new key, store its hash
+  keys list --file F
 
 server flags (environment variable in brackets):
 ${Object.entries(SETTINGS)
@@ -47,6 +52,7 @@ async function main(argv: string[]): Promise<number> {
           'data-dir': { type: 'string' },
           'log-level': { type: 'string' },
           'base-port': { type: 'string' },
+          tls: { type: 'boolean' },
         },
       });
       await runCluster({
@@ -54,9 +60,26 @@ async function main(argv: string[]): Promise<number> {
         dataDir: values['data-dir'] ?? './data',
         logLevel: values['log-level'] ?? 'warn',
         basePort: Number(values['base-port'] ?? 7100),
+        tls: values.tls === true,
       });
       return -1;
     }
+    case 'certs': {
+      const { values } = parseArgs({
+        args: rest,
+        options: { out: { type: 'string' }, nodes: { type: 'string' }, hosts: { type: 'string' } },
+      });
+      const split = (s?: string): string[] => (s ?? '').split(',').filter(Boolean);
+      const files = makeCerts({
+        out: values.out ?? './certs',
+        nodes: split(values.nodes ?? 'n1,n2,n3'),
+        hosts: split(values.hosts),
+      });
+      process.stdout.write(`${files.join('\n')}\n`);
+      return 0;
+    }
+    case 'keys':
+      return runKeysCommand(rest);
     case 'status':
     case 'member':
     case 'transfer-leader':

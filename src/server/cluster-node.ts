@@ -14,6 +14,8 @@ import { StorageNode } from './node';
 import { PeerTransport } from './peer-transport';
 import { DurableLog } from './raft-log';
 import { RaftReplicator } from './raft-replicator';
+import { KEY_METADATA } from './security';
+import { internalClientCredentials } from './tls';
 
 /**
  * A node starting with an empty data directory while its peers already run a cluster must join
@@ -27,8 +29,11 @@ async function clusterAlreadyRunning(config: NodeConfig): Promise<boolean> {
     .map(
       (p) =>
         new Promise<boolean>((resolve) => {
-          const c = new Storage(p.clientAddress, grpc.credentials.createInsecure());
-          c.Status({}, { deadline: Date.now() + 700 }, (err, res) => {
+          const sec = config.security;
+          const c = new Storage(p.clientAddress, internalClientCredentials(sec?.tls, sec?.peerTls));
+          const md = new grpc.Metadata();
+          if (sec?.clusterKey) md.set(KEY_METADATA, sec.clusterKey);
+          c.Status({}, md, { deadline: Date.now() + 700 }, (err, res) => {
             c.close();
             resolve(!err && !!res && (res.appliedIndex > 1 || res.leaderId !== ''));
           });

@@ -1,5 +1,6 @@
 /** A node's configuration, validated up front. The CLI builds it from flags, a file and ZEORAFT_* variables. */
 import type { LogLevel } from '../util/log';
+import type { SecurityConfig } from './security';
 
 export interface StorageConfig {
   name: string;
@@ -49,6 +50,8 @@ export interface NodeConfig {
   limits: LimitsConfig;
   historyMaxTransactions: number;
   historyMaxAgeMs: number;
+  /** TLS, keys, cluster key, allow-lists (see security.ts); absent: all open. */
+  security?: SecurityConfig;
 }
 
 export interface LimitsConfig {
@@ -64,6 +67,10 @@ export interface LimitsConfig {
   subscriberBufferEvents: number;
   /** Proposals waiting for the log (forwarded ones included). */
   maxPendingProposals: number;
+  /** Voted transactions open at once per client connection (remote address:port). */
+  maxTxnsPerConnection: number;
+  /** Subscribe streams open at once per client connection. */
+  maxSubscribersPerConnection: number;
 }
 
 export const DEFAULT_LIMITS: LimitsConfig = {
@@ -73,6 +80,8 @@ export const DEFAULT_LIMITS: LimitsConfig = {
   maxSubscribers: 10_000,
   subscriberBufferEvents: 10_000,
   maxPendingProposals: 10_000,
+  maxTxnsPerConnection: 1_000,
+  maxSubscribersPerConnection: 1_000,
 };
 
 export function defaultConfig(overrides: Partial<NodeConfig> = {}): NodeConfig {

@@ -18,6 +18,8 @@ import { AddressBook } from './address-book';
 import { addHealthAndReflection, stopHealth } from './health';
 import { startHttp } from './http';
 import { Limits } from './limits';
+import { Security } from './security';
+import { clientServerCredentials } from './tls';
 import { LocalReplicator } from './local-replicator';
 import type { Replicator } from './replicator';
 import { storageHandlers } from './storage-service';
@@ -41,6 +43,7 @@ export class StorageNode {
   readonly log: Logger;
   readonly subscriptions: SubscriptionHub;
   readonly addressBook: AddressBook;
+  readonly security: Security;
   replicator!: Replicator;
   private grpcServer: grpc.Server | undefined;
   private httpServer: http.Server | undefined;
@@ -59,6 +62,10 @@ export class StorageNode {
     this.metrics = new NodeMetrics({ node: config.nodeId });
     this.limits = new Limits(config.limits);
     this.log = createLogger(config.logLevel, { node: config.nodeId });
+    this.security = new Security(config.security ?? {}, this.metrics, this.log, {
+      ...config.limits,
+      txnTimeoutMs: config.txnTimeoutMs,
+    });
     this.subscriptions = new SubscriptionHub(
       store,
       {
@@ -93,7 +100,10 @@ export class StorageNode {
       : new LocalReplicator(store, config.nodeId, () => clock.nowMs());
     await node.startGrpc();
     if (config.httpListen) node.httpServer = await startHttp(config.httpListen, node.metrics, node);
-    if (config.zeoListen) node.zeoServer = await startZeoServer(node, config.zeoListen);
+    node.httpServer?.prependListener('connection', (s) => node.security.admitSocket('http', s));
+    if (config.zeoListen && node.security.zeoAccess === 'off')
+      node.log.warn('zeo: listener off: security keys are on and ZEORAFT_ZEO_ACCESS is not set');
+    else if (config.zeoListen) node.zeoServer = await startZeoServer(node, config.zeoListen);
     node.sweeper = setInterval(() => node.abortExpired(), TXN_SWEEP_MS);
     node.log.info(
       {
@@ -116,13 +126,16 @@ export class StorageNode {
     const server = new grpc.Server({
       'grpc.max_receive_message_length': this.config.limits.maxMessageBytes,
       'grpc.max_send_message_length': this.config.limits.maxMessageBytes,
+      interceptors: [this.security.interceptor('client')],
     });
     server.addService(storagePackage().zeoraft.v1.Storage.service, storageHandlers(this));
     addHealthAndReflection(server, this);
     for (const add of this.extraServices) add(server);
     this.port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(this.config.listen, grpc.ServerCredentials.createInsecure(), (err, port) =>
-        err ? reject(err) : resolve(port),
+      server.bindAsync(
+        this.config.listen,
+        clientServerCredentials(this.config.security?.tls),
+        (err, port) => (err ? reject(err) : resolve(port)),
       ),
     );
     this.grpcServer = server;

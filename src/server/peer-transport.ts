@@ -22,6 +22,7 @@ import { decodeApplyResult, encodeApplyResult } from './apply-result-codec';
 import { RpcError, outcomeUnknown, toServiceError } from './errors';
 import type { StorageNode } from './node';
 import type { PeerSender, RaftReplicator } from './raft-replicator';
+import { peerChannelCredentials, peerServerCredentials } from './tls';
 
 const MAX_OUTSTANDING_WRITES = 1024;
 const SNAPSHOT_FILE = 'snapshot-incoming.tmp';
@@ -97,7 +98,8 @@ class PeerLink {
     if (!this.client || address !== this.address) {
       this.client?.close();
       const Raft = raftPackage().zeoraft.v1.raft.Raft;
-      this.client = new Raft(address, grpc.credentials.createInsecure(), {
+      const tls = this.transport.node.config.security?.peerTls;
+      this.client = new Raft(address, peerChannelCredentials(tls), {
         'grpc.max_receive_message_length': 256 << 20,
         'grpc.max_send_message_length': 256 << 20,
         'grpc.initial_reconnect_backoff_ms': 100,
@@ -127,6 +129,7 @@ class PeerLink {
     this.outstanding++;
     const env: Envelope = {
       from: this.transport.node.config.nodeId,
+      clusterKey: this.transport.node.config.security?.clusterKey ?? '',
       messages,
       sentAtMs: Date.now(),
     };
@@ -161,12 +164,13 @@ export class PeerTransport implements PeerSender {
     const server = new grpc.Server({
       'grpc.max_receive_message_length': 256 << 20,
       'grpc.max_send_message_length': 256 << 20,
+      interceptors: [this.node.security.interceptor('peer')],
     });
     server.addService(raftPackage().zeoraft.v1.raft.Raft.service, this.handlers());
     const port = await new Promise<number>((resolve, reject) =>
       server.bindAsync(
         this.node.config.peerListen,
-        grpc.ServerCredentials.createInsecure(),
+        peerServerCredentials(this.node.config.security?.peerTls),
         (err, p) => (err ? reject(err) : resolve(p)),
       ),
     );
@@ -219,7 +223,8 @@ export class PeerTransport implements PeerSender {
           const write = async (part: SnapshotPart): Promise<void> => {
             if (!call.write(part)) await new Promise((r) => call.once('drain', r));
           };
-          await write({ message: toProto(msg) });
+          const clusterKey = this.node.config.security?.clusterKey ?? '';
+          await write({ message: toProto(msg), clusterKey });
           for await (const chunk of cap.chunks) {
             bytes += chunk.length;
             await write({ chunk });
@@ -260,7 +265,11 @@ export class PeerTransport implements PeerSender {
       });
     const res = await new Promise<any>((resolve, reject) =>
       client.Forward(
-        { command, from: this.node.config.nodeId },
+        {
+          command,
+          from: this.node.config.nodeId,
+          clusterKey: this.node.config.security?.clusterKey,
+        },
         { deadline: deadlineMs },
         (err, r) => {
           if (!err) return resolve(r);

@@ -204,6 +204,7 @@ export async function startZeoServer(node: StorageNode, listen: string): Promise
   };
   const connections = new Set<ZeoConnection>();
   const server = net.createServer((socket) => {
+    if (!node.security.admitSocket('zeo', socket)) return;
     connections.add(new ZeoConnection(node, socket, statsFor, (c) => connections.delete(c)));
   });
   const i = listen.lastIndexOf(':');

@@ -179,6 +179,8 @@ export class ZeoSession {
 
   private storageReadOnly(st: string): string | undefined {
     if (this.node.config.readOnly) return `node ${this.node.config.nodeId} is read-only`;
+    if (this.node.security.zeoAccess === 'read-only')
+      return 'ZEO clients are read-only on this node (security keys are on; ZEORAFT_ZEO_ACCESS)';
     if (this.node.config.storages.find((s) => s.name === st)?.readOnly)
       return `storage ${JSON.stringify(st)} is read-only`;
     return undefined;

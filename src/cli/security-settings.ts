@@ -1,0 +1,108 @@
+/**
+ * The security and limit settings of a node (flag name -> ZEORAFT_* variable), merged into
+ * config-source's SETTINGS so each has a flag, an environment variable and a config-file field.
+ */
+import { DEFAULT_LIMITS, type LimitsConfig, type NodeConfig } from '../server/config';
+import type { SecurityConfig, ZeoAccess } from '../server/security';
+
+export const SECURITY_SETTINGS = {
+  /** PEM certificate and key of the client listener: turns TLS on for clients. */
+  'tls-cert': 'ZEORAFT_TLS_CERT',
+  'tls-key': 'ZEORAFT_TLS_KEY',
+  /** CA that signs client certificates (needed with tls-client-auth). */
+  'tls-ca': 'ZEORAFT_TLS_CA',
+  /** Require client certificates signed by tls-ca. */
+  'tls-client-auth': 'ZEORAFT_TLS_CLIENT_AUTH',
+  /** Mutual TLS between peers: this node's certificate and key, and the cluster CA. */
+  'peer-tls-cert': 'ZEORAFT_PEER_TLS_CERT',
+  'peer-tls-key': 'ZEORAFT_PEER_TLS_KEY',
+  'peer-tls-ca': 'ZEORAFT_PEER_TLS_CA',
+  /** JSON keys file (hashes, roles, storages); turns key checking on. */
+  'keys-file': 'ZEORAFT_KEYS_FILE',
+  /** Shared secret of the cluster's peers. */
+  'cluster-key': 'ZEORAFT_CLUSTER_KEY',
+  /** Comma-separated CIDRs (IPv4/IPv6) allowed on the client+ZEO, peer and HTTP listeners. */
+  'allow-clients': 'ZEORAFT_ALLOW_CLIENTS',
+  'allow-peers': 'ZEORAFT_ALLOW_PEERS',
+  'allow-http': 'ZEORAFT_ALLOW_HTTP',
+  /** ZEO listener access: read-write, read-only or off (default: off when keys are on). */
+  'zeo-access': 'ZEORAFT_ZEO_ACCESS',
+  'max-message-bytes': 'ZEORAFT_MAX_MESSAGE_BYTES',
+  'max-txn-objects': 'ZEORAFT_MAX_TXN_OBJECTS',
+  'max-txn-bytes': 'ZEORAFT_MAX_TXN_BYTES',
+  'max-subscribers': 'ZEORAFT_MAX_SUBSCRIBERS',
+  'max-pending-proposals': 'ZEORAFT_MAX_PENDING_PROPOSALS',
+  'max-txns-per-connection': 'ZEORAFT_MAX_TXNS_PER_CONNECTION',
+  'max-subscribers-per-connection': 'ZEORAFT_MAX_SUBSCRIBERS_PER_CONNECTION',
+} as const;
+export type SecuritySettingName = keyof typeof SECURITY_SETTINGS;
+
+const LIMIT_SETTINGS: Partial<Record<SecuritySettingName, keyof LimitsConfig>> = {
+  'max-message-bytes': 'maxMessageBytes',
+  'max-txn-objects': 'maxTxnObjects',
+  'max-txn-bytes': 'maxTxnBytes',
+  'max-subscribers': 'maxSubscribers',
+  'max-pending-proposals': 'maxPendingProposals',
+  'max-txns-per-connection': 'maxTxnsPerConnection',
+  'max-subscribers-per-connection': 'maxSubscribersPerConnection',
+};
+
+const list = (s: string): string[] =>
+  s
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean);
+
+function positive(s: string, name: string): number {
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 1)
+    throw new Error(`${name} must be a positive integer, got ${JSON.stringify(s)}`);
+  return n;
+}
+
+/** Apply the security and limit settings found by `get` onto the partial config `o`. */
+export function applySecuritySettings(
+  o: Partial<NodeConfig>,
+  get: (name: SecuritySettingName) => string | undefined,
+): void {
+  const sec: SecurityConfig = { ...(o.security ?? {}) };
+  const cert = get('tls-cert');
+  const key = get('tls-key');
+  if (cert || key) {
+    sec.tls = { cert: cert ?? '', key: key ?? '' };
+    const ca = get('tls-ca');
+    if (ca) sec.tls.ca = ca;
+    sec.tls.clientAuth = /^(1|true|yes|on)$/i.test(get('tls-client-auth') ?? '');
+  }
+  const pc = get('peer-tls-cert');
+  const pk = get('peer-tls-key');
+  const pca = get('peer-tls-ca');
+  if (pc || pk || pca) sec.peerTls = { cert: pc ?? '', key: pk ?? '', ca: pca ?? '' };
+  const keys = get('keys-file');
+  if (keys) sec.keysFile = keys;
+  const ck = get('cluster-key');
+  if (ck) sec.clusterKey = ck;
+  const ac = get('allow-clients');
+  if (ac !== undefined) sec.allowClients = list(ac);
+  const ap = get('allow-peers');
+  if (ap !== undefined) sec.allowPeers = list(ap);
+  const ah = get('allow-http');
+  if (ah !== undefined) sec.allowHttp = list(ah);
+  const zeo = get('zeo-access');
+  if (zeo) {
+    if (!['read-write', 'read-only', 'off'].includes(zeo))
+      throw new Error(
+        `zeo-access must be read-write, read-only or off, got ${JSON.stringify(zeo)}`,
+      );
+    sec.zeoAccess = zeo as ZeoAccess;
+  }
+  if (Object.keys(sec).length > 0) o.security = sec;
+  for (const [name, field] of Object.entries(LIMIT_SETTINGS) as [
+    SecuritySettingName,
+    keyof LimitsConfig,
+  ][]) {
+    const v = get(name);
+    if (v !== undefined)
+      o.limits = { ...DEFAULT_LIMITS, ...(o.limits ?? {}), [field]: positive(v, name) };
+  }
+}

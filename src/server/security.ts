@@ -1,0 +1,465 @@
+/**
+ * Access control of a node: address allow-lists, security keys with roles, the cluster key between
+ * peers, per-connection limits, and the logging and metrics of everything refused.
+ *
+ * It is one gRPC server interceptor per listener (grpc-js ≥ 1.10 supports them), so the service
+ * handlers never see a request that was refused, and one socket check for the HTTP and ZEO
+ * listeners.
+ *
+ * Keys. A keys file (JSON) holds only the SHA-256 of each key, with a role and the storages it may
+ * use. SHA-256 and not scrypt: keys are 256 random bits made by `zeoraft keys add`, so the hash
+ * does not need to be slow to resist guessing (there is nothing to guess from: 2^256 keys), and a
+ * slow KDF on every request would hand an attacker a cheap way to burn the node's CPU. A presented
+ * key is hashed and compared against every stored hash with crypto.timingSafeEqual (no early exit).
+ *
+ * Roles: `read-only` (reads of its storages), `read-write` (reads and writes of its storages),
+ * `admin` (read-write plus the Admin service). `storages: ["*"]` means every storage. The cluster
+ * key (ZEORAFT_CLUSTER_KEY), presented as a client key, counts as admin (nodes use it to probe each
+ * other's client listeners). Health and reflection need no key (they reveal nothing stored).
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as grpc from '@grpc/grpc-js';
+import type { NodeMetrics } from '../metrics/metrics';
+import type { Logger } from '../util/log';
+import { RpcError, limit, readOnly, toServiceError } from './errors';
+import type { ClientTlsConfig, TlsFiles } from './tls';
+import { validateTls } from './tls';
+
+export const KEY_METADATA = 'x-zeoraft-key';
+export type Role = 'read-only' | 'read-write' | 'admin';
+export const ROLES: readonly Role[] = ['read-only', 'read-write', 'admin'];
+export type Listener = 'client' | 'peer' | 'http' | 'zeo';
+/** What the ZEO listener allows: ZEO clients cannot send a key. */
+export type ZeoAccess = 'read-write' | 'read-only' | 'off';
+
+export interface SecurityConfig {
+  /** TLS on the client listener. */
+  tls?: ClientTlsConfig;
+  /** Mutual TLS between peers, with the cluster CA. */
+  peerTls?: TlsFiles;
+  /** The keys file; when set, every Storage and Admin call needs a key. */
+  keysFile?: string;
+  /** Shared secret between peers (sent in Raft messages, checked on receipt). */
+  clusterKey?: string;
+  /** CIDR allow-lists (IPv4 and IPv6); empty or absent allows every address. */
+  allowClients?: string[];
+  allowPeers?: string[];
+  allowHttp?: string[];
+  /** ZEO listener access; default read-write without keys, off with keys. */
+  zeoAccess?: ZeoAccess;
+}
+
+export interface LimitsPerConnection {
+  /** Voted (prepared) transactions open at once per client connection. */
+  maxTxnsPerConnection: number;
+  /** Open Subscribe streams per client connection. */
+  maxSubscribersPerConnection: number;
+  /** Voted transactions stop counting after this long (the leader aborts them then). */
+  txnTimeoutMs: number;
+}
+
+export interface KeyEntry {
+  id: string;
+  role: Role;
+  storages: string[];
+  /** "sha256:" + hex of the key. */
+  hash: string;
+  comment?: string;
+  created?: string;
+}
+
+export interface KeysFile {
+  keys: KeyEntry[];
+}
+
+/** A new random key: 256 bits, base64url, with a recognisable prefix. */
+export function generateKey(): string {
+  return `zrk_${randomBytes(32).toString('base64url')}`;
+}
+
+export function hashKey(key: string): string {
+  return `sha256:${createHash('sha256').update(key, 'utf8').digest('hex')}`;
+}
+
+const digest = (key: string): Buffer => createHash('sha256').update(key, 'utf8').digest();
+
+export function validateKeyEntry(k: KeyEntry, where: string): void {
+  const fail = (m: string): never => {
+    throw new Error(`invalid keys file ${where}: ${m}`);
+  };
+  if (!k || typeof k !== 'object') fail('an entry is not an object');
+  if (!/^sha256:[0-9a-f]{64}$/.test(k.hash)) fail(`key ${k.id}: hash must be sha256:<64 hex>`);
+  if (!ROLES.includes(k.role)) fail(`key ${k.id}: role must be one of ${ROLES.join(', ')}`);
+  if (!Array.isArray(k.storages) || k.storages.length === 0)
+    fail(`key ${k.id}: storages must list at least one storage (or "*")`);
+}
+
+export interface Principal {
+  id: string;
+  role: Role;
+  storages: string[];
+}
+
+/** The keys file, re-read when it changes (checked at most once per second), so added keys work without a restart. */
+export class KeyStore {
+  private entries: Array<{ principal: Principal; digest: Buffer }> = [];
+  private mtimeMs = -1;
+  private checkedAtMs = 0;
+
+  constructor(
+    readonly file: string,
+    private readonly log?: Logger,
+  ) {
+    this.load();
+  }
+
+  private load(): void {
+    const st = fs.statSync(this.file);
+    if (st.mtimeMs === this.mtimeMs) return;
+    const parsed = JSON.parse(fs.readFileSync(this.file, 'utf8')) as KeysFile;
+    if (!parsed || !Array.isArray(parsed.keys))
+      throw new Error(`invalid keys file ${this.file}: expected {"keys": [...]}`);
+    for (const k of parsed.keys) validateKeyEntry(k, this.file);
+    this.entries = parsed.keys.map((k) => ({
+      principal: { id: k.id, role: k.role, storages: k.storages },
+      digest: Buffer.from(k.hash.slice('sha256:'.length), 'hex'),
+    }));
+    this.mtimeMs = st.mtimeMs;
+  }
+
+  private refresh(): void {
+    const now = Date.now();
+    if (now - this.checkedAtMs < 1000) return;
+    this.checkedAtMs = now;
+    try {
+      this.load();
+    } catch (e) {
+      // Keep the keys we have: a half-written file must not lock everybody out.
+      this.log?.warn({ file: this.file, error: String(e) }, 'keys file not reloaded');
+    }
+  }
+
+  /** The key's principal, or undefined. Compares against every entry in constant time per entry. */
+  lookup(key: string): Principal | undefined {
+    this.refresh();
+    const d = digest(key);
+    let found: Principal | undefined;
+    for (const e of this.entries) if (timingSafeEqual(d, e.digest) && !found) found = e.principal;
+    return found;
+  }
+}
+
+/** A CIDR allow-list (IPv4 and IPv6; IPv4-mapped IPv6 addresses match IPv4 entries). */
+export class AllowList {
+  private readonly list = new net.BlockList();
+  readonly empty: boolean;
+
+  constructor(readonly entries: string[]) {
+    this.empty = entries.length === 0;
+    for (const raw of entries) {
+      const e = raw.trim();
+      const [addr, bits] = e.split('/');
+      const type = net.isIPv4(addr) ? 'ipv4' : net.isIPv6(addr) ? 'ipv6' : undefined;
+      if (!type)
+        throw new Error(`invalid configuration: ${JSON.stringify(e)} is not an IP address or CIDR`);
+      const max = type === 'ipv4' ? 32 : 128;
+      const prefix = bits === undefined ? max : Number(bits);
+      if (!Number.isInteger(prefix) || prefix < 0 || prefix > max)
+        throw new Error(`invalid configuration: ${JSON.stringify(e)} has a bad prefix length`);
+      this.list.addSubnet(addr, prefix, type);
+    }
+  }
+
+  allows(address: string | undefined): boolean {
+    if (this.empty) return true;
+    if (!address) return false;
+    let a = address.replace(/^\[|\]$/g, '').replace(/%.*$/, '');
+    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(a);
+    if (mapped) a = mapped[1];
+    if (net.isIPv4(a)) return this.list.check(a, 'ipv4');
+    if (net.isIPv6(a)) return this.list.check(a, 'ipv6');
+    return false;
+  }
+}
+
+const WRITE_METHODS = new Set(['NewOids', 'Commit', 'Vote', 'Finish', 'Abort', 'Undo', 'Pack']);
+const KEYLESS_SERVICES = /^(grpc\.health\.v1\.|grpc\.reflection\.)/;
+/** At most one warning per listener and reason in this window; the rest are counted in it. */
+const LOG_WINDOW_MS = 5_000;
+
+/** The storage a Storage request addresses ('' means ZEO's default, '1'); undefined when none. */
+function requestStorage(method: string, msg: any): string | undefined {
+  if (method === 'Status') return undefined;
+  const s = method === 'Commit' || method === 'Vote' ? msg?.transaction?.storage : msg?.storage;
+  return typeof s === 'string' && s ? s : '1';
+}
+
+function connectionOf(call: grpc.ServerInterceptingCallInterface): string {
+  const c = call.getConnectionInfo();
+  return c.remoteAddress ? `${c.remoteAddress}:${c.remotePort}` : call.getPeer();
+}
+
+export class Security {
+  readonly keys: KeyStore | undefined;
+  readonly zeoAccess: ZeoAccess;
+  private readonly allow: Record<Listener, AllowList>;
+  private readonly clusterDigest: Buffer | undefined;
+  private readonly logged = new Map<string, { atMs: number; suppressed: number }>();
+  /** Open subscribe streams per client connection. */
+  private readonly subscribers = new Map<string, number>();
+  /** Voted transactions: "storage/txnId" -> connection and expiry. */
+  private readonly voted = new Map<string, { conn: string; expiresMs: number }>();
+
+  constructor(
+    readonly config: SecurityConfig,
+    private readonly metrics: NodeMetrics,
+    private readonly log: Logger,
+    private readonly perConnection: LimitsPerConnection,
+  ) {
+    validateTls(config.tls, config.peerTls);
+    this.keys = config.keysFile ? new KeyStore(config.keysFile, log) : undefined;
+    this.zeoAccess = config.zeoAccess ?? (this.keys ? 'off' : 'read-write');
+    this.allow = {
+      client: new AllowList(config.allowClients ?? []),
+      zeo: new AllowList(config.allowClients ?? []),
+      peer: new AllowList(config.allowPeers ?? []),
+      http: new AllowList(config.allowHttp ?? []),
+    };
+    this.clusterDigest = config.clusterKey ? digest(config.clusterKey) : undefined;
+    if (this.keys && !config.peerTls && !config.clusterKey)
+      log.warn(
+        'security keys are enabled but peers are not authenticated: set ZEORAFT_PEER_TLS_* or ZEORAFT_CLUSTER_KEY',
+      );
+    if (this.keys && !config.tls)
+      log.warn('security keys are enabled without TLS: keys travel in clear text');
+  }
+
+  /** Record a refusal: metrics, and a warning (rate-limited per listener and reason). */
+  refused(listener: Listener, address: string, reason: string, message: string): void {
+    if (reason === 'address') this.metrics.deniedConnections.inc({ listener });
+    else this.metrics.authFailures.inc({ reason });
+    const k = `${listener}/${reason}`;
+    const now = Date.now();
+    const prev = this.logged.get(k);
+    if (prev && now - prev.atMs < LOG_WINDOW_MS) {
+      prev.suppressed++;
+      return;
+    }
+    this.logged.set(k, { atMs: now, suppressed: 0 });
+    this.log.warn(
+      { listener, peer: address, reason, suppressedBefore: prev?.suppressed ?? 0 },
+      `refused: ${message}`,
+    );
+  }
+
+  /** For raw socket listeners (HTTP, ZEO): false (and the socket destroyed) when the address is not allowed. */
+  admitSocket(listener: Listener, socket: net.Socket): boolean {
+    if (this.allow[listener].allows(socket.remoteAddress)) return true;
+    this.refused(
+      listener,
+      `${socket.remoteAddress}:${socket.remotePort}`,
+      'address',
+      `${socket.remoteAddress} is not in the ${listener} allow-list`,
+    );
+    socket.destroy();
+    return false;
+  }
+
+  /** Whether a presented cluster key is right (always true when no cluster key is configured). */
+  clusterKeyOk(key: string | undefined): boolean {
+    if (!this.clusterDigest) return true;
+    return timingSafeEqual(digest(key ?? ''), this.clusterDigest);
+  }
+
+  private principalOf(key: string | undefined): Principal | undefined {
+    if (!key) return undefined;
+    if (this.clusterDigest && timingSafeEqual(digest(key), this.clusterDigest))
+      return { id: 'cluster', role: 'admin', storages: ['*'] };
+    return this.keys?.lookup(key);
+  }
+
+  /** Why `p` may not call `service/method` with `msg`, as an RpcError; undefined when it may. */
+  private authorize(p: Principal, service: string, method: string, msg: any): RpcError | undefined {
+    const denied = (m: string): RpcError =>
+      new RpcError(grpc.status.PERMISSION_DENIED, m, { kind: 'INVALID' });
+    if (service === 'zeoraft.v1.Admin')
+      return p.role === 'admin'
+        ? undefined
+        : denied(
+            `key ${p.id} (role ${p.role}) may not call Admin.${method}: it needs the admin role`,
+          );
+    if (service !== 'zeoraft.v1.Storage') return undefined;
+    const st = requestStorage(method, msg);
+    if (st !== undefined && !p.storages.includes('*') && !p.storages.includes(st))
+      return denied(
+        `key ${p.id} may not use storage ${JSON.stringify(st)} (it may use ${p.storages.map((s) => JSON.stringify(s)).join(', ')})`,
+      );
+    if (WRITE_METHODS.has(method) && p.role === 'read-only')
+      return readOnly(`key ${p.id} is read-only: ${method} is a write`);
+    return undefined;
+  }
+
+  private dropExpiredVotes(now: number): void {
+    for (const [k, v] of this.voted) if (v.expiresMs < now) this.voted.delete(k);
+  }
+
+  private votesOf(conn: string): number {
+    let n = 0;
+    for (const v of this.voted.values()) if (v.conn === conn) n++;
+    return n;
+  }
+
+  /** The server interceptor of a gRPC listener ('client' or 'peer'). */
+  interceptor(listener: 'client' | 'peer'): grpc.ServerInterceptor {
+    return (descriptor, call) => {
+      const m = /^\/([^/]+)\/([^/]+)$/.exec(descriptor.path);
+      const service = m?.[1] ?? '';
+      const method = m?.[2] ?? descriptor.path;
+      let denied = false;
+      let principal: Principal | undefined;
+      let firstMessage = true;
+      let release: (() => void) | undefined;
+      let address = '';
+      let vote: { key: string; conn: string } | undefined;
+      const deny = (e: RpcError, reason: string): void => {
+        denied = true;
+        this.refused(
+          listener,
+          address,
+          reason,
+          `${service}/${method} from ${address}: ${e.message}`,
+        );
+        this.metrics.startRequest(
+          service === 'zeoraft.v1.Storage' ? method : `${service}.${method}`,
+        )(e.code);
+        const se = toServiceError(e);
+        call.sendStatus({ code: e.code, details: e.message, metadata: se.metadata });
+      };
+      const conn = (): string => connectionOf(call);
+      return new grpc.ServerInterceptingCall(call, {
+        start: (next) => {
+          next({
+            onReceiveMetadata: (md, nxt) => {
+              address = call.getConnectionInfo().remoteAddress ?? call.getPeer();
+              if (!this.allow[listener].allows(address))
+                return deny(
+                  new RpcError(
+                    grpc.status.PERMISSION_DENIED,
+                    `address ${address} is not allowed on the ${listener} listener`,
+                  ),
+                  'address',
+                );
+              if (listener === 'client' && this.keys && !KEYLESS_SERVICES.test(service)) {
+                const key = md.get(KEY_METADATA)[0];
+                principal = this.principalOf(typeof key === 'string' ? key : undefined);
+                if (!principal)
+                  return deny(
+                    new RpcError(
+                      grpc.status.UNAUTHENTICATED,
+                      key
+                        ? 'invalid security key'
+                        : `a security key is required (metadata ${KEY_METADATA})`,
+                    ),
+                    key ? 'invalid_key' : 'missing_key',
+                  );
+              }
+              nxt(md);
+            },
+            onReceiveMessage: (msg, nxt) => {
+              if (denied) return;
+              const first = firstMessage;
+              firstMessage = false;
+              if (listener === 'peer') {
+                // Stream and Snapshot carry the key in their first message, Forward in its only one.
+                if (first && !this.clusterKeyOk(msg?.clusterKey))
+                  return deny(
+                    new RpcError(grpc.status.UNAUTHENTICATED, 'wrong or missing cluster key'),
+                    'cluster_key',
+                  );
+                return nxt(msg);
+              }
+              if (principal) {
+                const err = this.authorize(principal, service, method, msg);
+                if (err)
+                  return deny(
+                    err,
+                    err.detail?.kind === 'READ_ONLY' ? 'read_only_key' : 'permission',
+                  );
+              }
+              if (service === 'zeoraft.v1.Storage' && first) {
+                const err = this.admitPerConnection(method, msg, conn());
+                if (err) return deny(err, 'limit');
+                if (method === 'Subscribe') {
+                  const c = conn();
+                  this.subscribers.set(c, (this.subscribers.get(c) ?? 0) + 1);
+                  let released = false;
+                  release = () => {
+                    if (released) return;
+                    released = true;
+                    const n = (this.subscribers.get(c) ?? 1) - 1;
+                    if (n <= 0) this.subscribers.delete(c);
+                    else this.subscribers.set(c, n);
+                  };
+                }
+                if (method === 'Finish' || method === 'Abort')
+                  this.voted.delete(`${requestStorage(method, msg)}/${msg?.transactionId}`);
+                if (method === 'Vote')
+                  vote = {
+                    key: `${requestStorage(method, msg)}/${msg?.transactionId}`,
+                    conn: conn(),
+                  };
+              }
+              nxt(msg);
+            },
+            onReceiveHalfClose: (nxt) => {
+              if (!denied) nxt();
+            },
+            onCancel: () => release?.(),
+          });
+        },
+        sendMessage: (msg, next) => {
+          // A read-only key opens storages read-only, so clients with read-only fallback work read-only.
+          if (method === 'Open' && principal?.role === 'read-only' && msg?.info)
+            msg.info.readOnly = true;
+          next(msg);
+        },
+        sendStatus: (status, next) => {
+          release?.();
+          if (vote && status.code === grpc.status.OK)
+            this.voted.set(vote.key, {
+              conn: vote.conn,
+              expiresMs: Date.now() + this.perConnection.txnTimeoutMs,
+            });
+          vote = undefined;
+          next(status);
+        },
+      });
+    };
+  }
+
+  private admitPerConnection(method: string, msg: any, conn: string): RpcError | undefined {
+    if (method === 'Subscribe') {
+      const n = this.subscribers.get(conn) ?? 0;
+      if (n >= this.perConnection.maxSubscribersPerConnection)
+        return limit(
+          'max_subscribers_per_connection',
+          `${n} subscribe streams already open on this connection (ZEORAFT_MAX_SUBSCRIBERS_PER_CONNECTION)`,
+        );
+    }
+    if (method === 'Vote') {
+      this.dropExpiredVotes(Date.now());
+      const n = this.votesOf(conn);
+      if (
+        n >= this.perConnection.maxTxnsPerConnection &&
+        !this.voted.has(`${requestStorage(method, msg)}/${msg?.transactionId}`)
+      )
+        return limit(
+          'max_txns_per_connection',
+          `${n} voted transactions already open on this connection (ZEORAFT_MAX_TXNS_PER_CONNECTION)`,
+        );
+    }
+    return undefined;
+  }
+}
