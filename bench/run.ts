@@ -61,8 +61,8 @@ function parse(): {
   if (values.compare !== undefined && values.compare !== 'etcd')
     throw new Error('--compare takes only "etcd"');
   const quick = values.quick ?? false;
-  const durationS = values.duration ? Number(values.duration) : quick ? 2 : 10;
-  const objects = values.objects ? Number(values.objects) : quick ? 20_000 : 1_000_000;
+  const durationS = values.duration ? Number(values.duration) : quick ? 1 : 10;
+  const objects = values.objects ? Number(values.objects) : quick ? 5000 : 1_000_000;
   if (!(durationS > 0)) throw new Error('--duration must be a positive number of seconds');
   if (!(objects > 0)) throw new Error('--objects must be positive');
   return {
@@ -72,7 +72,7 @@ function parse(): {
     profile: values.profile ?? false,
     sizes: {
       durationMs: durationS * 1000,
-      warmupMs: quick ? 200 : 1000,
+      warmupMs: quick ? 100 : 1000,
       commitClients: [1, 16, 64, 256],
       conflictClients: quick ? 16 : 64,
       loadClients: 64,
@@ -80,13 +80,15 @@ function parse(): {
       writerPerSecond: 200,
       failoverTrials: quick ? 1 : 5,
       objects,
+      loadKeys: quick ? 2000 : 10_000,
+      cacheBoundLoads: quick ? 2000 : 20_000,
     },
   };
 }
 
 async function runAll(t: Target, only: Workload[], sizes: w.Sizes): Promise<SystemResults> {
   const r: SystemResults = {};
-  process.stderr.write(`[bench] starting ${t.name} cluster\n`);
+  process.stderr.write(`[bench] starting ${t.name} cluster (${new Date().toISOString()})\n`);
   await t.start();
   try {
     if (only.includes('commit')) r.commit = await w.commitWorkload(t, sizes);
@@ -155,6 +157,12 @@ function rows(z: SystemResults, e: SystemResults | undefined): Row[] {
   add('fanout 100 subs @200/s', 'delay p50', 'ms', false, (r) => r.fanout?.p50Ms);
   add('fanout 100 subs @200/s', 'delay p99', 'ms', false, (r) => r.fanout?.p99Ms);
   add('fanout 100 subs @200/s', 'delay max', 'ms', false, (r) => r.fanout?.maxMs);
+  add('fanout 100 subs @200/s', 'delivered before ack', '%', false, (r) =>
+    r.fanout ? (100 * r.fanout.beforeAck) / Math.max(1, r.fanout.deliveries) : undefined,
+  );
+  add('fanout 100 subs @200/s', 'send->receipt p50', 'ms', false, (r) => r.fanout?.fromSend.p50Ms);
+  add('fanout 100 subs @200/s', 'send->receipt p99', 'ms', false, (r) => r.fanout?.fromSend.p99Ms);
+  add('fanout 100 subs @200/s', 'writer commits/s', '/s', true, (r) => r.fanout?.writerPerSecond);
   add('fanout 100 subs @200/s', 'missing', '', false, (r) => r.fanout?.missing);
   add('fanout 100 subs @200/s', 'out of order', '', false, (r) => r.fanout?.outOfOrder);
   add(

@@ -16,7 +16,6 @@ const COMMIT_KEYS = 10_000;
 const COMMIT_KEY_BASE = 0;
 const HOT_KEYS = 100;
 const HOT_KEY_BASE = 20_000;
-const LOAD_KEYS = 10_000;
 const LOAD_KEY_BASE = 30_000;
 const FANOUT_KEY_BASE = 50_000;
 const FANOUT_KEYS = 1000;
@@ -37,6 +36,10 @@ export interface Sizes {
   writerPerSecond: number;
   failoverTrials: number;
   objects: number;
+  /** Keys read by the load workloads (and warmed in the client cache). */
+  loadKeys: number;
+  /** Loads through the 1 MiB client cache in the memory workload. */
+  cacheBoundLoads: number;
 }
 
 function value(seed: number): Buffer {
@@ -49,8 +52,9 @@ function randomInt(n: number): number {
   return Math.floor(Math.random() * n);
 }
 
+const T0 = nowMs();
 function log(msg: string): void {
-  process.stderr.write(`[bench] ${msg}\n`);
+  process.stderr.write(`[bench ${((nowMs() - T0) / 1000).toFixed(1)} s] ${msg}\n`);
 }
 
 /** Errors seen by a workload, first few kept as examples. */
@@ -170,7 +174,7 @@ export interface LoadResults {
 /** Remote reads from a follower (local state) and linearizable reads (Sync + Load, or quorum Range). */
 export async function loadWorkload(t: Target, sizes: Sizes): Promise<LoadResults> {
   const leader = await t.leader();
-  await populate(t, t.conn(leader), LOAD_KEY_BASE, LOAD_KEYS);
+  await populate(t, t.conn(leader), LOAD_KEY_BASE, sizes.loadKeys);
   const follower = (leader + 1) % t.nodeCount;
   const run = async (linearizable: boolean): Promise<ThroughputPoint> => {
     const clients = sizes.loadClients;
@@ -183,7 +187,7 @@ export async function loadWorkload(t: Target, sizes: Sizes): Promise<LoadResults
       sizes.durationMs,
       sizes.warmupMs,
       async (c) => {
-        await conns[c].get(LOAD_KEY_BASE + randomInt(LOAD_KEYS), linearizable);
+        await conns[c].get(LOAD_KEY_BASE + randomInt(sizes.loadKeys), linearizable);
         return true;
       },
       errors.add,
@@ -224,12 +228,12 @@ async function cachedLoads(
     cache: { memoryBytes: 64 << 20 },
   });
   try {
-    const oids = Array.from({ length: LOAD_KEYS }, (_, i) => oidOf(LOAD_KEY_BASE + i));
+    const oids = Array.from({ length: sizes.loadKeys }, (_, i) => oidOf(LOAD_KEY_BASE + i));
     await cs.prefetch(oids);
     const before = cs.cacheStats().memory.count;
     const lat: number[] = [];
     const warmEnd = nowMs() + sizes.warmupMs;
-    while (nowMs() < warmEnd) await cs.load(oids[randomInt(LOAD_KEYS)]);
+    while (nowMs() < warmEnd) await cs.load(oids[randomInt(oids.length)]);
     const t0 = nowMs();
     const end = t0 + sizes.durationMs;
     let n = 0;
@@ -237,7 +241,7 @@ async function cachedLoads(
     for (;;) {
       const b0 = nowMs();
       if (b0 >= end) break;
-      for (let i = 0; i < 1000; i++) await cs.load(oids[(n + i * 7919) % LOAD_KEYS]);
+      for (let i = 0; i < 1000; i++) await cs.load(oids[(n + i * 7919) % oids.length]);
       n += 1000;
       lat.push((nowMs() - b0) / 1000);
     }
@@ -248,11 +252,11 @@ async function cachedLoads(
       failed: 0,
       errors: 0,
       errorExamples: [],
-      hitRatio: before / LOAD_KEYS,
+      hitRatio: before / oids.length,
       ...summarize(lat),
     };
     log(
-      `zeoraft cached loads: ${p.perSecond.toFixed(0)}/s (objects cached ${before}/${LOAD_KEYS})`,
+      `zeoraft cached loads: ${p.perSecond.toFixed(0)}/s (objects cached ${before}/${oids.length})`,
     );
     return p;
   } finally {
@@ -270,6 +274,10 @@ export interface FanoutResult extends LatencySummary {
   outOfOrder: number;
   /** Deliveries that arrived before the writer saw its acknowledgement (counted as 0 ms). */
   beforeAck: number;
+  /** The same deliveries timed from when the writer sent the commit. */
+  fromSend: LatencySummary;
+  /** Commits per second the writer achieved (the target is sizes.writerPerSecond). */
+  writerPerSecond: number;
   streamErrors: number;
 }
 
@@ -295,17 +303,23 @@ export async function fanoutWorkload(t: Target, sizes: Sizes): Promise<FanoutRes
     );
   }
   const acked = new Map<AckId, number>();
+  const sent = new Map<AckId, number>();
+  const w0 = nowMs();
   await openLoop(sizes.writerPerSecond, sizes.durationMs, OPEN_LOOP_INFLIGHT_MAX, async (seq) => {
     const key = FANOUT_KEY_BASE + (seq % FANOUT_KEYS);
+    const sentAt = nowMs();
     const id = await writer.put(key, value(seq));
     acked.set(id, nowMs());
+    sent.set(id, sentAt);
   });
+  const writerSeconds = (nowMs() - w0) / 1000;
   const complete = (): boolean => received.every((r) => r.length >= acked.size);
   await waitFor('subscribers to catch up', () => (complete() ? true : undefined), 5000).catch(
     () => undefined,
   );
   for (const c of cancels) c();
   const delays: number[] = [];
+  const fromSend: number[] = [];
   let missing = 0;
   let beforeAck = 0;
   let deliveries = 0;
@@ -318,12 +332,15 @@ export async function fanoutWorkload(t: Target, sizes: Sizes): Promise<FanoutRes
       deliveries++;
       if (atMs < ackAt) beforeAck++;
       delays.push(Math.max(0, atMs - ackAt));
+      fromSend.push(atMs - (sent.get(id) ?? ackAt));
     }
     for (const id of acked.keys()) if (!got.has(id)) missing++;
   }
-  const res = {
+  const res: FanoutResult = {
     subscribers: sizes.subscribers,
     commits: acked.size,
+    writerPerSecond: acked.size / writerSeconds,
+    fromSend: summarize(fromSend),
     deliveries,
     missing,
     outOfOrder,
@@ -366,7 +383,7 @@ export interface FailoverResult {
 /** A writer at a fixed rate while the leader is SIGKILLed and restarted, several times. */
 export async function failoverWorkload(t: Target, sizes: Sizes): Promise<FailoverResult> {
   let target = await t.leader();
-  const acks: { key: number; id: AckId; atMs: number }[] = [];
+  const acks: { key: number; id: AckId; sentMs: number; atMs: number }[] = [];
   let failed = 0;
   let stop = false;
   const writerRun = openLoop(
@@ -376,9 +393,10 @@ export async function failoverWorkload(t: Target, sizes: Sizes): Promise<Failove
     async (seq) => {
       const node = target;
       const key = FAILOVER_KEY_BASE + seq;
+      const sentMs = nowMs();
       try {
         const id = await t.conn(node, 0).put(key, value(seq));
-        acks.push({ key, id, atMs: nowMs() });
+        acks.push({ key, id, sentMs, atMs: nowMs() });
       } catch {
         failed++;
         // Try the next live node (followers forward writes to the leader).
@@ -399,12 +417,15 @@ export async function failoverWorkload(t: Target, sizes: Sizes): Promise<Failove
       const killAt = nowMs();
       await t.kill(leader);
       const newLeaderMs = await t.leader(30_000).then(() => nowMs() - killAt);
+      // Writes resume with the first acknowledged commit that was sent after the kill (a reply
+      // already on its way from the old leader does not count).
+      const resumed = (): number[] => acks.filter((a) => a.sentMs > killAt).map((a) => a.atMs);
       await waitFor(
-        'a commit acknowledged after the kill',
-        () => (acks.some((a) => a.atMs > killAt) ? true : undefined),
+        'a commit sent after the kill to be acknowledged',
+        () => (resumed().length ? true : undefined),
         30_000,
       );
-      const firstAfter = Math.min(...acks.filter((a) => a.atMs > killAt).map((a) => a.atMs));
+      const firstAfter = Math.min(...resumed());
       const before = acks.filter((a) => a.atMs <= killAt).map((a) => a.atMs);
       const lastBefore = before.length ? Math.max(...before) : killAt;
       const tr = {
@@ -515,7 +536,7 @@ export async function memoryWorkload(t: Target, sizes: Sizes): Promise<MemoryRes
   );
   if (t instanceof ZeoRaftTarget) {
     try {
-      res.clientCache = await clientCacheBound(t, Math.min(sizes.objects, 20_000));
+      res.clientCache = await clientCacheBound(t, Math.min(sizes.objects, sizes.cacheBoundLoads));
     } catch (e) {
       res.clientCacheSkipped = `ClientStorage not usable: ${String((e as Error)?.message ?? e)}`;
     }
