@@ -1,0 +1,64 @@
+/** Shared helpers of the security tests: keyed clients, status assertions, HTTP fetches. */
+import * as assert from 'node:assert/strict';
+import * as http from 'node:http';
+import * as grpc from '@grpc/grpc-js';
+import { StorageRpc } from '../../src/client/rpc';
+import { adminPackage } from '../../src/server/admin-service';
+
+export function rpcWithKey(
+  address: string,
+  key?: string,
+  credentials?: grpc.ChannelCredentials,
+): StorageRpc {
+  return new StorageRpc(address, {
+    timeoutMs: 5000,
+    metadata: key ? { 'x-zeoraft-key': key } : {},
+    credentials,
+  });
+}
+
+/** Call an Admin method with an optional key; resolves to the response or the ServiceError. */
+export function adminCall(
+  address: string,
+  method: string,
+  req: object,
+  key?: string,
+): Promise<{ err?: grpc.ServiceError; res?: any }> {
+  const c = new (adminPackage().zeoraft.v1.Admin)(address, grpc.credentials.createInsecure());
+  const md = new grpc.Metadata();
+  if (key) md.set('x-zeoraft-key', key);
+  return new Promise((resolve) =>
+    (c as any)[method](req, md, { deadline: Date.now() + 5000 }, (err: any, res: any) => {
+      c.close();
+      resolve({ err: err ?? undefined, res });
+    }),
+  );
+}
+
+/** Assert a promise rejects with a gRPC status code (ZeoRaftError carries it as grpcCode). */
+export async function rejectsWith(
+  p: Promise<unknown>,
+  code: grpc.status,
+  message?: RegExp,
+): Promise<Error> {
+  const e = (await p.then(
+    () => assert.fail(`expected ${grpc.status[code]}, got success`),
+    (x: unknown) => x,
+  )) as Error & { grpcCode?: number; code?: number };
+  const got = e.grpcCode ?? e.code;
+  assert.equal(got, code, `expected ${grpc.status[code]}, got ${String(got)}: ${e.message}`);
+  if (message) assert.match(e.message, message);
+  return e;
+}
+
+export function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path, timeout: 3000 }, (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+  });
+}
