@@ -230,7 +230,7 @@ class Sim {
     this.maxSizePerMsg = [1, 1, 8, 64, 1024][r.nextInt(5)];
     this.maxInflight = 1 + r.nextInt(8);
     this.maxUncommitted = r.nextFloat() < 0.5 ? 0 : 64 + r.nextInt(512);
-    const n = 3 + r.nextInt(3);
+    const n = r.nextFloat() < 0.5 ? 3 : 3 + r.nextInt(3);
     const voters: string[] = [];
     for (let i = 0; i < n; i++) voters.push(`n${this.nextNodeNo++}`);
     for (const id of voters) {
