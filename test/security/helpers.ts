@@ -1,6 +1,9 @@
 /** Shared helpers of the security tests: keyed clients, status assertions, HTTP fetches. */
 import * as assert from 'node:assert/strict';
 import * as http from 'node:http';
+import * as path from 'node:path';
+import * as protobuf from 'protobufjs';
+import { PROTO_DIR } from '../../src/util/proto-path';
 import * as grpc from '@grpc/grpc-js';
 import { StorageRpc } from '../../src/client/rpc';
 import { adminPackage } from '../../src/server/admin-service';
@@ -60,5 +63,75 @@ export function httpGet(port: number, path: string): Promise<{ status: number; b
     });
     req.on('error', reject);
     req.on('timeout', () => req.destroy(new Error('timeout')));
+  });
+}
+
+/** The contract's message types, for building (and breaking) request bytes. */
+export function protoRoot(): protobuf.Root {
+  const root = new protobuf.Root();
+  root.loadSync(
+    ['zeoraft/v1/storage.proto', 'zeoraft/v1/admin.proto'].map((f) => path.join(PROTO_DIR, f)),
+    { keepCase: false },
+  );
+  root.resolveAll();
+  return root;
+}
+
+export interface RawAnswer {
+  code: number;
+  details: string;
+  /** Response bytes (unary OK) or number of stream messages. */
+  bytes?: Buffer;
+  messages?: number;
+}
+
+const identity = (b: Buffer): Buffer => b;
+
+/** Send raw request bytes to a unary method: even invalid encodings reach the server. */
+export function rawUnary(
+  client: grpc.Client,
+  methodPath: string,
+  body: Buffer,
+  md = new grpc.Metadata(),
+  timeoutMs = 5000,
+): Promise<RawAnswer> {
+  return new Promise((resolve) =>
+    client.makeUnaryRequest(
+      methodPath,
+      identity,
+      identity,
+      body,
+      md,
+      { deadline: Date.now() + timeoutMs },
+      (err, res) =>
+        resolve(
+          err
+            ? { code: err.code, details: err.details }
+            : { code: grpc.status.OK, details: '', bytes: res },
+        ),
+    ),
+  );
+}
+
+/** Send raw request bytes to a server-streaming method; cancel it after `cancelAfterMs`. */
+export function rawStream(
+  client: grpc.Client,
+  methodPath: string,
+  body: Buffer,
+  cancelAfterMs = 300,
+  md = new grpc.Metadata(),
+): Promise<RawAnswer> {
+  return new Promise((resolve) => {
+    let messages = 0;
+    const call = client.makeServerStreamRequest(methodPath, identity, identity, body, md, {
+      deadline: Date.now() + 10_000,
+    });
+    const t = setTimeout(() => call.cancel(), cancelAfterMs);
+    call.on('data', () => messages++);
+    call.on('error', () => undefined);
+    call.on('status', (s: grpc.StatusObject) => {
+      clearTimeout(t);
+      resolve({ code: s.code, details: s.details, messages });
+    });
   });
 }
