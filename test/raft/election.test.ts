@@ -23,6 +23,32 @@ describe('§5.2 leader election', () => {
     assert.notEqual(net.node('a').raw.status().role, 'follower');
   });
 
+  it('a restarted node remembers its vote: no second vote in the same term', () => {
+    const opts = { preVote: false, checkQuorum: false };
+    const net = new Network(['a', 'b', 'c'], opts);
+    const vote = (from: string) => ({
+      type: MessageType.Vote,
+      from,
+      to: 'b',
+      term: 2,
+      logTerm: 1,
+      index: 1,
+      entries: [],
+      commit: 0,
+      reject: false,
+      rejectHint: 0,
+    });
+    const b = net.node('b');
+    b.raw.step(vote('a'));
+    net.processReady(b); // persists {term 2, vote a}, then sends the grant
+    assert.equal(net.queue.find((m) => m.type === MessageType.VoteResp)?.reject, false);
+    net.nodes.delete('b'); // crash; restart from disk
+    const b2 = net.addNode('b', b.storage, opts);
+    b2.raw.step(vote('c'));
+    const resp = b2.raw.ready().messages.find((m) => m.type === MessageType.VoteResp);
+    assert.equal(resp?.reject, true);
+  });
+
   it('a single voter elects itself and commits its own entries', () => {
     const net = new Network(['solo']);
     net.campaign('solo');
