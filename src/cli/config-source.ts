@@ -28,6 +28,7 @@ export const SETTINGS = {
   'lock-wait-ms': 'ZEORAFT_LOCK_WAIT_MS',
   'history-max-transactions': 'ZEORAFT_HISTORY_MAX_TRANSACTIONS',
   'history-max-age-ms': 'ZEORAFT_HISTORY_MAX_AGE_MS',
+  'subscriber-buffer-events': 'ZEORAFT_SUBSCRIBER_BUFFER_EVENTS',
   fsync: 'ZEORAFT_FSYNC',
   config: 'ZEORAFT_CONFIG',
   ...SECURITY_SETTINGS,
@@ -108,6 +109,12 @@ export function buildConfig(
     int(s, 'history-max-transactions'),
   );
   set('history-max-age-ms', 'historyMaxAgeMs', (s) => int(s, 'history-max-age-ms'));
+  const buffered = get('subscriber-buffer-events');
+  if (buffered !== undefined)
+    o.limits = {
+      ...(o.limits ?? defaultConfig().limits),
+      subscriberBufferEvents: int(buffered, 'subscriber-buffer-events'),
+    };
   set('fsync', 'fsync', bool);
   applySecuritySettings(o, get);
   if (o.nodeId && !o.dataDir) o.dataDir = `./data/${o.nodeId}`;

@@ -94,6 +94,9 @@ class Subscriber {
   private wake: (() => void) | undefined;
   private done = false;
   private failure: RpcError | undefined;
+  private signalFailed!: () => void;
+  /** Resolves when the subscriber is cut off, so a write stuck on backpressure stops waiting. */
+  private readonly failed = new Promise<void>((resolve) => (this.signalFailed = resolve));
   private readonly maxDataBytes: number;
   private readonly progressMs: number;
 
@@ -129,6 +132,7 @@ class Subscriber {
     if (this.done) return;
     this.failure = e;
     this.done = true;
+    this.signalFailed();
     this.wake?.();
   }
 
@@ -169,7 +173,7 @@ class Subscriber {
       this.onDelivered(1);
     }
     if (!this.call.write(ev))
-      await Promise.race([once(this.call, 'drain'), once(this.call, 'close')]);
+      await Promise.race([once(this.call, 'drain'), once(this.call, 'close'), this.failed]);
   }
 
   async run(hub: SubscriptionHub): Promise<void> {

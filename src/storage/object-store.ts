@@ -165,6 +165,8 @@ export class ObjectStore {
   private readonly prepared = new Map<string, PreparedSummary>();
   private readonly memberMap = new Map<string, MemberRecord>();
   private applying = false;
+  /** The TID of the transaction being applied, published once its batch has landed. */
+  private stagedLastTid: Buffer | undefined;
   private readonly commitListeners = new Set<(ev: CommitEvent) => void>();
   private readonly applyListeners = new Set<(index: number) => void>();
 
@@ -320,23 +322,26 @@ export class ObjectStore {
         if (!(e instanceof StorageError)) throw e;
         ops.length = 0;
         after.length = 0;
+        this.stagedLastTid = undefined;
         result = { ok: false, error: e };
       }
-      this.appliedIdx = index;
-      ops.push({ type: 'put', key: K.globalKey, value: this.globalValue() });
+      ops.push({ type: 'put', key: K.globalKey, value: this.globalValue(index) });
       await this.db.batch(ops, { sync: this.options.sync });
+      // Publish only now: readers never see an index, TID or summary before its batch landed.
+      this.appliedIdx = index;
       for (const fn of after) fn();
       for (const fn of this.applyListeners) fn(index);
       return result;
     } finally {
+      this.stagedLastTid = undefined;
       this.applying = false;
     }
   }
 
-  private globalValue(): Buffer {
+  private globalValue(index = this.appliedIdx): Buffer {
     const g = Buffer.alloc(16);
-    g.writeBigUInt64BE(BigInt(this.appliedIdx), 0);
-    this.lastTidGlobal.copy(g, 8);
+    g.writeBigUInt64BE(BigInt(index), 0);
+    (this.stagedLastTid ?? this.lastTidGlobal).copy(g, 8);
     return g;
   }
 
@@ -469,9 +474,12 @@ export class ObjectStore {
     const newMeta: StorageMeta = { ...meta, lastTid: tid, nextOid, objectCount: count };
     ops.push({ type: 'put', key: K.storageKey(st), value: storageMetaCodec.encode(newMeta) });
     assert(idCompare(tid, this.lastTidGlobal) > 0, 'TIDs must strictly increase');
-    this.lastTidGlobal = tid;
-    this.metas.set(st, newMeta);
+    this.stagedLastTid = tid;
     const index = () => this.appliedIdx;
+    after.push(() => {
+      this.lastTidGlobal = tid;
+      this.metas.set(st, newMeta);
+    });
     after.push(() => {
       const ev: CommitEvent = { index: index(), storage: st, tid, records };
       for (const fn of this.commitListeners) fn(ev);
@@ -698,7 +706,7 @@ export class ObjectStore {
     }
     const newMeta: StorageMeta = { ...meta, packTid, objectCount: count };
     ops.push({ type: 'put', key: K.storageKey(st), value: storageMetaCodec.encode(newMeta) });
-    this.metas.set(st, newMeta);
+    _after.push(() => this.metas.set(st, newMeta));
     return { ok: true, removed };
   }
 
@@ -725,7 +733,7 @@ export class ObjectStore {
       key: K.storageKey(n.storage),
       value: storageMetaCodec.encode(newMeta),
     });
-    this.metas.set(n.storage, newMeta);
+    _after.push(() => this.metas.set(n.storage, newMeta));
     return { ok: true, oids };
   }
 

@@ -17,16 +17,20 @@ export function rmDir(dir: string): void {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 
-/** A port that was free a moment ago (bound and released by the OS on 127.0.0.1). */
+/**
+ * A port that was free a moment ago. Chosen below the kernel's ephemeral range (32768+), so an
+ * outgoing connection cannot take it between this check and the node binding it.
+ */
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
+  for (;;) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const free = await new Promise<boolean>((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
     });
-  });
+    if (free) return port;
+  }
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
