@@ -32,6 +32,9 @@ interface SystemResults {
   fanout?: w.FanoutResult;
   failover?: w.FailoverResult;
   memory?: w.MemoryResult;
+  /** Failures by workload. */
+  errors: Partial<Record<Workload, string>>;
+  /** A failure outside the workloads (e.g. the cluster did not start). */
   error?: string;
 }
 
@@ -87,16 +90,29 @@ function parse(): {
 }
 
 async function runAll(t: Target, only: Workload[], sizes: w.Sizes): Promise<SystemResults> {
-  const r: SystemResults = {};
+  const r: SystemResults = { errors: {} };
   process.stderr.write(`[bench] starting ${t.name} cluster (${new Date().toISOString()})\n`);
   await t.start();
   try {
-    if (only.includes('commit')) r.commit = await w.commitWorkload(t, sizes);
-    if (only.includes('conflicts')) r.conflicts = await w.conflictWorkload(t, sizes);
-    if (only.includes('loads')) r.loads = await w.loadWorkload(t, sizes);
-    if (only.includes('fanout')) r.fanout = await w.fanoutWorkload(t, sizes);
-    if (only.includes('failover')) r.failover = await w.failoverWorkload(t, sizes);
-    if (only.includes('memory')) r.memory = await w.memoryWorkload(t, sizes);
+    // A workload that fails is recorded and the others still run.
+    const step = async <K extends Workload>(
+      name: K,
+      fn: (t: Target, sizes: w.Sizes) => Promise<NonNullable<SystemResults[K]>>,
+    ): Promise<void> => {
+      if (!only.includes(name)) return;
+      try {
+        r[name] = await fn(t, sizes);
+      } catch (e) {
+        r.errors[name] = String((e as Error)?.stack ?? e);
+        process.stderr.write(`[bench] ${t.name} ${name} failed: ${r.errors[name]}\n`);
+      }
+    };
+    await step('commit', w.commitWorkload);
+    await step('conflicts', w.conflictWorkload);
+    await step('loads', w.loadWorkload);
+    await step('fanout', w.fanoutWorkload);
+    await step('failover', w.failoverWorkload);
+    await step('memory', w.memoryWorkload);
   } catch (e) {
     r.error = String((e as Error)?.stack ?? e);
     process.stderr.write(`[bench] ${t.name} failed: ${r.error}\n`);
@@ -190,8 +206,9 @@ function rows(z: SystemResults, e: SystemResults | undefined): Row[] {
   add('failover kill -9 leader', 'new leader max', 'ms', false, (r) => r.failover?.newLeaderMaxMs);
   add('failover kill -9 leader', 'acked commits lost', '', false, (r) => r.failover?.lost);
   const mn = `memory ${(z.memory ?? e?.memory)?.objects ?? ''} objects`;
+  add(mn, 'objects loaded', '', true, (r) => r.memory?.loaded);
   add(mn, 'load rate', 'obj/s', true, (r) =>
-    r.memory ? r.memory.objects / r.memory.loadSeconds : undefined,
+    r.memory ? r.memory.loaded / r.memory.loadSeconds : undefined,
   );
   add(mn, 'max node RSS', 'MiB', false, (r) =>
     r.memory ? r.memory.rssMaxBytes / 2 ** 20 : undefined,
@@ -293,7 +310,11 @@ async function main(): Promise<void> {
     JSON.stringify(result, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2),
   );
   process.stdout.write(`\nresults: ${path.relative(process.cwd(), file)}\n`);
-  if (zeoraft.error || etcd?.error) process.exitCode = 1;
+  const failed = [zeoraft, etcd].some((r) => r && (r.error || Object.keys(r.errors).length));
+  if (failed) {
+    process.stdout.write('\nsome workloads failed; see "errors" in the JSON file\n');
+    process.exitCode = 1;
+  }
 }
 
 main().catch((e) => {

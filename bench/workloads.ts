@@ -489,58 +489,83 @@ export async function failoverWorkload(t: Target, sizes: Sizes): Promise<Failove
 // ---------------------------------------------------------------------------------------------
 
 export interface MemoryResult {
+  /** Objects requested. */
   objects: number;
+  /** Objects acknowledged (less than `objects` when loading failed). */
+  loaded: number;
   loadSeconds: number;
   rssBytes: (number | null)[];
   rssMaxBytes: number;
+  /** RSS of every node after each tenth of the load. */
+  samples: { loaded: number; seconds: number; rssBytes: (number | null)[] }[];
+  /** Why loading stopped early. */
+  loadError?: string;
   clientCache?: { maxBytes: number; peakBytes: number; finalBytes: number; loads: number };
   clientCacheSkipped?: string;
 }
 
-/** Load N objects in big transactions, then read each node's RSS. */
+const mib = (x: number | null): string => (x === null ? '?' : `${(x / 2 ** 20).toFixed(0)} MiB`);
+
+/** Load N objects in big transactions, sampling each node's RSS as it goes and at the end. */
 export async function memoryWorkload(t: Target, sizes: Sizes): Promise<MemoryResult> {
   const leader = await t.leader();
   const batch = Math.min(t.maxBatch, 1000);
   const loaders = 4;
   let nextKey = 0;
+  let loaded = 0;
   let reported = 0;
+  let loadError: string | undefined;
+  const samples: MemoryResult['samples'] = [];
+  const rssNow = (): (number | null)[] =>
+    Array.from({ length: t.nodeCount }, (_, i) => t.rssBytes(i) ?? null);
   const t0 = nowMs();
   await Promise.all(
     Array.from({ length: loaders }, async (_, l) => {
       const conn = t.conn(leader, l);
-      while (nextKey < sizes.objects) {
+      while (nextKey < sizes.objects && loadError === undefined) {
         const first = nextKey;
         const count = Math.min(batch, sizes.objects - first);
         nextKey += count;
-        await conn.putMany(MEMORY_KEY_BASE + first, count, value(first));
-        if (nextKey - reported >= sizes.objects / 10) {
-          reported = nextKey;
+        try {
+          await conn.putMany(MEMORY_KEY_BASE + first, count, value(first));
+        } catch (e) {
+          loadError ??= `after ${loaded} objects: ${String((e as Error)?.message ?? e)}`;
+          return;
+        }
+        loaded += count;
+        if (loaded - reported >= sizes.objects / 10) {
+          reported = loaded;
+          const seconds = (nowMs() - t0) / 1000;
+          const rssBytes = rssNow();
+          samples.push({ loaded, seconds, rssBytes });
           log(
-            `${t.name} memory: ${nextKey} objects loaded (${((nowMs() - t0) / 1000).toFixed(0)} s)`,
+            `${t.name} memory: ${loaded} objects loaded (${seconds.toFixed(0)} s), RSS ${rssBytes.map(mib).join(', ')}`,
           );
         }
       }
     }),
   );
   const loadSeconds = (nowMs() - t0) / 1000;
+  if (loadError) log(`${t.name} memory: loading failed ${loadError}`);
   await sleep(2000);
-  const rss = Array.from({ length: t.nodeCount }, (_, i) => t.rssBytes(i) ?? null);
+  const rss = rssNow();
   const res: MemoryResult = {
     objects: sizes.objects,
+    loaded,
     loadSeconds,
     rssBytes: rss,
     rssMaxBytes: Math.max(...rss.map((x) => x ?? 0)),
+    samples,
+    loadError,
   };
-  log(
-    `${t.name} memory: RSS ${rss.map((x) => (x === null ? '?' : `${(x / 2 ** 20).toFixed(0)} MiB`)).join(', ')}`,
-  );
-  if (t instanceof ZeoRaftTarget) {
+  log(`${t.name} memory: ${loaded} objects, RSS ${rss.map(mib).join(', ')}`);
+  if (t instanceof ZeoRaftTarget && !loadError) {
     try {
-      res.clientCache = await clientCacheBound(t, Math.min(sizes.objects, sizes.cacheBoundLoads));
+      res.clientCache = await clientCacheBound(t, Math.min(loaded, sizes.cacheBoundLoads));
     } catch (e) {
       res.clientCacheSkipped = `ClientStorage not usable: ${String((e as Error)?.message ?? e)}`;
     }
-  } else res.clientCacheSkipped = 'etcd has no client cache';
+  } else res.clientCacheSkipped = loadError ? 'loading failed' : 'etcd has no client cache';
   return res;
 }
 
