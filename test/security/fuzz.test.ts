@@ -17,7 +17,7 @@ import { TestCluster } from '../harness/cluster';
 import { p64 } from '../../src/util/ids';
 import { protoRoot, rawStream, rawUnary } from './helpers';
 
-const RUNS = Number(process.env.FUZZ_RUNS ?? 300);
+const RUNS = Number(process.env.FUZZ_RUNS ?? 200);
 /** The writer's objects live far from the small OIDs fast-check favours. */
 const WRITER_OID_BASE = 0x7a00_0000_0000_0000n;
 const STREAMS = new Set(['Iterate', 'Subscribe']);

@@ -159,7 +159,7 @@ describe('security: TLS and mutual TLS', function () {
     const c = await cluster(envFor);
     const leader = await c.leader(['n1', 'n2'], 15_000);
     // Well past several election timeouts (10 ticks of 50 ms): n3 has heard from nobody.
-    await sleep(2500);
+    await sleep(1500);
     const s3 = await c.rpc('n3').call('Status', {});
     assert.equal(s3.leaderId, '', `n3 must not know a leader, it says ${s3.leaderId}`);
     assert.ok(['n1', 'n2'].includes(leader));
