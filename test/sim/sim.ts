@@ -698,6 +698,24 @@ class Sim {
 
   private persistAndApply(n: SimNode, rd: Ready): void {
     const raw = n.raw!;
+    // A leader may send its Appends before its own fsync (it counts itself only after
+    // advance()); a crash in between loses its entries although followers may hold them.
+    const disk = n.storage.hardState();
+    const earlySend =
+      this.faults &&
+      !rd.snapshot &&
+      rd.entries.length > 0 &&
+      raw.basicStatus().role === 'leader' &&
+      (!rd.hardState || (rd.hardState.term === disk.term && rd.hardState.vote === disk.vote)) &&
+      this.rng.nextFloat() < 0.5;
+    if (earlySend) {
+      for (const m of rd.messages) this.send(n, m);
+      if (this.rng.nextFloat() < this.crashNewLeaderRate) {
+        this.crash(n);
+        n.downUntil = this.now + 1 + this.rng.nextInt(25);
+        return;
+      }
+    }
     if (rd.snapshot) {
       const data = n.staged.get(rd.snapshot.index);
       if (!data)
@@ -730,7 +748,7 @@ class Sim {
       return;
     }
     const applyFirst = this.faults && this.rng.nextFloat() < 0.5;
-    if (!applyFirst) for (const m of rd.messages) this.send(n, m);
+    if (!applyFirst && !earlySend) for (const m of rd.messages) this.send(n, m);
     for (const e of rd.committedEntries) this.apply(n, e);
     if (rd.committedEntries.length > 0 && raw.basicStatus().role === 'leader') {
       if (applyFirst && this.rng.nextFloat() < this.crashAfterCommitRate) {
@@ -740,7 +758,7 @@ class Sim {
       }
       this.leaderJustApplied = n;
     }
-    if (applyFirst) for (const m of rd.messages) this.send(n, m);
+    if (applyFirst && !earlySend) for (const m of rd.messages) this.send(n, m);
     for (const rs of rd.readStates) {
       const id = Number(dec.decode(rs.context).slice(1));
       const req = this.reads.get(id);
