@@ -76,6 +76,8 @@ export class RaftReplicator implements Replicator {
   private readonly reads = new Map<string, (index: number) => void>();
   private readonly waiters = new Set<() => void>();
   private readonly lock = new Mutex();
+  /** The apply worker: committed entries are applied in order, one batch after another. */
+  private applyTail: Promise<void> = Promise.resolve();
   private running = false;
   private closed = false;
   private ticker: NodeJS.Timeout;
@@ -160,14 +162,7 @@ export class RaftReplicator implements Replicator {
     setImmediate(() => {
       this.lock
         .run(() => this.drain())
-        .catch((e: unknown) => {
-          // A failure to persist or apply leaves this node in an unknown state: stop rather than diverge.
-          this.node.log.fatal(
-            { error: String(e), stack: (e as Error)?.stack },
-            'raft loop failed; exiting',
-          );
-          process.exit(70);
-        })
+        .catch((e: unknown) => this.fail(e))
         .finally(() => {
           this.running = false;
           if (!this.closed && this.raw.hasReady()) this.schedule();
@@ -183,6 +178,7 @@ export class RaftReplicator implements Replicator {
       const rd = this.raw.ready();
       this.observeState(rd);
       if (rd.snapshot) {
+        await this.applyTail;
         assert(
           this.node.store.appliedIndex >= rd.snapshot.index,
           `snapshot ${rd.snapshot.index} installed before its data (store at ${this.node.store.appliedIndex})`,
@@ -202,10 +198,28 @@ export class RaftReplicator implements Replicator {
         this.reads.get(key)?.(rs.index);
         this.reads.delete(key);
       }
-      await this.applyEntries(rd.committedEntries);
+      // Committed entries are applied by a sequential worker while the loop goes on persisting
+      // and replicating newer entries (as etcd does). A batch with a membership change is waited
+      // for before advance(), so the core's view of the configuration is never ahead of ours.
+      const entries = rd.committedEntries;
+      this.applyTail = this.applyTail.then(() => this.applyEntries(entries));
+      this.applyTail.catch((e: unknown) => this.fail(e));
+      if (entries.some((e) => e.type === EntryType.ConfChange)) await this.applyTail;
       this.raw.advance(rd);
-      await this.maybeCompact();
+      if (this.compactionDue()) {
+        await this.applyTail;
+        await this.maybeCompact();
+      }
     }
+  }
+
+  /** A failure to persist or apply leaves this node in an unknown state: stop rather than diverge. */
+  private fail(e: unknown): never {
+    this.node.log.fatal(
+      { error: String(e), stack: (e as Error)?.stack },
+      'raft loop failed; exiting',
+    );
+    process.exit(70);
   }
 
   private async persist(rd: Ready): Promise<void> {
@@ -309,6 +323,13 @@ export class RaftReplicator implements Replicator {
     if (entries.length) this.notify();
   }
 
+  private compactionDue(): boolean {
+    return (
+      this.node.store.appliedIndex - this.log.mem.firstIndex() >=
+      2 * this.node.config.snapshotEntries
+    );
+  }
+
   /** Compact when the log holds more than 2x the retained entries beyond the last snapshot. */
   private async maybeCompact(force = false): Promise<number> {
     const keep = this.node.config.snapshotEntries;
@@ -324,7 +345,10 @@ export class RaftReplicator implements Replicator {
   }
 
   async compactNow(): Promise<{ snapshotIndex: number; firstIndex: number }> {
-    await this.lock.run(() => this.maybeCompact(true));
+    await this.lock.run(async () => {
+      await this.applyTail;
+      await this.maybeCompact(true);
+    });
     return { snapshotIndex: this.log.mem.snapshot().index, firstIndex: this.log.mem.firstIndex() };
   }
 
@@ -556,6 +580,7 @@ export class RaftReplicator implements Replicator {
   /** Install a snapshot received from the leader: data first, then the message into the core. */
   async installSnapshot(m: Message, install: () => Promise<number>): Promise<boolean> {
     return this.lock.run(async () => {
+      await this.applyTail;
       const meta = m.snapshot;
       if (!meta || meta.index <= this.node.store.appliedIndex || meta.index <= this.processed)
         return false;
@@ -581,6 +606,7 @@ export class RaftReplicator implements Replicator {
     | undefined
   > {
     return this.lock.run(async () => {
+      await this.applyTail; // the store and this.conf describe the same index only between batches
       const store = this.node.store;
       if (store.appliedIndex !== this.processed) return undefined; // still replaying after a restart
       const snap = store.snapshot();
