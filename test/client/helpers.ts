@@ -70,8 +70,13 @@ export class Cluster {
       },
     }));
     const c = new Cluster(members, dir);
-    await Promise.all(members.map((m) => c.startMember(m)));
-    await c.leader();
+    try {
+      await Promise.all(members.map((m) => c.startMember(m)));
+      await c.leader();
+    } catch (e) {
+      await c.stop();
+      throw e;
+    }
     return c;
   }
 

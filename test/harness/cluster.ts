@@ -93,8 +93,13 @@ export class TestCluster {
     for (const a of c.members)
       for (const b of c.members)
         if (a !== b) c.proxies.set(`${a.id}>${b.id}`, await LinkProxy.start(b.peer));
-    await Promise.all(c.members.map((m) => c.startNode(m.id)));
-    await c.leader();
+    try {
+      await Promise.all(c.members.map((m) => c.startNode(m.id)));
+      await c.leader();
+    } catch (e) {
+      await c.stop();
+      throw e;
+    }
     return c;
   }
 

@@ -58,6 +58,12 @@ export async function eventually<T>(
   }
 }
 
+/** Every node process the tests started; any still running when the test process exits is killed. */
+const started = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of started) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+});
+
 export class NodeProcess {
   private exited: Promise<void>;
   output = '';
@@ -85,6 +91,8 @@ export class NodeProcess {
       env: { ...process.env, ZEORAFT_LOG_LEVEL: process.env.ZEORAFT_LOG_LEVEL ?? 'warn', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
+    started.add(child);
+    child.once('exit', () => started.delete(child));
     const p = new NodeProcess(child, env);
     await eventually(
       () => {
