@@ -26,6 +26,7 @@ type Workload = (typeof WORKLOADS)[number];
 const RESULTS_DIR = path.resolve(__dirname, '../../bench/results');
 
 interface SystemResults {
+  baseline?: w.Baseline;
   commit?: w.ThroughputPoint[];
   conflicts?: w.ConflictResult;
   loads?: w.LoadResults;
@@ -107,6 +108,7 @@ async function runAll(t: Target, only: Workload[], sizes: w.Sizes): Promise<Syst
         process.stderr.write(`[bench] ${t.name} ${name} failed: ${r.errors[name]}\n`);
       }
     };
+    if (only.includes('commit')) r.baseline = await w.baseline(t);
     await step('commit', w.commitWorkload);
     await step('conflicts', w.conflictWorkload);
     await step('loads', w.loadWorkload);
@@ -149,6 +151,9 @@ function rows(z: SystemResults, e: SystemResults | undefined): Row[] {
     if (zv === undefined && ev === undefined) return;
     out.push({ workload, metric, unit, higherBetter, zeoraft: zv, etcd: ev });
   };
+  add('baseline', 'fsync p50', 'ms', false, (r) => r.baseline?.fsync.p50Ms);
+  add('baseline', 'round trip p50', 'ms', false, (r) => r.baseline?.roundTrip.p50Ms);
+  add('baseline', '2x(fsync+round trip)', 'ms', false, (r) => r.baseline?.singleCommitBoundMs);
   const points = z.commit ?? e?.commit ?? [];
   points.forEach((p0, i) => {
     const name = `commit C=${p0.clients}`;

@@ -4,7 +4,9 @@
  */
 import { ClientStorage } from '../src/client/client-storage';
 import { oidOf, ZeoRaftTarget } from './lib/zeoraft';
-import { sleep, waitFor } from './lib/proc';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { makeTempDir, removeDir, sleep, waitFor } from './lib/proc';
 import { closedLoop, LatencySummary, median, nowMs, openLoop, summarize } from './lib/stats';
 import type { AckId, Conn, Target } from './lib/target';
 
@@ -81,6 +83,48 @@ export interface ThroughputPoint extends LatencySummary {
   failed: number;
   errors: number;
   errorExamples: string[];
+}
+
+export interface Baseline {
+  /** One 256-byte append + fdatasync to a file in the temp dir. */
+  fsync: LatencySummary;
+  /** One cheap call to the leader (ZeoRaft LastTransaction, etcd Maintenance.Status). */
+  roundTrip: LatencySummary;
+  /** MISSION §7: a single client's commit within 2 × (fsync + round trip), from the medians. */
+  singleCommitBoundMs: number;
+}
+
+/** What a single commit cannot beat on this machine: an fsync and a round trip. */
+export async function baseline(t: Target): Promise<Baseline> {
+  const dir = makeTempDir('fsync');
+  const fsyncs: number[] = [];
+  try {
+    const fd = fs.openSync(path.join(dir, 'f'), 'a');
+    const data = Buffer.alloc(VALUE_BYTES, 1);
+    for (let i = 0; i < 200; i++) {
+      const t0 = nowMs();
+      fs.writeSync(fd, data);
+      fs.fdatasyncSync(fd);
+      fsyncs.push(nowMs() - t0);
+    }
+    fs.closeSync(fd);
+  } finally {
+    removeDir(dir);
+  }
+  const conn = t.conn(await t.leader(), 0);
+  const rtts: number[] = [];
+  for (let i = 0; i < 500; i++) {
+    const t0 = nowMs();
+    await conn.ping();
+    rtts.push(nowMs() - t0);
+  }
+  const fsync = summarize(fsyncs);
+  const roundTrip = summarize(rtts);
+  const b = { fsync, roundTrip, singleCommitBoundMs: 2 * (fsync.p50Ms + roundTrip.p50Ms) };
+  log(
+    `${t.name} baseline: fsync p50 ${fsync.p50Ms.toFixed(2)} ms, round trip p50 ${roundTrip.p50Ms.toFixed(2)} ms`,
+  );
+  return b;
 }
 
 /** C clients, each writing one 256-byte value among the keys it owns (key % C === client). */

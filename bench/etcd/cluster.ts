@@ -237,6 +237,10 @@ class EtcdConn implements Conn {
     await unary(this.c.kv, 'Txn', { success }, 60_000);
   }
 
+  async ping(): Promise<void> {
+    await unary(this.c.maintenance, 'Status', {});
+  }
+
   async verify(key: number, ack: AckId, value: Buffer): Promise<boolean> {
     const r = await unary(this.c.kv, 'Range', { key: etcdKey(key) });
     const kv = r.kvs[0];

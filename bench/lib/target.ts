@@ -19,6 +19,8 @@ export interface Conn {
   get(key: number, linearizable: boolean): Promise<void>;
   /** Write `count` keys from `firstKey` in one transaction. */
   putMany(firstKey: number, count: number, value: Buffer): Promise<void>;
+  /** A cheap status call: one round trip to the node. */
+  ping(): Promise<void>;
   /** Whether `key` holds `value` as written by the commit acknowledged as `ack`. */
   verify(key: number, ack: AckId, value: Buffer): Promise<boolean>;
   /**

@@ -82,7 +82,7 @@ export class ZeoRaftTarget implements Target {
       ? [
           '--cpu-prof',
           `--cpu-prof-dir=${this.options.cpuProfileDir}`,
-          `--cpu-prof-name=${m.id}-\${pid}.cpuprofile`,
+          `--cpu-prof-name=${m.id}-${Date.now()}.cpuprofile`,
         ]
       : [];
     m.child = Child.spawn(
@@ -230,6 +230,11 @@ class ZeoRaftConn implements Conn {
       data: value,
     }));
     await this.rpc.call('Commit', { transaction: { stores } }, 60_000);
+  }
+
+  async ping(): Promise<void> {
+    // LastTransaction does the least work of the calls (Status also summarizes storages).
+    await this.rpc.call('LastTransaction', {});
   }
 
   async verify(key: number, ack: AckId, value: Buffer): Promise<boolean> {
