@@ -10,6 +10,7 @@
  *   --compare etcd     run the same workloads against etcd too (needs the `etcd` binary)
  *   --profile          run the ZeoRaft nodes under --cpu-prof and print their hottest functions
  */
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -261,6 +262,17 @@ function table(rs: Row[], withEtcd: boolean): string {
   return [line(header), widths.map((x) => '-'.repeat(x)).join('-|-'), ...body.map(line)].join('\n');
 }
 
+/** The commit the measured build came from (with "+dirty" when the work tree differs). */
+function gitHead(): string | undefined {
+  try {
+    const git = (args: string[]): string =>
+      execFileSync('git', args, { encoding: 'utf8', cwd: path.resolve(__dirname, '../..') }).trim();
+    return git(['rev-parse', 'HEAD']) + (git(['status', '--porcelain', 'src']) ? '+dirty' : '');
+  } catch {
+    return undefined;
+  }
+}
+
 async function main(): Promise<void> {
   const opts = parse();
   const started = new Date();
@@ -302,6 +314,7 @@ async function main(): Promise<void> {
       platform: `${os.platform()} ${os.release()}`,
     },
     etcdVersion: etcdVer,
+    gitCommit: gitHead(),
     options: { ...opts, compare },
     zeoraft,
     etcd,
