@@ -152,6 +152,10 @@ function commandStorage(cmd: Command): unknown {
   return null;
 }
 
+function emptyMeta(): StorageMeta {
+  return { lastTid: Z64, nextOid: p64(1n), packTid: Z64, objectCount: 0 };
+}
+
 function lockKey(storage: string, oid: Uint8Array): string {
   return `${storage}\0${hex(oid)}`;
 }
@@ -159,14 +163,17 @@ function lockKey(storage: string, oid: Uint8Array): string {
 export class ObjectStore {
   private appliedIdx = 0;
   private lastTidGlobal: Buffer = Z64;
-  private readonly metas = new Map<string, StorageMeta>();
+  /** Working state of apply; readers see the published copies below, updated after each write. */
+  private metas = new Map<string, StorageMeta>();
+  private pubLastTid: Buffer = Z64;
+  private pubMetas = new Map<string, StorageMeta>();
+  /** Writes of the batch being applied, by key (latin1), for reads by later commands in it. */
+  private readonly overlay = new Map<string, Buffer | null>();
   /** lockKey(storage, oid) -> voted transaction id holding it. */
   private readonly locks = new Map<string, string>();
   private readonly prepared = new Map<string, PreparedSummary>();
   private readonly memberMap = new Map<string, MemberRecord>();
   private applying = false;
-  /** The TID of the transaction being applied, published once its batch has landed. */
-  private stagedLastTid: Buffer | undefined;
   private readonly commitListeners = new Set<(ev: CommitEvent) => void>();
   private readonly applyListeners = new Set<(index: number) => void>();
 
@@ -197,7 +204,7 @@ export class ObjectStore {
 
   /** The newest TID committed in any storage (z64 when none). */
   get lastTid(): Buffer {
-    return this.lastTidGlobal;
+    return this.pubLastTid;
   }
 
   /** Called after each committed transaction is durably applied, in TID order. */
@@ -245,6 +252,7 @@ export class ObjectStore {
       const txnId = key.subarray(2 + key[1]).toString('utf8');
       this.holdLocks(st, txnId, preparedCodec.decode(value));
     }
+    this.publish();
   }
 
   private holdLocks(st: string, txnId: string, rec: PreparedRecord): void {
@@ -274,11 +282,16 @@ export class ObjectStore {
   }
 
   private meta(st: string): StorageMeta {
-    return this.metas.get(st) ?? { lastTid: Z64, nextOid: p64(1n), packTid: Z64, objectCount: 0 };
+    return this.metas.get(st) ?? emptyMeta();
+  }
+
+  private publish(): void {
+    this.pubLastTid = this.lastTidGlobal;
+    this.pubMetas = new Map(this.metas);
   }
 
   storageSummary(st: string): StorageSummary {
-    const m = this.meta(st);
+    const m = this.pubMetas.get(st) ?? emptyMeta();
     return {
       name: st,
       lastTid: serialOf(m.lastTid),
@@ -289,7 +302,7 @@ export class ObjectStore {
   }
 
   storageNames(): string[] {
-    return [...this.metas.keys()].sort();
+    return [...this.pubMetas.keys()].sort();
   }
 
   preparedTransactions(): PreparedSummary[] {
@@ -309,39 +322,87 @@ export class ObjectStore {
    * and the command. Expected failures (conflicts, unknown objects) are results, not throws.
    */
   async apply(index: number, cmd: Command): Promise<ApplyResult> {
+    return (await this.applyBatch([{ index, cmd }]))[0];
+  }
+
+  /**
+   * Apply consecutive commands with as few LevelDB writes as possible (one for the whole run,
+   * except around undo and pack, which scan the database). Each command sees the effects of the
+   * ones before it; readers see none of them until they are written, and then all at once.
+   */
+  async applyBatch(items: { index: number; cmd: Command }[]): Promise<ApplyResult[]> {
     assert(!this.applying, 'apply re-entered');
-    assert(index > this.appliedIdx, `apply index ${index} not after applied ${this.appliedIdx}`);
     this.applying = true;
     try {
-      const ops: BatchOp[] = [];
-      const after: Array<() => void> = [];
-      let result: ApplyResult;
-      try {
-        result = await this.applyOp(cmd, ops, after);
-      } catch (e) {
-        if (!(e instanceof StorageError)) throw e;
-        ops.length = 0;
-        after.length = 0;
-        this.stagedLastTid = undefined;
-        result = { ok: false, error: e };
+      const results: ApplyResult[] = [];
+      let ops: BatchOp[] = [];
+      let after: Array<() => void> = [];
+      let last = this.appliedIdx;
+      for (const { index, cmd } of items) {
+        assert(index > last, `apply index ${index} not after applied ${last}`);
+        const scans = ('undo' in cmd && !!cmd.undo) || ('pack' in cmd && !!cmd.pack);
+        if (scans && last > this.appliedIdx) {
+          await this.write(ops, after, last);
+          ops = [];
+          after = [];
+        }
+        const cmdOps: BatchOp[] = [];
+        const cmdAfter: Array<() => void> = [];
+        const before = { lastTid: this.lastTidGlobal, metas: new Map(this.metas) };
+        let result: ApplyResult;
+        try {
+          result = await this.applyOp(cmd, cmdOps, cmdAfter);
+        } catch (e) {
+          if (!(e instanceof StorageError)) throw e;
+          this.lastTidGlobal = before.lastTid;
+          this.metas = before.metas;
+          cmdOps.length = 0;
+          cmdAfter.length = 0;
+          result = { ok: false, error: e };
+        }
+        for (const op of cmdOps) {
+          ops.push(op);
+          this.overlay.set(op.key.toString('latin1'), op.type === 'put' ? op.value : null);
+        }
+        after.push(...cmdAfter);
+        results.push(result);
+        last = index;
+        if (scans) {
+          await this.write(ops, after, last);
+          ops = [];
+          after = [];
+        }
       }
-      ops.push({ type: 'put', key: K.globalKey, value: this.globalValue(index) });
-      await this.db.batch(ops, { sync: this.options.sync });
-      // Publish only now: readers never see an index, TID or summary before its batch landed.
-      this.appliedIdx = index;
-      for (const fn of after) fn();
-      for (const fn of this.applyListeners) fn(index);
-      return result;
+      if (last > this.appliedIdx) await this.write(ops, after, last);
+      return results;
     } finally {
-      this.stagedLastTid = undefined;
+      this.overlay.clear();
       this.applying = false;
     }
+  }
+
+  /** Write a batch and only then publish it: readers never see an index or TID before it landed. */
+  private async write(ops: BatchOp[], after: Array<() => void>, index: number): Promise<void> {
+    ops.push({ type: 'put', key: K.globalKey, value: this.globalValue(index) });
+    await this.db.batch(ops, { sync: this.options.sync });
+    this.overlay.clear();
+    this.appliedIdx = index;
+    this.publish();
+    for (const fn of after) fn();
+    for (const fn of this.applyListeners) fn(index);
+  }
+
+  /** A read by apply: the batch's own writes first, then the database. */
+  private read(key: Buffer): Promise<Buffer | undefined> {
+    const k = key.toString('latin1');
+    if (this.overlay.has(k)) return Promise.resolve(this.overlay.get(k) ?? undefined);
+    return this.db.get(key);
   }
 
   private globalValue(index = this.appliedIdx): Buffer {
     const g = Buffer.alloc(16);
     g.writeBigUInt64BE(BigInt(index), 0);
-    (this.stagedLastTid ?? this.lastTidGlobal).copy(g, 8);
+    this.lastTidGlobal.copy(g, 8);
     return g;
   }
 
@@ -407,7 +468,7 @@ export class ObjectStore {
       if (holder !== undefined && holder !== ownTxnId) {
         throw new StorageError('LOCKED', `object ${hex(oid)} is locked by a voted transaction`);
       }
-      const cur = await this.db.get(K.currentKey(st, oid));
+      const cur = await this.read(K.currentKey(st, oid));
       const c = cur ? parseCurrent(cur) : { serial: Z64, deleted: false };
       current.set(hex(oid), c);
       const expected = serialOf(op.serial);
@@ -425,7 +486,9 @@ export class ObjectStore {
   }
 
   private async revisionData(st: string, oid: Buffer, serial: Buffer): Promise<Buffer | undefined> {
-    const r = await this.db.get(K.revisionKey(st, oid, serial));
+    const r = await (this.applying
+      ? this.read(K.revisionKey(st, oid, serial))
+      : this.db.get(K.revisionKey(st, oid, serial)));
     return r ? buf(revisionCodec.decode(r).data) : undefined;
   }
 
@@ -474,12 +537,9 @@ export class ObjectStore {
     const newMeta: StorageMeta = { ...meta, lastTid: tid, nextOid, objectCount: count };
     ops.push({ type: 'put', key: K.storageKey(st), value: storageMetaCodec.encode(newMeta) });
     assert(idCompare(tid, this.lastTidGlobal) > 0, 'TIDs must strictly increase');
-    this.stagedLastTid = tid;
+    this.lastTidGlobal = tid;
+    this.metas.set(st, newMeta);
     const index = () => this.appliedIdx;
-    after.push(() => {
-      this.lastTidGlobal = tid;
-      this.metas.set(st, newMeta);
-    });
     after.push(() => {
       const ev: CommitEvent = { index: index(), storage: st, tid, records };
       for (const fn of this.commitListeners) fn(ev);
@@ -496,7 +556,7 @@ export class ObjectStore {
     if (!p.txnId) throw new StorageError('INVALID', 'vote without a transaction id');
     const st = p.txn.storage;
     if (this.prepared.has(`${st}\0${p.txnId}`)) return { ok: true }; // a retried vote
-    if (await this.db.get(K.finishedKey(st, p.txnId))) {
+    if (await this.read(K.finishedKey(st, p.txnId))) {
       throw new StorageError('INVALID', `transaction ${p.txnId} was already finished`);
     }
     await this.checkTxn(p.txn, undefined);
@@ -513,9 +573,9 @@ export class ObjectStore {
     after: Array<() => void>,
   ): Promise<ApplyResult> {
     const st = f.storage;
-    const done = await this.db.get(K.finishedKey(st, f.txnId));
+    const done = await this.read(K.finishedKey(st, f.txnId));
     if (done) return { ok: true, tid: Buffer.from(done) };
-    const raw = await this.db.get(K.preparedKey(st, f.txnId));
+    const raw = await this.read(K.preparedKey(st, f.txnId));
     if (!raw)
       throw new StorageError(
         'UNKNOWN_TRANSACTION',
@@ -706,7 +766,7 @@ export class ObjectStore {
     }
     const newMeta: StorageMeta = { ...meta, packTid, objectCount: count };
     ops.push({ type: 'put', key: K.storageKey(st), value: storageMetaCodec.encode(newMeta) });
-    _after.push(() => this.metas.set(st, newMeta));
+    this.metas.set(st, newMeta);
     return { ok: true, removed };
   }
 
@@ -733,7 +793,7 @@ export class ObjectStore {
       key: K.storageKey(n.storage),
       value: storageMetaCodec.encode(newMeta),
     });
-    _after.push(() => this.metas.set(n.storage, newMeta));
+    this.metas.set(n.storage, newMeta);
     return { ok: true, oids };
   }
 
