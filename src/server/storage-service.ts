@@ -44,6 +44,24 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
     };
   }
 
+  /** Wrap a server-streaming handler: a failure ends the stream with its status, never a crash. */
+  function serverStream<Req, Res>(
+    method: string,
+    fn: (call: grpc.ServerWritableStream<Req, Res>) => Promise<void>,
+  ): grpc.handleServerStreamingCall<Req, Res> {
+    return (call) => {
+      const done = node.metrics.startRequest(method);
+      fn(call).then(
+        () => done(grpc.status.OK),
+        (e: unknown) => {
+          const err = toServiceError(e);
+          done(err.code ?? grpc.status.UNKNOWN);
+          call.emit('error', err);
+        },
+      );
+    };
+  }
+
   const deadline = (call: { getDeadline(): grpc.Deadline }): number => {
     const d = call.getDeadline();
     const ms = d instanceof Date ? d.getTime() : Number(d);
@@ -307,61 +325,41 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       return { removed: r.removed ?? 0 };
     }),
 
-    Iterate: (call) => {
-      const done = node.metrics.startRequest('Iterate');
-      (async () => {
-        const st = storageName(call.request.storage);
-        const start = optionalId(call.request.start, 'start') ?? Z64;
-        const stop = optionalId(call.request.stop, 'stop');
-        if (stop && idCompare(stop, start) < 0) throw invalid('stop must not be before start');
-        let cancelled = false;
-        call.on('cancelled', () => (cancelled = true));
-        for await (const t of node.store.iterate(st, start, stop)) {
-          if (cancelled) return;
-          const ok = call.write({
-            tid: t.tid,
-            user: t.user,
-            description: t.description,
-            extension: t.extension,
-            records: t.records.map((r) => ({
-              oid: r.oid,
-              data: r.data,
-              deleted: r.deleted,
-              dataTid: r.dataTid,
-            })),
-          });
-          if (!ok) await new Promise((resolve) => call.once('drain', resolve));
-        }
-        call.end();
-      })().then(
-        () => done(grpc.status.OK),
-        (e: unknown) => {
-          const err = toServiceError(e);
-          done(err.code ?? grpc.status.UNKNOWN);
-          call.emit('error', err);
-        },
-      );
-    },
+    Iterate: serverStream('Iterate', async (call) => {
+      const st = storageName(call.request.storage);
+      const start = optionalId(call.request.start, 'start') ?? Z64;
+      const stop = optionalId(call.request.stop, 'stop');
+      if (stop && idCompare(stop, start) < 0) throw invalid('stop must not be before start');
+      let cancelled = false;
+      call.on('cancelled', () => (cancelled = true));
+      for await (const t of node.store.iterate(st, start, stop)) {
+        if (cancelled) return;
+        const ok = call.write({
+          tid: t.tid,
+          user: t.user,
+          description: t.description,
+          extension: t.extension,
+          records: t.records.map((r) => ({
+            oid: r.oid,
+            data: r.data,
+            deleted: r.deleted,
+            dataTid: r.dataTid,
+          })),
+        });
+        if (!ok) await new Promise((resolve) => call.once('drain', resolve));
+      }
+      call.end();
+    }),
 
-    Subscribe: (call) => {
-      const done = node.metrics.startRequest('Subscribe');
-      (async () => {
-        const st = storageName(call.request.storage);
-        const from = optionalId(call.request.fromTid, 'from_tid');
-        // Never reveal less than the client has seen: wait for this node to catch up first.
-        if (from && idCompare(from, node.store.lastTid) > 0)
-          await node.waitForTid(from, deadline(call));
-        node.limits.checkSubscribers(node.subscriptions.count);
-        await node.subscriptions.serve(st, call.request, call);
-      })().then(
-        () => done(grpc.status.OK),
-        (e: unknown) => {
-          const err = toServiceError(e);
-          done(err.code ?? grpc.status.UNKNOWN);
-          call.emit('error', err);
-        },
-      );
-    },
+    Subscribe: serverStream('Subscribe', async (call) => {
+      const st = storageName(call.request.storage);
+      const from = optionalId(call.request.fromTid, 'from_tid');
+      // Never reveal less than the client has seen: wait for this node to catch up first.
+      if (from && idCompare(from, node.store.lastTid) > 0)
+        await node.waitForTid(from, deadline(call));
+      node.limits.checkSubscribers(node.subscriptions.count);
+      await node.subscriptions.serve(st, call.request, call);
+    }),
 
     Sync: unary('Sync', async (call) => {
       storageName(call.request.storage);
