@@ -2,6 +2,7 @@
  * Admin commands against a running cluster: any node's client address is enough; calls that
  * must reach the leader follow its hint.
  */
+import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { decodeStatusDetails, storagePackage } from '../proto';
@@ -10,10 +11,15 @@ import { hex, tidToIso } from '../util/ids';
 
 const TIMEOUT_MS = 30_000;
 
+/** How the CLI reaches a secured cluster: --ca (TLS), --cert/--cert-key (client certificate), --key. */
+let credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure();
+const metadata = new grpc.Metadata();
+
 function call<T>(client: any, method: string, req: object, timeoutMs = TIMEOUT_MS): Promise<T> {
   return new Promise((resolve, reject) =>
     client[method](
       req,
+      metadata,
       { deadline: Date.now() + timeoutMs },
       (err: grpc.ServiceError | null, res: T) => (err ? reject(err) : resolve(res)),
     ),
@@ -21,7 +27,7 @@ function call<T>(client: any, method: string, req: object, timeoutMs = TIMEOUT_M
 }
 
 function adminClient(address: string): any {
-  return new (adminPackage().zeoraft.v1.Admin)(address, grpc.credentials.createInsecure());
+  return new (adminPackage().zeoraft.v1.Admin)(address, credentials);
 }
 
 /** Call an Admin method on `address`, following a leader hint once. */
@@ -45,7 +51,7 @@ async function adminCall<T>(address: string, method: string, req: object): Promi
 
 async function status(address: string): Promise<number> {
   const Storage = storagePackage().zeoraft.v1.Storage;
-  const one = new Storage(address, grpc.credentials.createInsecure());
+  const one = new Storage(address, credentials);
   const self = await call<any>(one, 'Status', {}, 5000);
   one.close();
   let members: { id: string; role: string; clientAddress: string }[] = [];
@@ -56,7 +62,7 @@ async function status(address: string): Promise<number> {
   }
   const rows = await Promise.all(
     members.map(async (m) => {
-      const c = new Storage(m.clientAddress || address, grpc.credentials.createInsecure());
+      const c = new Storage(m.clientAddress || address, credentials);
       try {
         const s = await call<any>(c, 'Status', {}, 3000);
         return [
@@ -95,10 +101,23 @@ async function status(address: string): Promise<number> {
 export async function runAdminCommand(command: string, args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
-    options: { address: { type: 'string' } },
+    options: {
+      address: { type: 'string' },
+      key: { type: 'string' },
+      ca: { type: 'string' },
+      cert: { type: 'string' },
+      'cert-key': { type: 'string' },
+    },
     allowPositionals: true,
   });
   const address = values.address ?? process.env.ZEORAFT_ADDRESS ?? '127.0.0.1:7101';
+  const key = values.key ?? process.env.ZEORAFT_KEY;
+  if (key) metadata.set('x-zeoraft-key', key);
+  const ca = values.ca ?? process.env.ZEORAFT_TLS_CA;
+  if (ca) {
+    const read = (f: string | undefined): Buffer | null => (f ? fs.readFileSync(f) : null);
+    credentials = grpc.credentials.createSsl(read(ca), read(values['cert-key']), read(values.cert));
+  }
   const need = (n: number, usage: string): void => {
     if (positionals.length < n) throw new Error(`usage: zeoraft ${usage}`);
   };

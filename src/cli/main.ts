@@ -18,7 +18,8 @@ const USAGE = `usage: zeoraft <command> [flags]
 commands:
   server             run a node; settings from flags, ZEORAFT_* variables or --config FILE
   cluster            run a local three-node cluster (ports 7101-7103 client, 7201-7203 peer, 7301-7303 http)
-  status             show the cluster's members (--address HOST:PORT of any node, default 127.0.0.1:7101)
+  status             show the cluster's members (--address HOST:PORT of any node, default 127.0.0.1:7101;
+                     --key KEY, --ca CA.pem [--cert C --cert-key K] for a secured cluster)
   member add ID PEER_ADDR CLIENT_ADDR | member promote ID | member remove ID
   transfer-leader ID
   snapshot           ask the node to compact its log now
