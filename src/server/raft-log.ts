@@ -33,12 +33,20 @@ function entryKey(i: number): Buffer {
   return b;
 }
 
+function sumBytes(entries: Entry[]): number {
+  let n = 0;
+  for (const e of entries) n += e.data.length;
+  return n;
+}
+
 type Op = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer };
 
 export class DurableLog {
   /** The RaftStorage the core reads. */
   readonly mem: MemoryStorage;
   private joiningFlag: boolean;
+  /** Data bytes of the entries held after the snapshot (in memory and on disk). */
+  private bytes = 0;
 
   private constructor(
     private readonly db: Level<Buffer, Buffer>,
@@ -50,6 +58,29 @@ export class DurableLog {
   ) {
     this.mem = mem;
     this.joiningFlag = joining;
+    this.bytes = sumBytes(this.heldEntries());
+  }
+
+  private heldEntries(): Entry[] {
+    const first = this.mem.firstIndex();
+    const last = this.mem.lastIndex();
+    return last >= first ? this.mem.entries(first, last + 1, Infinity) : [];
+  }
+
+  /** Data bytes of the entries after the snapshot. */
+  get entryBytes(): number {
+    return this.bytes;
+  }
+
+  /** The smallest index such that the entries from it to the end hold at most maxBytes. */
+  firstIndexWithin(maxBytes: number): number {
+    const held = this.heldEntries();
+    let total = 0;
+    for (let i = held.length - 1; i >= 0; i--) {
+      total += held[i].data.length;
+      if (total > maxBytes) return held[i].index + 1;
+    }
+    return this.mem.firstIndex();
   }
 
   /**
@@ -157,8 +188,15 @@ export class DurableLog {
     if (rd.snapshot) {
       this.mem.applySnapshot(rd.snapshot);
       this.joiningFlag = false;
+      this.bytes = 0;
     }
-    if (rd.entries.length) this.mem.append(rd.entries);
+    if (rd.entries.length) {
+      const first = rd.entries[0].index;
+      if (first <= this.mem.lastIndex())
+        this.bytes -= sumBytes(this.mem.entries(first, this.mem.lastIndex() + 1, Infinity));
+      this.mem.append(rd.entries);
+      this.bytes += sumBytes(rd.entries);
+    }
     if (rd.hardState) this.mem.setHardState(rd.hardState);
   }
 
@@ -175,6 +213,7 @@ export class DurableLog {
     for (let i = first; i < compactIndex; i++) ops.push({ type: 'del', key: entryKey(i) });
     await this.db.batch(ops, { sync: this.fsync });
     this.mem.compact(compactIndex);
+    this.bytes = sumBytes(this.heldEntries());
   }
 
   async close(): Promise<void> {

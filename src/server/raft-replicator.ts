@@ -43,6 +43,9 @@ import { ReplicaView, Replicator, Role, stampCommand } from './replicator';
 const MAX_SIZE_PER_MSG = 1 << 20;
 const MAX_INFLIGHT_MSGS = 256;
 const MAX_UNCOMMITTED_BYTES = 64 << 20;
+/** Entry data held in the in-memory log before compaction is forced, and kept after it. */
+const LOG_BYTES_MAX = 64 << 20;
+const LOG_BYTES_KEEP = 16 << 20;
 /** How long a request waits for a leader to appear before answering UNAVAILABLE. */
 const LEADER_WAIT_MS = 3000;
 
@@ -335,24 +338,35 @@ export class RaftReplicator implements Replicator {
     }
   }
 
+  /**
+   * Compaction is due when the log beyond its snapshot holds more than twice the retained entry
+   * count, or more than LOG_BYTES_MAX of entry data (big transactions must not make the in-memory
+   * log grow without bound).
+   */
   private compactionDue(): boolean {
-    return (
-      this.node.store.appliedIndex - this.log.mem.firstIndex() >=
-      2 * this.node.config.snapshotEntries
-    );
+    const entries = this.node.store.appliedIndex - this.log.mem.firstIndex();
+    return entries >= 2 * this.node.config.snapshotEntries || this.log.entryBytes > LOG_BYTES_MAX;
   }
 
-  /** Compact when the log holds more than 2x the retained entries beyond the last snapshot. */
   private async maybeCompact(force = false): Promise<number> {
-    const keep = this.node.config.snapshotEntries;
     const first = this.log.mem.firstIndex();
     const applied = this.node.store.appliedIndex;
     if (applied < this.processed) return 0; // still replaying
-    if (!force && applied - first < 2 * keep) return 0;
+    if (!force && !this.compactionDue()) return 0;
     if (applied <= this.log.mem.snapshot().index) return 0;
+    // Keep the newest entries for followers to catch up from: at most snapshotEntries of them and
+    // at most LOG_BYTES_KEEP bytes; a follower further behind gets a snapshot.
+    const keepFrom = Math.max(
+      first,
+      applied - this.node.config.snapshotEntries,
+      this.log.firstIndexWithin(LOG_BYTES_KEEP),
+    );
     await this.node.store.flush();
-    await this.log.compact(applied, this.conf, Math.max(first, applied - keep));
-    this.node.log.debug({ snapshot: applied, first: this.log.mem.firstIndex() }, 'log compacted');
+    await this.log.compact(applied, this.conf, Math.min(applied, keepFrom));
+    this.node.log.debug(
+      { snapshot: applied, first: this.log.mem.firstIndex(), bytes: this.log.entryBytes },
+      'log compacted',
+    );
     return applied;
   }
 
