@@ -12,6 +12,7 @@
  * - an object's current serial is the TID of its newest revision;
  * - an object is locked by at most one voted transaction, and only voted transactions hold locks.
  */
+import type { AbstractLevel } from 'abstract-level';
 import { Level } from 'level';
 import { assert } from '../util/assert';
 import {
@@ -48,6 +49,8 @@ type Db = Level<Buffer, Buffer>;
 type BatchOp = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer };
 
 export const MAX_NEW_OIDS = 10_000;
+/** Current-serial records cached in memory (about 100 bytes each). */
+const CURRENT_CACHE_ENTRIES = 200_000;
 /** Bytes of raw key/value data per snapshot chunk. */
 export const SNAPSHOT_CHUNK_BYTES = 1 << 20;
 
@@ -169,6 +172,9 @@ export class ObjectStore {
   private pubMetas = new Map<string, StorageMeta>();
   /** Writes of the batch being applied, by key (latin1), for reads by later commands in it. */
   private readonly overlay = new Map<string, Buffer | null>();
+  /** Current-serial records by key (latin1); null = known absent. Oldest first (evicted first). */
+  private readonly currentCache = new Map<string, Buffer | null>();
+  private batchesLanded = 0;
   /** lockKey(storage, oid) -> voted transaction id holding it. */
   private readonly locks = new Map<string, string>();
   private readonly prepared = new Map<string, PreparedSummary>();
@@ -189,6 +195,21 @@ export class ObjectStore {
     });
     await db.open();
     const store = new ObjectStore(db, options);
+    await store.loadState();
+    return store;
+  }
+
+  /**
+   * Open a store over a database the caller constructed (any abstract-level implementation with
+   * Buffer keys and values). Used by the deterministic simulator (test/sim) to run the store on
+   * memory-level; production opens a directory with `open`.
+   */
+  static async openOn(
+    db: AbstractLevel<Buffer | Uint8Array | string, Buffer, Buffer>,
+    options: ObjectStoreOptions,
+  ): Promise<ObjectStore> {
+    if (db.status !== 'open') await db.open();
+    const store = new ObjectStore(db as unknown as Db, options);
     await store.loadState();
     return store;
   }
@@ -385,6 +406,10 @@ export class ObjectStore {
   private async write(ops: BatchOp[], after: Array<() => void>, index: number): Promise<void> {
     ops.push({ type: 'put', key: K.globalKey, value: this.globalValue(index) });
     await this.db.batch(ops, { sync: this.options.sync });
+    this.batchesLanded++;
+    for (const op of ops)
+      if (op.key[0] === K.TAG.current)
+        this.rememberCurrent(op.key, op.type === 'put' ? op.value : null);
     this.overlay.clear();
     this.appliedIdx = index;
     this.publish();
@@ -396,7 +421,31 @@ export class ObjectStore {
   private read(key: Buffer): Promise<Buffer | undefined> {
     const k = key.toString('latin1');
     if (this.overlay.has(k)) return Promise.resolve(this.overlay.get(k) ?? undefined);
-    return this.db.get(key);
+    return key[0] === K.TAG.current ? this.readCurrent(key) : this.db.get(key);
+  }
+
+  /**
+   * The C record (current serial) of an object, through a bounded cache of written values: every
+   * commit conflict-checks each object it touches, and most touch recently written ones. The cache
+   * only ever holds values whose batch has landed, so readers may use it too.
+   */
+  private async readCurrent(key: Buffer): Promise<Buffer | undefined> {
+    const k = key.toString('latin1');
+    const hit = this.currentCache.get(k);
+    if (hit !== undefined) return hit ?? undefined;
+    // A batch landing while this read was out may have written the key: then the value read is
+    // stale and must not be cached (write() has cached the new one).
+    const landed = this.batchesLanded;
+    const v = await this.db.get(key);
+    if (landed === this.batchesLanded) this.rememberCurrent(key, v ?? null, k);
+    return v;
+  }
+
+  private rememberCurrent(key: Buffer, value: Buffer | null, k = key.toString('latin1')): void {
+    this.currentCache.delete(k);
+    this.currentCache.set(k, value);
+    if (this.currentCache.size > CURRENT_CACHE_ENTRIES)
+      this.currentCache.delete(this.currentCache.keys().next().value as string);
   }
 
   private globalValue(index = this.appliedIdx): Buffer {
@@ -835,7 +884,7 @@ export class ObjectStore {
   // Reads
 
   async load(st: string, oid: Buffer): Promise<LoadResult> {
-    const cur = await this.db.get(K.currentKey(st, oid));
+    const cur = await this.readCurrent(K.currentKey(st, oid));
     if (!cur) throw new StorageError('NOT_FOUND', `no object ${hex(oid)} in storage ${st}`);
     const c = parseCurrent(cur);
     if (c.deleted)
@@ -1044,6 +1093,7 @@ export class ObjectStore {
     this.applying = true;
     try {
       await this.db.clear();
+      this.currentCache.clear();
       let sawLast = false;
       for await (const raw of chunks) {
         assert(!sawLast, 'snapshot chunk after the last one');
@@ -1062,6 +1112,8 @@ export class ObjectStore {
       }
       if (!sawLast) throw new Error('snapshot ended before its last chunk');
       await this.loadState();
+      this.currentCache.clear();
+      this.batchesLanded++;
       await this.db.put(K.globalKey, this.globalValue(), { sync: true });
       for (const fn of this.applyListeners) fn(this.appliedIdx);
       return this.appliedIdx;

@@ -4,8 +4,14 @@
  *   npm run sim -- --seconds T [--start S]   run consecutive seeds for a time budget (CI)
  *   SEED=s npm run sim                       replay one seed with a readable trace
  *   --max-failures F (default 5) stops after F failing seeds; --quiet omits the reproduce hints
+ *   --storage                                 run whole storage nodes (Raft + ObjectStore,
+ *                                             storage-sim.ts) instead of the Raft core alone
+ *   --inject BUG                              (with --storage) run with a hand-injected bug, to
+ *                                             show the checker catches it: no-skip, no-flush,
+ *                                             compact-while-replaying
  */
 import { SimStats, runSeed } from './sim';
+import { StorageSimOptions, runStorageSeed } from './storage-sim';
 
 function arg(name: string): number | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -15,11 +21,33 @@ function arg(name: string): number | undefined {
   return v;
 }
 
-function main(): number {
+function strArg(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i < 0 ? undefined : process.argv[i + 1];
+}
+
+const storage = process.argv.includes('--storage');
+const inject = strArg('inject') as StorageSimOptions['inject'];
+if (inject !== undefined && !['no-skip', 'no-flush', 'compact-while-replaying'].includes(inject))
+  throw new Error(`--inject: unknown bug ${inject}`);
+const reproduce = (seed: number): string =>
+  storage
+    ? `reproduce with SEED=${seed} npm run sim -- --storage${inject ? ` --inject ${inject}` : ''}`
+    : `reproduce with SEED=${seed} npm run sim`;
+
+/** One seed of the selected simulator. */
+async function runOne(
+  seed: number,
+  trace?: (line: string) => void,
+): Promise<{ ok: boolean; failure?: string; stats: object }> {
+  return storage ? runStorageSeed(seed, { trace, inject }) : runSeed(seed, { trace });
+}
+
+async function main(): Promise<number> {
   const one = process.env.SEED;
   if (one !== undefined && one !== '') {
     const seed = Number(one);
-    const res = runSeed(seed, { trace: (line) => console.log(line) });
+    const res = await runOne(seed, (line) => console.log(line));
     console.log(JSON.stringify(res.stats));
     if (!res.ok) {
       console.log(`FAIL seed ${seed}: ${res.failure}`);
@@ -39,13 +67,13 @@ function main(): number {
   const totals: Record<string, number> = {};
   for (let seed = start; ran < count; seed++) {
     if (seconds !== undefined && Date.now() - t0 > seconds * 1000) break;
-    const res = runSeed(seed);
+    const res = await runOne(seed);
     ran++;
     for (const [k, v] of Object.entries(res.stats as SimStats)) totals[k] = (totals[k] ?? 0) + v;
     if (!res.ok) {
       failures++;
       console.log(`FAIL seed ${seed}: ${res.failure}`);
-      if (!quiet) console.log(`reproduce with SEED=${seed} npm run sim`);
+      if (!quiet) console.log(reproduce(seed));
       if (failures >= maxFailures) break;
     }
   }
@@ -57,4 +85,12 @@ function main(): number {
   return failures > 0 ? 1 : 0;
 }
 
-process.exitCode = main();
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    console.error(e);
+    process.exitCode = 2;
+  },
+);
