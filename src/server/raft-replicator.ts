@@ -252,7 +252,7 @@ export class RaftReplicator implements Replicator {
       if (leader) this.node.metrics.leaderChanges.inc();
       this.node.log.info(
         {
-          term: this.raw.status().term,
+          term: this.raw.basicStatus().term,
           leader: leader || null,
           previous: this.leader || null,
           role,
@@ -489,7 +489,7 @@ export class RaftReplicator implements Replicator {
       }
       throw e;
     }
-    const term = this.raw.status().term;
+    const term = this.raw.basicStatus().term;
     this.schedule();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(
@@ -574,7 +574,7 @@ export class RaftReplicator implements Replicator {
         throw new RpcError(grpc.status.FAILED_PRECONDITION, e.message, { kind: 'INVALID' });
       throw e;
     }
-    const term = this.raw.status().term;
+    const term = this.raw.basicStatus().term;
     this.schedule();
     await new Promise<ApplyResult>((resolve, reject) =>
       this.pending.set(index, { term, resolve, reject }),
