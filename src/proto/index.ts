@@ -35,6 +35,31 @@ richRoot.resolvePath = (_origin, target) =>
   target.startsWith('google/protobuf/') ? target : path.join(PROTO_DIR, target);
 richRoot.loadSync(['google/rpc/status.proto', 'zeoraft/v1/storage.proto']);
 const StatusType = richRoot.lookupType('google.rpc.Status');
+const SubscribeEventType = richRoot.lookupType('zeoraft.v1.SubscribeEvent');
+
+/** Encode a SubscribeEvent once, to send the same bytes to many subscribers. */
+export function encodeSubscribeEvent(ev: object): Buffer {
+  return Buffer.from(SubscribeEventType.encode(SubscribeEventType.fromObject(ev)).finish());
+}
+
+/**
+ * A service definition whose server-streaming responses may also be given as already-encoded
+ * Buffers (written as they are), so a fan-out encodes each message once, not once per stream.
+ */
+export function withPreEncodedResponses<T extends grpc.ServiceDefinition>(
+  def: T,
+  methods: string[],
+): T {
+  const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = { ...def };
+  for (const m of methods) {
+    const d = def[m];
+    out[m] = {
+      ...d,
+      responseSerialize: (v: unknown) => (Buffer.isBuffer(v) ? v : d.responseSerialize(v)),
+    };
+  }
+  return out as unknown as T;
+}
 const DetailType = richRoot.lookupType('zeoraft.v1.ErrorDetail');
 export const ERROR_DETAIL_TYPE_URL = 'type.googleapis.com/zeoraft.v1.ErrorDetail';
 export const STATUS_DETAILS_KEY = 'grpc-status-details-bin';

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type * as http from 'node:http';
 import { NodeMetrics } from '../metrics/metrics';
-import { storagePackage } from '../proto';
+import { storagePackage, withPreEncodedResponses } from '../proto';
 import { ObjectStore } from '../storage/object-store';
 import { hex, idCompare } from '../util/ids';
 import { Logger, createLogger } from '../util/log';
@@ -128,7 +128,10 @@ export class StorageNode {
       'grpc.max_send_message_length': this.config.limits.maxMessageBytes,
       interceptors: [this.security.interceptor('client')],
     });
-    server.addService(storagePackage().zeoraft.v1.Storage.service, storageHandlers(this));
+    server.addService(
+      withPreEncodedResponses(storagePackage().zeoraft.v1.Storage.service, ['Subscribe']),
+      storageHandlers(this),
+    );
     addHealthAndReflection(server, this);
     for (const add of this.extraServices) add(server);
     this.port = await new Promise<number>((resolve, reject) =>

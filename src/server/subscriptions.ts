@@ -15,6 +15,7 @@ import { Z64, hex, idCompare, idNext, tidFromTime } from '../util/ids';
 import type { SubscribeEvent } from '../generated/zeoraft/v1/SubscribeEvent';
 import type { SubscribeRequest__Output } from '../generated/zeoraft/v1/SubscribeRequest';
 import { RpcError, toServiceError } from './errors';
+import { encodeSubscribeEvent } from '../proto';
 
 export interface SubscriptionOptions {
   /** Resume points older than this many transactions back get a Reset. */
@@ -36,7 +37,16 @@ const DEFAULT_MAX_DATA_BYTES = 1 << 20;
 const DEFAULT_PROGRESS_MS = 1000;
 const MIN_PROGRESS_MS = 10;
 
-type Call = grpc.ServerWritableStream<SubscribeRequest__Output, SubscribeEvent>;
+type Call = grpc.ServerWritableStream<SubscribeRequest__Output, SubscribeEvent | Buffer>;
+
+/** A message for one subscriber: commit events carry their TID (for the order check). */
+interface Outgoing {
+  tid?: Buffer;
+  msg: SubscribeEvent | Buffer;
+}
+
+/** Encoded commit events, per store event and variant, shared by every subscriber. */
+const encodedEvents = new WeakMap<object, Map<string, Buffer>>();
 
 export class SubscriptionHub {
   private readonly subscribers = new Set<Subscriber>();
@@ -89,7 +99,7 @@ export class SubscriptionHub {
 
 class Subscriber {
   private lastSent: Buffer = Z64;
-  private readonly queue: SubscribeEvent[] = [];
+  private readonly queue: Outgoing[] = [];
   private pending: CommitEvent[] | undefined = [];
   private wake: (() => void) | undefined;
   private done = false;
@@ -112,7 +122,7 @@ class Subscriber {
     this.progressMs = Math.max(MIN_PROGRESS_MS, req.progressIntervalMs || DEFAULT_PROGRESS_MS);
   }
 
-  push(ev: SubscribeEvent): void {
+  push(ev: Outgoing | SubscribeEvent): void {
     if (this.done) return;
     if (this.queue.length >= this.options.bufferMaxEvents) {
       this.fail(
@@ -124,7 +134,7 @@ class Subscriber {
       );
       return;
     }
-    this.queue.push(ev);
+    this.queue.push('msg' in ev ? ev : { msg: ev });
     this.wake?.();
   }
 
@@ -139,40 +149,50 @@ class Subscriber {
   private onCommit = (ev: CommitEvent): void => {
     if (ev.storage !== this.storage) return;
     if (this.pending) this.pending.push(ev);
-    else this.push(this.commitEvent(ev.tid, ev.records));
+    else this.push(this.commitEvent(ev.tid, ev.records, ev));
   };
 
+  /** A commit event for this subscriber, encoded once per event and variant for all subscribers. */
   private commitEvent(
     tid: Buffer,
     records: { oid: Buffer; data?: Buffer; deleted: boolean }[],
-  ): SubscribeEvent {
+    shared?: object,
+  ): Outgoing {
+    const withData =
+      this.req.includeData &&
+      records.reduce((n, r) => n + (r.data?.length ?? 0), 0) <= this.maxDataBytes;
+    const variant = withData ? 'data' : 'oids';
+    let byVariant = shared ? encodedEvents.get(shared) : undefined;
+    const cached = byVariant?.get(variant);
+    if (cached) return { tid, msg: cached };
     const ev: SubscribeEvent = {
       commit: { tid, storage: this.storage, oids: records.map((r) => r.oid) },
     };
-    if (this.req.includeData) {
-      const bytes = records.reduce((n, r) => n + (r.data?.length ?? 0), 0);
-      if (bytes <= this.maxDataBytes) {
-        ev.commit!.objects = records.map((r) => ({
-          oid: r.oid,
-          data: r.data ?? Buffer.alloc(0),
-          deleted: r.deleted,
-        }));
-        ev.commit!.completeData = true;
-      }
+    if (withData) {
+      ev.commit!.objects = records.map((r) => ({
+        oid: r.oid,
+        data: r.data ?? Buffer.alloc(0),
+        deleted: r.deleted,
+      }));
+      ev.commit!.completeData = true;
     }
-    return ev;
+    const msg = encodeSubscribeEvent(ev);
+    if (shared) {
+      if (!byVariant) encodedEvents.set(shared, (byVariant = new Map()));
+      byVariant.set(variant, msg);
+    }
+    return { tid, msg };
   }
 
-  private async write(ev: SubscribeEvent): Promise<void> {
-    if (ev.commit) {
-      const tid = ev.commit.tid as Buffer;
+  private async write(out: Outgoing): Promise<void> {
+    if (out.tid) {
       // Invariant: events leave in strictly increasing TID order, each at most once.
-      if (idCompare(tid, this.lastSent) <= 0)
-        throw new Error(`subscription order violated: ${hex(tid)} after ${hex(this.lastSent)}`);
-      this.lastSent = tid;
+      if (idCompare(out.tid, this.lastSent) <= 0)
+        throw new Error(`subscription order violated: ${hex(out.tid)} after ${hex(this.lastSent)}`);
+      this.lastSent = out.tid;
       this.onDelivered(1);
     }
-    if (!this.call.write(ev))
+    if (!this.call.write(out.msg))
       await Promise.race([once(this.call, 'drain'), once(this.call, 'close'), this.failed]);
   }
 
@@ -194,7 +214,7 @@ class Subscriber {
         const wait = Math.max(0, idleSince + this.progressMs - this.options.nowMs());
         if (wait === 0) {
           // Nothing queued: every commit up to the store's last TID has been written.
-          await this.write({ progress: { tid: this.store.lastTid } });
+          await this.write({ msg: { progress: { tid: this.store.lastTid } } });
           idleSince = this.options.nowMs();
           continue;
         }
@@ -225,7 +245,7 @@ class Subscriber {
       // Resumable when every transaction after `from` is still on record.
       if (idCompare(idNext(from), oldest) < 0 && idCompare(from, lastInStorage) < 0) {
         const now = this.store.lastTid;
-        await this.write({ reset: { oldestTid: oldest, tid: now } });
+        await this.write({ msg: { reset: { oldestTid: oldest, tid: now } } });
         this.lastSent = now;
       } else {
         this.lastSent = Buffer.from(from);
@@ -244,6 +264,6 @@ class Subscriber {
     const pending = this.pending ?? [];
     this.pending = undefined;
     for (const ev of pending)
-      if (idCompare(ev.tid, this.lastSent) > 0) this.push(this.commitEvent(ev.tid, ev.records));
+      if (idCompare(ev.tid, this.lastSent) > 0) this.push(this.commitEvent(ev.tid, ev.records, ev));
   }
 }
