@@ -351,7 +351,9 @@ export class RaftReplicator implements Replicator {
   private async maybeCompact(force = false): Promise<number> {
     const first = this.log.mem.firstIndex();
     const applied = this.node.store.appliedIndex;
-    if (applied < this.processed) return 0; // still replaying
+    // While a restart replays the log, the store is ahead of what the core has handed out: the
+    // membership at `applied` is not known yet and the entries are still needed.
+    if (applied !== this.processed) return 0;
     if (!force && !this.compactionDue()) return 0;
     if (applied <= this.log.mem.snapshot().index) return 0;
     // Keep the newest entries for followers to catch up from: at most snapshotEntries of them and
