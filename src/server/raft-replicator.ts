@@ -189,24 +189,30 @@ export class RaftReplicator implements Replicator {
         this.conf = rd.snapshot.conf;
         this.processed = Math.max(this.processed, rd.snapshot.index);
       }
+      // Committed entries are applied by a sequential worker while the loop goes on persisting
+      // and replicating newer entries (as etcd does). The leader starts applying before its own
+      // write (its committed entries are durable on a quorum already) and sends before it too;
+      // a follower persists first. A batch with a membership change is waited for before
+      // advance(), so the core's view of the configuration is never ahead of ours.
+      const entries = rd.committedEntries;
+      const apply = (): void => {
+        this.applyTail = this.applyTail.then(() => this.applyEntries(entries));
+        this.applyTail.catch((e: unknown) => this.fail(e));
+      };
       if (this.role === 'leader') {
         this.sendAll(rd.messages);
+        apply();
         await this.persist(rd);
       } else {
         await this.persist(rd);
         this.sendAll(rd.messages);
+        apply();
       }
       for (const rs of rd.readStates) {
         const key = Buffer.from(rs.context).toString('hex');
         this.reads.get(key)?.(rs.index);
         this.reads.delete(key);
       }
-      // Committed entries are applied by a sequential worker while the loop goes on persisting
-      // and replicating newer entries (as etcd does). A batch with a membership change is waited
-      // for before advance(), so the core's view of the configuration is never ahead of ours.
-      const entries = rd.committedEntries;
-      this.applyTail = this.applyTail.then(() => this.applyEntries(entries));
-      this.applyTail.catch((e: unknown) => this.fail(e));
       if (entries.some((e) => e.type === EntryType.ConfChange)) await this.applyTail;
       this.raw.advance(rd);
       if (this.compactionDue()) {
