@@ -44,8 +44,8 @@ const MAX_SIZE_PER_MSG = 1 << 20;
 const MAX_INFLIGHT_MSGS = 256;
 const MAX_UNCOMMITTED_BYTES = 64 << 20;
 /** Entry data held in the in-memory log before compaction is forced, and kept after it. */
-const LOG_BYTES_MAX = 64 << 20;
-const LOG_BYTES_KEEP = 16 << 20;
+const LOG_BYTES_MAX = 32 << 20;
+const LOG_BYTES_KEEP = 8 << 20;
 /** How long a request waits for a leader to appear before answering UNAVAILABLE. */
 const LEADER_WAIT_MS = 3000;
 
