@@ -170,6 +170,8 @@ describe('cluster: two-phase commit and subscription streams', function () {
     await eventually(() => acked.length >= before + 30, LIVENESS_MS, '30 more commits');
     writing = false;
     await writer;
+    // A linearizable point first: the node read from must hold every acknowledged commit.
+    await cluster.rpc(cluster.alive()[0]).call('Sync', {}, 20_000);
     const all = (
       await cluster.rpc(cluster.alive()[0]).iterate({ start: p64(BigInt('0x' + hex(start)) + 1n) })
     ).map((t) => hex(t.tid));
