@@ -64,14 +64,14 @@ export async function runCluster(opts: ClusterOptions): Promise<void> {
   const stop = (): void => {
     if (stopping) return;
     stopping = true;
-    for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
+    for (const c of children) if (running(c)) c.kill('SIGTERM');
     const force = setTimeout(
-      () => children.forEach((c) => c.exitCode === null && c.kill('SIGKILL')),
+      () => children.forEach((c) => running(c) && c.kill('SIGKILL')),
       10_000,
     );
     Promise.all(
       children.map((c) =>
-        c.exitCode !== null ? Promise.resolve() : new Promise((r) => c.once('exit', r)),
+        !running(c) ? Promise.resolve() : new Promise((r) => c.once('exit', r)),
       ),
     ).then(() => {
       clearTimeout(force);
@@ -80,4 +80,9 @@ export async function runCluster(opts: ClusterOptions): Promise<void> {
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
+}
+
+/** A child that exited by a signal (kill -9) has a signalCode and no exitCode. */
+function running(c: ChildProcess): boolean {
+  return c.exitCode === null && c.signalCode === null;
 }
