@@ -99,7 +99,7 @@ export function defaultConfig(overrides: Partial<NodeConfig> = {}): NodeConfig {
     logLevel: 'info',
     tickMs: 50,
     electionTicks: 10,
-    heartbeatTicks: 1,
+    heartbeatTicks: 2,
     snapshotEntries: 10_000,
     txnTimeoutMs: 30_000,
     lockWaitMs: 5_000,

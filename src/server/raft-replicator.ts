@@ -48,6 +48,8 @@ const LOG_BYTES_MAX = 32 << 20;
 const LOG_BYTES_KEEP = 8 << 20;
 /** How long a request waits for a leader to appear before answering UNAVAILABLE. */
 const LEADER_WAIT_MS = 3000;
+/** A ReadIndex request unanswered for this long is issued again. */
+const READ_INDEX_RETRY_MS = 1000;
 
 /** What the replicator needs from the peer transport. */
 export interface PeerSender {
@@ -531,31 +533,42 @@ export class RaftReplicator implements Replicator {
     });
   }
 
+  /**
+   * ReadIndex: the leader confirms its leadership with a heartbeat round and names its commit
+   * index; once this node has applied it, reads here are linearizable. A request (or its answer)
+   * lost on the way, or dropped by a leader change, is never answered, so it is re-issued with
+   * a fresh context every READ_INDEX_RETRY_MS until the deadline.
+   */
   async linearizableRead(deadlineMs: number): Promise<void> {
-    await this.waitForLeader(deadlineMs);
-    const ctx = Buffer.from(`${this.readPrefix}:${this.node.config.nodeId}:${++this.readCounter}`);
-    const key = ctx.toString('hex');
     let readIndex = -1;
-    this.reads.set(key, (i) => {
-      readIndex = i;
-      this.notify();
-    });
-    try {
-      this.raw.readIndex(ctx);
-    } catch (e) {
-      this.reads.delete(key);
-      throw unavailable(`read index: ${String(e)}`, this.leaderAddress());
-    }
-    this.schedule();
-    try {
-      await this.waitFor(
-        () => readIndex >= 0,
-        deadlineMs,
-        () =>
-          unavailable('no read index from the leader before the deadline', this.leaderAddress()),
+    while (readIndex < 0) {
+      if (Date.now() >= deadlineMs)
+        throw unavailable(
+          'no read index from the leader before the deadline',
+          this.leaderAddress(),
+        );
+      await this.waitForLeader(deadlineMs);
+      const ctx = Buffer.from(
+        `${this.readPrefix}:${this.node.config.nodeId}:${++this.readCounter}`,
       );
-    } finally {
-      this.reads.delete(key);
+      const key = ctx.toString('hex');
+      this.reads.set(key, (i) => {
+        readIndex = i;
+        this.notify();
+      });
+      try {
+        this.raw.readIndex(ctx);
+        this.schedule();
+        await this.waitFor(
+          () => readIndex >= 0,
+          Math.min(deadlineMs, Date.now() + READ_INDEX_RETRY_MS),
+          () => new Error('retry'),
+        ).catch(() => undefined);
+      } catch (e) {
+        throw unavailable(`read index: ${String(e)}`, this.leaderAddress());
+      } finally {
+        this.reads.delete(key);
+      }
     }
     await this.waitFor(
       () => this.processed >= readIndex,
