@@ -17,6 +17,8 @@ export function rmDir(dir: string): void {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 
+const handedOut = new Set<number>();
+
 /**
  * A port that was free a moment ago. Chosen below the kernel's ephemeral range (32768+), so an
  * outgoing connection cannot take it between this check and the node binding it.
@@ -24,6 +26,9 @@ export function rmDir(dir: string): void {
 export async function freePort(): Promise<number> {
   for (;;) {
     const port = 20_000 + Math.floor(Math.random() * 12_000);
+    // Nothing holds a port between this check and its use: never hand the same one out twice.
+    if (handedOut.has(port)) continue;
+    handedOut.add(port);
     const free = await new Promise<boolean>((resolve) => {
       const s = net.createServer();
       s.once('error', () => resolve(false));
