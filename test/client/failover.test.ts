@@ -7,7 +7,8 @@ import * as assert from 'node:assert/strict';
 import { ClientStorage } from '../../src/client';
 import { CommitUnknownError } from '../../src/client/errors';
 import { sleep } from '../harness';
-import { Cluster, text } from './helpers';
+import { TestCluster } from '../harness/cluster';
+import { text } from './helpers';
 
 const CLIENTS = 5;
 const COUNTERS = 3;
@@ -15,11 +16,11 @@ const LEADER_KILLS = 3;
 
 describe('ClientStorage failover on a three-node cluster', function () {
   this.timeout(90_000);
-  let cluster: Cluster;
+  let cluster: TestCluster;
   const clients: ClientStorage[] = [];
 
   before(async () => {
-    cluster = await Cluster.start();
+    cluster = await TestCluster.start(3);
   });
   after(async () => {
     await Promise.all(clients.splice(0).map((c) => c.close()));
@@ -27,7 +28,7 @@ describe('ClientStorage failover on a three-node cluster', function () {
   });
 
   it('keeps every acknowledged increment, exactly once, while the leader is killed repeatedly', async () => {
-    const addresses = cluster.addresses;
+    const addresses = cluster.members.map((m) => `127.0.0.1:${m.client}`);
     const open = async (i: number): Promise<ClientStorage> => {
       // Each client prefers a different node, so some sit on followers and some on the leader.
       const rotated = addresses.map((_, j) => addresses[(i + j) % addresses.length]);
@@ -77,9 +78,9 @@ describe('ClientStorage failover on a three-node cluster', function () {
     for (let i = 0; i < LEADER_KILLS; i++) {
       await sleep(1500);
       const leader = await cluster.leader();
-      await leader.node!.kill('SIGKILL');
+      await cluster.kill(leader);
       await sleep(1000);
-      await cluster.startMember(leader);
+      await cluster.startNode(leader);
     }
     await sleep(1500);
     stop = true;
