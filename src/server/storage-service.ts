@@ -8,7 +8,6 @@ import type { Transaction__Output } from '../generated/zeoraft/v1/Transaction';
 import type { StorageInfo } from '../generated/zeoraft/v1/StorageInfo';
 import type { Command, Txn } from '../storage/codec';
 import type { ApplyResult } from '../storage/object-store';
-import { StorageError } from '../storage/errors';
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import { Z64, idCompare, tidFromTime, tidToTime } from '../util/ids';
 import { RpcError, fromStorageError, invalid, readOnly, toServiceError } from './errors';
@@ -382,5 +381,3 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
     }),
   };
 }
-
-export { StorageError };
