@@ -42,6 +42,36 @@ module.exports = tseslint.config(
     },
   },
   {
+    // The Raft host runs in production and in the deterministic simulator: its clock, timers,
+    // disk, network and fatal exit come in through HostDeps.
+    files: ['src/server/raft-host.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            { group: ['node:*', 'fs', 'net', 'http', 'child_process', 'os', 'crypto', 'timers', 'perf_hooks'], message: 'the Raft host gets its I/O through HostDeps.' },
+            { group: ['@grpc/*', 'level', 'prom-client', './errors', './node', './peer-transport', './raft-log', '../metrics/*'], message: 'the Raft host gets its I/O through HostDeps; gRPC statuses belong to raft-replicator.ts.' },
+          ],
+        },
+      ],
+      'no-restricted-globals': [
+        'error',
+        { name: 'setTimeout', message: 'timers come from HostClock.after' },
+        { name: 'setInterval', message: 'ticks come from the adapter' },
+        { name: 'setImmediate', message: 'use HostClock.soon' },
+        { name: 'process', message: 'use HostDeps.onFatal' },
+      ],
+      'no-restricted-properties': [
+        'error',
+        { object: 'Date', property: 'now', message: 'time comes from HostClock.nowMs' },
+        { object: 'Math', property: 'random', message: 'randomness comes from the host seed' },
+        { object: 'performance', property: 'now', message: 'time comes from HostClock.nowMs' },
+      ],
+      'no-restricted-syntax': ['error', { selector: "NewExpression[callee.name='Date']", message: 'time comes from HostClock.nowMs' }],
+    },
+  },
+  {
     files: ['src/client/**/*.ts'],
     rules: {
       'no-restricted-imports': ['error', { patterns: [{ group: ['../server/*', '../raft/*', '../storage/*'], message: 'the client depends on proto types and util only' }] }],
