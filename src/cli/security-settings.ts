@@ -34,6 +34,10 @@ export const SECURITY_SETTINGS = {
   'max-pending-proposals': 'ZEORAFT_MAX_PENDING_PROPOSALS',
   'max-txns-per-connection': 'ZEORAFT_MAX_TXNS_PER_CONNECTION',
   'max-subscribers-per-connection': 'ZEORAFT_MAX_SUBSCRIBERS_PER_CONNECTION',
+  'max-txn-memory-bytes': 'ZEORAFT_MAX_TXN_MEMORY_BYTES',
+  'max-prepared-txns': 'ZEORAFT_MAX_PREPARED_TXNS',
+  'max-zeo-connections': 'ZEORAFT_MAX_ZEO_CONNECTIONS',
+  'idle-timeout-ms': 'ZEORAFT_IDLE_TIMEOUT_MS',
 } as const;
 export type SecuritySettingName = keyof typeof SECURITY_SETTINGS;
 
@@ -45,6 +49,10 @@ const LIMIT_SETTINGS: Partial<Record<SecuritySettingName, keyof LimitsConfig>> =
   'max-pending-proposals': 'maxPendingProposals',
   'max-txns-per-connection': 'maxTxnsPerConnection',
   'max-subscribers-per-connection': 'maxSubscribersPerConnection',
+  'max-txn-memory-bytes': 'maxTxnMemoryBytes',
+  'max-prepared-txns': 'maxPreparedTxns',
+  'max-zeo-connections': 'maxZeoConnections',
+  'idle-timeout-ms': 'idleTimeoutMs',
 };
 
 const list = (s: string): string[] =>

@@ -48,6 +48,8 @@ export class NodeMetrics {
   readonly grpcDuration: client.Histogram;
   readonly authFailures: client.Counter;
   readonly deniedConnections: client.Counter;
+  readonly limitsExceeded: client.Counter;
+  readonly connections: client.Gauge;
 
   constructor(labels: Record<string, string> = {}) {
     const r = [this.registry];
@@ -141,6 +143,24 @@ export class NodeMetrics {
       'Connections or requests refused by an address allow-list.',
       ['listener'],
     );
+    this.limitsExceeded = c(
+      'limit_exceeded_total',
+      'Requests, streams or connections refused or cut off by a configured limit.',
+      ['limit'],
+    );
+    this.connections = g('connections', 'Open connections by listener.', ['listener']);
+    const txnMemory: client.Gauge = new client.Gauge({
+      name: 'zeoraft_txn_memory_bytes',
+      help: 'Bytes of transactions being staged or applied, charged against max_txn_memory_bytes.',
+      registers: r,
+      collect: () => txnMemory.set(this.txnMemoryBytes()),
+    });
+  }
+
+  /** Where the transaction memory gauge reads its value at scrape time. */
+  private txnMemoryBytes: () => number = () => 0;
+  countTxnMemory(bytes: () => number): void {
+    this.txnMemoryBytes = bytes;
   }
 
   /** Where the subscribers gauge reads its value at scrape time. */

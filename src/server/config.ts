@@ -71,6 +71,14 @@ export interface LimitsConfig {
   maxTxnsPerConnection: number;
   /** Subscribe streams open at once per client connection. */
   maxSubscribersPerConnection: number;
+  /** Node-wide bytes of transactions being staged (ZEO) or applied (Commit, Vote) at once. */
+  maxTxnMemoryBytes: number;
+  /** Voted transactions waiting for finish or abort, across all clients (every node holds them). */
+  maxPreparedTxns: number;
+  /** Open connections on the ZEO listener; more are closed at once. */
+  maxZeoConnections: number;
+  /** A ZEO connection with no traffic either way is closed after this. */
+  idleTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: LimitsConfig = {
@@ -82,6 +90,10 @@ export const DEFAULT_LIMITS: LimitsConfig = {
   maxPendingProposals: 10_000,
   maxTxnsPerConnection: 1_000,
   maxSubscribersPerConnection: 1_000,
+  maxTxnMemoryBytes: 128 << 20,
+  maxPreparedTxns: 1_000,
+  maxZeoConnections: 1_000,
+  idleTimeoutMs: 300_000,
 };
 
 export function defaultConfig(overrides: Partial<NodeConfig> = {}): NodeConfig {

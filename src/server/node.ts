@@ -60,8 +60,8 @@ export class StorageNode {
     readonly clock: Clock,
   ) {
     this.metrics = new NodeMetrics({ node: config.nodeId });
-    this.limits = new Limits(config.limits);
     this.log = createLogger(config.logLevel, { node: config.nodeId });
+    this.limits = new Limits(config.limits, this.metrics, this.log);
     this.security = new Security(config.security ?? {}, this.metrics, this.log, {
       ...config.limits,
       txnTimeoutMs: config.txnTimeoutMs,

@@ -898,6 +898,38 @@ export class ObjectStore {
     return { data, serial: Buffer.from(c.serial) };
   }
 
+  /**
+   * Existing objects of a storage in OID order from `from` on (inclusive): at most `n`, reading at
+   * most `scanMaxRecords` current records (a deleted object keeps one until a pack). The read seeks
+   * to `from`, so gaps in the OID space cost nothing. `exhausted` is true when the scan stopped at
+   * its bound before finding `n` (more objects may follow `resumeAt`); it stops early, with what it
+   * has, once `stop()` returns true.
+   */
+  async currentObjects(
+    st: string,
+    from: Buffer,
+    n: number,
+    scanMaxRecords: number,
+    stop: () => boolean = () => false,
+  ): Promise<{ oids: Buffer[]; exhausted: boolean; resumeAt?: Buffer }> {
+    const cp = K.currentPrefix(st);
+    const oids: Buffer[] = [];
+    let scanned = 0;
+    let last: Buffer | undefined;
+    for await (const [key, value] of this.db.iterator({
+      gte: K.currentKey(st, from),
+      lt: K.prefixEnd(cp),
+      limit: scanMaxRecords,
+    })) {
+      scanned++;
+      last = Buffer.from(key.subarray(cp.length));
+      if (!parseCurrent(value).deleted) oids.push(last);
+      if (oids.length >= n || stop()) return { oids, exhausted: false };
+    }
+    const exhausted = scanned >= scanMaxRecords;
+    return { oids, exhausted, resumeAt: exhausted && last ? idNext(last) : undefined };
+  }
+
   /** The revision with start < before <= end; `found: false` when the object has none before `before`. */
   async loadBefore(st: string, oid: Buffer, before: Buffer): Promise<LoadBeforeResult> {
     const cur = await this.db.get(K.currentKey(st, oid));

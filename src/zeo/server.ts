@@ -13,6 +13,7 @@
  */
 import * as net from 'node:net';
 import { RpcError } from '../server/errors';
+import type { Reservation } from '../server/limits';
 import type { StorageNode } from '../server/node';
 import { StorageError } from '../storage/errors';
 import { ZeoDisconnect, ZeoException, storageError } from './errors';
@@ -36,8 +37,17 @@ const INFLIGHT_MAX = 1_000;
 const SEND_BUFFER_MAX_BYTES = 64 << 20;
 /** A client must answer the greeting within this time. */
 const HANDSHAKE_TIMEOUT_MS = 30_000;
-/** The greeting and "ruok" are short: a longer first message is not a ZEO client. */
+/**
+ * The greeting and "ruok" are short: a longer first message is not a ZEO client. It is refused
+ * from its length header, so a connection that has not said who it is buffers at most this much.
+ */
 const HANDSHAKE_MAX_BYTES = 64;
+/**
+ * A message longer than this is charged against the node's transaction memory budget while it
+ * arrives (from its length header on), so many connections sending large messages at once are
+ * refused instead of growing the node's memory.
+ */
+const FRAME_CHARGED_MIN_BYTES = 1 << 20;
 
 export interface ZeoServer {
   readonly port: number;
@@ -50,6 +60,8 @@ class ZeoConnection {
   private readonly session: ZeoSession;
   private inflight = 0;
   private readonly handshakeTimer: NodeJS.Timeout;
+  /** The budget share of the large message being received, if any. */
+  private frameMemory: Reservation | undefined;
   readonly label: string;
 
   constructor(
@@ -59,12 +71,23 @@ class ZeoConnection {
     private readonly onClosed: (c: ZeoConnection) => void,
   ) {
     this.label = `${socket.remoteAddress}:${socket.remotePort}`;
-    this.decoder = new FrameDecoder(node.config.limits.maxMessageBytes);
+    this.decoder = new FrameDecoder(node.config.limits.maxMessageBytes, HANDSHAKE_MAX_BYTES);
     this.session = new ZeoSession(node, this, statsFor);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', () => this.close('socket error'));
     socket.on('close', () => this.close('closed by peer'));
+    // No traffic either way (ZEO clients send a heartbeat every 60 s) for this long: close.
+    socket.setTimeout(node.config.limits.idleTimeoutMs, () => {
+      node.limits.exceeded(
+        'idle_timeout_ms',
+        `ZEO connection idle for ${node.config.limits.idleTimeoutMs} ms`,
+        {
+          client: this.label,
+        },
+      );
+      this.close('idle');
+    });
     this.handshakeTimer = setTimeout(() => this.close('no handshake'), HANDSHAKE_TIMEOUT_MS);
     this.write(Buffer.from(PROTOCOL_M5, 'latin1'));
   }
@@ -84,6 +107,7 @@ class ZeoConnection {
     if (this.state === 'closed') return;
     this.state = 'closed';
     clearTimeout(this.handshakeTimer);
+    this.frameMemory?.release();
     this.node.log.debug({ client: this.label, why }, 'zeo: connection closed');
     this.session.close();
     this.socket.end();
@@ -98,6 +122,19 @@ class ZeoConnection {
     } catch (e) {
       this.node.log.warn({ client: this.label, error: String(e) }, 'zeo: bad frame');
       return this.close('bad frame');
+    }
+    // Charge a large message being received (its length is known from its header) to the budget.
+    const pending = this.decoder.pendingFrameBytes;
+    if (pending !== (this.frameMemory?.bytes ?? 0)) {
+      this.frameMemory?.release();
+      this.frameMemory = undefined;
+      if (pending >= FRAME_CHARGED_MIN_BYTES) {
+        try {
+          this.frameMemory = this.node.limits.reserveTxnMemory(pending, 'a large ZEO message');
+        } catch (e) {
+          return this.close(e instanceof Error ? e.message : String(e));
+        }
+      }
     }
     for (const m of messages) {
       if (this.state === 'closed') return;
@@ -203,9 +240,26 @@ export async function startZeoServer(node: StorageNode, listen: string): Promise
     return s;
   };
   const connections = new Set<ZeoConnection>();
+  const maxConnections = node.config.limits.maxZeoConnections;
   const server = net.createServer((socket) => {
     if (!node.security.admitSocket('zeo', socket)) return;
-    connections.add(new ZeoConnection(node, socket, statsFor, (c) => connections.delete(c)));
+    if (connections.size >= maxConnections) {
+      node.limits.exceeded(
+        'max_zeo_connections',
+        `${connections.size} ZEO connections open (ZEORAFT_MAX_ZEO_CONNECTIONS)`,
+        { client: `${socket.remoteAddress}:${socket.remotePort}` },
+      );
+      socket.destroy();
+      return;
+    }
+    const gauge = (): void => node.metrics.connections.set({ listener: 'zeo' }, connections.size);
+    connections.add(
+      new ZeoConnection(node, socket, statsFor, (c) => {
+        connections.delete(c);
+        gauge();
+      }),
+    );
+    gauge();
   });
   const i = listen.lastIndexOf(':');
   const host = listen.slice(0, i);

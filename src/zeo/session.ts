@@ -13,6 +13,7 @@ import type { ApplyResult, CommitEvent, TransactionInfo } from '../storage/objec
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import { StorageError } from '../storage/errors';
 import type { StorageNode } from '../server/node';
+import { Limits, type Reservation } from '../server/limits';
 import { Z64, hex, idCompare, idNext, p64, tidFromTime, tidToTime, u64 } from '../util/ids';
 import {
   arity,
@@ -45,6 +46,8 @@ import { decodeValue, encodeValue } from './marshal';
 const NEW_OIDS_MAX = 100;
 const HISTORY_MAX = 1000;
 const UNDO_LOG_MAX = 1000;
+/** Current records (deleted objects included) one record_iternext call reads at most. */
+const RECORD_ITERNEXT_SCAN_MAX_RECORDS = 100_000;
 /** Open transaction/record iterators per connection. */
 const ITERATORS_MAX = 100;
 /** getInvalidations scans at most this many transactions; a client further behind drops its cache. */
@@ -97,7 +100,10 @@ interface PendingTxn {
   stores: Map<string, StoreOp>;
   checks: Map<string, CheckOp>;
   undos: Buffer[];
+  /** Bytes staged: data, ids and metadata (max_txn_bytes, checked at each call that stages). */
   dataBytes: number;
+  /** This transaction's share of the node's transaction memory budget. */
+  memory?: Reservation;
   /** An error from a one-way call, reported at vote (one-way calls cannot answer). */
   error?: ZeoException;
   voted: boolean;
@@ -332,7 +338,7 @@ export class ZeoSession {
       this.stage(a[3], (t) => {
         const oid = idArg(a[0], 'oid');
         const data = bytesArg(a[2], 'data');
-        t.dataBytes += data.length;
+        this.charge(t, t.stores.get(hex(oid)), 16 + data.length);
         t.stores.set(hex(oid), { oid, serial: idArg(a[1], 'serial'), data });
         this.stats.stores++;
       });
@@ -341,6 +347,7 @@ export class ZeoSession {
       arity(a, 'deleteObject', 3);
       this.stage(a[2], (t) => {
         const oid = idArg(a[0], 'oid');
+        this.charge(t, t.stores.get(hex(oid)), 16);
         t.stores.set(hex(oid), { oid, serial: idArg(a[1], 'serial'), delete: true });
         this.stats.stores++;
       });
@@ -349,6 +356,7 @@ export class ZeoSession {
       arity(a, 'checkCurrentSerialInTransaction', 3);
       this.stage(a[2], (t) => {
         const oid = idArg(a[0], 'oid');
+        this.charge(t, t.checks.get(hex(oid)), 16);
         t.checks.set(hex(oid), { oid, serial: idArg(a[1], 'serial') });
       });
     },
@@ -568,33 +576,50 @@ export class ZeoSession {
     }
   }
 
-  /** IStorageCurrentRecordIteration: (oid, tid, data, next_oid) of the first object at or after `next`. */
+  /**
+   * IStorageCurrentRecordIteration: (oid, tid, data, next_oid) of the first object at or after
+   * `next`. One seek in the store's index of current objects, so gaps in the OID space cost
+   * nothing; the work of one call is bounded by RECORD_ITERNEXT_SCAN_MAX_RECORDS (runs of deleted
+   * objects) and stops when the client leaves.
+   */
   private async recordIternext(
     next: Buffer | undefined,
   ): Promise<[Buffer, Buffer, Buffer, Buffer | null]> {
     const st = this.st;
-    const end = u64(this.node.store.storageSummary(st).nextOid);
-    // OIDs are handed out densely by new_oids, so a scan up to the allocation counter is short.
-    for (let o = next ? u64(next) : 0n; o < end; o++) {
-      const oid = p64(o);
+    // Each pass is one bounded scan; another pass only when an object is deleted under us.
+    for (let pass = 0; pass < 10; pass++) {
+      const from = next ?? Z64;
+      const r = await this.node.store.currentObjects(
+        st,
+        from,
+        2,
+        RECORD_ITERNEXT_SCAN_MAX_RECORDS,
+        () => this.closed,
+      );
+      if (this.closed) throw new ZeoDisconnect('client left during record_iternext');
+      if (r.oids.length === 0) {
+        if (r.exhausted)
+          throw storageError(
+            `no object at or after ${hex(from)} among the next ${RECORD_ITERNEXT_SCAN_MAX_RECORDS} records (deleted objects); pack the storage or resume from ${hex(r.resumeAt ?? from)}`,
+          );
+        throw posKeyError(from);
+      }
+      const oid = r.oids[0];
       try {
-        const r = await this.node.store.load(st, oid);
-        let after: Buffer | null = null;
-        for (let m = o + 1n; m < end; m++) {
-          try {
-            await this.node.store.load(st, p64(m));
-            after = p64(m);
-            break;
-          } catch (e) {
-            if (!(e instanceof StorageError && e.kind === 'NOT_FOUND')) throw e;
-          }
-        }
-        return [oid, r.serial, r.data, after];
+        const cur = await this.node.store.load(st, oid);
+        return [
+          oid,
+          cur.serial,
+          cur.data,
+          r.oids[1] ?? (r.exhausted ? (r.resumeAt ?? null) : null),
+        ];
       } catch (e) {
+        // Deleted between the scan and the load: look again from the next OID.
         if (!(e instanceof StorageError && e.kind === 'NOT_FOUND')) throw e;
+        next = idNext(oid);
       }
     }
-    throw posKeyError(next ?? Z64);
+    throw storageError('objects kept being deleted during record_iternext; try again');
   }
 
   private async undoLog(
@@ -723,7 +748,7 @@ export class ZeoSession {
       stores: new Map(),
       checks: new Map(),
       undos: [],
-      dataBytes: 0,
+      dataBytes: Buffer.byteLength(user) + Buffer.byteLength(description) + extension.length,
       voted: false,
       finishing: false,
     };
@@ -745,6 +770,28 @@ export class ZeoSession {
     }
   }
 
+  /**
+   * Count an object of `bytes` (replacing `prev`, if any) against the transaction limits and the
+   * node's memory budget before it is kept: a transaction past a limit stages nothing more and
+   * fails at vote, so a client cannot grow the node's memory until it votes.
+   */
+  private charge(t: PendingTxn, prev: StoreOp | CheckOp | undefined, bytes: number): void {
+    const prevBytes = prev ? 16 + (('data' in prev && prev.data?.length) || 0) : 0;
+    const objects = t.stores.size + t.checks.size + (prev ? 0 : 1);
+    const total = t.dataBytes - prevBytes + bytes;
+    try {
+      this.node.limits.checkTransaction(objects, total);
+      const more = Limits.txnCharge(objects, total) - (t.memory?.bytes ?? 0);
+      if (more > 0) {
+        if (t.memory) t.memory.add(more, 'a ZEO transaction');
+        else t.memory = this.node.limits.reserveTxnMemory(more, 'a ZEO transaction');
+      }
+    } catch (e) {
+      throw storageError(e instanceof Error ? e.message : String(e));
+    }
+    t.dataBytes = total;
+  }
+
   private undoId(v: unknown): Buffer {
     const b = bytesArg(v, 'transaction_id');
     if (b.length === 8) return b;
@@ -755,6 +802,7 @@ export class ZeoSession {
 
   private clearTxn(): void {
     if (this.txn && this.storage) this.stats.active_txns--;
+    this.txn?.memory?.release();
     this.txn = undefined;
   }
 
@@ -817,6 +865,7 @@ export class ZeoSession {
       }
       const checks = [...t.checks.entries()].filter(([k]) => !stores.has(k)).map(([, c]) => c);
       this.node.limits.checkTransaction(stores.size + checks.length, t.dataBytes);
+      this.node.limits.checkPrepared(this.node.store.preparedTransactions().length);
       // Conflicts visible in the applied state are all answered at once; the prepare below
       // remains the authority (this node may be behind, so only a newer serial counts here).
       const conflicts: Record<string, unknown>[] = [];

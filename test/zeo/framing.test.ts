@@ -25,6 +25,22 @@ describe('ZEO framing and marshalling', () => {
     assert.throws(() => d.push(Buffer.from([0, 0, 0, 11])), FrameError);
   });
 
+  it('holds the first message (the handshake) to its own, smaller limit', () => {
+    const d = new FrameDecoder(1024, 8);
+    assert.deepEqual(
+      d
+        .push(Buffer.concat([frame(Buffer.from('M5')), frame(Buffer.alloc(100))]))
+        .map((m) => m.length),
+      [2, 100],
+    );
+    const e = new FrameDecoder(1024, 8);
+    assert.throws(() => e.push(Buffer.from([0, 0, 0, 9])), FrameError);
+    assert.equal(new FrameDecoder(1024, 8).pendingFrameBytes, 0);
+    const f = new FrameDecoder(1024);
+    f.push(Buffer.from([0, 0, 2, 0, 1]));
+    assert.equal(f.pendingFrameBytes, 512, 'the length is known before the body arrives');
+  });
+
   it('round-trips [msgid, flag, method, args] and rejects other shapes', () => {
     const m = decodeMessage(
       encodeMessage([Buffer.alloc(8), Buffer.alloc(8, 1)], 0, 'loadBefore', [1, null]),

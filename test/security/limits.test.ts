@@ -1,0 +1,229 @@
+/**
+ * Every resource a client can make a node hold is bounded: each limit is hit by a real client
+ * against a real node process, which refuses the offender with a clear error, keeps serving every
+ * other client, loses nothing, and (for the memory limits) keeps its resident memory within a
+ * generous bound where the same attack used to add hundreds of MiB.
+ */
+import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { Z64, hex, p64 } from '../../src/util/ids';
+import { NodeProcess, eventually, freePort, rmDir, sleep, tmpDir } from '../harness';
+import { Disconnected, ServerError, ZeoClient } from '../zeo/zeo-client';
+import { httpGet } from './helpers';
+
+const MiB = 1 << 20;
+const b = (s: string): Buffer => Buffer.from(s);
+const buf = (u: Uint8Array): Buffer => Buffer.from(u);
+
+/** Resident memory of a process, in bytes (Linux). */
+function rssBytes(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  assert.ok(m, 'VmRSS in /proc/<pid>/status');
+  return Number(m[1]) * 1024;
+}
+
+/** The value of one sample of the node's /metrics (0 when absent). */
+async function metric(httpPort: number, name: string, labels = ''): Promise<number> {
+  const { body } = await httpGet(httpPort, '/metrics');
+  const line = body
+    .split('\n')
+    .find((l) => l.startsWith(`${name}{`) && l.includes(labels) && !l.startsWith('#'));
+  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+}
+
+interface Node {
+  proc: NodeProcess;
+  client: number;
+  http: number;
+  zeo: number;
+  dir: string;
+}
+
+async function startNode(env: Record<string, string>): Promise<Node> {
+  const n = {
+    client: await freePort(),
+    http: await freePort(),
+    zeo: await freePort(),
+    dir: tmpDir('limits'),
+  };
+  const proc = await NodeProcess.start({
+    ZEORAFT_NODE_ID: 'n1',
+    ZEORAFT_DATA_DIR: n.dir,
+    ZEORAFT_LISTEN: `127.0.0.1:${n.client}`,
+    ZEORAFT_HTTP_LISTEN: `127.0.0.1:${n.http}`,
+    ZEORAFT_ZEO_LISTEN: `127.0.0.1:${n.zeo}`,
+    ZEORAFT_FSYNC: 'false',
+    ...env,
+  });
+  return { ...n, proc };
+}
+
+async function stopNode(n: Node | undefined): Promise<void> {
+  if (!n) return;
+  await n.proc.kill('SIGKILL');
+  rmDir(n.dir);
+}
+
+/** Write to a raw socket until the server closes it (or all is written); never throws. */
+function flood(port: number, chunks: Buffer[]): Promise<void> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    s.on('error', () => undefined);
+    s.once('close', () => resolve());
+    s.once('connect', async () => {
+      for (const c of chunks) {
+        if (s.destroyed) break;
+        if (!s.write(c)) await new Promise((r) => s.once('drain', r).once('close', r));
+      }
+      s.end();
+    });
+  });
+}
+
+describe('resource limits of the ZEO listener', function () {
+  this.timeout(60_000);
+  let node: Node;
+  const clients: ZeoClient[] = [];
+  let handle = 1;
+
+  before(async () => {
+    node = await startNode({
+      ZEORAFT_MAX_TXN_BYTES: String(4 * MiB),
+      ZEORAFT_MAX_ZEO_CONNECTIONS: '20',
+      ZEORAFT_IDLE_TIMEOUT_MS: '1500',
+    });
+  });
+  after(async () => {
+    for (const c of clients) c.close();
+    await stopNode(node);
+  });
+
+  async function connect(): Promise<ZeoClient> {
+    const c = await ZeoClient.connect(node.zeo);
+    clients.push(c);
+    await c.call('register', '1', false);
+    return c;
+  }
+
+  /** A client that keeps working while the limits are hit: a commit and a load. */
+  async function stillServes(): Promise<void> {
+    const c = await connect();
+    const [oid] = (await c.call('new_oids', 1)).map(buf);
+    const id = handle++;
+    c.oneWay('tpc_begin', id, b(''), b(''), {}, null, ' ');
+    c.oneWay('storea', oid, Z64, b('fine'), id);
+    assert.deepEqual(await c.call('vote', id), []);
+    const tid = buf(await c.call('tpc_finish', id));
+    const r = await c.call('loadBefore', oid, p64(BigInt(`0x${hex(tid)}`) + 1n));
+    assert.deepEqual(buf(r[0]), b('fine'));
+    c.close();
+  }
+
+  it('refuses a large first message from its length header, before buffering it', async () => {
+    const before = rssBytes(node.proc.pid);
+    // 12 connections each announce a 64 MiB handshake and send 16 MiB of it.
+    const header = Buffer.alloc(4);
+    header.writeUInt32BE(64 * MiB);
+    const body = Buffer.alloc(MiB, 1);
+    await Promise.all(
+      Array.from({ length: 12 }, () => flood(node.zeo, [header, ...Array(16).fill(body)])),
+    );
+    const growth = rssBytes(node.proc.pid) - before;
+    assert.ok(growth < 40 * MiB, `RSS grew by ${(growth / MiB).toFixed(1)} MiB`);
+    await stillServes();
+  });
+
+  it('enforces max_txn_bytes at each storea, so staged data stays bounded until vote', async () => {
+    const c = await connect();
+    const oids = (await c.call('new_oids', 100)).map(buf);
+    const before = rssBytes(node.proc.pid);
+    const id = handle++;
+    c.oneWay('tpc_begin', id, b(''), b(''), {}, null, ' ');
+    // 256 MiB offered in 1 MiB stores against a 4 MiB transaction limit (before the limit was
+    // enforced at each storea, all of it stayed in memory until vote).
+    const data = Buffer.alloc(MiB, 7);
+    for (let i = 0; i < 256; i++) {
+      c.oneWay('storea', oids[i % 100], Z64, data, id);
+      if (i % 16 === 15) assert.equal(await c.call('ping'), null); // paced by the server
+    }
+    const growth = rssBytes(node.proc.pid) - before;
+    const e = await c.call('vote', id).catch((x: unknown) => x);
+    assert.ok(e instanceof ServerError, `vote refused, got ${String(e)}`);
+    assert.match(e.message, /max_txn_bytes/);
+    // What remains is garbage not yet collected, not staged data.
+    assert.ok(growth < 96 * MiB, `RSS grew by ${(growth / MiB).toFixed(1)} MiB`);
+    // The same connection goes on: abort, then a transaction within the limit commits.
+    assert.equal(await c.call('tpc_abort', id), null);
+    const id2 = handle++;
+    c.oneWay('tpc_begin', id2, b(''), b(''), {}, null, ' ');
+    c.oneWay('storea', oids[0], Z64, b('small'), id2);
+    assert.deepEqual(await c.call('vote', id2), []);
+    assert.equal(buf(await c.call('tpc_finish', id2)).length, 8);
+    assert.ok((await metric(node.http, 'zeoraft_limit_exceeded_total', 'max_txn_bytes')) >= 1);
+  });
+
+  it('counts metadata in the transaction bytes', async () => {
+    const c = await connect();
+    const [oid] = (await c.call('new_oids', 1)).map(buf);
+    const id = handle++;
+    // The extension dict alone is over the 4 MiB transaction limit.
+    c.oneWay('tpc_begin', id, b(''), b(''), { blob: Buffer.alloc(5 * MiB, 1) }, null, ' ');
+    c.oneWay('storea', oid, Z64, b('x'), id);
+    const e = await c.call('vote', id).catch((x: unknown) => x);
+    assert.ok(e instanceof ServerError);
+    assert.match(e.message, /max_txn_bytes/);
+  });
+
+  it('caps open connections and closes idle ones', async () => {
+    const open: ZeoClient[] = [];
+    // Connections of the other tests may still be closing: fill up to the cap of 20.
+    await eventually(
+      async () => {
+        const c = await ZeoClient.connect(node.zeo).catch(() => undefined);
+        if (!c) return true;
+        clients.push(c);
+        await c.call('register', '1', false).catch(() => undefined);
+        if (c.closed) return true;
+        open.push(c);
+        return false;
+      },
+      20_000,
+      'a connection refused at the cap',
+    );
+    assert.ok(open.length <= 20, `${open.length} connections accepted`);
+    assert.ok(
+      (await metric(node.http, 'zeoraft_limit_exceeded_total', 'max_zeo_connections')) >= 1,
+    );
+    // Idle connections are closed (1.5 s without traffic), which frees room for new clients.
+    await Promise.all(open.map((c) => c.closedPromise));
+    assert.ok((await metric(node.http, 'zeoraft_limit_exceeded_total', 'idle_timeout_ms')) >= 1);
+    await stillServes();
+  });
+
+  it('record_iternext seeks over gaps in the OID space instead of probing every OID', async () => {
+    const c = await connect();
+    const [low] = (await c.call('new_oids', 1)).map(buf);
+    const far = p64(1n << 40n);
+    const id = handle++;
+    c.oneWay('tpc_begin', id, b(''), b(''), {}, null, ' ');
+    c.oneWay('storea', low, Z64, b('low'), id);
+    c.oneWay('storea', far, Z64, b('far'), id);
+    assert.deepEqual(await c.call('vote', id), []);
+    await c.call('tpc_finish', id);
+    // 2^40 OIDs between the two: one seek finds the far object.
+    const at = await c.call('record_iternext', p64(BigInt(`0x${hex(low)}`) + 1n));
+    assert.deepEqual([buf(at[0]), buf(at[2]), at[3]], [far, b('far'), null]);
+    const e = await c.call('record_iternext', p64((1n << 40n) + 1n)).catch((x: unknown) => x);
+    assert.ok(e instanceof ServerError);
+    assert.equal(e.pyClass, 'ZODB.POSException.POSKeyError');
+    // A client that leaves in the middle of a call leaves nothing running.
+    const d = await connect();
+    void d
+      .call('record_iternext', p64(2n))
+      .catch((x: unknown) => assert.ok(x instanceof Disconnected));
+    d.close();
+    await sleep(100);
+    await stillServes();
+  });
+});
