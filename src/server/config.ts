@@ -71,6 +71,8 @@ export interface LimitsConfig {
   maxTxnsPerConnection: number;
   /** Subscribe streams open at once per client connection. */
   maxSubscribersPerConnection: number;
+  /** Encoded bytes queued for one slow subscriber before it is cut off (it resumes from its last TID). */
+  subscriberBufferBytes: number;
   /** Node-wide bytes of transactions being staged (ZEO) or applied (Commit, Vote) at once. */
   maxTxnMemoryBytes: number;
   /** Voted transactions waiting for finish or abort, across all clients (every node holds them). */
@@ -90,6 +92,7 @@ export const DEFAULT_LIMITS: LimitsConfig = {
   maxPendingProposals: 10_000,
   maxTxnsPerConnection: 1_000,
   maxSubscribersPerConnection: 1_000,
+  subscriberBufferBytes: 16 << 20,
   maxTxnMemoryBytes: 128 << 20,
   maxPreparedTxns: 1_000,
   maxZeoConnections: 1_000,

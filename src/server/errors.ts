@@ -43,9 +43,11 @@ export function definitelyNotAppended(e: unknown): boolean {
 export const readOnly = (message: string): RpcError =>
   new RpcError(grpc.status.PERMISSION_DENIED, message, { kind: 'READ_ONLY' });
 
-export const limit = (name: string, message: string): RpcError =>
+/** A limit was hit; `transient` when the same request may succeed later (a node-wide budget). */
+export const limit = (name: string, message: string, transient = false): RpcError =>
   new RpcError(grpc.status.RESOURCE_EXHAUSTED, `limit ${name} exceeded: ${message}`, {
     kind: 'LIMIT',
+    ...(transient ? { transient } : {}),
   });
 
 const STORAGE_CODES: Record<StorageErrorKind, [grpc.status, ErrorKind]> = {

@@ -3,15 +3,18 @@
  * zeoraft_limit_exceeded_total{limit} and a warning in the log (rate-limited per limit).
  */
 import type { NodeMetrics } from '../metrics/metrics';
+import type { Command } from '../storage/codec';
 import type { Logger } from '../util/log';
 import type { LimitsConfig } from './config';
 import { RpcError, limit } from './errors';
 
 /**
  * What one object of a transaction costs a node beyond its data while it is staged, replicated and
- * applied (request objects, the log entry, the write batch), for the node-wide memory budget.
+ * applied (request objects, the log entry, the write batch, index updates), for the node-wide
+ * memory budget. Measured: a 100000-object Commit of 100-byte objects raised a node's RSS by
+ * about 300 MiB, so 2 KiB per object is a floor, not an overestimate.
  */
-export const TXN_OBJECT_OVERHEAD_BYTES = 256;
+export const TXN_OBJECT_OVERHEAD_BYTES = 2048;
 /** At most one warning per limit in this window (the metric counts every refusal). */
 const LOG_WINDOW_MS = 5_000;
 
@@ -62,7 +65,12 @@ export class Limits {
   }
 
   /** Count and log a limit being hit; returns the error to give the client. */
-  exceeded(name: string, message: string, fields: Record<string, unknown> = {}): RpcError {
+  exceeded(
+    name: string,
+    message: string,
+    fields: Record<string, unknown> = {},
+    transient = false,
+  ): RpcError {
     this.metrics?.limitsExceeded.inc({ limit: name });
     const now = Date.now();
     const prev = this.logged.get(name);
@@ -74,7 +82,7 @@ export class Limits {
         `limit ${name} exceeded: ${message}`,
       );
     }
-    return limit(name, message);
+    return limit(name, message, transient);
   }
 
   checkTransaction(objects: number, bytes: number): void {
@@ -106,6 +114,8 @@ export class Limits {
       throw this.exceeded(
         'max_prepared_txns',
         `${prepared} voted transactions are already waiting for finish or abort (ZEORAFT_MAX_PREPARED_TXNS)`,
+        {},
+        true,
       );
   }
 
@@ -128,6 +138,8 @@ export class Limits {
         throw this.exceeded(
           'max_txn_memory_bytes',
           `${w} needs ${n} more bytes; transactions being staged or applied on this node already hold ${this.txnMemoryBytes} of ${max} (ZEORAFT_MAX_TXN_MEMORY_BYTES); retry later`,
+          {},
+          true,
         );
       this.txnMemoryBytes += n;
       held += n;
@@ -147,6 +159,17 @@ export class Limits {
         this.txnMemoryBytes -= held;
       },
     };
+  }
+
+  /**
+   * Reserve the budget share of a command carrying a transaction (Commit, Vote) while it is
+   * replicated and applied; undefined for commands without one.
+   */
+  reserveCommand(cmd: Command, what: string): Reservation | undefined {
+    const txn = 'commit' in cmd ? cmd.commit.txn : 'prepare' in cmd ? cmd.prepare.txn : undefined;
+    if (!txn) return undefined;
+    const objects = (txn.stores?.length ?? 0) + (txn.checks?.length ?? 0);
+    return this.reserveTxnMemory(Limits.txnCharge(objects, txnBytes(txn)), what);
   }
 
   /** Bytes currently reserved (tests and metrics). */

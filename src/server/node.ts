@@ -72,7 +72,12 @@ export class StorageNode {
         historyMaxTransactions: config.historyMaxTransactions,
         historyMaxAgeMs: config.historyMaxAgeMs,
         bufferMaxEvents: config.limits.subscriberBufferEvents,
+        bufferMaxBytes: config.limits.subscriberBufferBytes,
         nowMs: () => clock.nowMs(),
+        onLimit: (name, lastSent) =>
+          this.limits.exceeded(name, 'a subscriber fell too far behind and was cut off', {
+            resumeFrom: hex(lastSent),
+          }),
       },
       (n) => this.metrics.invalidationsSent.inc(n),
     );

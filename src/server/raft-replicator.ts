@@ -221,7 +221,12 @@ export class RaftReplicator implements Replicator {
     cmd: Command,
     deadlineMs: number,
   ): Promise<{ index: number; result: ApplyResult }> {
-    return rpc(this.host.proposeLocal(cmd, deadlineMs));
+    const memory = this.node.limits.reserveCommand(cmd, 'a forwarded transaction');
+    try {
+      return await rpc(this.host.proposeLocal(cmd, deadlineMs));
+    } finally {
+      memory?.release();
+    }
   }
 
   async linearizableRead(deadlineMs: number): Promise<void> {

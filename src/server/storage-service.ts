@@ -11,6 +11,7 @@ import type { ApplyResult } from '../storage/object-store';
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import { Z64, idCompare, tidFromTime, tidToTime } from '../util/ids';
 import { RpcError, fromStorageError, invalid, readOnly, toServiceError } from './errors';
+import { txnBytes } from './limits';
 import type { StorageNode } from './node';
 import { count, optionalId, requireId, serialOrZ64, text, txnId } from './validate';
 
@@ -122,11 +123,7 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       oid: requireId(c.oid, `transaction.checks[${i}].oid`),
       serial: serialOrZ64(c.serial, `transaction.checks[${i}].serial`),
     }));
-    node.limits.checkTransaction(
-      stores.length + checks.length,
-      stores.reduce((n, s) => n + (s.data?.length ?? 0), 0),
-    );
-    return {
+    const txn: Txn = {
       storage: st,
       user: text(t.user, 'transaction.user'),
       description: text(t.description, 'transaction.description'),
@@ -134,6 +131,18 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       stores,
       checks,
     };
+    node.limits.checkTransaction(stores.length + checks.length, txnBytes(txn));
+    return txn;
+  }
+
+  /** Admit a transaction-carrying command against the node's memory budget while it is applied. */
+  async function withTxnMemory<T>(cmd: Command, what: string, fn: () => Promise<T>): Promise<T> {
+    const r = node.limits.reserveCommand(cmd, what);
+    try {
+      return await fn();
+    } finally {
+      r?.release();
+    }
   }
 
   async function info(st: string): Promise<StorageInfo> {
@@ -232,7 +241,8 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
     Commit: unary('Commit', async (call) => {
       const txn = txnFrom(call.request.transaction);
       const started = Date.now();
-      const r = unwrap(await commitWithLockWait(call, { commit: { tid: Z64, txn } }));
+      const cmd: Command = { commit: { tid: Z64, txn } };
+      const r = unwrap(await withTxnMemory(cmd, 'Commit', () => commitWithLockWait(call, cmd)));
       node.metrics.observeCommit(Date.now() - started);
       return { tid: r.tid };
     }),
@@ -240,8 +250,13 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
     Vote: unary('Vote', async (call) => {
       const id = txnId(call.request.transactionId);
       const txn = txnFrom(call.request.transaction);
+      const prepared = node.store.preparedTransactions();
+      // A retried Vote of a transaction already voted is not one more.
+      if (!prepared.some((p) => p.txnId === id && p.storage === txn.storage))
+        node.limits.checkPrepared(prepared.length);
       const deadlineMs = Date.now() + node.config.txnTimeoutMs;
-      unwrap(await commitWithLockWait(call, { prepare: { txnId: id, txn, deadlineMs } }));
+      const cmd: Command = { prepare: { txnId: id, txn, deadlineMs } };
+      unwrap(await withTxnMemory(cmd, 'Vote', () => commitWithLockWait(call, cmd)));
       return {};
     }),
 

@@ -24,18 +24,30 @@ export interface SubscriptionOptions {
   historyMaxAgeMs: number;
   /** Events queued for one subscriber before it is cut off with RESOURCE_EXHAUSTED. */
   bufferMaxEvents: number;
+  /** Encoded bytes queued for one subscriber before it is cut off with RESOURCE_EXHAUSTED. */
+  bufferMaxBytes: number;
   nowMs: () => number;
+  /** Told when a subscriber is cut off by a buffer limit (metrics and the log). */
+  onLimit?: (limit: string, lastSentTid: Buffer) => void;
 }
 
 export const DEFAULT_SUBSCRIPTION_OPTIONS: Omit<SubscriptionOptions, 'nowMs'> = {
   historyMaxTransactions: 100_000,
   historyMaxAgeMs: 24 * 3600_000,
   bufferMaxEvents: 10_000,
+  bufferMaxBytes: 16 << 20,
 };
+
+/** What a queued event that is not pre-encoded (progress, reset, leader lost) is counted as. */
+const SMALL_EVENT_BYTES = 64;
 
 const DEFAULT_MAX_DATA_BYTES = 1 << 20;
 const DEFAULT_PROGRESS_MS = 1000;
 const MIN_PROGRESS_MS = 10;
+
+function queuedSize(out: Outgoing): number {
+  return Buffer.isBuffer(out.msg) ? out.msg.length : SMALL_EVENT_BYTES;
+}
 
 type Call = grpc.ServerWritableStream<SubscribeRequest__Output, SubscribeEvent | Buffer>;
 
@@ -100,6 +112,8 @@ export class SubscriptionHub {
 class Subscriber {
   private lastSent: Buffer = Z64;
   private readonly queue: Outgoing[] = [];
+  /** Bytes of the events in `queue` (invariant: the sum of queuedSize over it). */
+  private queuedBytes = 0;
   private pending: CommitEvent[] | undefined = [];
   private wake: (() => void) | undefined;
   private done = false;
@@ -122,19 +136,35 @@ class Subscriber {
     this.progressMs = Math.max(MIN_PROGRESS_MS, req.progressIntervalMs || DEFAULT_PROGRESS_MS);
   }
 
+  /**
+   * Queue an event. A subscriber that falls too far behind (events or bytes queued) is cut off
+   * with RESOURCE_EXHAUSTED, transient, naming the last TID it was sent: the client resumes from
+   * there (a Reset if that is outside the history window), so nothing is missed and a frozen
+   * client cannot make the node hold an unbounded backlog.
+   */
   push(ev: Outgoing | SubscribeEvent): void {
     if (this.done) return;
-    if (this.queue.length >= this.options.bufferMaxEvents) {
+    const out = 'msg' in ev ? ev : { msg: ev };
+    const size = queuedSize(out);
+    const overEvents = this.queue.length >= this.options.bufferMaxEvents;
+    const overBytes =
+      this.queue.length > 0 && this.queuedBytes + size > this.options.bufferMaxBytes;
+    if (overEvents || overBytes) {
+      const [name, max] = overEvents
+        ? ['subscriber_buffer_events', this.options.bufferMaxEvents]
+        : ['subscriber_buffer_bytes', this.options.bufferMaxBytes];
+      this.options.onLimit?.(name, this.lastSent);
       this.fail(
         new RpcError(
           grpc.status.RESOURCE_EXHAUSTED,
-          `limit subscriber_buffer_events (${this.options.bufferMaxEvents}) exceeded: subscriber too slow; resume from TID ${hex(this.lastSent)}`,
+          `limit ${name} (${max}) exceeded: subscriber too slow; resume from TID ${hex(this.lastSent)}`,
           { kind: 'LIMIT', transient: true },
         ),
       );
       return;
     }
-    this.queue.push('msg' in ev ? ev : { msg: ev });
+    this.queue.push(out);
+    this.queuedBytes += size;
     this.wake?.();
   }
 
@@ -206,6 +236,7 @@ class Subscriber {
       let idleSince = this.options.nowMs();
       while (!this.done) {
         const ev = this.queue.shift();
+        if (ev) this.queuedBytes -= queuedSize(ev);
         if (ev) {
           await this.write(ev);
           idleSince = this.options.nowMs();

@@ -7,10 +7,12 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as grpc from '@grpc/grpc-js';
+import { StorageRpc } from '../../src/client/rpc';
 import { Z64, hex, p64 } from '../../src/util/ids';
 import { NodeProcess, eventually, freePort, rmDir, sleep, tmpDir } from '../harness';
 import { Disconnected, ServerError, ZeoClient } from '../zeo/zeo-client';
-import { httpGet } from './helpers';
+import { httpGet, rejectsWith } from './helpers';
 
 const MiB = 1 << 20;
 const b = (s: string): Buffer => Buffer.from(s);
@@ -225,5 +227,202 @@ describe('resource limits of the ZEO listener', function () {
     d.close();
     await sleep(100);
     await stillServes();
+  });
+});
+
+describe('resource limits of the gRPC listener', function () {
+  this.timeout(90_000);
+  let node: Node;
+  const rpcs: StorageRpc[] = [];
+
+  before(async () => {
+    node = await startNode({
+      ZEORAFT_MAX_TXN_BYTES: String(4 * MiB),
+      ZEORAFT_SUBSCRIBER_BUFFER_BYTES: String(4 * MiB),
+      ZEORAFT_MAX_PREPARED_TXNS: '5',
+    });
+  });
+  after(async () => {
+    for (const r of rpcs) r.close();
+    await stopNode(node);
+  });
+
+  /** A client on its own HTTP/2 connection (channels of one process share one otherwise). */
+  function client(): StorageRpc {
+    const r = new StorageRpc(`127.0.0.1:${node.client}`, {
+      timeoutMs: 20_000,
+      channelOptions: { 'grpc.use_local_subchannel_pool': 1 },
+    });
+    rpcs.push(r);
+    return r;
+  }
+
+  async function newOids(rpc: StorageRpc, n: number): Promise<Buffer[]> {
+    const out: Buffer[] = [];
+    while (out.length < n)
+      out.push(
+        ...(await rpc.call('NewOids', { count: Math.min(1000, n - out.length) })).oids.map(buf),
+      );
+    return out;
+  }
+
+  async function commitOne(rpc: StorageRpc, data = b('ok')): Promise<Buffer> {
+    const [oid] = await newOids(rpc, 1);
+    const r = await rpc.call('Commit', { transaction: { stores: [{ oid, data }] } });
+    assert.deepEqual(buf((await rpc.call('Load', { oid })).data), data);
+    return buf(r.tid);
+  }
+
+  it('counts the extension and every metadata field in the transaction bytes', async () => {
+    const rpc = client();
+    const [oid] = await newOids(rpc, 1);
+    await rejectsWith(
+      rpc.call('Commit', {
+        transaction: { stores: [{ oid, data: b('x') }], extension: Buffer.alloc(5 * MiB, 1) },
+      }),
+      grpc.status.RESOURCE_EXHAUSTED,
+      /max_txn_bytes/,
+    );
+    await rejectsWith(
+      rpc.call('Vote', {
+        transactionId: 'ext-1',
+        transaction: { stores: [{ oid, data: b('x') }], extension: Buffer.alloc(5 * MiB, 1) },
+      }),
+      grpc.status.RESOURCE_EXHAUSTED,
+      /max_txn_bytes/,
+    );
+    await rejectsWith(rpc.call('Load', { oid }), grpc.status.NOT_FOUND);
+    await commitOne(rpc);
+  });
+
+  it('cuts off a subscriber that stops reading once its buffer holds too many bytes', async () => {
+    const writer = client();
+    const sub = client();
+    const data = Buffer.alloc(MiB, 3);
+    /** 64 MiB of commits, every one a commit event carrying its 1 MiB of data. */
+    const commitMany = async (): Promise<Buffer[]> => {
+      const oids = await newOids(writer, 64);
+      for (const oid of oids)
+        await writer.call('Commit', { transaction: { stores: [{ oid, data }] } });
+      return oids;
+    };
+    // The same writes without a subscriber first: the memory they take on their own is in the
+    // baseline, so what grows below is what the frozen subscriber holds.
+    await commitMany();
+    const before = rssBytes(node.proc.pid);
+    const stream = sub.subscribe({ includeData: true, maxDataBytes: 2 * MiB });
+    let error: (Error & { code?: number }) | undefined;
+    stream.on('error', (e) => (error = e));
+    let received = 0;
+    stream.on('data', () => received++);
+    // The client stops reading: HTTP/2 flow control stops the node's writes; events queue up.
+    stream.pause();
+    const oids = await commitMany();
+    const growth = rssBytes(node.proc.pid) - before;
+    stream.resume();
+    await eventually(() => error, 20_000, 'the subscriber to be cut off');
+    assert.ok(received < oids.length, `${received} events received before the cut-off`);
+    assert.equal(error?.code, grpc.status.RESOURCE_EXHAUSTED, String(error));
+    assert.match(String(error?.message), /subscriber_buffer_bytes.*resume from TID/);
+    assert.ok(growth < 48 * MiB, `RSS grew by ${(growth / MiB).toFixed(1)} MiB`);
+    assert.ok(
+      (await metric(node.http, 'zeoraft_limit_exceeded_total', 'subscriber_buffer_bytes')) >= 1,
+    );
+    // Nothing was lost: the writes are there and a new subscriber resumes from the start.
+    assert.deepEqual(buf((await writer.call('Load', { oid: oids[63] })).data), data);
+    await commitOne(writer);
+  });
+
+  it('limits voted transactions node-wide, whatever connection they come from', async () => {
+    const voters = Array.from({ length: 6 }, () => client());
+    const oids = await newOids(voters[0], 6);
+    for (let i = 0; i < 5; i++)
+      await voters[i].call('Vote', {
+        transactionId: `lim-${i}`,
+        transaction: { stores: [{ oid: oids[i], data: b(`v${i}`) }] },
+      });
+    await rejectsWith(
+      voters[5].call('Vote', {
+        transactionId: 'lim-5',
+        transaction: { stores: [{ oid: oids[5], data: b('v5') }] },
+      }),
+      grpc.status.RESOURCE_EXHAUSTED,
+      /max_prepared_txns/,
+    );
+    // A retried vote of a voted transaction is not one more.
+    await voters[0].call('Vote', {
+      transactionId: 'lim-0',
+      transaction: { stores: [{ oid: oids[0], data: b('v0') }] },
+    });
+    // One-call commits go on, and once a vote is finished there is room again.
+    await commitOne(voters[5]);
+    await voters[0].call('Finish', { transactionId: 'lim-0' });
+    await voters[5].call('Vote', {
+      transactionId: 'lim-5',
+      transaction: { stores: [{ oid: oids[5], data: b('v5') }] },
+    });
+    for (let i = 1; i <= 5; i++) await voters[i].call('Finish', { transactionId: `lim-${i}` });
+    for (let i = 0; i < 6; i++)
+      assert.deepEqual(buf((await voters[0].call('Load', { oid: oids[i] })).data), b(`v${i}`));
+  });
+
+  it('admits transactions against a node-wide memory budget (RESOURCE_EXHAUSTED beyond it)', async () => {
+    const budgeted = await startNode({ ZEORAFT_MAX_TXN_MEMORY_BYTES: String(16 * MiB) });
+    try {
+      const address = `127.0.0.1:${budgeted.client}`;
+      const txnOf = (k: number): { stores: { oid: Buffer; data: Buffer }[] } => ({
+        stores: Array.from({ length: 5_000 }, (_, i) => {
+          const oid = Buffer.alloc(8);
+          oid.writeUInt32BE(k + 1, 0);
+          oid.writeUInt32BE(i, 4);
+          return { oid, data: Buffer.alloc(100, i) };
+        }),
+      });
+      const before = rssBytes(budgeted.proc.pid);
+      let peak = before;
+      const sampler = setInterval(() => (peak = Math.max(peak, rssBytes(budgeted.proc.pid))), 20);
+      // Twelve concurrent 5000-object commits (each charged ~11 MiB) from twelve connections.
+      const results = await Promise.allSettled(
+        Array.from({ length: 12 }, (_, k) => {
+          const r = new StorageRpc(address, {
+            timeoutMs: 60_000,
+            channelOptions: { 'grpc.use_local_subchannel_pool': 1 },
+          });
+          rpcs.push(r);
+          return r.call('Commit', { transaction: txnOf(k) });
+        }),
+      );
+      clearInterval(sampler);
+      const refused = results.flatMap((r, k) =>
+        r.status === 'rejected' ? [{ k, e: r.reason }] : [],
+      );
+      assert.ok(refused.length >= 1, 'some commits were refused at the budget');
+      assert.ok(refused.length < 12, 'at least one commit was admitted');
+      for (const { e } of refused) {
+        assert.equal(e.grpcCode, grpc.status.RESOURCE_EXHAUSTED, String(e));
+        assert.match(e.message, /max_txn_memory_bytes.*retry later/);
+        assert.equal(e.detail?.transient, true);
+      }
+      const growth = peak - before;
+      // Unbounded, the same twelve commits added about 230 MiB at their peak (about 50 within it).
+      assert.ok(growth < 120 * MiB, `RSS peak grew by ${(growth / MiB).toFixed(1)} MiB`);
+      // Nothing lost: admitted commits are readable; refused ones commit when retried one by one.
+      const rpc = new StorageRpc(address, { timeoutMs: 60_000 });
+      rpcs.push(rpc);
+      for (let k = 0; k < 12; k++) {
+        if (refused.some((r) => r.k === k)) await rpc.call('Commit', { transaction: txnOf(k) });
+        const { stores } = txnOf(k);
+        assert.deepEqual(
+          buf((await rpc.call('Load', { oid: stores[4_999].oid })).data),
+          stores[4_999].data,
+        );
+      }
+      assert.ok(
+        (await metric(budgeted.http, 'zeoraft_limit_exceeded_total', 'max_txn_memory_bytes')) >= 1,
+      );
+      assert.equal(await metric(budgeted.http, 'zeoraft_txn_memory_bytes'), 0);
+    } finally {
+      await stopNode(budgeted);
+    }
   });
 });
