@@ -117,6 +117,8 @@ export function buildConfig(
     };
   set('fsync', 'fsync', bool);
   applySecuritySettings(o, get);
+  // Not a documented setting: tests use it to kill a node at a chosen step of a snapshot install.
+  if (env.ZEORAFT_TEST_CRASH_AT) o.testCrashAt = env.ZEORAFT_TEST_CRASH_AT;
   if (o.nodeId && !o.dataDir) o.dataDir = `./data/${o.nodeId}`;
   return defaultConfig(o);
 }

@@ -48,12 +48,21 @@ export async function startClusterNode(config: NodeConfig): Promise<StorageNode>
   if (!join && !fs.existsSync(logDir) && (await clusterAlreadyRunning(config))) join = true;
   let replicator: RaftReplicator | undefined;
   const node = await StorageNode.start(config, async (n) => {
+    // A snapshot install interrupted by a crash was discarded when the store opened: the node holds
+    // nothing, so its log must stop describing the lost state and ask for a snapshot again.
+    const rejoin = n.store.interruptedInstall;
+    if (rejoin)
+      n.log.warn(
+        'an interrupted snapshot install was discarded: rejoining (waiting for a snapshot from the leader)',
+      );
     const log = await DurableLog.open(logDir, {
       initial: { voters: config.peers.map((p) => p.id), learners: [] },
-      join,
+      join: join || rejoin,
       fsync: config.fsync,
       onFsync: (s) => n.metrics.fsyncDuration.observe(s),
+      rejoin,
     });
+    if (rejoin) await n.store.installRecovered();
     // The bootstrap snapshot (index 1) describes the empty state: the store reaches it with a no-op.
     if (log.mem.snapshot().index === 1 && n.store.appliedIndex === 0)
       await n.store.apply(1, { noop: {} });

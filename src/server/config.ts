@@ -52,6 +52,11 @@ export interface NodeConfig {
   historyMaxAgeMs: number;
   /** TLS, keys, cluster key, allow-lists (see security.ts); absent: all open. */
   security?: SecurityConfig;
+  /**
+   * Tests only (ZEORAFT_TEST_CRASH_AT): `snapshot-install:<step>` kills the process with SIGKILL
+   * when a snapshot install reaches that step (see INSTALL_STEPS in the object store).
+   */
+  testCrashAt?: string;
 }
 
 export interface LimitsConfig {

@@ -59,6 +59,8 @@ const STORAGE_CODES: Record<StorageErrorKind, [grpc.status, ErrorKind]> = {
   HISTORY_PACKED: [grpc.status.FAILED_PRECONDITION, 'HISTORY_PACKED'],
   UNKNOWN_TRANSACTION: [grpc.status.FAILED_PRECONDITION, 'INVALID'],
   INVALID: [grpc.status.INVALID_ARGUMENT, 'INVALID'],
+  DUPLICATE_ID: [grpc.status.ALREADY_EXISTS, 'INVALID'],
+  UNAVAILABLE: [grpc.status.UNAVAILABLE, 'NOT_LEADER'],
 };
 
 export function fromStorageError(e: StorageError): RpcError {

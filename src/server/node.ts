@@ -96,9 +96,20 @@ export class StorageNode {
   ): Promise<StorageNode> {
     fs.mkdirSync(config.dataDir, { recursive: true });
     const standalone = !factory;
+    const crashAt = config.testCrashAt;
     const store = await ObjectStore.open(path.join(config.dataDir, 'state'), {
       sync: standalone && config.fsync,
+      // Test-only (ZEORAFT_TEST_CRASH_AT=snapshot-install:<step>): die like kill -9 at that step.
+      onInstallStep: crashAt
+        ? (step) => {
+            if (crashAt === `snapshot-install:${step}`) process.kill(process.pid, 'SIGKILL');
+          }
+        : undefined,
     });
+    if (standalone && store.interruptedInstall)
+      throw new Error(
+        `${config.dataDir} holds an interrupted snapshot install and a standalone node has no leader to get a snapshot from`,
+      );
     const node = new StorageNode(config, store, clock);
     node.replicator = factory
       ? await factory(node)
@@ -152,6 +163,10 @@ export class StorageNode {
   ready(): { ok: boolean; reason: string } {
     const v = this.replicator.view();
     if (this.stopping) return { ok: false, reason: 'stopping' };
+    const unhealthy = this.store.unhealthy;
+    if (unhealthy) return { ok: false, reason: unhealthy };
+    if (this.store.installing) return { ok: false, reason: 'installing a snapshot' };
+    if (v.awaitingSnapshot) return { ok: false, reason: 'waiting for a snapshot from the leader' };
     if (!v.leaderId) return { ok: false, reason: 'no leader' };
     if (v.commitIndex - this.store.appliedIndex > 1000)
       return {

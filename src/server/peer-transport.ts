@@ -17,7 +17,7 @@ import type { Envelope, Envelope__Output } from '../generated/zeoraft/v1/raft/En
 import type { SnapshotPart, SnapshotPart__Output } from '../generated/zeoraft/v1/raft/SnapshotPart';
 import { Message, MessageType } from '../raft';
 import { commandCodec } from '../storage/codec';
-import type { ApplyResult } from '../storage/object-store';
+import { type ApplyResult, validateSnapshot } from '../storage/object-store';
 import { decodeApplyResult, encodeApplyResult } from './apply-result-codec';
 import { RpcError, outcomeUnknown, toServiceError } from './errors';
 import type { StorageNode } from './node';
@@ -305,6 +305,8 @@ export class PeerTransport implements PeerSender {
         const file = path.join(this.node.config.dataDir, SNAPSHOT_FILE);
         let header: Message | undefined;
         const out = fs.createWriteStream(file);
+        // A full or failing disk while receiving: stop in order (the partial file is discarded).
+        out.on('error', (e) => this.replicator.fatal(e));
         call.on('data', (part: SnapshotPart__Output) => {
           if (!header && part.message) {
             header = fromProto(part.message);
@@ -322,13 +324,17 @@ export class PeerTransport implements PeerSender {
         call.on('end', () => {
           out.end(async () => {
             try {
-              if (!header || header.type !== MessageType.Snapshot)
+              if (!header || header.type !== MessageType.Snapshot || !header.snapshot)
                 throw new RpcError(
                   grpc.status.INVALID_ARGUMENT,
                   'snapshot stream without a Snapshot message',
                 );
+              const index = header.snapshot.index;
+              // Refuse a malformed snapshot before the core sees its message: once the core has
+              // accepted a snapshot, failing to install its data stops the node.
+              await validateSnapshot(readChunks(file), index);
               const installed = await this.replicator.installSnapshot(header, () =>
-                this.node.store.restore(readChunks(file)),
+                this.node.store.restore(() => readChunks(file), index),
               );
               callback(null, { installed, appliedIndex: this.node.store.appliedIndex });
             } catch (e) {

@@ -928,6 +928,7 @@ export class RaftHost {
       term: this.term,
       commitIndex: this.commit,
       appliedIndex: this.sm.appliedIndex,
+      awaitingSnapshot: this.log.joining,
     };
   }
 

@@ -41,6 +41,19 @@ function sumBytes(entries: Entry[]): number {
 
 type Op = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer };
 
+/** Drop the snapshot and entries, keep term and vote (commit 0: nothing is held), mark joining. */
+async function resetToJoining(db: Level<Buffer, Buffer>): Promise<void> {
+  const hardRaw = await db.get(K_HARD);
+  const hs = hardRaw ? dec<HardState>(HardStateT, hardRaw) : undefined;
+  await db.clear({ gte: entryKey(0), lt: Buffer.from('f') });
+  const ops: Op[] = [
+    { type: 'del', key: K_SNAP },
+    { type: 'put', key: K_JOIN, value: Buffer.from([1]) },
+  ];
+  if (hs) ops.push({ type: 'put', key: K_HARD, value: enc(HardStateT, { ...hs, commit: 0 }) });
+  await db.batch(ops, { sync: true });
+}
+
 export class DurableLog {
   /** The RaftStorage the core reads. */
   readonly mem: MemoryStorage;
@@ -87,6 +100,11 @@ export class DurableLog {
    * Open the log. A brand-new log is bootstrapped with `initial` membership (a snapshot at index
    * 1, term 1), or left empty and marked "joining" when `join` is set: a joining node waits for a
    * snapshot from the leader and does not vote until it has one.
+   *
+   * `rejoin` turns an existing log into a joining one: the state machine lost its state (an
+   * interrupted snapshot install was discarded), so the log's snapshot and entries describe data
+   * this node no longer holds. They are dropped and the term and vote kept (never vote twice in a
+   * term); the node then gets a snapshot like a new member and does not vote until it has one.
    */
   static async open(
     dir: string,
@@ -95,10 +113,12 @@ export class DurableLog {
       join: boolean;
       fsync: boolean;
       onFsync?: (seconds: number) => void;
+      rejoin?: boolean;
     },
   ): Promise<DurableLog> {
     const db = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
     await db.open();
+    if (opts.rejoin) await resetToJoining(db);
     const hardRaw = await db.get(K_HARD);
     const snapRaw = await db.get(K_SNAP);
     const onFsync = opts.onFsync ?? (() => undefined);

@@ -137,7 +137,7 @@ export class RaftReplicator implements Replicator {
   }
 
   /** A failure to persist or apply leaves this node in an unknown state: stop rather than diverge. */
-  private fatal(e: unknown): never {
+  fatal(e: unknown): never {
     this.node.log.fatal(
       { error: String(e), stack: (e as Error)?.stack },
       'raft loop failed; exiting',

@@ -18,6 +18,8 @@ export interface ReplicaView {
   term: number;
   commitIndex: number;
   appliedIndex: number;
+  /** True while the node holds no state yet (a joining member) and waits for a snapshot. */
+  awaitingSnapshot?: boolean;
 }
 
 export interface Replicator {

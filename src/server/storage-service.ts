@@ -10,7 +10,14 @@ import type { Command, Txn } from '../storage/codec';
 import type { ApplyResult } from '../storage/object-store';
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import { Z64, idCompare, tidFromTime, tidToTime } from '../util/ids';
-import { RpcError, fromStorageError, invalid, readOnly, toServiceError } from './errors';
+import {
+  RpcError,
+  fromStorageError,
+  invalid,
+  readOnly,
+  toServiceError,
+  unavailable,
+} from './errors';
 import { txnBytes } from './limits';
 import type { StorageNode } from './node';
 import { count, optionalId, requireId, serialOrZ64, text, txnId } from './validate';
@@ -86,10 +93,20 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       throw readOnly(`storage ${JSON.stringify(st)} is read-only`);
   }
 
+  /** Reads need state: a node waiting for its first snapshot holds none (it would say NOT_FOUND). */
+  function holdsState(): void {
+    if (node.replicator.view().awaitingSnapshot)
+      throw unavailable(
+        `node ${node.config.nodeId} holds no state yet: it waits for a snapshot from the leader; retry or try another node`,
+        node.replicator.view().leaderAddress,
+      );
+  }
+
   async function fresh(
     call: { getDeadline(): grpc.Deadline },
     seen: Buffer | undefined,
   ): Promise<void> {
+    holdsState();
     const tid = optionalId(seen, 'seen_tid');
     if (tid) await node.waitForTid(tid, deadline(call));
   }
@@ -344,6 +361,7 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       const start = optionalId(call.request.start, 'start') ?? Z64;
       const stop = optionalId(call.request.stop, 'stop');
       if (stop && idCompare(stop, start) < 0) throw invalid('stop must not be before start');
+      holdsState();
       let cancelled = false;
       call.on('cancelled', () => (cancelled = true));
       for await (const t of node.store.iterate(st, start, stop)) {

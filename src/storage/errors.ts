@@ -11,7 +11,9 @@ export type StorageErrorKind =
   | 'NOT_FOUND' // no such object / revision / transaction
   | 'HISTORY_PACKED' // the requested history was removed by pack
   | 'UNKNOWN_TRANSACTION' // Finish of a transaction that was never voted (or was aborted)
-  | 'INVALID'; // a malformed command
+  | 'INVALID' // a malformed command
+  | 'DUPLICATE_ID' // a transaction id already voted with a different content
+  | 'UNAVAILABLE'; // the store is being replaced by a snapshot (or an install failed): retry
 
 export interface ConflictInfo {
   oid: Buffer;
@@ -36,7 +38,8 @@ export class StorageError extends Error {
       this.kind === 'CONFLICT' ||
       this.kind === 'READ_CONFLICT' ||
       this.kind === 'UNDO_CONFLICT' ||
-      this.kind === 'LOCKED'
+      this.kind === 'LOCKED' ||
+      this.kind === 'UNAVAILABLE'
     );
   }
 }

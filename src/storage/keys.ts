@@ -11,6 +11,10 @@
  *   P <st> <txn id>            PreparedRecord (voted, not yet finished)
  *   F <st> <txn id>            TID of a finished two-phase transaction (idempotent Finish)
  *   M <member id>              MemberRecord: a cluster member's addresses
+ *   I                          a snapshot install in progress: applied index (8) of the snapshot.
+ *                              Written (synced) before the install touches anything and removed
+ *                              in the install's last (synced) batch: a store that holds it on
+ *                              open holds a partial state and must be discarded.
  */
 import { ID_BYTES } from '../util/ids';
 
@@ -23,6 +27,7 @@ export const TAG = {
   prepared: 0x50, // P
   finished: 0x46, // F
   member: 0x4d, // M
+  install: 0x49, // I
 } as const;
 
 export function memberKey(id: string): Buffer {
@@ -40,6 +45,7 @@ function storagePart(storage: string): Buffer {
 }
 
 export const globalKey = Buffer.from([TAG.global]);
+export const installKey = Buffer.from([TAG.install]);
 
 export function storageKey(st: string): Buffer {
   return Buffer.concat([Buffer.from([TAG.storage]), storagePart(st)]);

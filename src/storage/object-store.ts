@@ -11,6 +11,13 @@
  * - the global last TID strictly increases with every transaction;
  * - an object's current serial is the TID of its newest revision;
  * - an object is locked by at most one voted transaction, and only voted transactions hold locks.
+ *
+ * Snapshot install (`restore`) is all-or-nothing across crashes: the snapshot is validated in full
+ * before the state is touched; then an "install in progress" record (key I) is written and synced,
+ * the old state is cleared, the snapshot written, and the record removed in the last, synced
+ * batch. A store that finds the record on open holds a partial state: it discards it and reports
+ * `interruptedInstall`, and its owner must get a new snapshot (it never claims an index it does not
+ * fully hold). Reads wait while an install runs; a read that overlapped one fails UNAVAILABLE.
  */
 import type { AbstractLevel } from 'abstract-level';
 import { Level } from 'level';
@@ -33,6 +40,7 @@ import {
   PreparedRecord,
   memberCodec,
   Revision,
+  SnapshotChunk,
   StorageMeta,
   Txn,
   TxnRecord,
@@ -54,15 +62,33 @@ const CURRENT_CACHE_ENTRIES = 100_000;
 /** Bytes of raw key/value data per snapshot chunk. */
 export const SNAPSHOT_CHUNK_BYTES = 1 << 20;
 
+/** The durable steps of a snapshot install, in order (see `restore`). */
+export const INSTALL_STEPS = ['marked', 'cleared', 'chunk', 'written', 'installed'] as const;
+export type InstallStep = (typeof INSTALL_STEPS)[number];
+
 export interface ObjectStoreOptions {
   /** fsync every applied batch. A Raft replica does not need it (the log is durable); a standalone node does. */
   sync: boolean;
+  /**
+   * Called after each step of a snapshot install has landed. Tests kill the process here to check
+   * that an install interrupted at any step is recovered; production passes nothing.
+   */
+  onInstallStep?: (step: InstallStep) => void;
 }
 
 export interface CommittedRecord {
   oid: Buffer;
   data?: Buffer;
   deleted: boolean;
+}
+
+/**
+ * Emitted after a snapshot replaced the whole state: the transactions it brought were not
+ * emitted as CommitEvents, so listeners resynchronise (re-read from their position, or reset).
+ */
+export interface ReplacedEvent {
+  index: number;
+  lastTid: Buffer;
 }
 
 /** Emitted after a transaction is durably applied, in TID order. */
@@ -186,6 +212,16 @@ export class ObjectStore {
   private applying = false;
   private readonly commitListeners = new Set<(ev: CommitEvent) => void>();
   private readonly applyListeners = new Set<(index: number) => void>();
+  private readonly replacedListeners = new Set<(ev: ReplacedEvent) => void>();
+  /** Set while a snapshot install runs; readers wait for it. */
+  private installRunning: Promise<void> | undefined;
+  /** Counts installs started: a read that saw it change read from a state being replaced. */
+  private generation = 0;
+  /** Why the store cannot serve (an install failed after clearing the old state); undefined when fine. */
+  private brokenReason: string | undefined;
+  /** A read found the stored state inconsistent (a broken invariant): the node must not be ready. */
+  private corruptionSeen: string | undefined;
+  private interrupted = false;
 
   private constructor(
     private readonly db: Db,
@@ -199,6 +235,7 @@ export class ObjectStore {
     });
     await db.open();
     const store = new ObjectStore(db, options);
+    await store.discardPartialInstall();
     await store.loadState();
     return store;
   }
@@ -214,8 +251,62 @@ export class ObjectStore {
   ): Promise<ObjectStore> {
     if (db.status !== 'open') await db.open();
     const store = new ObjectStore(db as unknown as Db, options);
+    await store.discardPartialInstall();
     await store.loadState();
     return store;
+  }
+
+  /**
+   * On open: a store holding the install record was interrupted mid-install. Everything but the
+   * record is deleted (it stays, so a crash before the owner has dealt with it repeats this), and
+   * `interruptedInstall` tells the owner to obtain a new snapshot, then call `installRecovered()`.
+   */
+  private async discardPartialInstall(): Promise<void> {
+    if ((await this.db.get(K.installKey)) === undefined) return;
+    this.interrupted = true;
+    await this.db.clear({ lt: K.installKey });
+    await this.db.clear({ gt: K.installKey });
+    await this.db.put(K.installKey, Buffer.alloc(8), { sync: true });
+  }
+
+  /** True when open found (and discarded) the partial state of an interrupted snapshot install. */
+  get interruptedInstall(): boolean {
+    return this.interrupted;
+  }
+
+  /** The owner has arranged for a new snapshot (its log asks for one): forget the install record. */
+  async installRecovered(): Promise<void> {
+    assert(this.interrupted, 'no interrupted install to recover from');
+    assert(this.appliedIdx === 0, 'an interrupted install leaves an empty store');
+    await this.db.del(K.installKey, { sync: true });
+    this.interrupted = false;
+  }
+
+  /** True while a snapshot install replaces the state (reads wait; the node is not ready). */
+  get installing(): boolean {
+    return this.installRunning !== undefined;
+  }
+
+  /** Why this store cannot serve (a failed install, a broken invariant), or undefined. */
+  get unhealthy(): string | undefined {
+    return this.brokenReason ?? this.corruptionSeen;
+  }
+
+  /** Wait out a running install; returns the generation a read starts in. */
+  private async readable(): Promise<number> {
+    while (this.installRunning) await this.installRunning;
+    if (this.brokenReason) throw new StorageError('UNAVAILABLE', this.brokenReason);
+    return this.generation;
+  }
+
+  /** Throw UNAVAILABLE when an install started since the read began (its result may mix states). */
+  private stillValid(gen: number): void {
+    if (this.brokenReason) throw new StorageError('UNAVAILABLE', this.brokenReason);
+    if (gen !== this.generation || this.installRunning)
+      throw new StorageError(
+        'UNAVAILABLE',
+        'the node replaced its state with a snapshot during the read; retry',
+      );
   }
 
   async close(): Promise<void> {
@@ -242,6 +333,12 @@ export class ObjectStore {
   onApplied(fn: (index: number) => void): () => void {
     this.applyListeners.add(fn);
     return () => this.applyListeners.delete(fn);
+  }
+
+  /** Called after a snapshot replaced the whole state (no CommitEvents were emitted for it). */
+  onReplaced(fn: (ev: ReplacedEvent) => void): () => void {
+    this.replacedListeners.add(fn);
+    return () => this.replacedListeners.delete(fn);
   }
 
   private async loadState(): Promise<void> {
@@ -887,14 +984,37 @@ export class ObjectStore {
   // ------------------------------------------------------------------------------------------
   // Reads
 
+  /**
+   * Run a read of the database: after any running install, and failing UNAVAILABLE (never with a
+   * mixed or half-restored answer) when an install started while it ran.
+   */
+  private async guarded<T>(fn: () => Promise<T>): Promise<T> {
+    const gen = await this.readable();
+    let r: T;
+    try {
+      r = await fn();
+    } catch (e) {
+      this.stillValid(gen);
+      throw e;
+    }
+    this.stillValid(gen);
+    return r;
+  }
+
   async load(st: string, oid: Buffer): Promise<LoadResult> {
+    const gen = await this.readable();
     const cur = await this.readCurrent(K.currentKey(st, oid));
+    this.stillValid(gen);
     if (!cur) throw new StorageError('NOT_FOUND', `no object ${hex(oid)} in storage ${st}`);
     const c = parseCurrent(cur);
     if (c.deleted)
       throw new StorageError('NOT_FOUND', `object ${hex(oid)} was deleted by ${hex(c.serial)}`);
     const data = await this.revisionData(st, oid, c.serial);
-    assert(data !== undefined, `current revision ${hex(c.serial)} of ${hex(oid)} is missing`);
+    this.stillValid(gen);
+    if (data === undefined) {
+      this.corruptionSeen ??= `current revision ${hex(c.serial)} of ${hex(oid)} in storage ${st} is missing`;
+      assert(false, this.corruptionSeen);
+    }
     return { data, serial: Buffer.from(c.serial) };
   }
 
@@ -931,7 +1051,15 @@ export class ObjectStore {
   }
 
   /** The revision with start < before <= end; `found: false` when the object has none before `before`. */
-  async loadBefore(st: string, oid: Buffer, before: Buffer): Promise<LoadBeforeResult> {
+  loadBefore(st: string, oid: Buffer, before: Buffer): Promise<LoadBeforeResult> {
+    return this.guarded(() => this.loadBeforeUnguarded(st, oid, before));
+  }
+
+  private async loadBeforeUnguarded(
+    st: string,
+    oid: Buffer,
+    before: Buffer,
+  ): Promise<LoadBeforeResult> {
     const cur = await this.db.get(K.currentKey(st, oid));
     if (!cur) throw new StorageError('NOT_FOUND', `no object ${hex(oid)} in storage ${st}`);
     const prev = await this.revisionBefore(st, oid, before);
@@ -959,7 +1087,11 @@ export class ObjectStore {
     return { found: true, data: buf(rev.data), start: prev.tid, end };
   }
 
-  async loadSerial(st: string, oid: Buffer, serial: Buffer): Promise<Buffer> {
+  loadSerial(st: string, oid: Buffer, serial: Buffer): Promise<Buffer> {
+    return this.guarded(() => this.loadSerialUnguarded(st, oid, serial));
+  }
+
+  private async loadSerialUnguarded(st: string, oid: Buffer, serial: Buffer): Promise<Buffer> {
     const r = await this.db.get(K.revisionKey(st, oid, serial));
     if (!r) {
       if (this.packedAway(st, serial) && (await this.db.get(K.currentKey(st, oid)))) {
@@ -976,7 +1108,11 @@ export class ObjectStore {
     return buf(rev.data);
   }
 
-  async history(st: string, oid: Buffer, size: number): Promise<HistoryEntry[]> {
+  history(st: string, oid: Buffer, size: number): Promise<HistoryEntry[]> {
+    return this.guarded(() => this.historyUnguarded(st, oid, size));
+  }
+
+  private async historyUnguarded(st: string, oid: Buffer, size: number): Promise<HistoryEntry[]> {
     const rp = K.revisionPrefix(st, oid);
     const out: HistoryEntry[] = [];
     for await (const [key, value] of this.db.iterator({
@@ -1004,6 +1140,7 @@ export class ObjectStore {
 
   /** Committed transactions with start <= tid <= stop, in TID order. */
   async *iterate(st: string, start: Buffer = Z64, stop?: Buffer): AsyncGenerator<TransactionInfo> {
+    const gen = await this.readable();
     const tp = K.txnPrefix(st);
     const range = {
       gte: K.txnKey(st, start),
@@ -1025,6 +1162,7 @@ export class ObjectStore {
           dataTid: serialOf(rev.dataTid),
         });
       }
+      this.stillValid(gen); // a record missing because an install cleared it is not a pack
       yield {
         tid,
         user: rec.user ?? '',
@@ -1036,13 +1174,16 @@ export class ObjectStore {
   }
 
   /** The OIDs written by one transaction, or undefined when there is no such transaction. */
-  async transactionOids(st: string, tid: Buffer): Promise<Buffer[] | undefined> {
-    const t = await this.db.get(K.txnKey(st, tid));
-    return t ? (txnRecordCodec.decode(t).oids ?? []).map(buf) : undefined;
+  transactionOids(st: string, tid: Buffer): Promise<Buffer[] | undefined> {
+    return this.guarded(async () => {
+      const t = await this.db.get(K.txnKey(st, tid));
+      return t ? (txnRecordCodec.decode(t).oids ?? []).map(buf) : undefined;
+    });
   }
 
   /** TIDs of the newest `n` transactions of a storage, newest first. */
   async *iterateBackwards(st: string, n: number): AsyncGenerator<Buffer> {
+    await this.readable(); // one LevelDB iterator: a consistent view, whatever happens meanwhile
     const tp = K.txnPrefix(st);
     for await (const [key] of this.db.iterator({
       gte: tp,
@@ -1057,6 +1198,7 @@ export class ObjectStore {
 
   /** The oldest committed TID of a storage still on record (z64 when none). */
   async oldestTid(st: string): Promise<Buffer> {
+    await this.readable();
     const tp = K.txnPrefix(st);
     for await (const [key] of this.db.iterator({ gte: tp, lt: K.prefixEnd(tp), limit: 1 })) {
       return Buffer.from(key.subarray(key.length - ID_BYTES));
@@ -1066,6 +1208,7 @@ export class ObjectStore {
 
   /** ZODB's undoLog(first, last): newest first, skipping `first`, up to `last - first` entries. */
   async undoLog(st: string, first: number, last: number): Promise<HistoryEntry[]> {
+    await this.readable(); // one LevelDB iterator: a consistent view
     const tp = K.txnPrefix(st);
     const out: HistoryEntry[] = [];
     let i = 0;
@@ -1123,38 +1266,163 @@ export class ObjectStore {
     return { index, chunks: gen() };
   }
 
-  /** Replace the whole state with a snapshot's chunks. Returns the applied index it holds. */
-  async restore(chunks: AsyncIterable<Uint8Array>): Promise<number> {
+  /**
+   * Replace the whole state with a snapshot, all or nothing. `open()` yields the snapshot's
+   * encoded chunks and is called twice: the first pass validates the whole snapshot (a malformed or
+   * truncated one is refused with INVALID and the current state keeps serving), the second
+   * installs it:
+   *
+   *   marked     the install record (I) is written and synced;
+   *   cleared    the old state is deleted (everything but the record);
+   *   chunk      the first chunk has landed (unsynced), and so on for the others;
+   *   written    every chunk has landed (unsynced);
+   *   installed  the record is deleted in a synced batch (LevelDB's log is sequential: syncing it
+   *              makes every earlier write durable), then the state is loaded and published.
+   *
+   * A crash before `installed` leaves the record: the next open discards the partial state. An
+   * I/O error after `marked` leaves the store unhealthy (reads fail UNAVAILABLE) and throws: the
+   * owner must stop; the next open discards the partial state. Reads wait while this runs; reads
+   * that overlapped it fail UNAVAILABLE. Returns the applied index the snapshot holds.
+   */
+  async restore(open: () => AsyncIterable<Uint8Array>, expectedIndex?: number): Promise<number> {
     assert(!this.applying, 'restore during apply');
     this.applying = true;
     try {
-      await this.db.clear();
+      const index = await validateSnapshot(open(), expectedIndex);
+      let finished!: () => void;
+      this.installRunning = new Promise<void>((resolve) => (finished = resolve));
+      this.generation++;
+      this.batchesLanded++; // reads of the old state in flight must not fill the cache
       this.currentCache.clear();
-      let sawLast = false;
-      for await (const raw of chunks) {
-        assert(!sawLast, 'snapshot chunk after the last one');
-        const c = snapshotChunkCodec.decode(raw);
+      const step = (st: InstallStep): void => this.options.onInstallStep?.(st);
+      try {
+        const marker = Buffer.alloc(8);
+        marker.writeBigUInt64BE(BigInt(index));
+        await this.db.put(K.installKey, marker, { sync: true });
+        step('marked');
+        await this.db.clear({ lt: K.installKey });
+        await this.db.clear({ gt: K.installKey });
+        step('cleared');
+        for await (const raw of open()) {
+          const c = snapshotChunkCodec.decode(raw);
+          const ops: BatchOp[] = (c.keys ?? []).map((k, i) => ({
+            type: 'put',
+            key: buf(k),
+            value: buf(c.values[i]),
+          }));
+          if (ops.length) {
+            await this.db.batch(ops);
+            step('chunk');
+          }
+        }
+        step('written');
+        await this.db.batch([{ type: 'del', key: K.installKey }], { sync: true });
+        step('installed');
+        await this.loadState();
         assert(
-          (c.keys ?? []).length === (c.values ?? []).length,
-          'snapshot chunk keys/values mismatch',
+          this.appliedIdx === index,
+          `restored store is at ${this.appliedIdx}, its snapshot at ${index}`,
         );
-        const ops: BatchOp[] = (c.keys ?? []).map((k, i) => ({
-          type: 'put',
-          key: buf(k),
-          value: buf(c.values[i]),
-        }));
-        if (ops.length) await this.db.batch(ops);
-        sawLast = c.last === true;
+      } catch (e) {
+        this.brokenReason = `a snapshot install failed part-way (${String(e)}); the node must restart`;
+        throw e;
+      } finally {
+        this.currentCache.clear();
+        this.batchesLanded++;
+        this.installRunning = undefined;
+        finished();
       }
-      if (!sawLast) throw new Error('snapshot ended before its last chunk');
-      await this.loadState();
-      this.currentCache.clear();
-      this.batchesLanded++;
-      await this.db.put(K.globalKey, this.globalValue(), { sync: true });
+      const ev: ReplacedEvent = { index: this.appliedIdx, lastTid: this.lastTidGlobal };
+      for (const fn of this.replacedListeners) fn(ev);
       for (const fn of this.applyListeners) fn(this.appliedIdx);
       return this.appliedIdx;
     } finally {
       this.applying = false;
     }
+  }
+}
+
+const KNOWN_TAGS: ReadonlySet<number> = new Set(
+  Object.values(K.TAG).filter((t) => t !== K.TAG.install),
+);
+
+/**
+ * Check a whole snapshot without writing anything: every chunk decodes, keys and values pair up,
+ * keys are in strictly increasing order with known tags, every record decodes, the last chunk
+ * ends it, and the global record names its applied index (returned).
+ */
+export async function validateSnapshot(
+  chunks: AsyncIterable<Uint8Array>,
+  expectedIndex?: number,
+): Promise<number> {
+  const bad = (why: string): never => {
+    throw new StorageError('INVALID', `malformed snapshot: ${why}`);
+  };
+  let sawLast = false;
+  let prev: Buffer | undefined;
+  let index: number | undefined;
+  let n = 0;
+  for await (const raw of chunks) {
+    if (sawLast) bad('a chunk after the last one');
+    let c: SnapshotChunk;
+    try {
+      c = snapshotChunkCodec.decode(raw);
+    } catch (e) {
+      return bad(`chunk ${n} does not decode (${String(e)})`);
+    }
+    const keys = c.keys ?? [];
+    const values = c.values ?? [];
+    if (keys.length !== values.length)
+      bad(`chunk ${n} has ${keys.length} keys and ${values.length} values`);
+    for (let i = 0; i < keys.length; i++) {
+      const key = buf(keys[i]);
+      const value = buf(values[i]);
+      if (key.length === 0 || !KNOWN_TAGS.has(key[0])) bad(`unknown key ${key.toString('hex')}`);
+      if (prev && Buffer.compare(prev, key) >= 0) bad(`keys out of order at chunk ${n}`);
+      prev = key;
+      try {
+        checkRecord(key, value);
+      } catch (e) {
+        bad(`record ${key.toString('hex')}: ${String(e)}`);
+      }
+      if (key[0] === K.TAG.global) index = Number(value.readBigUInt64BE(0));
+    }
+    sawLast = c.last === true;
+    n++;
+  }
+  if (!sawLast) bad('it ended before its last chunk');
+  if (index === undefined || index < 1) bad('no applied index');
+  if (expectedIndex !== undefined && index !== expectedIndex)
+    bad(`its data is at index ${index}, its message says ${expectedIndex}`);
+  return index as number;
+}
+
+/** Throws unless `value` is a well-formed record for `key`. */
+function checkRecord(key: Buffer, value: Buffer): void {
+  switch (key[0]) {
+    case K.TAG.global:
+      assert(key.length === 1 && value.length === 16, 'global record of the wrong size');
+      return;
+    case K.TAG.current:
+      assert(value.length === ID_BYTES + 1, 'current record of the wrong size');
+      return;
+    case K.TAG.finished:
+      assert(value.length === ID_BYTES, 'finished record of the wrong size');
+      return;
+    case K.TAG.revision:
+      revisionCodec.decode(value);
+      return;
+    case K.TAG.txn:
+      txnRecordCodec.decode(value);
+      return;
+    case K.TAG.storage:
+      storageMetaCodec.decode(value);
+      return;
+    case K.TAG.prepared:
+      preparedCodec.decode(value);
+      return;
+    case K.TAG.member:
+      memberCodec.decode(value);
+      return;
   }
 }

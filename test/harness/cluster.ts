@@ -154,6 +154,19 @@ export class TestCluster {
     return p;
   }
 
+  /** Start a node without waiting for it to be ready (it is expected to die; see NodeProcess.exit). */
+  spawnNode(id: string, extra: Record<string, string> = {}): NodeProcess {
+    const prev = this.procs.get(id);
+    if (prev)
+      this.pastOutput.set(
+        id,
+        `${this.pastOutput.get(id) ?? ''}${prev.output}\n--- restarted ---\n`,
+      );
+    const p = NodeProcess.spawn(this.env(id, extra));
+    this.procs.set(id, p);
+    return p;
+  }
+
   rpc(id: string): StorageRpc {
     let r = this.rpcs.get(id);
     if (!r) {

@@ -90,15 +90,26 @@ export class NodeProcess {
     return this.child.exitCode === null && this.child.signalCode === null;
   }
 
-  /** Start `zeoraft server` with ZEORAFT_* settings; resolves once it printed its ready line. */
-  static async start(env: Record<string, string>, timeoutMs = 20_000): Promise<NodeProcess> {
+  /** Start `zeoraft server` without waiting for it to be ready (for a node expected to die). */
+  static spawn(env: Record<string, string>): NodeProcess {
     const child = spawn(process.execPath, [CLI, 'server'], {
       env: { ...process.env, ZEORAFT_LOG_LEVEL: process.env.ZEORAFT_LOG_LEVEL ?? 'warn', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     started.add(child);
     child.once('exit', () => started.delete(child));
-    const p = new NodeProcess(child, env);
+    return new NodeProcess(child, env);
+  }
+
+  /** Resolves once the process has exited, with its exit code or the signal that ended it. */
+  async exit(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    await this.exited;
+    return { code: this.child.exitCode, signal: this.child.signalCode };
+  }
+
+  /** Start `zeoraft server` with ZEORAFT_* settings; resolves once it printed its ready line. */
+  static async start(env: Record<string, string>, timeoutMs = 20_000): Promise<NodeProcess> {
+    const p = NodeProcess.spawn(env);
     await eventually(
       () => {
         if (!p.alive) throw new Error(`node exited early: ${p.output}`);

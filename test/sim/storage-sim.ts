@@ -119,7 +119,9 @@ const CLIENT_NEW_OIDS_MAX = 8;
 // The store's disk
 
 type DiskOp =
-  { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer } | { type: 'clear' };
+  | { type: 'put'; key: Buffer; value: Buffer }
+  | { type: 'del'; key: Buffer }
+  | { type: 'clear'; gt?: Buffer; lt?: Buffer };
 
 /**
  * A node's object-store disk. The store runs with `sync: false` (as a Raft replica does), so a
@@ -177,10 +179,12 @@ class StoreDisk {
       this.record([{ type: 'del', key: Buffer.from(key) }], o?.sync === true);
       return del(key, o);
     };
-    d.clear = (o?: unknown) => {
-      if (o !== undefined) throw new Error('simulated disk: ranged clear is not modelled');
-      this.record([{ type: 'clear' }], false);
-      return clear();
+    d.clear = (o?: { gt?: Buffer; lt?: Buffer }) => {
+      const keys = Object.keys(o ?? {});
+      if (keys.some((k) => k !== 'gt' && k !== 'lt'))
+        throw new Error(`simulated disk: clear(${keys.join(', ')}) is not modelled`);
+      this.record([{ type: 'clear', gt: o?.gt, lt: o?.lt }], false);
+      return clear(o);
     };
     return db;
   }
@@ -192,8 +196,14 @@ class StoreDisk {
 
   private fold(ops: DiskOp[]): void {
     for (const op of ops) {
-      if (op.type === 'clear') this.durable.clear();
-      else if (op.type === 'put') this.durable.set(op.key.toString('latin1'), op.value);
+      if (op.type === 'clear') {
+        for (const k of [...this.durable.keys()]) {
+          const key = Buffer.from(k, 'latin1');
+          if (op.gt && Buffer.compare(key, op.gt) <= 0) continue;
+          if (op.lt && Buffer.compare(key, op.lt) >= 0) continue;
+          this.durable.delete(k);
+        }
+      } else if (op.type === 'put') this.durable.set(op.key.toString('latin1'), op.value);
       else this.durable.delete(op.key.toString('latin1'));
     }
   }
@@ -1001,11 +1011,9 @@ class StorageSim {
     if (!n.up) return;
     const meta = m.snapshot!;
     if (meta.index <= n.store!.appliedIndex || meta.index <= n.processed) return;
-    const applied = await n.store!.restore(
-      (async function* () {
-        yield* chunks;
-      })(),
-    );
+    const applied = await n.store!.restore(async function* () {
+      yield* chunks;
+    });
     if (applied !== meta.index)
       fail(`${n.id}: snapshot data is at index ${applied}, its message says ${meta.index}`);
     this.stats.snapshotsInstalled++;

@@ -1,0 +1,221 @@
+/**
+ * Snapshot install is all-or-nothing with real processes: a follower killed (SIGKILL, at each
+ * durable step of the install, chosen with the test-only ZEORAFT_TEST_CRASH_AT) restarts without
+ * claiming state it does not hold and converges to the leader's state; a malformed snapshot is
+ * refused and the state it would have replaced keeps serving.
+ */
+import * as assert from 'node:assert/strict';
+import * as grpc from '@grpc/grpc-js';
+import { ZeoRaftError } from '../../src/client/errors';
+import { raftPackage, toProto } from '../../src/server/peer-transport';
+import { MessageType } from '../../src/raft';
+import { snapshotChunkCodec } from '../../src/storage/codec';
+import { INSTALL_STEPS } from '../../src/storage/object-store';
+import { Z64, hex, p64 } from '../../src/util/ids';
+import { TestCluster } from '../harness/cluster';
+import { eventually } from '../harness/index';
+
+const LIVENESS_MS = 20_000;
+/** Objects written; each is OBJECT_BYTES, so the state spans several 1 MiB snapshot chunks. */
+const OBJECTS = 40;
+const OBJECT_BYTES = 64 << 10;
+/** Log entries kept past a snapshot (ZEORAFT_SNAPSHOT_ENTRIES): the leader compacts quickly. */
+const SNAPSHOT_ENTRIES = 20;
+
+class Writer {
+  private readonly serials = new Map<string, Buffer>();
+  private n = 0;
+
+  constructor(private readonly cluster: TestCluster) {}
+
+  /** `count` read-modify-write commits on the leader, cycling over the objects. */
+  async commit(count: number): Promise<void> {
+    for (let i = 0; i < count; i++) {
+      const oid = p64(BigInt(1 + (this.n % OBJECTS)));
+      const data = Buffer.alloc(OBJECT_BYTES, this.n % 251);
+      data.write(`commit ${this.n}`);
+      this.n++;
+      await eventually(
+        async () => {
+          const leader = await this.cluster.leader(undefined, LIVENESS_MS);
+          const r = await this.cluster.rpc(leader).call('Commit', {
+            transaction: {
+              stores: [{ oid, serial: this.serials.get(hex(oid)) ?? Z64, data }],
+            },
+          });
+          this.serials.set(hex(oid), r.tid);
+          return true;
+        },
+        LIVENESS_MS,
+        `commit ${this.n}`,
+      );
+    }
+  }
+}
+
+async function status(cluster: TestCluster, id: string): Promise<any> {
+  return cluster.rpc(id).call('Status', {}, 2000);
+}
+
+async function readyz(cluster: TestCluster, id: string): Promise<{ code: number; body: string }> {
+  const r = await fetch(`http://127.0.0.1:${cluster.member(id).http}/readyz`);
+  return { code: r.status, body: await r.text() };
+}
+
+/** `id` has applied what the leader has, and its loads and its Iterate match the leader's. */
+async function assertSameState(cluster: TestCluster, id: string): Promise<void> {
+  const leader = await cluster.leader(undefined, LIVENESS_MS);
+  const target = (await status(cluster, leader)).appliedIndex;
+  await eventually(
+    async () => (await status(cluster, id)).appliedIndex >= target,
+    LIVENESS_MS,
+    `${id} to apply up to ${target}`,
+  );
+  for (let i = 1; i <= OBJECTS; i++) {
+    const oid = p64(BigInt(i));
+    const a = await cluster.rpc(leader).call('Load', { oid });
+    const b = await cluster.rpc(id).call('Load', { oid });
+    assert.equal(hex(b.serial), hex(a.serial), `serial of ${hex(oid)} on ${id}`);
+    assert.ok(Buffer.from(b.data).equals(Buffer.from(a.data)), `data of ${hex(oid)} on ${id}`);
+  }
+  const summary = (ts: any[]): string[] =>
+    ts.map(
+      (t) =>
+        `${hex(t.tid)}:${t.records
+          .map((r: any) => `${hex(r.oid)}=${Buffer.from(r.data).subarray(0, 16).toString('hex')}`)
+          .join(',')}`,
+    );
+  const want = summary(await cluster.rpc(leader).iterate({}, 30_000));
+  const got = summary(await cluster.rpc(id).iterate({}, 30_000));
+  assert.equal(got.length, want.length, `transactions on ${id}`);
+  assert.deepEqual(got, want);
+  const r = await readyz(cluster, id);
+  assert.equal(r.code, 200, `${id} /readyz: ${r.body}`);
+}
+
+describe('cluster: snapshot install is all-or-nothing', function () {
+  this.timeout(600_000);
+  let cluster: TestCluster;
+
+  afterEach(async () => {
+    await cluster?.stop();
+  });
+
+  it('recovers a follower killed at every step of a snapshot install, claiming nothing it does not hold', async () => {
+    cluster = await TestCluster.start(3, { ZEORAFT_SNAPSHOT_ENTRIES: String(SNAPSHOT_ENTRIES) });
+    const w = new Writer(cluster);
+    await w.commit(OBJECTS);
+    const leader = await cluster.leader();
+    const victim = cluster.alive().find((id) => id !== leader) as string;
+    for (const step of INSTALL_STEPS) {
+      await cluster.kill(victim);
+      // Enough entries for the leader to compact past everything the victim holds.
+      await w.commit(4 * SNAPSHOT_ENTRIES);
+      const p = cluster.spawnNode(victim, {
+        ZEORAFT_TEST_CRASH_AT: `snapshot-install:${step}`,
+      });
+      const exit = await Promise.race([
+        p.exit(),
+        new Promise<never>((_, reject) =>
+          setTimeout(
+            () => reject(new Error(`${victim} did not reach install step ${step}: ${p.output}`)),
+            LIVENESS_MS,
+          ),
+        ),
+      ]);
+      assert.equal(exit.signal, 'SIGKILL', `${victim} killed at ${step}: ${p.output}`);
+      await cluster.kill(victim); // forget its client connection
+      if (step !== 'installed') {
+        // Restarted cut off from the others, it holds nothing and says so.
+        cluster.isolate(victim);
+        await cluster.startNode(victim);
+        await eventually(
+          () => cluster.procs.get(victim)!.output.includes('interrupted snapshot install'),
+          LIVENESS_MS,
+          'the discarded install to be logged',
+        );
+        assert.equal((await status(cluster, victim)).appliedIndex, 0);
+        const r = await readyz(cluster, victim);
+        assert.equal(r.code, 503, r.body);
+        assert.match(r.body, /waiting for a snapshot/);
+        await assert.rejects(
+          cluster.rpc(victim).call('Load', { oid: p64(1n) }),
+          (e: unknown) => e instanceof ZeoRaftError && e.grpcCode === grpc.status.UNAVAILABLE,
+        );
+        cluster.healAll();
+      } else {
+        await cluster.startNode(victim);
+      }
+      await w.commit(5);
+      await assertSameState(cluster, victim);
+    }
+  });
+
+  it('refuses a malformed or truncated snapshot and keeps serving the state it had', async () => {
+    cluster = await TestCluster.start(3, { ZEORAFT_SNAPSHOT_ENTRIES: String(SNAPSHOT_ENTRIES) });
+    const w = new Writer(cluster);
+    await w.commit(OBJECTS);
+    const leader = await cluster.leader();
+    const victim = cluster.alive().find((id) => id !== leader) as string;
+    await assertSameState(cluster, victim);
+    const applied = (await status(cluster, victim)).appliedIndex;
+    const Raft = raftPackage().zeoraft.v1.raft.Raft;
+    const client = new Raft(
+      `127.0.0.1:${cluster.member(victim).peer}`,
+      grpc.credentials.createInsecure(),
+    );
+    const clusterKey = cluster.extraEnv.ZEORAFT_CLUSTER_KEY ?? '';
+    const chunk = (keys: Buffer[], values: Buffer[], last: boolean): Buffer =>
+      snapshotChunkCodec.encode({ keys, values, last });
+    const global = Buffer.alloc(16);
+    global.writeBigUInt64BE(BigInt(applied + 1000));
+    const bad: Array<[string, Buffer[]]> = [
+      ['undecodable bytes', [Buffer.from('not a snapshot chunk at all, just bytes')]],
+      ['no last chunk', [chunk([Buffer.from('G')], [global], false)]],
+      [
+        'keys out of order',
+        [chunk([Buffer.from('S\x011'), Buffer.from('G')], [Buffer.alloc(0), global], true)],
+      ],
+      ['a record of the wrong size', [chunk([Buffer.from('G')], [Buffer.alloc(3)], true)]],
+      ['no applied index', [chunk([], [], true)]],
+    ];
+    try {
+      for (const [what, chunks] of bad) {
+        const err = await new Promise<grpc.ServiceError | null>((resolve) => {
+          const call = client.Snapshot({ deadline: Date.now() + 10_000 }, (e) => resolve(e));
+          call.write({
+            clusterKey,
+            message: toProto({
+              type: MessageType.Snapshot,
+              from: leader,
+              to: victim,
+              term: 1_000_000,
+              logTerm: 0,
+              index: 0,
+              entries: [],
+              commit: applied + 1000,
+              reject: false,
+              rejectHint: 0,
+              snapshot: {
+                index: applied + 1000,
+                term: 1_000_000,
+                conf: { voters: ['n1', 'n2', 'n3'], learners: [] },
+              },
+            }),
+          });
+          for (const c of chunks) call.write({ chunk: c });
+          call.end();
+        });
+        assert.ok(err, `${what}: refused`);
+        assert.equal(err.code, grpc.status.INVALID_ARGUMENT, `${what}: ${err.details}`);
+        assert.ok(cluster.procs.get(victim)!.alive, `${victim} still runs after ${what}`);
+        assert.equal((await status(cluster, victim)).appliedIndex >= applied, true);
+        await assertSameState(cluster, victim);
+      }
+    } finally {
+      client.close();
+    }
+    await w.commit(5);
+    await assertSameState(cluster, victim);
+  });
+});
