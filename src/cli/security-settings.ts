@@ -37,6 +37,7 @@ export const SECURITY_SETTINGS = {
   'subscriber-buffer-bytes': 'ZEORAFT_SUBSCRIBER_BUFFER_BYTES',
   'max-txn-memory-bytes': 'ZEORAFT_MAX_TXN_MEMORY_BYTES',
   'max-prepared-txns': 'ZEORAFT_MAX_PREPARED_TXNS',
+  'max-client-connections': 'ZEORAFT_MAX_CLIENT_CONNECTIONS',
   'max-zeo-connections': 'ZEORAFT_MAX_ZEO_CONNECTIONS',
   'idle-timeout-ms': 'ZEORAFT_IDLE_TIMEOUT_MS',
 } as const;
@@ -53,6 +54,7 @@ const LIMIT_SETTINGS: Partial<Record<SecuritySettingName, keyof LimitsConfig>> =
   'subscriber-buffer-bytes': 'subscriberBufferBytes',
   'max-txn-memory-bytes': 'maxTxnMemoryBytes',
   'max-prepared-txns': 'maxPreparedTxns',
+  'max-client-connections': 'maxClientConnections',
   'max-zeo-connections': 'maxZeoConnections',
   'idle-timeout-ms': 'idleTimeoutMs',
 };

@@ -82,9 +82,11 @@ export interface LimitsConfig {
   maxTxnMemoryBytes: number;
   /** Voted transactions waiting for finish or abort, across all clients (every node holds them). */
   maxPreparedTxns: number;
-  /** Open connections on the ZEO listener; more are closed at once. */
+  /** Open connections on the client gRPC listener; more are closed as they arrive. */
+  maxClientConnections: number;
+  /** Open connections on the ZEO listener; more are closed as they arrive. */
   maxZeoConnections: number;
-  /** A ZEO connection with no traffic either way is closed after this. */
+  /** A client gRPC connection with no call in progress, or a ZEO connection with no traffic either way, is closed after this. */
   idleTimeoutMs: number;
 }
 
@@ -100,6 +102,7 @@ export const DEFAULT_LIMITS: LimitsConfig = {
   subscriberBufferBytes: 16 << 20,
   maxTxnMemoryBytes: 128 << 20,
   maxPreparedTxns: 1_000,
+  maxClientConnections: 1_000,
   maxZeoConnections: 1_000,
   idleTimeoutMs: 300_000,
 };

@@ -18,6 +18,7 @@ import { AddressBook } from './address-book';
 import { addHealthAndReflection, stopHealth } from './health';
 import { startHttp } from './http';
 import { Limits } from './limits';
+import { CappedListener, connectionServerOptions, listenCapped } from './listener';
 import { Security } from './security';
 import { clientServerCredentials } from './tls';
 import { LocalReplicator } from './local-replicator';
@@ -28,6 +29,14 @@ import { ZeoServer, startZeoServer } from '../zeo/server';
 
 /** How often the leader looks for voted transactions past their timeout. */
 const TXN_SWEEP_MS = 500;
+/**
+ * Concurrent calls on one client connection: room for the per-connection subscriber and vote
+ * limits (1000 each by default) at once.
+ */
+const CLIENT_STREAMS_PER_CONNECTION_MAX = 2_000;
+/** A quiet client connection is pinged this often, and closed when a ping goes unanswered. */
+const CLIENT_KEEPALIVE_TIME_MS = 60_000;
+const CLIENT_KEEPALIVE_TIMEOUT_MS = 20_000;
 
 export interface Clock {
   nowMs(): number;
@@ -46,6 +55,7 @@ export class StorageNode {
   readonly security: Security;
   replicator!: Replicator;
   private grpcServer: grpc.Server | undefined;
+  private grpcListener: CappedListener | undefined;
   private httpServer: http.Server | undefined;
   private sweeper: NodeJS.Timeout | undefined;
   private zeoServer: ZeoServer | undefined;
@@ -139,9 +149,16 @@ export class StorageNode {
   readonly extraServices: Array<(server: grpc.Server) => void> = [];
 
   private async startGrpc(): Promise<void> {
+    const limits = this.config.limits;
     const server = new grpc.Server({
-      'grpc.max_receive_message_length': this.config.limits.maxMessageBytes,
-      'grpc.max_send_message_length': this.config.limits.maxMessageBytes,
+      'grpc.max_receive_message_length': limits.maxMessageBytes,
+      'grpc.max_send_message_length': limits.maxMessageBytes,
+      ...connectionServerOptions({
+        idleTimeoutMs: limits.idleTimeoutMs,
+        streamsPerConnectionMax: CLIENT_STREAMS_PER_CONNECTION_MAX,
+        keepaliveTimeMs: CLIENT_KEEPALIVE_TIME_MS,
+        keepaliveTimeoutMs: CLIENT_KEEPALIVE_TIMEOUT_MS,
+      }),
       interceptors: [this.security.interceptor('client')],
     });
     server.addService(
@@ -150,13 +167,22 @@ export class StorageNode {
     );
     addHealthAndReflection(server, this);
     for (const add of this.extraServices) add(server);
-    this.port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(
-        this.config.listen,
-        clientServerCredentials(this.config.security?.tls),
-        (err, port) => (err ? reject(err) : resolve(port)),
-      ),
+    this.grpcListener = await listenCapped(
+      server,
+      this.config.listen,
+      clientServerCredentials(this.config.security?.tls),
+      limits.maxClientConnections,
+      {
+        onRefused: (open, socket) =>
+          this.limits.exceeded(
+            'max_client_connections',
+            `${open} client connections open (ZEORAFT_MAX_CLIENT_CONNECTIONS)`,
+            { client: `${socket.remoteAddress}:${socket.remotePort}` },
+          ),
+        onChange: (open) => this.metrics.connections.set({ listener: 'client' }, open),
+      },
     );
+    this.port = this.grpcListener.port;
     this.grpcServer = server;
   }
 
@@ -266,6 +292,7 @@ export class StorageNode {
         });
       });
     }
+    await this.grpcListener?.close();
     if (this.httpServer)
       await new Promise<void>((resolve) => this.httpServer!.close(() => resolve()));
     await this.store.close();

@@ -20,12 +20,20 @@ import { commandCodec } from '../storage/codec';
 import { type ApplyResult, validateSnapshot } from '../storage/object-store';
 import { decodeApplyResult, encodeApplyResult } from './apply-result-codec';
 import { RpcError, outcomeUnknown, toServiceError } from './errors';
+import { CappedListener, connectionServerOptions, listenCapped } from './listener';
 import type { StorageNode } from './node';
 import type { PeerSender, RaftReplicator } from './raft-replicator';
 import { peerChannelCredentials, peerServerCredentials } from './tls';
 
 const MAX_OUTSTANDING_WRITES = 1024;
 const SNAPSHOT_FILE = 'snapshot-incoming.tmp';
+/** Connections on the peer listener: a cluster's members need a few each. */
+const PEER_CONNECTIONS_MAX = 128;
+/** A peer connection without a call (no Raft stream, snapshot or forward) for this long is closed. */
+const PEER_IDLE_TIMEOUT_MS = 300_000;
+/** A quiet peer connection is pinged this often, and closed when a ping goes unanswered. */
+const PEER_KEEPALIVE_TIME_MS = 10_000;
+const PEER_KEEPALIVE_TIMEOUT_MS = 10_000;
 
 let raftProto: RaftProto | undefined;
 export function raftPackage(): RaftProto {
@@ -153,6 +161,7 @@ class PeerLink {
 export class PeerTransport implements PeerSender {
   private readonly links = new Map<string, PeerLink>();
   private server: grpc.Server | undefined;
+  private listener: CappedListener | undefined;
   closing = false;
 
   constructor(
@@ -164,18 +173,31 @@ export class PeerTransport implements PeerSender {
     const server = new grpc.Server({
       'grpc.max_receive_message_length': 256 << 20,
       'grpc.max_send_message_length': 256 << 20,
+      ...connectionServerOptions({
+        idleTimeoutMs: PEER_IDLE_TIMEOUT_MS,
+        // Forwarded commands are concurrent calls: as many as may be pending, and the streams.
+        streamsPerConnectionMax: this.node.config.limits.maxPendingProposals + 16,
+        keepaliveTimeMs: PEER_KEEPALIVE_TIME_MS,
+        keepaliveTimeoutMs: PEER_KEEPALIVE_TIMEOUT_MS,
+      }),
       interceptors: [this.node.security.interceptor('peer')],
     });
     server.addService(raftPackage().zeoraft.v1.raft.Raft.service, this.handlers());
-    const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(
-        this.node.config.peerListen,
-        peerServerCredentials(this.node.config.security?.peerTls),
-        (err, p) => (err ? reject(err) : resolve(p)),
-      ),
+    this.listener = await listenCapped(
+      server,
+      this.node.config.peerListen,
+      peerServerCredentials(this.node.config.security?.peerTls),
+      PEER_CONNECTIONS_MAX,
+      {
+        onRefused: (open, socket) =>
+          this.node.limits.exceeded('peer_connections_max', `${open} peer connections open`, {
+            peer: `${socket.remoteAddress}:${socket.remotePort}`,
+          }),
+        onChange: (open) => this.node.metrics.connections.set({ listener: 'peer' }, open),
+      },
     );
     this.server = server;
-    return port;
+    return this.listener.port;
   }
 
   private link(id: string): PeerLink {
@@ -388,6 +410,7 @@ export class PeerTransport implements PeerSender {
         });
       });
     }
+    await this.listener?.close();
   }
 }
 

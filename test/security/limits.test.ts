@@ -425,4 +425,55 @@ describe('resource limits of the gRPC listener', function () {
       await stopNode(budgeted);
     }
   });
+
+  it('caps client connections and closes idle ones', async () => {
+    const capped = await startNode({
+      ZEORAFT_MAX_CLIENT_CONNECTIONS: '3',
+      ZEORAFT_IDLE_TIMEOUT_MS: '1000',
+    });
+    try {
+      const connect = (): StorageRpc => {
+        const r = new StorageRpc(`127.0.0.1:${capped.client}`, {
+          timeoutMs: 3_000,
+          channelOptions: { 'grpc.use_local_subchannel_pool': 1 },
+        });
+        rpcs.push(r);
+        return r;
+      };
+      const open = [connect(), connect(), connect()];
+      // Each holds a Subscribe stream, so none of them is idle.
+      const streams = open.map((r) => r.subscribe({}));
+      for (const st of streams) st.on('error', () => undefined);
+      for (const r of open) await r.call('LastTransaction', {});
+      await eventually(
+        async () => (await metric(capped.http, 'zeoraft_connections', 'client')) === 3,
+        10_000,
+        'three client connections',
+      );
+      const extra = connect();
+      await rejectsWith(extra.call('LastTransaction', {}), grpc.status.UNAVAILABLE);
+      assert.ok(
+        (await metric(capped.http, 'zeoraft_limit_exceeded_total', 'max_client_connections')) >= 1,
+      );
+      // The connections that were admitted keep working.
+      for (const r of open) await r.call('LastTransaction', {});
+      // Without a call in progress a connection is idle: it is closed, which makes room.
+      for (const st of streams) st.cancel();
+      await eventually(
+        async () => (await metric(capped.http, 'zeoraft_connections', 'client')) === 0,
+        10_000,
+        'idle connections to be closed',
+      );
+      // The refused client was backing off between attempts: it gets in at its next one.
+      await eventually(
+        () => extra.call('LastTransaction', {}).then(() => true),
+        10_000,
+        'the refused client to connect',
+      );
+      // A closed idle connection is no error for its client: it reconnects on the next call.
+      await open[0].call('LastTransaction', {});
+    } finally {
+      await stopNode(capped);
+    }
+  });
 });
