@@ -1,7 +1,9 @@
 /**
  * ZeoRaft under test: a three-node cluster of real `zeoraft server` processes on free loopback
- * ports with data in a temp dir, default settings (fsync on, 50 ms ticks, 10-tick elections).
+ * ports with data in a temp dir, default settings (fsync on, 50 ms ticks, 10-tick elections, peers
+ * authenticated with a cluster key made for the run).
  */
+import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import { StorageRpc } from '../../src/client/rpc';
 import { ConflictError, NotFoundError } from '../../src/client/errors';
@@ -46,6 +48,8 @@ export class ZeoRaftTarget implements Target {
   readonly serials = new Map<number, Buffer>();
   /** Puts that found their tracked serial stale and retried with the current one. */
   staleSerialRetries = 0;
+  /** Peer authentication, as every deployment has it. */
+  private readonly clusterKey = randomBytes(32).toString('hex');
 
   constructor(private readonly options: ZeoRaftOptions = {}) {}
 
@@ -72,6 +76,7 @@ export class ZeoRaftTarget implements Target {
       ZEORAFT_PEER_LISTEN: `127.0.0.1:${m.peerPort}`,
       ZEORAFT_HTTP_LISTEN: `127.0.0.1:${m.httpPort}`,
       ZEORAFT_PEERS: peers,
+      ZEORAFT_CLUSTER_KEY: this.clusterKey,
       ZEORAFT_LOG_LEVEL: process.env.ZEORAFT_LOG_LEVEL ?? 'warn',
     };
   }

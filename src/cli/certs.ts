@@ -3,8 +3,10 @@
  * with the openssl binary. Each node certificate serves both TLS roles (serverAuth and clientAuth),
  * so one file pair is the node's client-listener certificate, its peer-listener certificate and
  * the certificate it presents to its peers. SANs: 127.0.0.1, ::1, localhost, the compose service
- * names zeoraft1..3 and the node's id. A `client` certificate is made too, for client-certificate
- * authentication (ZEORAFT_TLS_CLIENT_AUTH).
+ * names zeoraft1..3, the node's id, and the URI `zeoraft-node:<id>` that makes it a peer
+ * certificate (peer-auth.ts: the peer listener accepts only certificates naming the node that
+ * calls). A `client` certificate is made too, for client-certificate authentication
+ * (ZEORAFT_TLS_CLIENT_AUTH): clientAuth only and no node URI, so it cannot stand in for a peer.
  *
  * Files: ca.crt, ca.key, <node>.crt, <node>.key, client.crt, client.key. Keys are P-256 (quick to
  * make) and written mode 0600. An existing CA in DIR is reused, so nodes can be added later.
@@ -13,6 +15,8 @@
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { X509Certificate } from 'node:crypto';
+import { PEER_CERT_URI_SCHEME, certNodeIds } from '../server/peer-auth';
 
 export interface CertsOptions {
   out: string;
@@ -46,6 +50,16 @@ function san(names: string[]): string {
   return [...new Set(names)]
     .map((n) => (/^[\d.]+$/.test(n) || n.includes(':') ? `IP:${n}` : `DNS:${n}`))
     .join(',');
+}
+
+/** Whether DIR holds a certificate for `node` that names it as a peer (older ones did not). */
+export function hasPeerCert(dir: string, node: string): boolean {
+  try {
+    const cert = new X509Certificate(fs.readFileSync(path.join(dir, `${node}.crt`)));
+    return certNodeIds({ subjectaltname: cert.subjectAltName }).includes(node);
+  } catch {
+    return false;
+  }
 }
 
 /** Make the CA (unless DIR has one) and the node and client certificates; returns the files written. */
@@ -84,13 +98,16 @@ export function makeCerts(opts: CertsOptions): string[] {
   const hosts = ['127.0.0.1', '::1', 'localhost', ...COMPOSE_NAMES, ...(opts.hosts ?? [])];
   for (const name of [...opts.nodes, 'client']) {
     const ext = `${name}.ext`;
+    const client = name === 'client';
     fs.writeFileSync(
       path.join(dir, ext),
       [
         'basicConstraints=CA:FALSE',
         'keyUsage=critical,digitalSignature,keyEncipherment',
-        'extendedKeyUsage=serverAuth,clientAuth',
-        `subjectAltName=${san(name === 'client' ? hosts : [...hosts, name])}`,
+        client ? 'extendedKeyUsage=clientAuth' : 'extendedKeyUsage=serverAuth,clientAuth',
+        client
+          ? `subjectAltName=${san(hosts)}`
+          : `subjectAltName=${san([...hosts, name])},URI:${PEER_CERT_URI_SCHEME}:${name}`,
         '',
       ].join('\n'),
     );

@@ -2,11 +2,14 @@
  * `zeoraft cluster`: a local cluster of N nodes on 127.0.0.1, one child process each, configured
  * through the same ZEORAFT_* variables the compose file sets. Ctrl-C stops them all.
  * Node i (1-based) listens on base+i (client), base+100+i (peer), base+200+i (http).
+ * Peers authenticate with a random cluster key made on first start in DATA_DIR/cluster.key (mode
+ * 0600) and reused on every restart.
  */
 import { ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { makeCerts, tlsEnv } from './certs';
+import { hasPeerCert, makeCerts, tlsEnv } from './certs';
 
 export interface ClusterOptions {
   nodes: number;
@@ -15,6 +18,24 @@ export interface ClusterOptions {
   basePort: number;
   /** TLS for clients and mutual TLS between the nodes, with certificates under dataDir/certs. */
   tls?: boolean;
+  /** The peers' shared secret (clusterKey() makes one). */
+  clusterKey?: string;
+}
+
+/** The cluster key in dataDir/cluster.key, made (256 random bits, hex, mode 0600) when absent. */
+export function clusterKey(dataDir: string): { key: string; file: string; created: boolean } {
+  const file = path.join(dataDir, 'cluster.key');
+  if (fs.existsSync(file)) {
+    const key = fs.readFileSync(file, 'utf8').split('\n')[0].trim();
+    if (key.length < 16)
+      throw new Error(`${file} does not hold a cluster key (delete it to make a new one)`);
+    return { key, file, created: false };
+  }
+  fs.mkdirSync(dataDir, { recursive: true });
+  const key = randomBytes(32).toString('hex');
+  // 'wx': never overwrite a key another launcher just wrote.
+  fs.writeFileSync(file, `${key}\n`, { mode: 0o600, flag: 'wx' });
+  return { key, file, created: true };
 }
 
 export function clusterEnv(opts: ClusterOptions, i: number): Record<string, string> {
@@ -30,6 +51,7 @@ export function clusterEnv(opts: ClusterOptions, i: number): Record<string, stri
     ZEORAFT_HTTP_LISTEN: `127.0.0.1:${opts.basePort + 200 + i}`,
     ZEORAFT_ZEO_LISTEN: `127.0.0.1:${opts.basePort + 1000 + i}`,
     ZEORAFT_PEERS: opts.nodes > 1 ? peers : '',
+    ZEORAFT_CLUSTER_KEY: opts.clusterKey ?? '',
     ZEORAFT_LOG_LEVEL: opts.logLevel,
     ...(opts.tls ? tlsEnv(path.join(opts.dataDir, 'certs'), `n${i}`) : {}),
   };
@@ -38,11 +60,16 @@ export function clusterEnv(opts: ClusterOptions, i: number): Record<string, stri
 export async function runCluster(opts: ClusterOptions): Promise<void> {
   const main = path.join(__dirname, 'main.js');
   const children: ChildProcess[] = [];
+  const ck = clusterKey(opts.dataDir);
+  opts = { ...opts, clusterKey: ck.key };
+  process.stdout.write(
+    `peers authenticate with the cluster key in ${ck.file}${ck.created ? ' (new)' : ''}\n`,
+  );
   if (opts.tls) {
     const certs = path.join(opts.dataDir, 'certs');
     const ids = Array.from({ length: opts.nodes }, (_, k) => `n${k + 1}`);
-    if (!ids.every((id) => fs.existsSync(path.join(certs, `${id}.crt`))))
-      makeCerts({ out: certs, nodes: ids });
+    // Certificates from before peer certificates named their node are made again.
+    if (!ids.every((id) => hasPeerCert(certs, id))) makeCerts({ out: certs, nodes: ids });
     process.stdout.write(`TLS on: clients trust ${path.join(certs, 'ca.crt')}\n`);
   }
   for (let i = 1; i <= opts.nodes; i++) {

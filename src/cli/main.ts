@@ -13,6 +13,9 @@ import { runAdminCommand } from './admin';
 import { makeCerts } from './certs';
 import { runKeysCommand } from './keys';
 
+/** Flags that take no value. */
+const BOOLEAN_FLAGS = new Set(['insecure-peers']);
+
 const USAGE = `usage: zeoraft <command> [flags]
 
 commands:
@@ -38,7 +41,10 @@ async function main(argv: string[]): Promise<number> {
   switch (command) {
     case 'server': {
       const options = Object.fromEntries(
-        Object.keys(SETTINGS).map((k) => [k, { type: 'string' as const }]),
+        Object.keys(SETTINGS).map((k) => [
+          k,
+          { type: BOOLEAN_FLAGS.has(k) ? ('boolean' as const) : ('string' as const) },
+        ]),
       );
       const { values } = parseArgs({ args: rest, options, allowPositionals: false });
       const config = buildConfig(values as Record<string, string>, process.env);

@@ -2,6 +2,7 @@
  * The security and limit settings of a node (flag name -> ZEORAFT_* variable), merged into
  * config-source's SETTINGS so each has a flag, an environment variable and a config-file field.
  */
+import * as fs from 'node:fs';
 import { DEFAULT_LIMITS, type LimitsConfig, type NodeConfig } from '../server/config';
 import type { SecurityConfig, ZeoAccess } from '../server/security';
 
@@ -19,8 +20,11 @@ export const SECURITY_SETTINGS = {
   'peer-tls-ca': 'ZEORAFT_PEER_TLS_CA',
   /** JSON keys file (hashes, roles, storages); turns key checking on. */
   'keys-file': 'ZEORAFT_KEYS_FILE',
-  /** Shared secret of the cluster's peers. */
+  /** Shared secret of the cluster's peers (at least 16 characters), or a file holding it. */
   'cluster-key': 'ZEORAFT_CLUSTER_KEY',
+  'cluster-key-file': 'ZEORAFT_CLUSTER_KEY_FILE',
+  /** Run a cluster member without peer authentication (logs a warning at every start). */
+  'insecure-peers': 'ZEORAFT_INSECURE_PEERS',
   /** Comma-separated CIDRs (IPv4/IPv6) allowed on the client+ZEO, peer and HTTP listeners. */
   'allow-clients': 'ZEORAFT_ALLOW_CLIENTS',
   'allow-peers': 'ZEORAFT_ALLOW_PEERS',
@@ -72,6 +76,21 @@ function positive(s: string, name: string): number {
   return n;
 }
 
+/** The cluster key in a file (a Docker secret, or the one `zeoraft cluster` made): its first line. */
+function readClusterKey(file: string): string {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new Error(
+      `cannot read the cluster key file ${JSON.stringify(file)}: ${(e as Error).message} (make one with: openssl rand -hex 32 > ${file})`,
+    );
+  }
+  const key = text.split('\n')[0].trim();
+  if (!key) throw new Error(`the cluster key file ${JSON.stringify(file)} is empty`);
+  return key;
+}
+
 /** Apply the security and limit settings found by `get` onto the partial config `o`. */
 export function applySecuritySettings(
   o: Partial<NodeConfig>,
@@ -93,7 +112,19 @@ export function applySecuritySettings(
   const keys = get('keys-file');
   if (keys) sec.keysFile = keys;
   const ck = get('cluster-key');
+  const ckFile = get('cluster-key-file');
+  if (ck && ckFile)
+    throw new Error(
+      'set the cluster key or a cluster key file (ZEORAFT_CLUSTER_KEY_FILE), not both',
+    );
   if (ck) sec.clusterKey = ck;
+  if (ckFile) sec.clusterKey = readClusterKey(ckFile);
+  const insecure = get('insecure-peers');
+  if (insecure !== undefined && insecure !== '') {
+    if (!/^(1|true|yes|on|0|false|no|off)$/i.test(insecure))
+      throw new Error(`insecure-peers must be true or false, got ${JSON.stringify(insecure)}`);
+    if (/^(1|true|yes|on)$/i.test(insecure)) sec.insecurePeers = true;
+  }
   const ac = get('allow-clients');
   if (ac !== undefined) sec.allowClients = list(ac);
   const ap = get('allow-peers');

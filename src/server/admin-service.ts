@@ -79,9 +79,11 @@ export function adminHandlers(node: StorageNode, r: RaftReplicator): AdminHandle
       if (r.members().some((x) => x.id === m))
         throw new RpcError(grpc.status.ALREADY_EXISTS, `member ${m} already exists`);
       // Addresses first, through the log, so every node can reach the new member once it is added.
+      // Proposed as the node itself: the interceptor let only an admin (when keys are on) call Admin.
       const rec = await r.propose(
         { member: { id: m, peerAddress: req.peerAddress, clientAddress: req.clientAddress } },
         deadline(),
+        { kind: 'node' },
       );
       if (!rec.ok) throw new RpcError(grpc.status.INTERNAL, rec.error.message);
       return {

@@ -72,6 +72,13 @@ export async function startClusterNode(config: NodeConfig): Promise<StorageNode>
     );
     if (join && log.isNew)
       n.log.info('joining an existing cluster: waiting for a snapshot from the leader');
+    const sec = config.security;
+    // Said at every start, not once: an open peer port must not be forgotten.
+    if (!sec?.clusterKey && !sec?.peerTls)
+      n.log.warn(
+        { peerListen: config.peerListen },
+        "peers are NOT authenticated (--insecure-peers): anyone who can reach the peer port can replace this cluster's data; set a cluster key or peer mutual TLS",
+      );
     const r = new RaftReplicator(n, log, randomInt(1, 2 ** 31));
     const transport = new PeerTransport(n, r);
     r.transport = transport;

@@ -1,5 +1,6 @@
 /** A node's configuration, validated up front. The CLI builds it from flags, a file and ZEORAFT_* variables. */
 import type { LogLevel } from '../util/log';
+import { CLUSTER_KEY_CHARS_MIN } from './peer-auth';
 import type { SecurityConfig } from './security';
 
 export interface StorageConfig {
@@ -166,6 +167,16 @@ export function validateConfig(c: NodeConfig): void {
       fail(`the peer list must include this node (${c.nodeId})`);
     if (new Set(c.peers.map((p) => p.id)).size !== c.peers.length) fail('peer ids must be unique');
   }
+  const sec = c.security ?? {};
+  if (sec.clusterKey !== undefined && sec.clusterKey.length < CLUSTER_KEY_CHARS_MIN)
+    fail(
+      `the cluster key must have at least ${CLUSTER_KEY_CHARS_MIN} characters (make one with: openssl rand -hex 32)`,
+    );
+  // Secure by default: whoever reaches an unauthenticated peer port can replace the cluster's data.
+  if ((c.peers.length > 0 || c.join) && !sec.clusterKey && !sec.peerTls && !sec.insecurePeers)
+    fail(
+      'a cluster member needs peer authentication: set a cluster key (ZEORAFT_CLUSTER_KEY or ZEORAFT_CLUSTER_KEY_FILE, the same on every node; `zeoraft cluster` makes one) and/or peer mutual TLS (ZEORAFT_PEER_TLS_CERT, _KEY, _CA). --insecure-peers (ZEORAFT_INSECURE_PEERS=true) runs without, letting anyone who reaches the peer port replace the data',
+    );
   if (c.heartbeatTicks < 1 || c.electionTicks <= c.heartbeatTicks)
     fail('election ticks must exceed heartbeat ticks (>= 1)');
   if (c.tickMs < 1) fail('tick must be at least 1 ms');

@@ -72,10 +72,16 @@ export class StorageNode {
     this.metrics = new NodeMetrics({ node: config.nodeId });
     this.log = createLogger(config.logLevel, { node: config.nodeId });
     this.limits = new Limits(config.limits, this.metrics, this.log);
-    this.security = new Security(config.security ?? {}, this.metrics, this.log, {
-      ...config.limits,
-      txnTimeoutMs: config.txnTimeoutMs,
-    });
+    this.security = new Security(
+      config.security ?? {},
+      this.metrics,
+      this.log,
+      {
+        ...config.limits,
+        txnTimeoutMs: config.txnTimeoutMs,
+      },
+      config.nodeId,
+    );
     this.subscriptions = new SubscriptionHub(
       store,
       {
@@ -263,6 +269,7 @@ export class StorageNode {
           .propose(
             { abort: { storage: p.storage, txnId: p.txnId, reason: 'timeout' } },
             Date.now() + 5000,
+            { kind: 'node' },
           )
           .catch((e: unknown) =>
             this.log.warn({ txn: p.txnId, error: String(e) }, 'timeout abort failed; will retry'),

@@ -1,7 +1,9 @@
 /**
  * Raft messages between members over gRPC: one client stream per peer for ordinary messages,
  * snapshots on their own RPC in chunks (so a large snapshot never delays heartbeats), and
- * forwarding of commands from followers to the leader.
+ * forwarding of commands from followers to the leader. Every call names this node and proves it
+ * (peer-auth.ts); the receiving side's Security interceptor checks that before any handler here
+ * runs, and checks each message's sender against it.
  *
  * Every outbound queue is bounded: past MAX_OUTSTANDING_WRITES unflushed envelopes to a peer,
  * messages to it are dropped and the core is told the peer is unreachable (Raft retries).
@@ -15,6 +17,7 @@ import type { RaftClient, RaftHandlers } from '../generated/zeoraft/v1/raft/Raft
 import type { Message as PMessage, Message__Output } from '../generated/zeoraft/v1/raft/Message';
 import type { Envelope, Envelope__Output } from '../generated/zeoraft/v1/raft/Envelope';
 import type { SnapshotPart, SnapshotPart__Output } from '../generated/zeoraft/v1/raft/SnapshotPart';
+import type { Caller as PCaller, Caller__Output } from '../generated/zeoraft/v1/raft/Caller';
 import { Message, MessageType } from '../raft';
 import { commandCodec } from '../storage/codec';
 import { type ApplyResult, validateSnapshot } from '../storage/object-store';
@@ -22,7 +25,9 @@ import { decodeApplyResult, encodeApplyResult } from './apply-result-codec';
 import { RpcError, outcomeUnknown, toServiceError } from './errors';
 import { CappedListener, connectionServerOptions, listenCapped } from './listener';
 import type { StorageNode } from './node';
+import { peerCallMetadata } from './peer-auth';
 import type { PeerSender, RaftReplicator } from './raft-replicator';
+import { ROLES, type Caller, type Role } from './security';
 import { peerChannelCredentials, peerServerCredentials } from './tls';
 
 const MAX_OUTSTANDING_WRITES = 1024;
@@ -107,7 +112,7 @@ class PeerLink {
       this.client?.close();
       const Raft = raftPackage().zeoraft.v1.raft.Raft;
       const tls = this.transport.node.config.security?.peerTls;
-      this.client = new Raft(address, peerChannelCredentials(tls), {
+      this.client = new Raft(address, peerChannelCredentials(tls, this.id), {
         'grpc.max_receive_message_length': 256 << 20,
         'grpc.max_send_message_length': 256 << 20,
         'grpc.initial_reconnect_backoff_ms': 100,
@@ -126,7 +131,7 @@ class PeerLink {
     if (this.outstanding >= MAX_OUTSTANDING_WRITES)
       return this.failed(`peer ${this.id}: ${this.outstanding} writes outstanding`);
     if (!this.stream) {
-      const s = client.Stream((err) => {
+      const s = client.Stream(this.transport.callMetadata(), (err) => {
         if (this.stream === s) this.stream = undefined;
         this.outstanding = 0;
         if (err && !this.transport.closing)
@@ -137,7 +142,6 @@ class PeerLink {
     this.outstanding++;
     const env: Envelope = {
       from: this.transport.node.config.nodeId,
-      clusterKey: this.transport.node.config.security?.clusterKey ?? '',
       messages,
       sentAtMs: Date.now(),
     };
@@ -168,6 +172,11 @@ export class PeerTransport implements PeerSender {
     readonly node: StorageNode,
     readonly replicator: RaftReplicator,
   ) {}
+
+  /** Names and authenticates this node on a call to a peer (a fresh copy per call). */
+  callMetadata(): grpc.Metadata {
+    return peerCallMetadata(this.node.config.nodeId, this.node.config.security?.clusterKey);
+  }
 
   async listen(): Promise<number> {
     const server = new grpc.Server({
@@ -238,15 +247,16 @@ export class PeerTransport implements PeerSender {
       this.node.log.info({ to: m.to, index: cap.meta.index }, 'sending snapshot');
       let bytes = 0;
       const ack = await new Promise<{ installed: boolean }>((resolve, reject) => {
-        const call = client.Snapshot({ deadline: Date.now() + 10 * 60_000 }, (err, res) =>
-          err ? reject(err) : resolve(res as { installed: boolean }),
+        const call = client.Snapshot(
+          this.callMetadata(),
+          { deadline: Date.now() + 10 * 60_000 },
+          (err, res) => (err ? reject(err) : resolve(res as { installed: boolean })),
         );
         (async () => {
           const write = async (part: SnapshotPart): Promise<void> => {
             if (!call.write(part)) await new Promise((r) => call.once('drain', r));
           };
-          const clusterKey = this.node.config.security?.clusterKey ?? '';
-          await write({ message: toProto(msg), clusterKey });
+          await write({ message: toProto(msg) });
           for await (const chunk of cap.chunks) {
             bytes += chunk.length;
             await write({ chunk });
@@ -278,6 +288,7 @@ export class PeerTransport implements PeerSender {
     leaderId: string,
     command: Buffer,
     deadlineMs: number,
+    caller: Caller,
   ): Promise<{ index: number; result: ApplyResult }> {
     const client = this.link(leaderId).connection();
     if (!client)
@@ -287,11 +298,8 @@ export class PeerTransport implements PeerSender {
       });
     const res = await new Promise<any>((resolve, reject) =>
       client.Forward(
-        {
-          command,
-          from: this.node.config.nodeId,
-          clusterKey: this.node.config.security?.clusterKey,
-        },
+        { command, from: this.node.config.nodeId, caller: callerToProto(caller) },
+        this.callMetadata(),
         { deadline: deadlineMs },
         (err, r) => {
           if (!err) return resolve(r);
@@ -379,6 +387,19 @@ export class PeerTransport implements PeerSender {
             ) as grpc.ServiceError,
           );
         }
+        // Checked as the client's own request would be, on this node's storage settings.
+        const refused = this.node.security.forwardedCommandError(
+          cmd,
+          callerFromProto(call.request.caller),
+          this.node.config.storages,
+        );
+        if (refused) {
+          this.node.log.warn(
+            { from: call.request.from, error: refused.message },
+            'forwarded command refused',
+          );
+          return callback(toServiceError(refused) as grpc.ServiceError);
+        }
         const d = call.getDeadline();
         const deadline =
           d instanceof Date
@@ -412,6 +433,19 @@ export class PeerTransport implements PeerSender {
     }
     await this.listener?.close();
   }
+}
+
+function callerToProto(c: Caller): PCaller {
+  if (c.kind === 'node') return { node: true };
+  return c.principal ? { key: { ...c.principal } } : {};
+}
+
+function callerFromProto(c: Caller__Output | null): Caller {
+  if (c?.node) return { kind: 'node' };
+  if (!c?.key) return { kind: 'client' };
+  // An unknown role counts as the least one.
+  const role: Role = ROLES.includes(c.key.role as Role) ? (c.key.role as Role) : 'read-only';
+  return { kind: 'client', principal: { id: c.key.id, role, storages: c.key.storages } };
 }
 
 /** The length-prefixed chunks of a received snapshot file. */

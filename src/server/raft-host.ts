@@ -45,6 +45,7 @@ import { assert } from '../util/assert';
 import { Mulberry32 } from '../util/prng';
 import { Mutex } from './mutex';
 import { ReplicaView, Role, stampCommand } from './replicator';
+import type { Caller } from './security';
 
 /** Largest Append message (bytes of entry data). */
 export const MAX_SIZE_PER_MSG = 1 << 20;
@@ -102,6 +103,7 @@ export interface PeerSender {
     leaderId: string,
     command: Buffer,
     deadlineMs: number,
+    caller: Caller,
   ): Promise<{ index: number; result: ApplyResult }>;
 }
 
@@ -643,13 +645,16 @@ export class RaftHost {
     if (this.closed) throw new HostError('not-leader', `node ${this.cfg.nodeId} is shutting down`);
   }
 
-  /** Replicate cmd (here if leader, else forwarded) and resolve once it is applied on this node. */
-  async propose(cmd: Command, deadlineMs: number): Promise<ApplyResult> {
+  /**
+   * Replicate cmd (here if leader, else forwarded) and resolve once it is applied on this node.
+   * `caller` is whom it is for: a leader checks forwarded commands against it.
+   */
+  async propose(cmd: Command, deadlineMs: number, caller: Caller): Promise<ApplyResult> {
     for (;;) {
       await this.waitForLeader(deadlineMs);
       const leader = this.leader;
       try {
-        return await this.proposeVia(leader, cmd, deadlineMs);
+        return await this.proposeVia(leader, cmd, deadlineMs, caller);
       } catch (e) {
         // Refused before it reached the log (no leader there, leadership being transferred):
         // safe to retry once leadership settles, within the caller's deadline.
@@ -668,12 +673,18 @@ export class RaftHost {
     }
   }
 
-  private async proposeVia(leader: string, cmd: Command, deadlineMs: number): Promise<ApplyResult> {
+  private async proposeVia(
+    leader: string,
+    cmd: Command,
+    deadlineMs: number,
+    caller: Caller,
+  ): Promise<ApplyResult> {
     if (leader === this.cfg.nodeId) return (await this.proposeLocal(cmd, deadlineMs)).result;
     const { index, result } = await this.deps.sender.forward(
       leader,
       commandCodec.encode(cmd),
       deadlineMs,
+      caller,
     );
     // Answer only once this node has applied the command too: the client may read here next.
     await this.waitFor(

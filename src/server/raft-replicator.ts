@@ -19,6 +19,7 @@ import {
   RaftHost,
 } from './raft-host';
 import { ReplicaView, Replicator } from './replicator';
+import { ANONYMOUS_CLIENT, type Caller } from './security';
 
 /** What the replicator needs from the peer transport. */
 export interface PeerSender extends HostPeerSender {
@@ -95,8 +96,8 @@ export class RaftReplicator implements Replicator {
         stateMachine: node.store,
         sender: {
           send: (messages) => this.send(messages),
-          forward: (leaderId, command, deadlineMs) =>
-            this.transport.forward(leaderId, command, deadlineMs).catch((e: unknown) => {
+          forward: (leaderId, command, deadlineMs, caller) =>
+            this.transport.forward(leaderId, command, deadlineMs, caller).catch((e: unknown) => {
               // Certainly not appended on the leader: the host may retry it.
               if (definitelyNotAppended(e))
                 throw new HostError(
@@ -211,9 +212,13 @@ export class RaftReplicator implements Replicator {
   // ------------------------------------------------------------------------------------------
   // Replicator
 
-  async propose(cmd: Command, deadlineMs: number): Promise<ApplyResult> {
+  async propose(
+    cmd: Command,
+    deadlineMs: number,
+    caller: Caller = ANONYMOUS_CLIENT,
+  ): Promise<ApplyResult> {
     this.node.limits.checkPending(this.host.proposals.size);
-    return rpc(this.host.propose(cmd, deadlineMs));
+    return rpc(this.host.propose(cmd, deadlineMs, caller));
   }
 
   /** On the leader (a forwarded command): stamp, append and wait for it to apply here. */

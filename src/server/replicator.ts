@@ -5,6 +5,7 @@
 import type { ApplyResult } from '../storage/object-store';
 import type { Command } from '../storage/codec';
 import { tidFromTime } from '../util/ids';
+import type { Caller } from './security';
 
 export type Role = 'leader' | 'follower' | 'candidate' | 'precandidate' | 'learner' | 'standalone';
 
@@ -27,9 +28,10 @@ export interface Replicator {
    * Replicate `cmd` and apply it. Resolves with the state machine's result once the command is
    * committed and applied on this node. Rejects with an RpcError (UNAVAILABLE, DEADLINE_EXCEEDED,
    * RESOURCE_EXHAUSTED) when the command could not be committed; the command may still commit
-   * later in that case, so callers treat such failures as "outcome unknown".
+   * later in that case, so callers treat such failures as "outcome unknown". `caller` (default: a
+   * client without a key) is whom the command is for; a leader checks forwarded commands against it.
    */
-  propose(cmd: Command, deadlineMs: number): Promise<ApplyResult>;
+  propose(cmd: Command, deadlineMs: number, caller?: Caller): Promise<ApplyResult>;
   /** Resolves once this node has applied everything committed before the call (ReadIndex). */
   linearizableRead(deadlineMs: number): Promise<void>;
   view(): ReplicaView;

@@ -1,6 +1,7 @@
 /**
- * Access control of a node: address allow-lists, security keys with roles, the cluster key between
- * peers, per-connection limits, and the logging and metrics of everything refused.
+ * Access control of a node: address allow-lists, security keys with roles, peer authentication
+ * (peer-auth.ts), the permissions of commands forwarded by followers, per-connection limits, and
+ * the logging and metrics of everything refused.
  *
  * It is one gRPC server interceptor per listener (grpc-js ≥ 1.10 supports them), so the service
  * handlers never see a request that was refused, and one socket check for the HTTP and ZEO
@@ -16,14 +17,20 @@
  * `admin` (read-write plus the Admin service). `storages: ["*"]` means every storage. The cluster
  * key (ZEORAFT_CLUSTER_KEY), presented as a client key, counts as admin (nodes use it to probe each
  * other's client listeners). Health and reflection need no key (they reveal nothing stored).
+ *
+ * A follower forwards writes to the leader with the caller they are made for (the client's key
+ * principal, or the node itself); the leader checks the command against it and against its own
+ * storage read-only flags before proposing it, as it would the client's own request.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import type { NodeMetrics } from '../metrics/metrics';
+import type { Command } from '../storage/codec';
 import type { Logger } from '../util/log';
 import { RpcError, limit, readOnly, toServiceError } from './errors';
+import { authenticatePeer, peerMessageError } from './peer-auth';
 import type { ClientTlsConfig, TlsFiles } from './tls';
 import { validateTls } from './tls';
 
@@ -41,8 +48,10 @@ export interface SecurityConfig {
   peerTls?: TlsFiles;
   /** The keys file; when set, every Storage and Admin call needs a key. */
   keysFile?: string;
-  /** Shared secret between peers (sent in Raft messages, checked on receipt). */
+  /** Shared secret of the cluster's peers: binds each peer call to its node id (peer-auth.ts). */
   clusterKey?: string;
+  /** Run a cluster member with neither a cluster key nor peer TLS (refused at start otherwise). */
+  insecurePeers?: boolean;
   /** CIDR allow-lists (IPv4 and IPv6); empty or absent allows every address. */
   allowClients?: string[];
   allowPeers?: string[];
@@ -102,6 +111,24 @@ export interface Principal {
   storages: string[];
 }
 
+/**
+ * On whose behalf a command is proposed: a client request (with the principal of its security key
+ * when keys are on), or the node itself (a timeout abort, or the Admin service, which has checked
+ * that its caller is an admin).
+ */
+export type Caller = { kind: 'client'; principal?: Principal } | { kind: 'node' };
+export const ANONYMOUS_CLIENT: Caller = { kind: 'client' };
+
+/** The storage a command writes to; undefined for commands outside any storage (member, noop). */
+export function commandStorage(cmd: Command): string | undefined {
+  const body = Object.values(cmd)[0] as { storage?: unknown; txn?: { storage?: unknown } };
+  const st = body?.storage ?? body?.txn?.storage;
+  return typeof st === 'string' ? st || '1' : undefined;
+}
+
+/** The name of a command's variant ("commit", "member", ...). */
+const commandKind = (cmd: Command): string => Object.keys(cmd)[0] ?? 'empty';
+
 /** The keys file, re-read when it changes (checked at most once per second), so added keys work without a restart. */
 export class KeyStore {
   private entries: Array<{ principal: Principal; digest: Buffer }> = [];
@@ -143,8 +170,12 @@ export class KeyStore {
 
   /** The key's principal, or undefined. Compares against every entry in constant time per entry. */
   lookup(key: string): Principal | undefined {
+    return this.lookupDigest(digest(key));
+  }
+
+  /** Like lookup, by the key's SHA-256. */
+  lookupDigest(d: Buffer): Principal | undefined {
     this.refresh();
-    const d = digest(key);
     let found: Principal | undefined;
     for (const e of this.entries) if (timingSafeEqual(d, e.digest) && !found) found = e.principal;
     return found;
@@ -217,6 +248,8 @@ export class Security {
     private readonly metrics: NodeMetrics,
     private readonly log: Logger,
     private readonly perConnection: LimitsPerConnection,
+    /** This node's id: peer messages must be addressed to it. */
+    private readonly nodeId: string,
   ) {
     validateTls(config.tls, config.peerTls);
     this.keys = config.keysFile ? new KeyStore(config.keysFile, log) : undefined;
@@ -228,10 +261,6 @@ export class Security {
       http: new AllowList(config.allowHttp ?? []),
     };
     this.clusterDigest = config.clusterKey ? digest(config.clusterKey) : undefined;
-    if (this.keys && !config.peerTls && !config.clusterKey)
-      log.warn(
-        'security keys are enabled but peers are not authenticated: set ZEORAFT_PEER_TLS_* or ZEORAFT_CLUSTER_KEY',
-      );
     if (this.keys && !config.tls)
       log.warn('security keys are enabled without TLS: keys travel in clear text');
   }
@@ -267,17 +296,67 @@ export class Security {
     return false;
   }
 
-  /** Whether a presented cluster key is right (always true when no cluster key is configured). */
-  clusterKeyOk(key: string | undefined): boolean {
-    if (!this.clusterDigest) return true;
-    return timingSafeEqual(digest(key ?? ''), this.clusterDigest);
+  /**
+   * The principal of a client call's key (metadata x-zeoraft-key); undefined when keys are off.
+   * The interceptor has already refused calls without a valid key when keys are on.
+   */
+  principalFor(md: grpc.Metadata): Principal | undefined {
+    if (!this.keys) return undefined;
+    const key = md.get(KEY_METADATA)[0];
+    return this.principalOf(typeof key === 'string' ? key : undefined);
+  }
+
+  /** Whether `p` may see storage `st` at all (Status lists only those). */
+  static mayUse(p: Principal | undefined, st: string): boolean {
+    return !p || p.storages.includes('*') || p.storages.includes(st);
+  }
+
+  /**
+   * Why the leader must refuse a command forwarded by a follower for `caller`: the same storage
+   * permissions as the client's own request (read-only storages, the key's role and storages), and
+   * records outside any storage (membership addresses) only from the node itself. Undefined when
+   * it may be proposed.
+   */
+  forwardedCommandError(
+    cmd: Command,
+    caller: Caller,
+    storages: readonly { name: string; readOnly: boolean }[],
+  ): RpcError | undefined {
+    const kind = commandKind(cmd);
+    const st = commandStorage(cmd);
+    if (st === undefined) {
+      if (kind === 'noop' || caller.kind === 'node') return undefined;
+      return new RpcError(
+        grpc.status.PERMISSION_DENIED,
+        `a ${kind} command is proposed only by a node itself, not on behalf of a client`,
+        { kind: 'INVALID' },
+      );
+    }
+    // Finish and abort settle a vote that was checked when it was made.
+    const settles = kind === 'finish' || kind === 'abort';
+    if (!settles && storages.find((s) => s.name === st)?.readOnly)
+      return readOnly(`storage ${JSON.stringify(st)} is read-only`);
+    if (caller.kind === 'client' && caller.principal) {
+      const p = caller.principal;
+      if (!Security.mayUse(p, st))
+        return new RpcError(
+          grpc.status.PERMISSION_DENIED,
+          `key ${p.id} may not use storage ${JSON.stringify(st)}`,
+          { kind: 'INVALID' },
+        );
+      if (p.role === 'read-only') return readOnly(`key ${p.id} is read-only: ${kind} is a write`);
+    }
+    return undefined;
   }
 
   private principalOf(key: string | undefined): Principal | undefined {
-    if (!key) return undefined;
-    if (this.clusterDigest && timingSafeEqual(digest(key), this.clusterDigest))
+    return key ? this.principalOfDigest(digest(key)) : undefined;
+  }
+
+  private principalOfDigest(d: Buffer): Principal | undefined {
+    if (this.clusterDigest && timingSafeEqual(d, this.clusterDigest))
       return { id: 'cluster', role: 'admin', storages: ['*'] };
-    return this.keys?.lookup(key);
+    return this.keys?.lookupDigest(d);
   }
 
   /** Why `p` may not call `service/method` with `msg`, as an RpcError; undefined when it may. */
@@ -292,7 +371,7 @@ export class Security {
           );
     if (service !== 'zeoraft.v1.Storage') return undefined;
     const st = requestStorage(method, msg);
-    if (st !== undefined && !p.storages.includes('*') && !p.storages.includes(st))
+    if (st !== undefined && !Security.mayUse(p, st))
       return denied(
         `key ${p.id} may not use storage ${JSON.stringify(st)} (it may use ${p.storages.map((s) => JSON.stringify(s)).join(', ')})`,
       );
@@ -322,6 +401,8 @@ export class Security {
       let firstMessage = true;
       let release: (() => void) | undefined;
       let address = '';
+      /** The node a peer call authenticated as. */
+      let peer = '';
       let vote: { key: string; conn: string } | undefined;
       const deny = (e: RpcError, reason: string): void => {
         denied = true;
@@ -351,6 +432,14 @@ export class Security {
                   ),
                   'address',
                 );
+              if (listener === 'peer') {
+                const a = authenticatePeer(md, call.getAuthContext()?.sslPeerCertificate, {
+                  clusterKey: this.config.clusterKey,
+                  mtls: !!this.config.peerTls,
+                });
+                if ('error' in a) return deny(a.error, a.reason);
+                peer = a.id;
+              }
               if (listener === 'client' && this.keys && !KEYLESS_SERVICES.test(service)) {
                 const key = md.get(KEY_METADATA)[0];
                 principal = this.principalOf(typeof key === 'string' ? key : undefined);
@@ -372,12 +461,9 @@ export class Security {
               const first = firstMessage;
               firstMessage = false;
               if (listener === 'peer') {
-                // Stream and Snapshot carry the key in their first message, Forward in its only one.
-                if (first && !this.clusterKeyOk(msg?.clusterKey))
-                  return deny(
-                    new RpcError(grpc.status.UNAUTHENTICATED, 'wrong or missing cluster key'),
-                    'cluster_key',
-                  );
+                // Every message, not just the first: a member speaks only for itself.
+                const err = peerMessageError(method, msg, peer, this.nodeId);
+                if (err) return deny(err, 'peer_from');
                 return nxt(msg);
               }
               if (principal) {

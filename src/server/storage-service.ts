@@ -20,6 +20,7 @@ import {
 } from './errors';
 import { txnBytes } from './limits';
 import type { StorageNode } from './node';
+import type { Caller } from './security';
 import { count, optionalId, requireId, serialOrZ64, text, txnId } from './validate';
 
 export const DEFAULT_STORAGE = '1';
@@ -74,6 +75,12 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
     const ms = d instanceof Date ? d.getTime() : Number(d);
     return Number.isFinite(ms) && ms > 0 ? ms : Date.now() + node.config.defaultDeadlineMs;
   };
+
+  /** The client a write is for: a leader re-checks forwarded writes against its key. */
+  const callerOf = (call: { metadata: grpc.Metadata }): Caller => ({
+    kind: 'client',
+    principal: node.security.principalFor(call.metadata),
+  });
 
   function storageName(name: string | undefined): string {
     const st = name || DEFAULT_STORAGE;
@@ -177,12 +184,13 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
 
   /** Propose a transaction-committing command, waiting (bounded) for locks held by voted transactions. */
   async function commitWithLockWait(
-    call: { getDeadline(): grpc.Deadline },
+    call: { getDeadline(): grpc.Deadline; metadata: grpc.Metadata },
     cmd: Command,
   ): Promise<ApplyResult> {
     const end = Math.min(deadline(call), Date.now() + node.config.lockWaitMs);
+    const caller = callerOf(call);
     for (;;) {
-      const r = await node.replicator.propose(cmd, deadline(call));
+      const r = await node.replicator.propose(cmd, deadline(call), caller);
       if (r.ok || r.error.kind !== 'LOCKED' || Date.now() >= end) {
         if (!r.ok && r.error.kind === 'CONFLICT') node.metrics.conflicts.inc();
         return r;
@@ -250,7 +258,11 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       writable(st);
       const n = count(call.request.count, 'count', 100, MAX_NEW_OIDS);
       const r = unwrap(
-        await node.replicator.propose({ newOids: { storage: st, count: n } }, deadline(call)),
+        await node.replicator.propose(
+          { newOids: { storage: st, count: n } },
+          deadline(call),
+          callerOf(call),
+        ),
       );
       return { oids: r.oids ?? [] };
     }),
@@ -285,6 +297,7 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
         await node.replicator.propose(
           { finish: { storage: st, txnId: id, tid: Z64 } },
           deadline(call),
+          callerOf(call),
         ),
       );
       node.metrics.observeCommit(Date.now() - started);
@@ -298,6 +311,7 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
         await node.replicator.propose(
           { abort: { storage: st, txnId: id, reason: 'client' } },
           deadline(call),
+          callerOf(call),
         ),
       );
       return {};
@@ -351,6 +365,7 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
         await node.replicator.propose(
           { pack: { storage: st, packTid, gc: call.request.gc } },
           deadline(call),
+          callerOf(call),
         ),
       );
       return { removed: r.removed ?? 0 };

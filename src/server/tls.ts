@@ -5,12 +5,15 @@
  *   certificate signed by `ca` (optional client-certificate authentication).
  * - Peer listener and peer connections: mutual TLS with one cluster CA. The peer server requires a
  *   client certificate signed by the CA and every peer client presents its own, so a node whose
- *   certificate comes from another CA is refused in the handshake, in both directions.
+ *   certificate comes from another CA is refused in the handshake, in both directions. Beyond the
+ *   CA, each side checks that the certificate names the node it speaks for (SAN URI
+ *   `zeoraft-node:<id>`, see peer-auth.ts): a client certificate of the same CA is not a peer's.
  *
  * Files are read once at start; a node restart picks up rotated certificates.
  */
 import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
+import { serverIsPeer } from './peer-auth';
 
 export interface TlsFiles {
   /** PEM certificate chain of this node. */
@@ -76,13 +79,21 @@ export function peerServerCredentials(t: TlsFiles | undefined): grpc.ServerCrede
   );
 }
 
-/** Credentials of this node's connections to its peers: trusts only the cluster CA, presents its own certificate. */
-export function peerChannelCredentials(t: TlsFiles | undefined): grpc.ChannelCredentials {
+/**
+ * Credentials of this node's connections to peer `peerId`: trusts only the cluster CA, presents its
+ * own certificate, and accepts only a server certificate naming `peerId` (the node id, not the
+ * host name, is the peer's identity: addresses change, proxies sit in between).
+ */
+export function peerChannelCredentials(
+  t: TlsFiles | undefined,
+  peerId: string,
+): grpc.ChannelCredentials {
   if (!t) return grpc.credentials.createInsecure();
   return grpc.credentials.createSsl(
     read(t.ca ?? '', 'peer TLS CA'),
     read(t.key, 'peer TLS key'),
     read(t.cert, 'peer TLS certificate'),
+    { checkServerIdentity: serverIsPeer(peerId) },
   );
 }
 

@@ -7,13 +7,14 @@
 import * as assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import { ZeoRaftError } from '../../src/client/errors';
+import { peerCallMetadata } from '../../src/server/peer-auth';
 import { raftPackage, toProto } from '../../src/server/peer-transport';
 import { MessageType } from '../../src/raft';
 import { snapshotChunkCodec } from '../../src/storage/codec';
 import { INSTALL_STEPS } from '../../src/storage/object-store';
 import { Z64, hex, p64 } from '../../src/util/ids';
 import { TestCluster } from '../harness/cluster';
-import { eventually } from '../harness/index';
+import { TEST_CLUSTER_KEY, eventually } from '../harness/index';
 
 const LIVENESS_MS = 20_000;
 /** Objects written; each is OBJECT_BYTES, so the state spans several 1 MiB snapshot chunks. */
@@ -164,7 +165,8 @@ describe('cluster: snapshot install is all-or-nothing', function () {
       `127.0.0.1:${cluster.member(victim).peer}`,
       grpc.credentials.createInsecure(),
     );
-    const clusterKey = cluster.extraEnv.ZEORAFT_CLUSTER_KEY ?? '';
+    // Sent as the leader, with the cluster's key: the install itself must refuse it.
+    const clusterKey = cluster.extraEnv.ZEORAFT_CLUSTER_KEY ?? TEST_CLUSTER_KEY;
     const chunk = (keys: Buffer[], values: Buffer[], last: boolean): Buffer =>
       snapshotChunkCodec.encode({ keys, values, last });
     const global = Buffer.alloc(16);
@@ -182,9 +184,12 @@ describe('cluster: snapshot install is all-or-nothing', function () {
     try {
       for (const [what, chunks] of bad) {
         const err = await new Promise<grpc.ServiceError | null>((resolve) => {
-          const call = client.Snapshot({ deadline: Date.now() + 10_000 }, (e) => resolve(e));
+          const call = client.Snapshot(
+            peerCallMetadata(leader, clusterKey),
+            { deadline: Date.now() + 10_000 },
+            (e) => resolve(e),
+          );
           call.write({
-            clusterKey,
             message: toProto({
               type: MessageType.Snapshot,
               from: leader,

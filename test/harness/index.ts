@@ -2,6 +2,7 @@
  * Test harness: real node processes on free loopback ports, stopped by PID; temp data dirs.
  */
 import { ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -63,6 +64,27 @@ export async function eventually<T>(
   }
 }
 
+/**
+ * The cluster key of every node this test process starts, made fresh per run: a cluster member
+ * refuses to start without peer authentication.
+ */
+export const TEST_CLUSTER_KEY = randomBytes(32).toString('hex');
+
+/**
+ * A member's settings with peer authentication: the run's cluster key unless the test chose one
+ * (ZEORAFT_CLUSTER_KEY, even '' for none), a key file, peer TLS or --insecure-peers itself.
+ */
+export function withPeerAuth(env: Record<string, string>): Record<string, string> {
+  const member = !!env.ZEORAFT_PEERS || /^(1|true|yes|on)$/i.test(env.ZEORAFT_JOIN ?? '');
+  const chosen = [
+    'ZEORAFT_CLUSTER_KEY',
+    'ZEORAFT_CLUSTER_KEY_FILE',
+    'ZEORAFT_PEER_TLS_CERT',
+    'ZEORAFT_INSECURE_PEERS',
+  ].some((k) => k in env);
+  return member && !chosen ? { ...env, ZEORAFT_CLUSTER_KEY: TEST_CLUSTER_KEY } : env;
+}
+
 /** Every node process the tests started; any still running when the test process exits is killed. */
 const started = new Set<ChildProcess>();
 process.on('exit', () => {
@@ -90,8 +112,12 @@ export class NodeProcess {
     return this.child.exitCode === null && this.child.signalCode === null;
   }
 
-  /** Start `zeoraft server` without waiting for it to be ready (for a node expected to die). */
-  static spawn(env: Record<string, string>): NodeProcess {
+  /**
+   * Start `zeoraft server` without waiting for it to be ready (for a node expected to die). A
+   * cluster member gets the run's cluster key unless the test chose its peer authentication.
+   */
+  static spawn(settings: Record<string, string>): NodeProcess {
+    const env = withPeerAuth(settings);
     const child = spawn(process.execPath, [CLI, 'server'], {
       env: { ...process.env, ZEORAFT_LOG_LEVEL: process.env.ZEORAFT_LOG_LEVEL ?? 'warn', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],

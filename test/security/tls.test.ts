@@ -75,7 +75,10 @@ describe('security: TLS and mutual TLS', function () {
       return r;
     };
     before(async () => {
-      c = await cluster((id) => ({ ...tlsEnv(certs, id), ZEORAFT_CLUSTER_KEY: 'secret-of-test' }));
+      c = await cluster((id) => ({
+        ...tlsEnv(certs, id),
+        ZEORAFT_CLUSTER_KEY: 'secret-of-the-tls-test',
+      }));
     });
     after(async () => {
       for (const r of rpcs) r.close();
@@ -180,7 +183,7 @@ describe('security: TLS and mutual TLS', function () {
 
   it('refuses a peer with the wrong cluster key, and counts it', async () => {
     const { c, leader } = await twoAgainstOne((id) => ({
-      ZEORAFT_CLUSTER_KEY: id === 'n3' ? 'wrong' : 'right',
+      ZEORAFT_CLUSTER_KEY: id === 'n3' ? 'the-wrong-cluster-key' : 'the-right-cluster-key',
     }));
     try {
       const m = await httpGet(c.member(leader).http, '/metrics');

@@ -1,0 +1,665 @@
+/**
+ * The Raft peer port under attack, against real three-node clusters. With the default settings
+ * (a cluster key, as `zeoraft cluster` and the compose file set up) a process that merely reaches
+ * the peer port is refused for every forged message: a crafted Snapshot, a forged Append or
+ * AppendResp, TimeoutNow from the leader's id, heartbeats with a huge term, a forwarded commit or
+ * member record. A holder of the key (a member) can speak only for itself, and the leader checks
+ * forwarded commands as it checks a client's own request. With peer mutual TLS a client
+ * certificate is refused and a node certificate speaks only for its node. Only with
+ * `--insecure-peers` do the forged messages get through, and the node says so at every start.
+ * A member refuses to start without peer authentication, and `zeoraft cluster` makes a key that
+ * survives restarts.
+ */
+import * as assert from 'node:assert/strict';
+import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { StorageRpc } from '../../src/client/rpc';
+import { tlsEnv } from '../../src/cli/certs';
+import type { RaftClient } from '../../src/generated/zeoraft/v1/raft/Raft';
+import type { Envelope } from '../../src/generated/zeoraft/v1/raft/Envelope';
+import type { ForwardRequest } from '../../src/generated/zeoraft/v1/raft/ForwardRequest';
+import type { Message as PMessage } from '../../src/generated/zeoraft/v1/raft/Message';
+import { MessageType } from '../../src/raft';
+import { commandCodec } from '../../src/storage/codec';
+import { PEER_ID_METADATA, peerCallMetadata } from '../../src/server/peer-auth';
+import { raftPackage } from '../../src/server/peer-transport';
+import { Z64, p64 } from '../../src/util/ids';
+import { LinkProxy, TestCluster } from '../harness/cluster';
+import {
+  CLI,
+  NodeProcess,
+  TEST_CLUSTER_KEY,
+  eventually,
+  freePort,
+  rmDir,
+  sleep,
+  tmpDir,
+} from '../harness';
+import { httpGet } from './helpers';
+
+const oid = (n: number): Buffer => p64(BigInt(n));
+
+/** A cluster whose nodes get per-node settings (and no wait for a leader). */
+async function cluster(envFor: (id: string) => Record<string, string>): Promise<TestCluster> {
+  const c = new TestCluster();
+  for (let i = 1; i <= 3; i++)
+    c.members.push({
+      id: `n${i}`,
+      client: await freePort(),
+      peer: await freePort(),
+      http: await freePort(),
+    });
+  for (const a of c.members)
+    for (const b of c.members)
+      if (a !== b) c.proxies.set(`${a.id}>${b.id}`, await LinkProxy.start(b.peer));
+  try {
+    await Promise.all(c.members.map((m) => c.startNode(m.id, envFor(m.id))));
+  } catch (e) {
+    await c.stop();
+    throw e;
+  }
+  return c;
+}
+
+function raftClient(port: number, creds = grpc.credentials.createInsecure()): RaftClient {
+  const Raft = raftPackage().zeoraft.v1.raft.Raft;
+  return new Raft(`127.0.0.1:${port}`, creds);
+}
+
+interface Answer {
+  code: grpc.status;
+  details: string;
+}
+
+const answer = (err: grpc.ServiceError | null): Answer =>
+  err ? { code: err.code, details: err.details } : { code: grpc.status.OK, details: '' };
+
+/** Send envelopes on one Stream call and wait for its status. */
+function stream(c: RaftClient, md: grpc.Metadata, envs: Envelope[]): Promise<Answer> {
+  return new Promise((resolve) => {
+    const call = c.Stream(md, { deadline: Date.now() + 5000 }, (err) => resolve(answer(err)));
+    call.on('error', () => undefined);
+    for (const e of envs) call.write(e);
+    call.end();
+  });
+}
+
+function forward(c: RaftClient, md: grpc.Metadata, req: ForwardRequest): Promise<Answer> {
+  return new Promise((resolve) =>
+    c.Forward(req, md, { deadline: Date.now() + 5000 }, (err) => resolve(answer(err))),
+  );
+}
+
+/** A crafted snapshot: a Snapshot message far ahead of the cluster, and one chunk of junk. */
+function snapshot(c: RaftClient, md: grpc.Metadata, from: string, to: string): Promise<Answer> {
+  return new Promise((resolve) => {
+    const call = c.Snapshot(md, { deadline: Date.now() + 5000 }, (err) => resolve(answer(err)));
+    call.on('error', () => undefined);
+    call.write({
+      message: msg(MessageType.Snapshot, from, to, 1000, {
+        snapshot: { index: 1_000_000, term: 1000, conf: { voters: [from], learners: [] } },
+      }),
+    });
+    call.write({ chunk: Buffer.from('not a snapshot chunk') });
+    call.end();
+  });
+}
+
+function msg(
+  type: MessageType,
+  from: string,
+  to: string,
+  term: number,
+  extra: Partial<PMessage> = {},
+): PMessage {
+  return { type, from, to, term, logTerm: 0, index: 0, entries: [], commit: 0, ...extra };
+}
+
+const noCredentials = (id: string): grpc.Metadata => {
+  const md = new grpc.Metadata();
+  md.set(PEER_ID_METADATA, id);
+  return md;
+};
+
+const commitCommand = (storage: string, n: number, data: string): Buffer =>
+  commandCodec.encode({
+    commit: {
+      tid: Z64,
+      txn: { storage, stores: [{ oid: oid(n), serial: Z64, data: Buffer.from(data) }] },
+    },
+  });
+
+const memberCommand = (): Buffer =>
+  commandCodec.encode({
+    member: { id: 'n9', peerAddress: '127.0.0.1:1', clientAddress: '127.0.0.1:2' },
+  });
+
+async function term(c: TestCluster, id: string): Promise<number> {
+  return (await c.rpc(id).call('Status', {}, 2000)).term;
+}
+
+describe('security: the peer port', function () {
+  this.timeout(120_000);
+
+  describe('with the default settings (a cluster key)', () => {
+    let c: TestCluster;
+    let leader: string;
+    let follower: string;
+    let other: string;
+    const clients: RaftClient[] = [];
+    const peer = (id: string): RaftClient => {
+      const r = raftClient(c.member(id).peer);
+      clients.push(r);
+      return r;
+    };
+
+    before(async () => {
+      // The harness gives every member the run's cluster key, as `zeoraft cluster` would.
+      c = await TestCluster.start(3, { ZEORAFT_STORAGES: '1,archive:ro' });
+      leader = await c.leader();
+      [follower, other] = c.members.map((m) => m.id).filter((id) => id !== leader);
+      await c.rpc(leader).call('Commit', {
+        transaction: { stores: [{ oid: oid(1), data: Buffer.from('before the attack') }] },
+      });
+    });
+    after(async () => {
+      for (const r of clients) r.close();
+      await c?.stop();
+    });
+
+    it('refuses every forged message from a process without the key, and changes nothing', async () => {
+      const termsBefore = await Promise.all(c.members.map((m) => term(c, m.id)));
+      const attacks: Array<[string, Promise<Answer>]> = [
+        [
+          'heartbeats with a huge term',
+          stream(peer(follower), noCredentials(leader), [
+            { from: leader, messages: [msg(MessageType.Heartbeat, leader, follower, 1e6)] },
+          ]),
+        ],
+        [
+          'a forged Append',
+          stream(peer(follower), noCredentials(leader), [
+            {
+              from: leader,
+              messages: [
+                msg(MessageType.Append, leader, follower, termsBefore[0], {
+                  index: 1,
+                  logTerm: 1,
+                  entries: [{ index: 2, term: termsBefore[0], type: 0, data: Buffer.alloc(0) }],
+                }),
+              ],
+            },
+          ]),
+        ],
+        [
+          'a forged AppendResp',
+          stream(peer(leader), noCredentials(follower), [
+            {
+              from: follower,
+              messages: [
+                msg(MessageType.AppendResp, follower, leader, termsBefore[0], { index: 1e6 }),
+              ],
+            },
+          ]),
+        ],
+        [
+          "TimeoutNow from the leader's id",
+          stream(peer(follower), noCredentials(leader), [
+            { from: leader, messages: [msg(MessageType.TimeoutNow, leader, follower, 1e6)] },
+          ]),
+        ],
+        ['a crafted Snapshot', snapshot(peer(follower), noCredentials(leader), leader, follower)],
+        [
+          'a forwarded commit',
+          forward(peer(leader), noCredentials(follower), {
+            command: commitCommand('1', 1, 'forged'),
+            from: follower,
+          }),
+        ],
+        [
+          'a forwarded member record',
+          forward(peer(leader), noCredentials(follower), {
+            command: memberCommand(),
+            from: follower,
+            caller: { node: true },
+          }),
+        ],
+        [
+          'a token made with another key',
+          stream(peer(follower), peerCallMetadata(leader, 'another-key-of-32-characters-xx'), [
+            { from: leader, messages: [msg(MessageType.Heartbeat, leader, follower, 1e6)] },
+          ]),
+        ],
+      ];
+      for (const [what, p] of attacks) {
+        const a = await p;
+        assert.equal(a.code, grpc.status.UNAUTHENTICATED, `${what}: ${a.details}`);
+      }
+      // Nothing moved: same leader, no term jump, the data as it was, commits still go through.
+      await sleep(500);
+      assert.equal(await c.leader(), leader);
+      const termsAfter = await Promise.all(c.members.map((m) => term(c, m.id)));
+      assert.deepEqual(termsAfter, termsBefore);
+      for (const m of c.members) {
+        const l = await c.rpc(m.id).call('Load', { oid: oid(1) });
+        assert.deepEqual(l.data, Buffer.from('before the attack'), `${m.id} kept its data`);
+      }
+      const metrics = await httpGet(c.member(follower).http, '/metrics');
+      assert.match(
+        metrics.body,
+        /zeoraft_auth_failures_total\{[^}]*reason="cluster_key"[^}]*\} [1-9]/,
+      );
+    });
+
+    it('lets a member speak only for itself: a message from another id is refused', async () => {
+      // A holder of the key, authenticated as `other`, forging messages of the leader.
+      const md = (): grpc.Metadata => peerCallMetadata(other, TEST_CLUSTER_KEY);
+      const before = await term(c, follower);
+      const forged = await stream(peer(follower), md(), [
+        { from: other, messages: [msg(MessageType.Heartbeat, leader, follower, 1e6)] },
+      ]);
+      assert.equal(forged.code, grpc.status.PERMISSION_DENIED, forged.details);
+      assert.match(forged.details, /authenticated as node/);
+      const envelope = await stream(peer(follower), md(), [{ from: leader, messages: [] }]);
+      assert.equal(envelope.code, grpc.status.PERMISSION_DENIED, envelope.details);
+      const misrouted = await stream(peer(follower), md(), [
+        { from: other, messages: [msg(MessageType.Heartbeat, other, leader, 0)] },
+      ]);
+      assert.equal(misrouted.code, grpc.status.PERMISSION_DENIED, misrouted.details);
+      assert.match(misrouted.details, /addressed to/);
+      const snap = await snapshot(peer(follower), md(), leader, follower);
+      assert.equal(snap.code, grpc.status.PERMISSION_DENIED, snap.details);
+      const fwd = await forward(peer(leader), md(), {
+        command: commitCommand('1', 2, 'x'),
+        from: follower,
+      });
+      assert.equal(fwd.code, grpc.status.PERMISSION_DENIED, fwd.details);
+      // Its own empty envelope is fine: the refusals above are about the sender, not the key.
+      const own = await stream(peer(follower), md(), [{ from: other, messages: [] }]);
+      assert.equal(own.code, grpc.status.OK, own.details);
+      assert.equal(await term(c, follower), before);
+      assert.equal(await c.leader(), leader);
+    });
+
+    it('checks forwarded commands on the leader as it checks a client request', async () => {
+      const md = (): grpc.Metadata => peerCallMetadata(follower, TEST_CLUSTER_KEY);
+      const ro = await forward(peer(leader), md(), {
+        command: commitCommand('archive', 3, 'into a read-only storage'),
+        from: follower,
+      });
+      assert.equal(ro.code, grpc.status.PERMISSION_DENIED, ro.details);
+      assert.match(ro.details, /storage "archive" is read-only/);
+      const member = await forward(peer(leader), md(), {
+        command: memberCommand(),
+        from: follower,
+      });
+      assert.equal(member.code, grpc.status.PERMISSION_DENIED, member.details);
+      assert.match(member.details, /member command is proposed only by a node itself/);
+      const readOnlyKey = await forward(peer(leader), md(), {
+        command: commitCommand('1', 3, 'with a read-only key'),
+        from: follower,
+        caller: { key: { id: 'k1', role: 'read-only', storages: ['*'] } },
+      });
+      assert.equal(readOnlyKey.code, grpc.status.PERMISSION_DENIED, readOnlyKey.details);
+      const otherStorage = await forward(peer(leader), md(), {
+        command: commitCommand('1', 3, 'with a key for another storage'),
+        from: follower,
+        caller: { key: { id: 'k2', role: 'read-write', storages: ['archive'] } },
+      });
+      assert.equal(otherStorage.code, grpc.status.PERMISSION_DENIED, otherStorage.details);
+      // A member's forward of an allowed write goes through.
+      const ok = await forward(peer(leader), md(), {
+        command: commitCommand('1', 3, 'forwarded'),
+        from: follower,
+        caller: { key: { id: 'k3', role: 'read-write', storages: ['1'] } },
+      });
+      assert.equal(ok.code, grpc.status.OK, ok.details);
+      const l = await c.rpc(leader).call('Load', { oid: oid(3) });
+      assert.deepEqual(l.data, Buffer.from('forwarded'));
+      const a = await c
+        .rpc(leader)
+        .call('Load', { storage: 'archive', oid: oid(3) })
+        .catch((e: Error) => e);
+      assert.ok(a instanceof Error, 'nothing was written into the read-only storage');
+    });
+  });
+
+  it("refuses a client's write that a follower with other settings forwards into the leader's read-only storage", async () => {
+    // n3 believes "archive" is writable; n1 and n2 have it read-only. Writes through n3 go to the
+    // leader, which refuses them on its own settings.
+    const c = await cluster((id) => ({
+      ZEORAFT_STORAGES: id === 'n3' ? '1,archive' : '1,archive:ro',
+    }));
+    try {
+      let leader = await c.leader();
+      if (leader === 'n3') {
+        await c.kill('n3', 'SIGTERM'); // hands leadership to n1 or n2
+        await c.startNode('n3', { ZEORAFT_STORAGES: '1,archive' });
+        leader = await c.leader();
+      }
+      assert.notEqual(leader, 'n3');
+      await assert.rejects(
+        c.rpc('n3').call('Commit', {
+          transaction: { storage: 'archive', stores: [{ oid: oid(1), data: Buffer.from('x') }] },
+        }),
+        /storage "archive" is read-only/,
+      );
+      const { tid } = await c.rpc('n3').call('Commit', {
+        transaction: { storage: '1', stores: [{ oid: oid(1), data: Buffer.from('fine') }] },
+      });
+      assert.equal(tid.length, 8);
+    } finally {
+      await c.stop();
+    }
+  });
+
+  describe('with peer mutual TLS', () => {
+    let dir: string;
+    let certs: string;
+    let c: TestCluster;
+    const clients: RaftClient[] = [];
+    const f = (n: string): Buffer => fs.readFileSync(path.join(certs, n));
+    const peerTls = (id: string): Record<string, string> => {
+      const e = tlsEnv(certs, id);
+      return {
+        ZEORAFT_PEER_TLS_CERT: e.ZEORAFT_PEER_TLS_CERT,
+        ZEORAFT_PEER_TLS_KEY: e.ZEORAFT_PEER_TLS_KEY,
+        ZEORAFT_PEER_TLS_CA: e.ZEORAFT_PEER_TLS_CA,
+      };
+    };
+    const withCert = (id: string, name: string): RaftClient => {
+      const creds = grpc.credentials.createSsl(f('ca.crt'), f(`${name}.key`), f(`${name}.crt`), {
+        checkServerIdentity: () => undefined,
+      });
+      const r = raftClient(c.member(id).peer, creds);
+      clients.push(r);
+      return r;
+    };
+
+    before(async () => {
+      dir = tmpDir('sec-peers-tls');
+      certs = path.join(dir, 'certs');
+      execFileSync(process.execPath, [CLI, 'certs', '--out', certs, '--nodes', 'n1,n2,n3']);
+      c = await cluster(peerTls);
+      await c.leader();
+    });
+    after(async () => {
+      for (const r of clients) r.close();
+      await c?.stop();
+      rmDir(dir);
+    });
+
+    it('refuses a client certificate of the same CA on the peer port', async () => {
+      const a = await stream(withCert('n1', 'client'), noCredentials('n2'), [
+        { from: 'n2', messages: [msg(MessageType.Heartbeat, 'n2', 'n1', 1e6)] },
+      ]);
+      assert.equal(a.code, grpc.status.UNAUTHENTICATED, a.details);
+      assert.match(a.details, /names no ZeoRaft node/);
+      const fwd = await forward(withCert('n1', 'client'), noCredentials('n2'), {
+        command: commitCommand('1', 1, 'x'),
+        from: 'n2',
+      });
+      assert.equal(fwd.code, grpc.status.UNAUTHENTICATED, fwd.details);
+    });
+
+    it('lets the certificate of node X speak only for X', async () => {
+      const leader = await c.leader();
+      const [x, target] = ['n1', 'n2', 'n3'].filter((id) => id !== leader);
+      // X's certificate, claiming to be the leader on the call.
+      const claim = await stream(withCert(target, x), noCredentials(leader), [
+        { from: leader, messages: [msg(MessageType.Heartbeat, leader, target, 1e6)] },
+      ]);
+      assert.equal(claim.code, grpc.status.UNAUTHENTICATED, claim.details);
+      assert.match(claim.details, new RegExp(`names node ${x}`));
+      // X's certificate and X on the call, with a message from the leader inside.
+      const inside = await stream(withCert(target, x), noCredentials(x), [
+        { from: x, messages: [msg(MessageType.TimeoutNow, leader, target, 1e6)] },
+      ]);
+      assert.equal(inside.code, grpc.status.PERMISSION_DENIED, inside.details);
+      const own = await stream(withCert(target, x), noCredentials(x), [{ from: x, messages: [] }]);
+      assert.equal(own.code, grpc.status.OK, own.details);
+      assert.equal(await c.leader(), leader);
+    });
+  });
+
+  describe('refusing to start', () => {
+    let dir: string;
+    before(() => (dir = tmpDir('sec-peers-start')));
+    after(() => rmDir(dir));
+
+    /** Start a node that must refuse to start: its exit code and output. */
+    async function startFails(env: Record<string, string>): Promise<string> {
+      const [client, peerPort] = [await freePort(), await freePort()];
+      const child = spawn(process.execPath, [CLI, 'server'], {
+        env: {
+          ...process.env,
+          ZEORAFT_NODE_ID: 'n1',
+          ZEORAFT_DATA_DIR: path.join(dir, `n1-${client}`),
+          ZEORAFT_LISTEN: `127.0.0.1:${client}`,
+          ZEORAFT_PEER_LISTEN: `127.0.0.1:${peerPort}`,
+          ZEORAFT_PEERS: `n1=127.0.0.1:${peerPort}=127.0.0.1:${client},n2=127.0.0.1:1=127.0.0.1:2`,
+          ...env,
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+      const t = setTimeout(() => child.kill('SIGKILL'), 20_000);
+      const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+      clearTimeout(t);
+      assert.equal(code, 1, `the node must exit with 1:\n${out}`);
+      assert.doesNotMatch(out, /zeoraft node ready/);
+      return out;
+    }
+
+    it('refuses to run a cluster member without peer authentication', async () => {
+      const out = await startFails({ ZEORAFT_CLUSTER_KEY: '' });
+      assert.match(out, /a cluster member needs peer authentication/);
+      assert.match(out, /--insecure-peers/);
+    });
+
+    it('refuses a short cluster key and a missing key file', async () => {
+      assert.match(await startFails({ ZEORAFT_CLUSTER_KEY: 'short' }), /at least 16 characters/);
+      assert.match(
+        await startFails({ ZEORAFT_CLUSTER_KEY_FILE: path.join(dir, 'absent.key') }),
+        /cannot read the cluster key file/,
+      );
+    });
+
+    it('runs a standalone node (no peers) with no peer settings at all', async () => {
+      const port = await freePort();
+      const node = await NodeProcess.start({
+        ZEORAFT_NODE_ID: 'solo',
+        ZEORAFT_DATA_DIR: path.join(dir, 'solo'),
+        ZEORAFT_LISTEN: `127.0.0.1:${port}`,
+      });
+      try {
+        assert.ok(!/peers are NOT authenticated/.test(node.output));
+      } finally {
+        await node.kill('SIGTERM');
+      }
+    });
+  });
+
+  describe('with --insecure-peers', () => {
+    let c: TestCluster;
+    const clients: RaftClient[] = [];
+    before(async () => {
+      c = await TestCluster.start(3, {
+        ZEORAFT_INSECURE_PEERS: 'true',
+        ZEORAFT_STORAGES: '1,archive:ro',
+      });
+    });
+    after(async () => {
+      for (const r of clients) r.close();
+      await c?.stop();
+    });
+
+    it('warns at every start', async () => {
+      for (const m of c.members)
+        assert.match(c.procs.get(m.id)!.output, /peers are NOT authenticated \(--insecure-peers\)/);
+      const leader = await c.leader();
+      const id = c.members.map((m) => m.id).find((x) => x !== leader)!;
+      await c.kill(id, 'SIGTERM');
+      const again = await c.startNode(id);
+      await eventually(() => /peers are NOT authenticated/.test(again.output), 5000, 'warning');
+    });
+
+    it('lets anyone who reaches the peer port forge messages and write', async () => {
+      const leader = await c.leader();
+      const follower = c.members.map((m) => m.id).find((x) => x !== leader)!;
+      const to = (id: string): RaftClient => {
+        const r = raftClient(c.member(id).peer);
+        clients.push(r);
+        return r;
+      };
+      // A forged heartbeat with a huge term: the follower takes the term.
+      const big = (await term(c, follower)) + 1000;
+      const hb = await stream(to(follower), noCredentials(leader), [
+        { from: leader, messages: [msg(MessageType.Heartbeat, leader, follower, big)] },
+      ]);
+      assert.equal(hb.code, grpc.status.OK, hb.details);
+      await eventually(async () => (await term(c, follower)) >= big, 5000, 'the forged term');
+      // A forwarded commit from nobody is written.
+      const l = await c.leader();
+      const fwd = await forward(to(l), noCredentials('n9'), {
+        command: commitCommand('1', 7, 'written by nobody'),
+        from: 'n9',
+      });
+      assert.equal(fwd.code, grpc.status.OK, fwd.details);
+      const got = await c.rpc(l).call('Load', { oid: oid(7) });
+      assert.deepEqual(got.data, Buffer.from('written by nobody'));
+      // The leader's own checks still hold: no write into a read-only storage.
+      const ro = await forward(to(l), noCredentials('n9'), {
+        command: commitCommand('archive', 7, 'x'),
+        from: 'n9',
+      });
+      assert.equal(ro.code, grpc.status.PERMISSION_DENIED, ro.details);
+    });
+  });
+
+  describe('zeoraft cluster', () => {
+    let dir: string;
+    let launcher: ChildProcess | undefined;
+    let out = '';
+    let base = 0;
+
+    /** A base port whose 12 node ports (client, peer, http, zeo for 3 nodes) are free. */
+    async function freeBase(): Promise<number> {
+      for (;;) {
+        const b = 20_000 + Math.floor(Math.random() * 10_000);
+        const ports = [1, 2, 3].flatMap((i) => [b + i, b + 100 + i, b + 200 + i, b + 1000 + i]);
+        const free = await Promise.all(
+          ports.map(
+            (p) =>
+              new Promise<boolean>((resolve) => {
+                const s = net.createServer();
+                s.once('error', () => resolve(false));
+                s.listen(p, '127.0.0.1', () => s.close(() => resolve(true)));
+              }),
+          ),
+        );
+        if (free.every(Boolean)) return b;
+      }
+    }
+
+    async function startLauncher(): Promise<void> {
+      out = '';
+      launcher = spawn(
+        process.execPath,
+        [CLI, 'cluster', '--data-dir', dir, '--base-port', String(base), '--log-level', 'warn'],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      launcher.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      launcher.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+      await eventually(
+        async () => {
+          const views = await Promise.all(
+            [1, 2, 3].map(async (i) => {
+              const r = new StorageRpc(`127.0.0.1:${base + i}`, { timeoutMs: 1000 });
+              try {
+                return (await r.call('Status', {})).leaderId;
+              } finally {
+                r.close();
+              }
+            }),
+          );
+          return views[0] !== '' && views.every((v) => v === views[0]);
+        },
+        30_000,
+        `the launched cluster to elect a leader:\n${out}`,
+      );
+    }
+
+    async function stopLauncher(): Promise<void> {
+      const l = launcher;
+      if (!l || l.exitCode !== null || l.signalCode !== null) return;
+      const exited = new Promise((r) => l.once('exit', r));
+      process.kill(l.pid!, 'SIGTERM');
+      await exited;
+    }
+
+    async function commitAnywhere(n: number, data: string): Promise<void> {
+      await eventually(
+        async () => {
+          for (const i of [1, 2, 3]) {
+            const r = new StorageRpc(`127.0.0.1:${base + i}`, { timeoutMs: 3000 });
+            try {
+              await r.call('Commit', {
+                transaction: { stores: [{ oid: oid(n), data: Buffer.from(data) }] },
+              });
+              return true;
+            } catch {
+              // another node, or again
+            } finally {
+              r.close();
+            }
+          }
+          return false;
+        },
+        20_000,
+        'a commit',
+      );
+    }
+
+    before(async () => {
+      dir = tmpDir('sec-peers-launcher');
+      base = await freeBase();
+    });
+    after(async () => {
+      await stopLauncher();
+      rmDir(dir);
+    });
+
+    it('makes a cluster key under the data directory, uses it, and reuses it after a restart', async () => {
+      await startLauncher();
+      const file = path.join(dir, 'cluster.key');
+      const key = fs.readFileSync(file, 'utf8').trim();
+      assert.match(key, /^[0-9a-f]{64}$/, 'a 256-bit random key');
+      assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+      assert.match(out, /peers authenticate with the cluster key in .*cluster\.key \(new\)/);
+      await commitAnywhere(1, 'first run');
+      // The peer port refuses a caller without it.
+      const r = raftClient(base + 101);
+      const a = await stream(r, noCredentials('n2'), [{ from: 'n2', messages: [] }]);
+      r.close();
+      assert.equal(a.code, grpc.status.UNAUTHENTICATED, a.details);
+      await stopLauncher();
+      await startLauncher();
+      assert.equal(fs.readFileSync(file, 'utf8').trim(), key, 'the same key after a restart');
+      assert.doesNotMatch(out, /\(new\)/);
+      await commitAnywhere(2, 'second run');
+      const rpc = new StorageRpc(`127.0.0.1:${base + 1}`, { timeoutMs: 3000 });
+      try {
+        const l = await rpc.call('Load', { oid: oid(1) });
+        assert.deepEqual(l.data, Buffer.from('first run'));
+      } finally {
+        rpc.close();
+      }
+    });
+  });
+});
