@@ -20,7 +20,7 @@ import {
 } from './errors';
 import { txnBytes } from './limits';
 import type { StorageNode } from './node';
-import type { Caller } from './security';
+import { type Caller, Security } from './security';
 import { count, optionalId, requireId, serialOrZ64, text, txnId } from './validate';
 
 export const DEFAULT_STORAGE = '1';
@@ -414,8 +414,10 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       return { tid: node.store.lastTid };
     }),
 
-    Status: unary('Status', async () => {
+    Status: unary('Status', async (call) => {
       const v = node.replicator.view();
+      // A key sees only the storages it may use: not even the names of the others.
+      const p = node.security.principalFor(call.metadata);
       return {
         nodeId: v.nodeId,
         role: v.role,
@@ -424,7 +426,9 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
         commitIndex: v.commitIndex,
         appliedIndex: node.store.appliedIndex,
         lastTid: node.store.lastTid,
-        storages: await Promise.all(node.config.storages.map((s) => info(s.name))),
+        storages: await Promise.all(
+          node.config.storages.filter((s) => Security.mayUse(p, s.name)).map((s) => info(s.name)),
+        ),
       };
     }),
   };

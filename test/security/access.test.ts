@@ -188,6 +188,14 @@ describe('security: keys and roles on a node', function () {
     );
   });
 
+  it('shows a key in Status only the storages it may use', async () => {
+    const names = async (key: string): Promise<string[]> =>
+      (await rpcWithKey(address, key).call('Status', {})).storages.map((s) => s.name).sort();
+    assert.deepEqual(await names(keys.rw), ['1']);
+    assert.deepEqual(await names(keys.other), ['other']);
+    assert.deepEqual(await names(keys.admin), ['1', 'archive', 'other']);
+  });
+
   it('does not open the ZEO listener when keys are on (ZEO clients cannot send a key)', async () => {
     const err = await new Promise<Error | undefined>((resolve) => {
       const s = net.connect(zeoPort, '127.0.0.1');
