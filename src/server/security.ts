@@ -219,6 +219,15 @@ const WRITE_METHODS = new Set(['NewOids', 'Commit', 'Vote', 'Finish', 'Abort', '
 const KEYLESS_SERVICES = /^(grpc\.health\.v1\.|grpc\.reflection\.)/;
 /** At most one warning per listener and reason in this window; the rest are counted in it. */
 const LOG_WINDOW_MS = 5_000;
+/** How often the keys of open streams are checked again (a revoked key's stream then ends). */
+const KEY_RECHECK_MS = 1_000;
+
+/** An open stream whose key is checked again and again; `revoked` ends it. */
+interface KeyedStream {
+  digest: Buffer;
+  storage: string;
+  revoked: (e: RpcError) => void;
+}
 
 /** The storage a Storage request addresses ('' means ZEO's default, '1'); undefined when none. */
 function requestStorage(method: string, msg: any): string | undefined {
@@ -242,6 +251,9 @@ export class Security {
   private readonly subscribers = new Map<string, number>();
   /** Voted transactions: "storage/txnId" -> connection and expiry. */
   private readonly voted = new Map<string, { conn: string; expiresMs: number }>();
+  /** Open Subscribe streams made with a key (bounded by the subscriber limits). */
+  private readonly keyedStreams = new Set<KeyedStream>();
+  private keyRecheck: NodeJS.Timeout | undefined;
 
   constructor(
     readonly config: SecurityConfig,
@@ -357,6 +369,54 @@ export class Security {
     if (this.clusterDigest && timingSafeEqual(d, this.clusterDigest))
       return { id: 'cluster', role: 'admin', storages: ['*'] };
     return this.keys?.lookupDigest(d);
+  }
+
+  /**
+   * Keep checking the key of an open stream of `storage` (metadata `md`): once the keys file no
+   * longer has it, or it no longer grants the storage, `revoked` is called with UNAUTHENTICATED or
+   * PERMISSION_DENIED (within KEY_RECHECK_MS of the file changing plus its reload delay). Returns
+   * the function that stops watching; without keys there is nothing to watch.
+   */
+  watchKey(md: grpc.Metadata, storage: string, revoked: (e: RpcError) => void): () => void {
+    const key = md.get(KEY_METADATA)[0];
+    if (!this.keys || typeof key !== 'string') return () => undefined;
+    const w: KeyedStream = { digest: digest(key), storage, revoked };
+    this.keyedStreams.add(w);
+    if (!this.keyRecheck) {
+      this.keyRecheck = setInterval(() => this.recheckKeys(), KEY_RECHECK_MS);
+      this.keyRecheck.unref();
+    }
+    return () => {
+      this.keyedStreams.delete(w);
+      if (this.keyedStreams.size === 0 && this.keyRecheck) {
+        clearInterval(this.keyRecheck);
+        this.keyRecheck = undefined;
+      }
+    };
+  }
+
+  private recheckKeys(): void {
+    for (const w of [...this.keyedStreams]) {
+      const p = this.principalOfDigest(w.digest);
+      const err = !p
+        ? new RpcError(grpc.status.UNAUTHENTICATED, 'security key revoked: the stream is closed')
+        : !Security.mayUse(p, w.storage)
+          ? new RpcError(
+              grpc.status.PERMISSION_DENIED,
+              `key ${p.id} may no longer use storage ${JSON.stringify(w.storage)}: the stream is closed`,
+              { kind: 'INVALID' },
+            )
+          : undefined;
+      if (!err) continue;
+      this.keyedStreams.delete(w);
+      this.refused(
+        'client',
+        '',
+        err.code === grpc.status.UNAUTHENTICATED ? 'revoked_key' : 'permission',
+        err.message,
+      );
+      w.revoked(err);
+    }
   }
 
   /** Why `p` may not call `service/method` with `msg`, as an RpcError; undefined when it may. */

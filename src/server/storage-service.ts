@@ -405,7 +405,15 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       if (from && idCompare(from, node.store.lastTid) > 0)
         await node.waitForTid(from, deadline(call));
       node.limits.checkSubscribers(node.subscriptions.count);
-      await node.subscriptions.serve(st, call.request, call);
+      // A key revoked (or no longer granting the storage) while the stream is open ends it.
+      const unwatch = node.security.watchKey(call.metadata, st, (e) =>
+        node.subscriptions.close(call, e),
+      );
+      try {
+        await node.subscriptions.serve(st, call.request, call);
+      } finally {
+        unwatch();
+      }
     }),
 
     Sync: unary('Sync', async (call) => {

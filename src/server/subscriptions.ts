@@ -107,6 +107,11 @@ export class SubscriptionHub {
   closeAll(e: RpcError): void {
     for (const s of this.subscribers) s.fail(e);
   }
+
+  /** End the stream of the subscriber on `call` with `e` (its key was revoked). */
+  close(call: Call, e: RpcError): void {
+    for (const s of this.subscribers) if (s.call === call) s.fail(e);
+  }
 }
 
 class Subscriber {
@@ -127,7 +132,7 @@ class Subscriber {
   constructor(
     private readonly storage: string,
     private readonly req: SubscribeRequest__Output,
-    private readonly call: Call,
+    readonly call: Call,
     private readonly store: ObjectStore,
     private readonly options: SubscriptionOptions,
     private readonly onDelivered: (n: number) => void,

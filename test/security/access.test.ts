@@ -13,7 +13,7 @@ import { ReadOnlyError } from '../../src/client/errors';
 import { addKey } from '../../src/cli/keys';
 import { AllowList, hashKey } from '../../src/server/security';
 import { p64 } from '../../src/util/ids';
-import { NodeProcess, eventually, freePort, rmDir, tmpDir } from '../harness';
+import { NodeProcess, eventually, freePort, rmDir, sleep, tmpDir } from '../harness';
 import { adminCall, httpGet, rejectsWith, rpcWithKey } from './helpers';
 
 const oid = (n: number): Buffer => p64(BigInt(n));
@@ -194,6 +194,41 @@ describe('security: keys and roles on a node', function () {
     assert.deepEqual(await names(keys.rw), ['1']);
     assert.deepEqual(await names(keys.other), ['other']);
     assert.deepEqual(await names(keys.admin), ['1', 'archive', 'other']);
+  });
+
+  it('ends the open Subscribe stream of a key that is revoked or loses the storage', async () => {
+    const revoked = addKey(keysFile, 'read-only', ['1']);
+    const narrowed = addKey(keysFile, 'read-only', ['1']);
+    const open = (key: string): Promise<{ code: number; details: string; events: number }> =>
+      new Promise((resolve) => {
+        let events = 0;
+        const s = rpcWithKey(address, key).subscribe({ progressIntervalMs: 50 });
+        s.on('data', () => events++);
+        s.on('error', () => undefined);
+        s.on('status', (st: grpc.StatusObject) =>
+          resolve({ code: st.code, details: st.details, events }),
+        );
+      });
+    await eventually(
+      async () => (await rpcWithKey(address, revoked).call('LastTransaction', {})).tid.length === 8,
+      5000,
+      'the new keys to be accepted',
+    );
+    const [a, b] = [open(revoked), open(narrowed)];
+    await sleep(300);
+    // Rewrite the file: one key gone, the other moved to another storage.
+    const file = JSON.parse(fs.readFileSync(keysFile, 'utf8')) as {
+      keys: Array<{ hash: string; storages: string[] }>;
+    };
+    file.keys = file.keys.filter((k) => k.hash !== hashKey(revoked));
+    for (const k of file.keys) if (k.hash === hashKey(narrowed)) k.storages = ['other'];
+    fs.writeFileSync(keysFile, JSON.stringify(file));
+    const [ra, rb] = await Promise.all([a, b]);
+    assert.equal(ra.code, grpc.status.UNAUTHENTICATED, ra.details);
+    assert.match(ra.details, /revoked/);
+    assert.ok(ra.events > 0, 'the stream was delivering before');
+    assert.equal(rb.code, grpc.status.PERMISSION_DENIED, rb.details);
+    assert.match(rb.details, /may no longer use storage "1"/);
   });
 
   it('does not open the ZEO listener when keys are on (ZEO clients cannot send a key)', async () => {
