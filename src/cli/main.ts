@@ -20,7 +20,8 @@ const USAGE = `usage: zeoraft <command> [flags]
 
 commands:
   server             run a node; settings from flags, ZEORAFT_* variables or --config FILE
-  cluster            run a local three-node cluster (ports 7101-7103 client, 7201-7203 peer, 7301-7303 http)
+  cluster            run a local three-node cluster (ports 7101-7103 client, 7201-7203 peer, 7301-7303 http;
+                     peers share a random key kept in DATA_DIR/cluster.key, made on first start)
   status             show the cluster's members (--address HOST:PORT of any node, default 127.0.0.1:7101;
                      --key KEY, --ca CA.pem [--cert C --cert-key K] for a secured cluster)
   member add ID PEER_ADDR CLIENT_ADDR | member promote ID | member remove ID
