@@ -425,6 +425,70 @@ describe('security: the peer port', function () {
     });
   });
 
+  it('talks only to a peer server whose certificate names the peer it dials', async () => {
+    const d = tmpDir('sec-peers-dial');
+    const certs = path.join(d, 'certs');
+    execFileSync(process.execPath, [CLI, 'certs', '--out', certs, '--nodes', 'n1,n2,n3']);
+    const f = (n: string): Buffer => fs.readFileSync(path.join(certs, n));
+    const c = await cluster((id) => {
+      const e = tlsEnv(certs, id);
+      return {
+        ZEORAFT_PEER_TLS_CERT: e.ZEORAFT_PEER_TLS_CERT,
+        ZEORAFT_PEER_TLS_KEY: e.ZEORAFT_PEER_TLS_KEY,
+        ZEORAFT_PEER_TLS_CA: e.ZEORAFT_PEER_TLS_CA,
+      };
+    });
+    let fake: grpc.Server | undefined;
+    try {
+      const leader = await c.leader();
+      const [victim, other] = ['n1', 'n2', 'n3'].filter((id) => id !== leader);
+      await c.kill(victim);
+      // A server on the victim's peer port that records what the others send it.
+      const serve = async (certOf: string): Promise<{ envelopes: number }> => {
+        const seen = { envelopes: 0 };
+        const server = new grpc.Server();
+        server.addService(raftPackage().zeoraft.v1.raft.Raft.service, {
+          Stream: (call: grpc.ServerReadableStream<unknown, unknown>) =>
+            call.on('data', () => seen.envelopes++),
+          Snapshot: (call: grpc.ServerReadableStream<unknown, unknown>) =>
+            call.on('data', () => seen.envelopes++),
+          Forward: (_call: unknown, cb: grpc.sendUnaryData<unknown>) =>
+            cb({ code: grpc.status.UNAVAILABLE }),
+        } as grpc.UntypedServiceImplementation);
+        await new Promise<void>((resolve, reject) =>
+          server.bindAsync(
+            `127.0.0.1:${c.member(victim).peer}`,
+            grpc.ServerCredentials.createSsl(
+              f('ca.crt'),
+              [{ cert_chain: f(`${certOf}.crt`), private_key: f(`${certOf}.key`) }],
+              true,
+            ),
+            (e) => (e ? reject(e) : resolve()),
+          ),
+        );
+        fake = server;
+        return seen;
+      };
+      // Signed by the cluster CA, but naming another node: the leader sends it nothing.
+      const impostor = await serve(other);
+      for (let i = 0; i < 10; i++)
+        await c.rpc(leader).call('Commit', {
+          transaction: { stores: [{ oid: oid(40 + i), data: Buffer.from('secret') }] },
+        });
+      await sleep(1500);
+      assert.equal(impostor.envelopes, 0, 'nothing sent to a server that is not the peer');
+      fake?.forceShutdown();
+      // The same place with the victim's own certificate: the leader's traffic arrives (the
+      // check above can see traffic when there is some).
+      const genuine = await serve(victim);
+      await eventually(() => genuine.envelopes > 0, 10_000, 'traffic to the genuine certificate');
+    } finally {
+      fake?.forceShutdown();
+      await c.stop();
+      rmDir(d);
+    }
+  });
+
   describe('refusing to start', () => {
     let dir: string;
     before(() => (dir = tmpDir('sec-peers-start')));
