@@ -9,9 +9,9 @@
  * queued, so everything up to T was sent). Slow subscribers are cut off at a bounded queue.
  */
 import * as grpc from '@grpc/grpc-js';
-import { once } from 'node:events';
+import { StorageError } from '../storage/errors';
 import type { CommitEvent, ObjectStore } from '../storage/object-store';
-import { Z64, hex, idCompare, idNext, tidFromTime } from '../util/ids';
+import { Z64, hex, idCompare, idEquals, idNext, tidFromTime } from '../util/ids';
 import type { SubscribeEvent } from '../generated/zeoraft/v1/SubscribeEvent';
 import type { SubscribeRequest__Output } from '../generated/zeoraft/v1/SubscribeRequest';
 import { RpcError, toServiceError } from './errors';
@@ -75,17 +75,21 @@ export class SubscriptionHub {
 
   /** The oldest TID a subscriber of `storage` may resume from. */
   async oldestResumable(storage: string): Promise<Buffer> {
-    let oldest = await this.store.oldestTid(storage);
+    const max = this.options.historyMaxTransactions;
+    let oldestInWindow = Z64;
     let n = 0;
-    for await (const t of this.store.iterateBackwards(
-      storage,
-      this.options.historyMaxTransactions,
-    )) {
-      oldest = t;
+    for await (const t of this.store.iterateBackwards(storage, max)) {
+      oldestInWindow = t;
       n++;
     }
-    if (n >= this.options.historyMaxTransactions) oldest = idNext(oldest);
+    if (n === 0) return Z64; // nothing on record: resuming from anywhere misses nothing
+    const oldestOnRecord = await this.store.oldestTid(storage);
     const byAge = tidFromTime(this.options.nowMs() - this.options.historyMaxAgeMs);
+    // Every transaction ever committed is on record (pack keeps transaction records): when all
+    // of them are inside the window, a subscriber may resume from anywhere, the all-zero TID too.
+    const allByCount = n < max || idEquals(oldestInWindow, oldestOnRecord);
+    if (allByCount && idCompare(oldestOnRecord, byAge) >= 0) return Z64;
+    const oldest = allByCount ? oldestOnRecord : idNext(oldestInWindow);
     return idCompare(byAge, oldest) > 0 ? byAge : oldest;
   }
 
@@ -119,13 +123,18 @@ class Subscriber {
   private readonly queue: Outgoing[] = [];
   /** Bytes of the events in `queue` (invariant: the sum of queuedSize over it). */
   private queuedBytes = 0;
+  /** Live commits held back while a catch-up reads the store (undefined when streaming live). */
   private pending: CommitEvent[] | undefined = [];
+  /**
+   * The store's state was replaced by a snapshot: the transactions it brought never came as
+   * commit events, so the stream catches up again from the last TID sent (or resets).
+   */
+  private resyncNeeded = false;
   private wake: (() => void) | undefined;
+  /** Wakes a write waiting for 'drain' (on drain, or when the subscriber is cut off). */
+  private drained: (() => void) | undefined;
   private done = false;
   private failure: RpcError | undefined;
-  private signalFailed!: () => void;
-  /** Resolves when the subscriber is cut off, so a write stuck on backpressure stops waiting. */
-  private readonly failed = new Promise<void>((resolve) => (this.signalFailed = resolve));
   private readonly maxDataBytes: number;
   private readonly progressMs: number;
 
@@ -177,9 +186,16 @@ class Subscriber {
     if (this.done) return;
     this.failure = e;
     this.done = true;
-    this.signalFailed();
+    this.drained?.(); // a write stuck on backpressure stops waiting
     this.wake?.();
   }
+
+  private onReplaced = (): void => {
+    if (this.done) return;
+    this.resyncNeeded = true;
+    this.pending ??= []; // from now on live commits wait for the catch-up
+    this.wake?.();
+  };
 
   private onCommit = (ev: CommitEvent): void => {
     if (ev.storage !== this.storage) return;
@@ -227,23 +243,41 @@ class Subscriber {
       this.lastSent = out.tid;
       this.onDelivered(1);
     }
-    if (!this.call.write(out.msg))
-      await Promise.race([once(this.call, 'drain'), once(this.call, 'close'), this.failed]);
+    // One 'drain' listener per blocked write, removed when it returns; close and cancel end the
+    // wait through fail() (the listeners run() registered once).
+    if (!this.call.write(out.msg) && !this.done)
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          this.call.off('drain', done);
+          this.drained = undefined;
+          resolve();
+        };
+        this.drained = done;
+        this.call.on('drain', done);
+      });
   }
 
   async run(hub: SubscriptionHub): Promise<void> {
     const unlisten = this.store.onCommit(this.onCommit);
+    const unlistenReplaced = this.store.onReplaced(this.onReplaced);
     const cancel = (): void => this.fail(new RpcError(grpc.status.CANCELLED, 'cancelled'));
     this.call.on('cancelled', cancel);
     this.call.on('close', cancel);
     try {
-      await this.catchUp(hub);
+      const from = this.req.fromTid;
+      await this.catchUp(hub, from && from.length > 0 ? Buffer.from(from) : undefined);
       let idleSince = this.options.nowMs();
       while (!this.done) {
         const ev = this.queue.shift();
         if (ev) this.queuedBytes -= queuedSize(ev);
         if (ev) {
           await this.write(ev);
+          idleSince = this.options.nowMs();
+          continue;
+        }
+        if (this.resyncNeeded) {
+          // Everything queued before the state was replaced is sent; now the rest, from the store.
+          await this.catchUp(hub, this.lastSent);
           idleSince = this.options.nowMs();
           continue;
         }
@@ -268,12 +302,19 @@ class Subscriber {
       else this.call.end();
     } finally {
       unlisten();
+      unlistenReplaced();
     }
   }
 
-  private async catchUp(hub: SubscriptionHub): Promise<void> {
-    const from = this.req.fromTid;
-    if (!from || from.length === 0) {
+  /**
+   * Send every transaction after `from` from the store (or a Reset when they are not all on
+   * record), then the live commits held back meanwhile. Without `from`: start at the present.
+   * If the store's state is replaced meanwhile, the live commits stay held back and the caller
+   * catches up again from the last TID sent.
+   */
+  private async catchUp(hub: SubscriptionHub, from: Buffer | undefined): Promise<void> {
+    this.resyncNeeded = false;
+    if (!from) {
       this.lastSent = this.store.lastTid;
     } else {
       const oldest = await hub.oldestResumable(this.storage);
@@ -285,18 +326,25 @@ class Subscriber {
         this.lastSent = now;
       } else {
         this.lastSent = Buffer.from(from);
-        for await (const t of this.store.iterate(this.storage, idNext(from))) {
-          if (this.done) return;
-          if (idCompare(t.tid, this.lastSent) <= 0) continue;
-          await this.write(
-            this.commitEvent(
-              t.tid,
-              t.records.map((r) => ({ oid: r.oid, data: r.data, deleted: r.deleted })),
-            ),
-          );
+        try {
+          for await (const t of this.store.iterate(this.storage, idNext(from))) {
+            if (this.done) return;
+            if (idCompare(t.tid, this.lastSent) <= 0) continue;
+            await this.write(
+              this.commitEvent(
+                t.tid,
+                t.records.map((r) => ({ oid: r.oid, data: r.data, deleted: r.deleted })),
+              ),
+            );
+          }
+        } catch (e) {
+          // A snapshot install began under the read: continue from lastSent once it is done.
+          if (!(e instanceof StorageError && e.kind === 'UNAVAILABLE')) throw e;
+          this.resyncNeeded = true;
         }
       }
     }
+    if (this.resyncNeeded) return;
     const pending = this.pending ?? [];
     this.pending = undefined;
     for (const ev of pending)

@@ -273,9 +273,15 @@ export async function startZeoServer(node: StorageNode, listen: string): Promise
   });
   const bound = (server.address() as net.AddressInfo).port;
   node.log.info({ zeo: `${host}:${bound}` }, 'zeo: listening (protocol M5)');
+  // A snapshot replaced the state: its transactions were never sent as invalidations, so every
+  // client reconnects and verifies its cache (ZEO's cache verification) instead of missing them.
+  const unlistenReplaced = node.store.onReplaced(() => {
+    for (const c of [...connections]) c.close('state replaced by a snapshot; reconnect');
+  });
   return {
     port: bound,
     async close(): Promise<void> {
+      unlistenReplaced();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       for (const c of [...connections]) c.close('node stopping');
       await closed;
