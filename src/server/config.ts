@@ -3,6 +3,13 @@ import type { LogLevel } from '../util/log';
 import { CLUSTER_KEY_CHARS_MIN } from './peer-auth';
 import type { SecurityConfig } from './security';
 
+/**
+ * A leased vote (a ZEO session's) lives this long after its last renewal, measured on the leader's
+ * clock; its owner renews it several times per lease while it lives, so a vote whose node died or
+ * whose client went away is aborted about a lease later, on every node.
+ */
+export const VOTE_LEASE_MS = 1_000;
+
 export interface StorageConfig {
   name: string;
   readOnly: boolean;

@@ -12,7 +12,7 @@ import { storagePackage, withPreEncodedResponses } from '../proto';
 import { ObjectStore } from '../storage/object-store';
 import { hex, idCompare } from '../util/ids';
 import { Logger, createLogger } from '../util/log';
-import { NodeConfig } from './config';
+import { NodeConfig, VOTE_LEASE_MS } from './config';
 import { RpcError, unavailable } from './errors';
 import { AddressBook } from './address-book';
 import { addHealthAndReflection, stopHealth } from './health';
@@ -28,7 +28,7 @@ import { SubscriptionHub } from './subscriptions';
 import { ZeoServer, startZeoServer } from '../zeo/server';
 
 /** How often the leader looks for voted transactions past their timeout. */
-const TXN_SWEEP_MS = 500;
+const TXN_SWEEP_MS = 250;
 /**
  * Concurrent calls on one client connection: room for the per-connection subscriber and vote
  * limits (1000 each by default) at once.
@@ -61,6 +61,8 @@ export class StorageNode {
   private zeoServer: ZeoServer | undefined;
   private readonly appliedWaiters = new Set<() => void>();
   private stopping = false;
+  /** When this node last became leader (its clock), while it is leader. */
+  private leaderSinceMs: number | undefined;
   /** The bound client port (useful when listening on port 0). */
   port = 0;
 
@@ -257,8 +259,14 @@ export class StorageNode {
   private abortExpired(): void {
     if (this.stopping) return;
     const v = this.replicator.view();
-    if (v.role !== 'leader' && v.role !== 'standalone') return;
+    if (v.role !== 'leader' && v.role !== 'standalone') {
+      this.leaderSinceMs = undefined;
+      return;
+    }
     const now = this.clock.nowMs();
+    this.leaderSinceMs ??= now;
+    // A new leader first waits one lease, so owners that could not renew during the election can.
+    if (v.role === 'leader' && now - this.leaderSinceMs < VOTE_LEASE_MS) return;
     for (const p of this.store.preparedTransactions()) {
       if (p.deadlineMs > 0 && p.deadlineMs < now) {
         this.log.warn(

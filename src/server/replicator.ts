@@ -39,7 +39,8 @@ export interface Replicator {
 }
 
 /**
- * Fill the proposal TID of commands that commit a transaction from the leader's clock. The store
+ * Fill the proposal TID of commands that commit a transaction, and the deadline of leased votes,
+ * from the leader's clock. The store
  * applies max(proposed, last + 1), so a clock going backwards never breaks TID order.
  */
 export function stampCommand(cmd: Command, nowMs: number): Command {
@@ -47,5 +48,10 @@ export function stampCommand(cmd: Command, nowMs: number): Command {
   if ('commit' in cmd && cmd.commit) return { commit: { ...cmd.commit, tid } };
   if ('finish' in cmd && cmd.finish) return { finish: { ...cmd.finish, tid } };
   if ('undo' in cmd && cmd.undo) return { undo: { ...cmd.undo, tid } };
+  // Leases are measured on the leader's clock, the one that judges them (Node.abortExpired).
+  if ('prepare' in cmd && cmd.prepare?.leaseMs)
+    return { prepare: { ...cmd.prepare, deadlineMs: nowMs + cmd.prepare.leaseMs } };
+  if ('renew' in cmd && cmd.renew?.leaseMs)
+    return { renew: { ...cmd.renew, deadlineMs: nowMs + cmd.renew.leaseMs } };
   return cmd;
 }

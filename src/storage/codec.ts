@@ -14,6 +14,10 @@ export interface StoreOp {
   data?: Uint8Array;
   refs?: Uint8Array[];
   delete?: boolean;
+  /** For stores written by undo: the transaction whose data they restore. */
+  dataTid?: Uint8Array;
+  /** The references of `data` are unknown: pack collects no garbage while the revision exists. */
+  opaque?: boolean;
 }
 export interface CheckOp {
   oid: Uint8Array;
@@ -29,7 +33,15 @@ export interface Txn {
 }
 export type Command =
   | { commit: { tid: Uint8Array; txn: Txn } }
-  | { prepare: { txnId: string; txn: Txn; deadlineMs?: number } }
+  | {
+      prepare: {
+        txnId: string;
+        txn: Txn;
+        deadlineMs?: number;
+        leaseMs?: number;
+        reserve?: boolean;
+      };
+    }
   | { finish: { storage: string; txnId: string; tid: Uint8Array } }
   | { abort: { storage: string; txnId: string; reason?: string } }
   | {
@@ -44,6 +56,7 @@ export type Command =
   | { pack: { storage: string; packTid: Uint8Array; gc?: boolean } }
   | { newOids: { storage: string; count: number } }
   | { noop: Record<string, never> }
+  | { renew: { storage: string; txnId: string; deadlineMs?: number; leaseMs?: number } }
   | { member: MemberRecord };
 
 export interface MemberRecord {
@@ -58,6 +71,7 @@ export interface Revision {
   deleted?: boolean;
   refs?: Uint8Array[];
   dataTid?: Uint8Array;
+  opaque?: boolean;
 }
 export interface TxnRecord {
   user?: string;
@@ -69,6 +83,7 @@ export interface PreparedRecord {
   txn: Txn;
   deadlineMs?: number;
   index?: number;
+  reserve?: boolean;
 }
 export interface StorageMeta {
   lastTid?: Uint8Array;

@@ -37,6 +37,7 @@ import {
 import {
   Command,
   MemberRecord,
+  StoreOp,
   PreparedRecord,
   memberCodec,
   Revision,
@@ -134,6 +135,26 @@ export interface StorageSummary {
   packTid: Buffer;
   nextOid: Buffer;
 }
+/** An object whose undo needs application-level conflict resolution (the server runs none). */
+export interface UndoResolution {
+  oid: Buffer;
+  /** Its current serial. */
+  committed: Buffer;
+  /** The transaction being undone. */
+  undone: Buffer;
+  /** The data to restore (the revision before `undone`), to be merged with the current data. */
+  data: Buffer;
+}
+
+/** The stores that undo a list of transactions (ZODB's transactional undo, as FileStorage does it). */
+export interface UndoPlan {
+  /** One per object, based on its current serial; data restored from a revision carries dataTid. */
+  stores: StoreOp[];
+  /** Every object the undone transactions wrote, in order, without duplicates. */
+  oids: Buffer[];
+  conflicts: UndoResolution[];
+}
+
 export interface PreparedSummary {
   storage: string;
   txnId: string;
@@ -177,7 +198,8 @@ function commandStorage(cmd: Command): unknown {
   const c = cmd as Record<string, any>;
   if (c.commit) return c.commit.txn ? c.commit.txn.storage : null; // no txn: validateTxn says INVALID
   if (c.prepare) return c.prepare.txn ? c.prepare.txn.storage : null;
-  for (const op of ['finish', 'abort', 'undo', 'pack', 'newOids']) if (c[op]) return c[op].storage;
+  for (const op of ['finish', 'abort', 'undo', 'pack', 'newOids', 'renew'])
+    if (c[op]) return c[op].storage;
   return null;
 }
 
@@ -575,6 +597,7 @@ export class ObjectStore {
     if ('pack' in cmd && cmd.pack) return this.applyPack(cmd.pack, ops, after);
     if ('newOids' in cmd && cmd.newOids)
       return Promise.resolve(this.applyNewOids(cmd.newOids, ops, after));
+    if ('renew' in cmd && cmd.renew) return this.applyRenew(cmd.renew, ops);
     if ('noop' in cmd) return Promise.resolve({ ok: true });
     if ('member' in cmd && cmd.member)
       return Promise.resolve(this.applyMember(cmd.member, ops, after));
@@ -605,6 +628,7 @@ export class ObjectStore {
   private async checkTxn(
     txn: Txn,
     ownTxnId: string | undefined,
+    locksOnly = false,
   ): Promise<Map<string, { serial: Buffer; deleted: boolean }>> {
     const current = new Map<string, { serial: Buffer; deleted: boolean }>();
     const st = txn.storage;
@@ -622,7 +646,7 @@ export class ObjectStore {
       const c = cur ? parseCurrent(cur) : { serial: Z64, deleted: false };
       current.set(hex(oid), c);
       const expected = serialOf(op.serial);
-      if (!idEquals(expected, c.serial)) {
+      if (!locksOnly && !idEquals(expected, c.serial)) {
         const currentData =
           c.deleted || !cur ? undefined : await this.revisionData(st, oid, c.serial);
         throw new StorageError(
@@ -668,8 +692,9 @@ export class ObjectStore {
       const existed = !idEquals(prev.serial, Z64) && !prev.deleted;
       const deleted = s.delete === true;
       const rev: Revision = deleted ? { deleted: true } : { data: buf(s.data), refs: s.refs };
-      const dataTid = dataTids?.get(hex(oid));
-      if (dataTid) rev.dataTid = dataTid;
+      if (s.opaque && !deleted) rev.opaque = true;
+      const dataTid = dataTids?.get(hex(oid)) ?? (s.dataTid?.length ? buf(s.dataTid) : undefined);
+      if (dataTid && !deleted) rev.dataTid = dataTid;
       ops.push({ type: 'put', key: K.revisionKey(st, oid, tid), value: revisionCodec.encode(rev) });
       ops.push({ type: 'put', key: K.currentKey(st, oid), value: currentValue(tid, deleted) });
       if (existed && deleted) count--;
@@ -698,21 +723,25 @@ export class ObjectStore {
   }
 
   private async applyPrepare(
-    p: { txnId: string; txn: Txn; deadlineMs?: number },
+    p: { txnId: string; txn: Txn; deadlineMs?: number; reserve?: boolean },
     ops: BatchOp[],
     _after: Array<() => void>,
   ): Promise<ApplyResult> {
     this.validateTxn(p.txn);
     if (!p.txnId) throw new StorageError('INVALID', 'vote without a transaction id');
     const st = p.txn.storage;
-    if (this.prepared.has(`${st}\0${p.txnId}`)) return { ok: true }; // a retried vote
     if (await this.read(K.finishedKey(st, p.txnId))) {
       throw new StorageError('INVALID', `transaction ${p.txnId} was already finished`);
     }
-    await this.checkTxn(p.txn, undefined);
+    // A transaction voted again replaces its earlier vote (a retried vote, or the vote after the
+    // client resolved conflicts on objects it had reserved): its own locks do not stand in its way.
+    const again = this.prepared.has(`${st}\0${p.txnId}`);
+    await this.checkTxn(p.txn, again ? p.txnId : undefined, p.reserve === true);
     const rec: PreparedRecord = { txn: p.txn, deadlineMs: p.deadlineMs ?? 0 };
+    if (p.reserve) rec.reserve = true;
     ops.push({ type: 'put', key: K.preparedKey(st, p.txnId), value: preparedCodec.encode(rec) });
     // Locks are taken now (not after the write) so that the next command applied sees them.
+    if (again) this.releaseLocks(st, p.txnId);
     this.holdLocks(st, p.txnId, rec);
     return { ok: true };
   }
@@ -732,6 +761,11 @@ export class ObjectStore {
         `transaction ${f.txnId} was not voted or was aborted`,
       );
     const rec = preparedCodec.decode(raw);
+    if (rec.reserve)
+      throw new StorageError(
+        'UNKNOWN_TRANSACTION',
+        `transaction ${f.txnId} holds a reservation and was not voted`,
+      );
     // Locked since the vote, so the conflict check cannot fail: a failure here is a bug.
     const current = await this.checkTxn(rec.txn, f.txnId).catch((e: unknown) => {
       throw new Error(
@@ -744,6 +778,26 @@ export class ObjectStore {
     ops.push({ type: 'put', key: K.finishedKey(st, f.txnId), value: result.tid });
     this.releaseLocks(st, f.txnId);
     return result;
+  }
+
+  /** A new deadline for a voted transaction; a no-op once it was finished or aborted. */
+  private async applyRenew(
+    r: { storage: string; txnId: string; deadlineMs?: number },
+    ops: BatchOp[],
+  ): Promise<ApplyResult> {
+    const p = this.prepared.get(`${r.storage}\0${r.txnId}`);
+    if (!p) return { ok: true };
+    const raw = await this.read(K.preparedKey(r.storage, r.txnId));
+    assert(raw, `voted transaction ${r.txnId} has no record`);
+    const rec = preparedCodec.decode(raw);
+    rec.deadlineMs = r.deadlineMs ?? 0;
+    ops.push({
+      type: 'put',
+      key: K.preparedKey(r.storage, r.txnId),
+      value: preparedCodec.encode(rec),
+    });
+    p.deadlineMs = rec.deadlineMs;
+    return { ok: true };
   }
 
   private async applyAbort(
@@ -770,46 +824,148 @@ export class ObjectStore {
   ): Promise<ApplyResult> {
     const st = u.storage;
     if (!isId(u.undoTid)) throw new StorageError('INVALID', 'undo needs an 8-byte TID');
-    const raw = await this.db.get(K.txnKey(st, u.undoTid));
-    if (!raw)
-      throw new StorageError('NOT_FOUND', `no transaction ${hex(u.undoTid)} in storage ${st}`);
-    const undone = txnRecordCodec.decode(raw);
-    const stores: Txn['stores'] = [];
-    const dataTids = new Map<string, Buffer>();
-    for (const o of undone.oids ?? []) {
-      const oid = buf(o);
-      const cur = await this.db.get(K.currentKey(st, oid));
-      const c = cur ? parseCurrent(cur) : undefined;
-      if (!c || !idEquals(c.serial, u.undoTid)) {
-        throw new StorageError(
-          'UNDO_CONFLICT',
-          `object ${hex(oid)} changed after transaction ${hex(u.undoTid)}`,
-          {
-            oid,
-            expected: buf(u.undoTid),
-            actual: c ? c.serial : Z64,
-            currentData: c && !c.deleted ? await this.revisionData(st, oid, c.serial) : undefined,
-          },
-        );
-      }
-      const prev = await this.revisionBefore(st, oid, buf(u.undoTid));
-      if (!prev) {
-        if (this.packedAway(st, buf(u.undoTid))) {
-          throw new StorageError(
-            'HISTORY_PACKED',
-            `the revision before ${hex(u.undoTid)} of ${hex(oid)} was packed away`,
-          );
+    const plan = await this.planUndoOn(st, [buf(u.undoTid)]);
+    const c = plan.conflicts[0];
+    if (c) {
+      const cur = await this.db.get(K.currentKey(st, c.oid));
+      const deleted = !cur || parseCurrent(cur).deleted;
+      throw new StorageError(
+        'UNDO_CONFLICT',
+        `object ${hex(c.oid)} was changed after transaction ${hex(c.undone)}; undoing it needs conflict resolution`,
+        {
+          oid: c.oid,
+          expected: c.undone,
+          actual: c.committed,
+          currentData: deleted ? undefined : await this.revisionData(st, c.oid, c.committed),
+        },
+      );
+    }
+    const txn: Txn = {
+      storage: st,
+      user: u.user ?? '',
+      description: u.description ?? '',
+      stores: plan.stores,
+    };
+    return this.applyCommit(txn, u.tid, ops, after, undefined);
+  }
+
+  /**
+   * Plan the transactional undo of `undoTids` (in that order, as one transaction), as
+   * FileStorage does: an object goes back to its revision before the undone transaction when
+   * that transaction's revision is still current, or when the current revision holds the same
+   * data (a later undo or an identical store made it so; several undos in one transaction see
+   * each other's results). Undoing a creation deletes the object. Otherwise the undo conflicts:
+   * undoing a creation that later transactions changed is an UNDO_CONFLICT; anything else needs
+   * conflict resolution, which is the client's (UndoPlan.conflicts). Reads the applied state;
+   * the stores are based on current serials, so committing them re-checks that nothing moved.
+   */
+  planUndo(st: string, undoTids: Buffer[]): Promise<UndoPlan> {
+    return this.guarded(() => this.planUndoOn(st, undoTids));
+  }
+
+  /** planUndo, reading the applied state (or, during apply, the batch's state). */
+  private async planUndoOn(st: string, undoTids: Buffer[]): Promise<UndoPlan> {
+    const get = (k: Buffer): Promise<Buffer | undefined> =>
+      this.applying ? this.read(k) : this.db.get(k);
+    const packTid = (this.applying ? this.meta(st) : (this.pubMetas.get(st) ?? emptyMeta()))
+      .packTid;
+    interface Planned {
+      committed: Buffer;
+      deleted: boolean;
+      data: Buffer;
+      /** The transaction whose data this is (following undo's back-pointers). */
+      dataTid: Buffer;
+    }
+    const planned = new Map<string, Planned>();
+    const stores = new Map<string, StoreOp>();
+    const conflicts = new Map<string, UndoResolution>();
+    const oids = new Map<string, Buffer>();
+    const revOf = async (oid: Buffer, tid: Buffer): Promise<Revision | undefined> => {
+      const r = await get(K.revisionKey(st, oid, tid));
+      return r ? revisionCodec.decode(r) : undefined;
+    };
+    for (const undoTid of undoTids) {
+      const raw = await get(K.txnKey(st, undoTid));
+      if (!raw)
+        throw new StorageError('NOT_FOUND', `no transaction ${hex(undoTid)} in storage ${st}`);
+      if (packTid && packTid.length && idCompare(undoTid, buf(packTid)) <= 0)
+        throw new StorageError('HISTORY_PACKED', `transaction ${hex(undoTid)} was packed away`);
+      for (const o of txnRecordCodec.decode(raw).oids ?? []) {
+        const oid = buf(o);
+        const k = hex(oid);
+        oids.set(k, oid);
+        const undone = await revOf(oid, undoTid);
+        if (!undone)
+          throw new StorageError('UNDO_CONFLICT', `revision ${hex(undoTid)} of ${k} is gone`);
+        let cur = planned.get(k);
+        if (!cur) {
+          const c = await get(K.currentKey(st, oid));
+          if (!c) throw new StorageError('UNDO_CONFLICT', `object ${k} no longer exists`);
+          const pc = parseCurrent(c);
+          const rev = await revOf(oid, pc.serial);
+          if (!rev) throw new StorageError('UNDO_CONFLICT', `object ${k} no longer exists`);
+          cur = {
+            committed: Buffer.from(pc.serial),
+            deleted: pc.deleted,
+            data: buf(rev.data),
+            dataTid: rev.dataTid && rev.dataTid.length ? buf(rev.dataTid) : Buffer.from(pc.serial),
+          };
         }
-        stores.push({ oid, serial: c.serial, delete: true });
-      } else {
-        const rev = revisionCodec.decode(prev.value);
-        if (rev.deleted) stores.push({ oid, serial: c.serial, delete: true });
-        else stores.push({ oid, serial: c.serial, data: buf(rev.data), refs: rev.refs });
-        dataTids.set(hex(oid), prev.tid);
+        const undoneDataTid =
+          undone.dataTid && undone.dataTid.length ? buf(undone.dataTid) : undoTid;
+        const same =
+          cur.dataTid.equals(undoneDataTid) ||
+          (cur.deleted === (undone.deleted === true) && cur.data.equals(buf(undone.data)));
+        const pre = await this.revisionBefore(st, oid, undoTid);
+        const preRev = pre ? revisionCodec.decode(pre.value) : undefined;
+        const conflict = {
+          oid,
+          expected: undoTid,
+          actual: cur.committed,
+          currentData: cur.deleted ? undefined : cur.data,
+        };
+        if (!same && !pre)
+          throw new StorageError(
+            'UNDO_CONFLICT',
+            `can't undo the creation of ${k} by ${hex(undoTid)}: later transactions changed it`,
+            conflict,
+          );
+        if (!same && preRev && !preRev.deleted && !cur.deleted) {
+          conflicts.set(k, {
+            oid,
+            committed: cur.committed,
+            undone: undoTid,
+            data: buf(preRev.data),
+          });
+        } else if (!same) {
+          throw new StorageError(
+            'UNDO_CONFLICT',
+            `object ${k} was changed after transaction ${hex(undoTid)}`,
+            conflict,
+          );
+        } else conflicts.delete(k);
+        const restoreDeleted = !pre || !preRev || preRev.deleted === true;
+        const op: StoreOp = restoreDeleted
+          ? { oid, serial: cur.committed, delete: true }
+          : { oid, serial: cur.committed, data: buf(preRev.data), refs: preRev.refs };
+        if (!restoreDeleted && preRev?.opaque) op.opaque = true;
+        const preDataTid =
+          pre && preRev?.dataTid && preRev.dataTid.length ? buf(preRev.dataTid) : pre?.tid;
+        if (preDataTid && !restoreDeleted) op.dataTid = preDataTid;
+        stores.set(k, op);
+        planned.set(k, {
+          committed: cur.committed,
+          deleted: restoreDeleted,
+          data: restoreDeleted ? Buffer.alloc(0) : buf(preRev?.data),
+          dataTid: preDataTid ?? Z64,
+        });
       }
     }
-    const txn: Txn = { storage: st, user: u.user ?? '', description: u.description ?? '', stores };
-    return this.applyCommit(txn, u.tid, ops, after, undefined, dataTids);
+    return {
+      stores: [...stores.values()],
+      oids: [...oids.values()],
+      conflicts: [...conflicts.values()],
+    };
   }
 
   private async revisionBefore(
@@ -851,6 +1007,8 @@ export class ObjectStore {
       laterRefs: Uint8Array[];
     }
     const objects: Obj[] = [];
+    // A revision whose references are unknown could be the only path to some object: no gc then.
+    let opaque = false;
     const cPrefix = K.currentPrefix(st);
     for await (const [ckey] of this.db.iterator({
       gte: cPrefix,
@@ -863,6 +1021,7 @@ export class ObjectStore {
       for await (const [rkey, rval] of this.db.iterator({ gte: rp, lt: K.prefixEnd(rp) })) {
         const tid = Buffer.from(K.revisionKeyTid(rkey));
         const rev = revisionCodec.decode(rval);
+        if (rev.opaque) opaque = true;
         if (idCompare(tid, packTid) <= 0) o.old.push({ tid, rev });
         else {
           o.hasLater = true;
@@ -872,7 +1031,7 @@ export class ObjectStore {
       objects.push(o);
     }
     let reachable: Set<string> | undefined;
-    if (p.gc) {
+    if (p.gc && !opaque) {
       // Objects reachable from the root at packTid, or referenced by any later revision.
       const byOid = new Map(objects.map((o) => [hex(o.oid), o]));
       reachable = new Set<string>();
@@ -1050,6 +1209,14 @@ export class ObjectStore {
     return { oids, exhausted, resumeAt: exhausted && last ? idNext(last) : undefined };
   }
 
+  /** The serial a store of `oid` must be based on: its current serial, z64 when it has none. */
+  async currentSerial(st: string, oid: Buffer): Promise<Buffer> {
+    const gen = await this.readable();
+    const cur = await this.readCurrent(K.currentKey(st, oid));
+    this.stillValid(gen);
+    return cur ? Buffer.from(parseCurrent(cur).serial) : Z64;
+  }
+
   /** The revision with start < before <= end; `found: false` when the object has none before `before`. */
   loadBefore(st: string, oid: Buffer, before: Buffer): Promise<LoadBeforeResult> {
     return this.guarded(() => this.loadBeforeUnguarded(st, oid, before));
@@ -1206,14 +1373,18 @@ export class ObjectStore {
     return Z64;
   }
 
-  /** ZODB's undoLog(first, last): newest first, skipping `first`, up to `last - first` entries. */
+  /**
+   * ZODB's undoLog(first, last): newest first, skipping `first`, up to `last - first` entries.
+   * Transactions at or before the pack time are not listed: they cannot be undone.
+   */
   async undoLog(st: string, first: number, last: number): Promise<HistoryEntry[]> {
     await this.readable(); // one LevelDB iterator: a consistent view
     const tp = K.txnPrefix(st);
+    const packTid = this.storageSummary(st).packTid;
     const out: HistoryEntry[] = [];
     let i = 0;
     for await (const [key, value] of this.db.iterator({
-      gte: tp,
+      ...(idEquals(packTid, Z64) ? { gte: tp } : { gt: K.txnKey(st, packTid) }),
       lt: K.prefixEnd(tp),
       reverse: true,
       limit: last,

@@ -316,8 +316,17 @@ function cmdKind(cmd: Command): string {
 interface ObjModel {
   serial: Buffer;
   deleted: boolean;
-  /** Revision TIDs and whether each is a deletion, oldest first. */
-  revs: { tid: Buffer; deleted: boolean }[];
+  /** Revisions, oldest first: whether each is a deletion, its data, and whose data it is. */
+  revs: RevModel[];
+}
+
+interface RevModel {
+  tid: Buffer;
+  deleted: boolean;
+  /** The data (hex; '' for a deletion). */
+  data: string;
+  /** The TID that wrote this data (an undo restores an older revision's data). */
+  src: string;
 }
 
 interface TxnModel {
@@ -358,7 +367,7 @@ class Model {
       const bad = this.check(cmd.commit.txn, undefined);
       if (bad) return expectErr(bad);
       expectOk();
-      this.commit(index, where, cmd.commit.txn, cmd.commit.tid, r, new Map());
+      this.commit(index, where, cmd.commit.txn, cmd.commit.tid, r);
     } else if ('prepare' in cmd && cmd.prepare) {
       const st = cmd.prepare.txn.storage;
       const k = `${st}\0${cmd.prepare.txnId}`;
@@ -386,7 +395,7 @@ class Model {
       for (const o of this.lockedOids(t.txn)) this.locks.delete(objKey(cmd.finish.storage, o));
       const bad = this.check(t.txn, undefined);
       if (bad) fail(`model: voted transaction ${cmd.finish.txnId} fails its check (${bad})`);
-      t.tid = this.commit(index, where, t.txn, cmd.finish.tid, r, new Map());
+      t.tid = this.commit(index, where, t.txn, cmd.finish.tid, r);
       t.state = 'finished';
     } else if ('abort' in cmd && cmd.abort) {
       expectOk();
@@ -459,7 +468,7 @@ class Model {
     txn: Txn,
     proposed: Uint8Array | undefined,
     r: ApplyResult,
-    deletes: Map<string, boolean>,
+    restores?: Map<string, { deleted: boolean; data: string; src?: string }>,
   ): Buffer {
     if (!r.ok || !r.tid) fail(`model: ${where} committed without a TID`);
     const want = idMax(
@@ -484,12 +493,17 @@ class Model {
         fail(
           `serial chain broken: ${where} stores ${k} on ${hex(serialOf(s.serial))}, previous revision is ${hex(o.serial)}`,
         );
-      const deleted = deletes.get(k) ?? s.delete === true;
-      this.objs.set(k, {
-        serial: r.tid,
-        deleted,
-        revs: [...o.revs, { tid: r.tid, deleted }],
-      });
+      const restored = restores?.get(k);
+      const deleted = restored ? restored.deleted : s.delete === true;
+      const rev: RevModel = restored
+        ? { tid: r.tid, deleted, data: restored.data, src: restored.src ?? hex(r.tid) }
+        : {
+            tid: r.tid,
+            deleted,
+            data: deleted ? '' : hex(s.data ?? Z64.subarray(0, 0)),
+            src: hex(r.tid),
+          };
+      this.objs.set(k, { serial: r.tid, deleted, revs: [...o.revs, rev] });
       const n = u64(s.oid);
       if (n >= next) next = n + 1n;
     }
@@ -511,22 +525,38 @@ class Model {
     const undone = this.commits.get(hex(u.undoTid));
     if (!undone || undone.st !== st) return expectErr('NOT_FOUND');
     const packTid = this.packTid.get(st) ?? Z64;
-    const packed = idCompare(packTid, Z64) !== 0 && idCompare(u.undoTid, packTid) <= 0;
+    if (idCompare(packTid, Z64) !== 0 && idCompare(u.undoTid, packTid) <= 0)
+      return expectErr('HISTORY_PACKED');
+    // FileStorage's rule: an object goes back to its revision before undoTid when its current
+    // revision holds what undoTid wrote (that transaction's data, or equal bytes); undoing a
+    // creation deletes it; anything else conflicts.
     const stores: NonNullable<Txn['stores']> = [];
-    const deletes = new Map<string, boolean>();
+    const restores = new Map<string, { deleted: boolean; data: string; src?: string }>();
+    let conflict = false;
     for (const oid of undone.oids) {
       const o = this.obj(st, oid);
-      if (idCompare(o.serial, u.undoTid) !== 0) return expectErr('UNDO_CONFLICT');
-      if (packed) return expectErr('HISTORY_PACKED');
-      const prev = o.revs.length >= 2 ? o.revs[o.revs.length - 2] : undefined;
+      const cur = o.revs[o.revs.length - 1];
+      const gone = o.revs.find((x) => idCompare(x.tid, u.undoTid) === 0);
+      if (!cur || !gone || idCompare(cur.tid, o.serial) !== 0) return expectErr('UNDO_CONFLICT');
+      const same = cur.src === gone.src || (cur.deleted === gone.deleted && cur.data === gone.data);
+      const before = o.revs.filter((x) => idCompare(x.tid, u.undoTid) < 0);
+      const prev = before[before.length - 1];
+      if (!same && (!prev || prev.deleted || cur.deleted)) return expectErr('UNDO_CONFLICT');
+      if (!same) conflict = true; // would need conflict resolution
       stores.push({ oid, serial: o.serial });
-      deletes.set(objKey(st, oid), !prev || prev.deleted);
+      restores.set(
+        objKey(st, oid),
+        prev && !prev.deleted
+          ? { deleted: false, data: prev.data, src: prev.src }
+          : { deleted: true, data: '' },
+      );
     }
+    if (conflict) return expectErr('UNDO_CONFLICT');
     const txn: Txn = { storage: st, stores };
     const bad = this.check(txn, undefined);
     if (bad) return expectErr(bad);
     expectOk();
-    this.commit(index, where, txn, u.tid, r, deletes);
+    this.commit(index, where, txn, u.tid, r, restores);
   }
 }
 

@@ -681,6 +681,47 @@ describe('ObjectStore conformance', function () {
       assert.deepEqual((await t.store.load(ST, oid(1))).data, data('a1'));
     });
 
+    it('undoes a transaction whose data an undo made current again (FileStorage copies then)', async function () {
+      const s1 = await t.put(oid(1), Z64, 'v1');
+      const s2 = await t.put(oid(1), s1, 'v2');
+      const s3 = mustTid(await t.apply({ undo: { tid: Z64, storage: ST, undoTid: s2 } }));
+      // s3 restored s1's data: undoing s1 (the creation) is possible and deletes the object.
+      const s4 = mustTid(await t.apply({ undo: { tid: Z64, storage: ST, undoTid: s1 } }));
+      await rejectsWith(t.store.load(ST, oid(1)), 'NOT_FOUND');
+      const recs = new Map<string, Buffer>();
+      for await (const x of t.store.iterate(ST, s3, s4))
+        for (const r of x.records) recs.set(hex(x.tid), r.deleted ? Z64 : r.dataTid);
+      assert.deepEqual(recs.get(hex(s3)), s1, 'the undo record names the data it restored');
+      assert.deepEqual(recs.get(hex(s4)), Z64, 'the undone creation is a deletion');
+    });
+
+    it('refuses with UNDO_CONFLICT an undo that would need conflict resolution', async function () {
+      const s1 = await t.put(oid(1), Z64, 'v1');
+      const s2 = await t.put(oid(1), s1, 'v2');
+      const s3 = await t.put(oid(1), s2, 'v3');
+      const e = expectError(
+        await t.apply({ undo: { tid: Z64, storage: ST, undoTid: s2 } }),
+        'UNDO_CONFLICT',
+      );
+      assert.deepEqual(e.conflict, {
+        oid: oid(1),
+        expected: s2,
+        actual: s3,
+        currentData: data('v3'),
+      });
+      const plan = await t.store.planUndo(ST, [s2]);
+      assert.deepEqual(plan.conflicts, [
+        { oid: oid(1), committed: s3, undone: s2, data: data('v1') },
+      ]);
+      // Several undos in one plan see each other: undoing s3 then s2 restores v1 without conflict.
+      const both = await t.store.planUndo(ST, [s3, s2]);
+      assert.deepEqual(both.conflicts, []);
+      assert.deepEqual(
+        both.stores.map((x) => [x.oid, x.serial, x.data]),
+        [[oid(1), s3, data('v1')]],
+      );
+    });
+
     it('answers NOT_FOUND for undo of a TID that is not a transaction of this storage', async function () {
       const s1 = await t.put(oid(1), Z64, 'a', { storage: 'other' });
       expectError(await t.apply({ undo: { tid: Z64, storage: ST, undoTid: s1 } }), 'NOT_FOUND');
@@ -789,11 +830,19 @@ describe('ObjectStore conformance', function () {
       assert.equal(t.store.storageSummary(ST).objectCount, 2);
     });
 
-    it('undo of a transaction whose previous revisions were packed is HISTORY_PACKED', async function () {
+    it('undo of a transaction at or before the pack time is HISTORY_PACKED, and undoLog omits it', async function () {
       const [, s2, s3] = await threeRevisions();
       const s4 = await t.put(oid(2), Z64, 'x');
+      const s5 = await t.put(oid(3), Z64, 'after the pack');
       await t.apply({ pack: { storage: ST, packTid: s4 } });
-      expectError(await t.apply({ undo: { tid: Z64, storage: ST, undoTid: s2 } }), 'UNDO_CONFLICT');
+      assert.deepEqual(
+        (await t.store.undoLog(ST, 0, 10)).map((x) => x.tid),
+        [s5],
+      );
+      expectError(
+        await t.apply({ undo: { tid: Z64, storage: ST, undoTid: s2 } }),
+        'HISTORY_PACKED',
+      );
       expectError(
         await t.apply({ undo: { tid: Z64, storage: ST, undoTid: s3 } }),
         'HISTORY_PACKED',
@@ -987,7 +1036,9 @@ describe('ObjectStore conformance', function () {
         2,
         'packing one storage leaves the other',
       );
-      assert.deepEqual(await t.store.undoLog('two', 0, 10).then((l) => l.map((x) => x.tid)), [b]);
+      // Transactions up to the pack time cannot be undone, so undoLog no longer lists them.
+      assert.deepEqual(await t.store.undoLog('two', 0, 10).then((l) => l.map((x) => x.tid)), []);
+      assert.deepEqual(await t.store.undoLog(ST, 0, 10).then((l) => l.length), 2);
       await rejectsWith(t.store.load('three', oid(1)), 'NOT_FOUND');
     });
   });

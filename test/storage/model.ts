@@ -48,6 +48,8 @@ interface Rev {
   data: Buffer;
   refs: bigint[];
   dataTid: bigint;
+  /** Its references are unknown: no gc while it exists. */
+  opaque: boolean;
 }
 
 interface TxnRec {
@@ -85,6 +87,8 @@ interface Prepared {
   storage: string;
   txnId: string;
   txn: Txn;
+  /** Locks only: cannot be finished. */
+  reserve: boolean;
 }
 
 export class Model {
@@ -137,7 +141,7 @@ export class Model {
     if (c.commit) named = c.commit.txn ? c.commit.txn.storage : null;
     else if (c.prepare) named = c.prepare.txn ? c.prepare.txn.storage : null;
     else {
-      const k = ['finish', 'abort', 'undo', 'pack', 'newOids'].find((x) => c[x]);
+      const k = ['finish', 'abort', 'undo', 'pack', 'newOids', 'renew'].find((x) => c[x]);
       if (k) named = c[k].storage;
     }
     if (named !== null) {
@@ -145,13 +149,13 @@ export class Model {
       if (n < 1 || n > MAX_STORAGE_NAME_BYTES) throw new ModelError('INVALID');
     }
     if (c.commit) return this.commit(c.commit.txn, idOf(c.commit.tid), undefined, undefined);
-    if (c.prepare) return this.prepare(c.prepare.txnId, c.prepare.txn);
+    if (c.prepare) return this.prepare(c.prepare.txnId, c.prepare.txn, c.prepare.reserve === true);
     if (c.finish) return this.finish(c.finish.storage, c.finish.txnId, idOf(c.finish.tid));
     if (c.abort) return this.abort(c.abort.storage, c.abort.txnId);
     if (c.undo) return this.undo(c.undo);
     if (c.pack) return this.pack(c.pack.storage, c.pack.packTid, c.pack.gc === true);
     if (c.newOids) return this.newOids(c.newOids.storage, c.newOids.count);
-    if (c.noop) return { ok: true };
+    if (c.noop || c.renew) return { ok: true }; // renew only moves a deadline
     throw new ModelError('INVALID');
   }
 
@@ -188,7 +192,7 @@ export class Model {
   }
 
   /** Stores, then checks: a lock held by another transaction, then the serial. */
-  private check(txn: Txn, own: string | undefined): void {
+  private check(txn: Txn, own: string | undefined, locksOnly = false): void {
     const s = this.sm(txn.storage);
     const all = [
       ...(txn.stores ?? []).map((op) => ({ op, kind: 'CONFLICT' as const })),
@@ -200,7 +204,7 @@ export class Model {
       if (holder !== undefined && holder !== own) throw new ModelError('LOCKED');
       const c = s.cur.get(oid) ?? { serial: 0n, deleted: false };
       const expected = idOf(op.serial);
-      if (expected !== c.serial) {
+      if (!locksOnly && expected !== c.serial) {
         throw new ModelError(kind, this.conflictInfo(s, oid, expected, c.serial, c.deleted));
       }
     }
@@ -230,6 +234,7 @@ export class Model {
         data: deleted ? Buffer.alloc(0) : Buffer.from(op.data ?? []),
         refs: deleted ? [] : (op.refs ?? []).map((r) => idOf(r)),
         dataTid: dataTids?.get(oid) ?? 0n,
+        opaque: !deleted && op.opaque === true,
       };
       for (const m of [s.revs, s.full]) {
         const l = m.get(oid) ?? [];
@@ -265,15 +270,17 @@ export class Model {
     return [...(txn.stores ?? []), ...(txn.checks ?? [])].map((o) => u64(o.oid));
   }
 
-  private prepare(txnId: string, txn: Txn | undefined): NResult {
+  private prepare(txnId: string, txn: Txn | undefined, reserve = false): NResult {
     this.validate(txn);
     if (!txnId) throw new ModelError('INVALID');
     const key = `${txn.storage}\0${txnId}`;
-    if (this.prepared.has(key)) return { ok: true };
     if (this.finished.has(key)) throw new ModelError('INVALID');
-    this.check(txn, undefined);
+    // Voting again replaces the earlier vote; its own locks do not count.
+    const earlier = this.prepared.get(key);
+    this.check(txn, earlier ? txnId : undefined, reserve);
+    if (earlier) this.release(earlier);
     for (const oid of this.lockedOids(txn)) this.locks.set(`${txn.storage}\0${oid}`, txnId);
-    this.prepared.set(key, { storage: txn.storage, txnId, txn });
+    this.prepared.set(key, { storage: txn.storage, txnId, txn, reserve });
     return { ok: true };
   }
 
@@ -287,7 +294,7 @@ export class Model {
     const done = this.finished.get(key);
     if (done !== undefined) return { ok: true, tid: hx(done) };
     const p = this.prepared.get(key);
-    if (!p) throw new ModelError('UNKNOWN_TRANSACTION');
+    if (!p || p.reserve) throw new ModelError('UNKNOWN_TRANSACTION');
     const r = this.commit(p.txn, proposed, txnId, undefined);
     if (!r.ok || !r.tid) throw new Error('model: finish of a voted transaction failed');
     this.finished.set(key, BigInt(`0x${r.tid}`));
@@ -313,33 +320,46 @@ export class Model {
     const undoTid = u64(u.undoTid);
     const rec = s.txns.get(undoTid);
     if (!rec) throw new ModelError('NOT_FOUND');
+    if (s.packTid > 0n && undoTid <= s.packTid) throw new ModelError('HISTORY_PACKED');
+    // FileStorage's rule: undo restores the revision before undoTid when the current revision
+    // holds what undoTid wrote (the same transaction's data, or equal bytes); undoing a creation
+    // deletes; anything else conflicts (resolution is the client's).
     const stores: NonNullable<Txn['stores']> = [];
     const dataTids = new Map<bigint, bigint>();
+    let resolvable: NResult['conflict'] | undefined;
     for (const oid of rec.oids) {
       const c = s.cur.get(oid);
-      if (!c || c.serial !== undoTid) {
+      const revs = s.revs.get(oid) ?? [];
+      const undone = revs.find((r) => r.tid === undoTid);
+      const current = c ? revs.find((r) => r.tid === c.serial) : undefined;
+      if (!c || !undone || !current) throw new ModelError('UNDO_CONFLICT');
+      const srcOf = (r: Rev): bigint => (r.dataTid ? r.dataTid : r.tid);
+      const same =
+        srcOf(current) === srcOf(undone) ||
+        (current.deleted === undone.deleted && current.data.equals(undone.data));
+      const before = revs.filter((r) => r.tid < undoTid);
+      const prev = before[before.length - 1];
+      if (!same && (!prev || prev.deleted || c.deleted))
         throw new ModelError(
           'UNDO_CONFLICT',
-          this.conflictInfo(s, oid, undoTid, c ? c.serial : 0n, c ? c.deleted : true),
+          this.conflictInfo(s, oid, undoTid, c.serial, c.deleted),
         );
-      }
-      const before = (s.revs.get(oid) ?? []).filter((r) => r.tid < undoTid);
-      const prev = before[before.length - 1];
-      if (!prev) {
-        if (s.packTid > 0n && undoTid <= s.packTid) throw new ModelError('HISTORY_PACKED');
+      // A conflict that resolution could settle is reported after every other check.
+      if (!same) resolvable ??= this.conflictInfo(s, oid, undoTid, c.serial, c.deleted);
+      if (!prev || prev.deleted)
         stores.push({ oid: p64(oid), serial: p64(c.serial), delete: true });
-      } else {
-        if (prev.deleted) stores.push({ oid: p64(oid), serial: p64(c.serial), delete: true });
-        else
-          stores.push({
-            oid: p64(oid),
-            serial: p64(c.serial),
-            data: prev.data,
-            refs: prev.refs.map(p64),
-          });
-        dataTids.set(oid, prev.tid);
+      else {
+        stores.push({
+          oid: p64(oid),
+          serial: p64(c.serial),
+          data: prev.data,
+          refs: prev.refs.map(p64),
+          ...(prev.opaque ? { opaque: true } : {}),
+        });
+        dataTids.set(oid, prev.dataTid ? prev.dataTid : prev.tid);
       }
     }
+    if (resolvable) throw new ModelError('UNDO_CONFLICT', resolvable);
     const txn: Txn = {
       storage: u.storage,
       user: u.user ?? '',
@@ -367,7 +387,8 @@ export class Model {
       );
       if (revs.some((r) => r.tid > packTid)) hasLater.add(oid);
     }
-    if (gc) {
+    const opaque = objects.some((oid) => (s.revs.get(oid) ?? []).some((r) => r.opaque));
+    if (gc && !opaque) {
       // Reachable from the root (oid 0) as of packTid, from any later revision, or written later.
       reachable = new Set<bigint>();
       const todo: bigint[] = [0n];
