@@ -57,8 +57,13 @@ export const readOnlyError = (why: string): ZeoException =>
 export const storageTransactionError = (message: string): ZeoException =>
   new ZeoException(`${POS}StorageTransactionError`, [message], message);
 
+/**
+ * An UndoError as MultipleUndoErrors (its subclass) with one error: the msgpack ZEO client builds
+ * that one from its name (ZEO.asyncio.client.exc_factories) but has no entry for UndoError itself,
+ * which would arrive as ServerException.
+ */
 export const undoError = (message: string, oid?: Uint8Array): ZeoException =>
-  new ZeoException(`${POS}UndoError`, oid ? [message, oid] : [message], message);
+  new ZeoException(`${POS}MultipleUndoErrors`, { _errs: [[message, oid ?? null]] }, message);
 
 export const storageError = (message: string): ZeoException =>
   new ZeoException(`${POS}StorageError`, [message], message);

@@ -9,14 +9,16 @@
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import type { Command, StoreOp, CheckOp, Txn } from '../storage/codec';
-import type { ApplyResult, CommitEvent, TransactionInfo } from '../storage/object-store';
+import type { ApplyResult, CommitEvent, TransactionInfo, UndoPlan } from '../storage/object-store';
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import { StorageError } from '../storage/errors';
 import type { StorageNode } from '../server/node';
 import { Limits, type Reservation } from '../server/limits';
+import { VOTE_LEASE_MS } from '../server/config';
 import { Z64, hex, idCompare, idNext, p64, tidFromTime, tidToTime, u64 } from '../util/ids';
 import {
   arity,
+  baseSerialArg,
   bytesArg,
   idArg,
   intArg,
@@ -41,6 +43,8 @@ import {
   valueError,
 } from './errors';
 import { decodeValue, encodeValue } from './marshal';
+import { InvalidationOutbox } from './outbox';
+import { PickleRefsError, pickleReferences } from './pickle-refs';
 
 /** ZEO hands out at most this many OIDs per new_oids call. */
 const NEW_OIDS_MAX = 100;
@@ -52,6 +56,17 @@ const RECORD_ITERNEXT_SCAN_MAX_RECORDS = 100_000;
 const ITERATORS_MAX = 100;
 /** getInvalidations scans at most this many transactions; a client further behind drops its cache. */
 const INVALIDATIONS_SCAN_MAX_TXNS = 10_000;
+/**
+ * A read at a TID this far beyond the node's clock names no transaction anyone has seen (ZEO's
+ * ClientStorage.load sends loadBefore(oid, maxtid)): it is answered from the applied state.
+ */
+const FUTURE_TID_SLACK_MS = 60_000;
+/** Invalidations one connection may have waiting behind its in-flight loads before it is cut off. */
+const OUTBOX_EVENTS_MAX = 100_000;
+/** Votes of one transaction that look again after finding this node behind the leader. */
+const VOTE_ATTEMPTS_MAX = 3;
+/** A voted transaction's lease is renewed this often while its session lives (see VOTE_LEASE_MS). */
+const VOTE_RENEW_MS = 250;
 /** How long tpc_finish retries a finish whose outcome is unknown (leader change) before giving up. */
 const FINISH_RETRY_MS = 20_000;
 const FINISH_RETRY_PAUSE_MS = 100;
@@ -66,6 +81,8 @@ const RETRYABLE = new Set<number>([
 export interface SessionPeer {
   /** A one-way server-to-client call (invalidateTransaction, info). */
   callAsync(method: string, args: unknown[]): void;
+  /** Close the connection (the client reconnects and verifies its cache), logging why. */
+  close(why: string): void;
   readonly label: string;
 }
 
@@ -109,6 +126,10 @@ interface PendingTxn {
   voted: boolean;
   /** A finish was proposed: a disconnect must not abort it. */
   finishing: boolean;
+  /** Renews the vote's lease from the vote until finish, abort, close or the transaction timeout. */
+  renewer?: NodeJS.Timeout;
+  /** Its objects are locked while the client resolves the conflicts its vote answered. */
+  reserved?: boolean;
 }
 
 interface TxnIterator {
@@ -146,6 +167,19 @@ function decodeExtension(b: Buffer): Record<string, unknown> {
   return {};
 }
 
+/**
+ * The references of a ZODB record, declared with its store so that pack can collect garbage as
+ * FileStorage does; a record that is not a ZODB pickle has unknown references (no gc).
+ */
+function references(data: Buffer): { refs: Buffer[] } | { opaque: true } {
+  try {
+    return { refs: pickleReferences(data) };
+  } catch (e) {
+    if (e instanceof PickleRefsError) return { opaque: true };
+    throw e;
+  }
+}
+
 export class ZeoSession {
   storage: string | undefined;
   private readOnly = false;
@@ -155,8 +189,8 @@ export class ZeoSession {
   private readonly connectionId = randomUUID();
   private txnCounter = 0;
   private unsubscribe: (() => void) | undefined;
-  /** While a tpc_finish is in flight, commit events wait here so they are sent in ZEO's order. */
-  private finishBuffer: CommitEvent[] | undefined;
+  /** Orders invalidations after the replies that must precede them (see outbox.ts). */
+  private readonly outbox = new InvalidationOutbox();
   private label = '';
   private closed = false;
 
@@ -198,24 +232,36 @@ export class ZeoSession {
     if (this.readOnly) throw readOnlyError('this connection was registered read-only');
   }
 
-  /** Propose a command; an unknown outcome (no leader, deadline) drops the connection. */
+  /**
+   * Propose a command. A failure to replicate (no leader, deadline) is answered as a
+   * StorageError naming the cause; the command may still take effect (new_oids then wastes some
+   * OIDs, an abort still releases its locks, a pack still packs).
+   */
   private async propose(cmd: Command): Promise<ApplyResult> {
     try {
       return await this.node.replicator.propose(cmd, this.deadline());
     } catch (e) {
-      throw new ZeoDisconnect(`replication failed: ${e instanceof Error ? e.message : e}`, {
-        cause: e,
-      });
+      throw storageError(`replication failed: ${e instanceof Error ? e.message : e}`);
     }
   }
 
-  /** Wait until this node has applied `tid` (MISSION §2.6); too slow drops the connection. */
+  /**
+   * Make this node's applied state include every transaction up to `tid` that anyone can have
+   * seen (MISSION §2.6), without waiting for a TID that does not exist: a TID beyond what this
+   * node applied takes a linearizable read (after it, this node has everything committed before
+   * the request); a TID from the future names no transaction and needs nothing. A node that cannot
+   * reach a leader cannot prove it is current: the connection is dropped and the client moves on.
+   */
   private async caughtUp(tid: Buffer): Promise<void> {
     if (idCompare(this.node.store.lastTid, tid) >= 0) return;
+    if (idCompare(tid, tidFromTime(Date.now() + FUTURE_TID_SLACK_MS)) > 0) return;
     try {
-      await this.node.waitForTid(tid, this.deadline());
+      await this.node.replicator.linearizableRead(this.deadline());
     } catch (e) {
-      throw new ZeoDisconnect(e instanceof Error ? e.message : String(e), { cause: e });
+      throw new ZeoDisconnect(
+        `node ${this.node.config.nodeId} cannot confirm it is current: ${e instanceof Error ? e.message : e}`,
+        { cause: e },
+      );
     }
   }
 
@@ -223,6 +269,7 @@ export class ZeoSession {
     if (!(e instanceof StorageError)) throw e;
     switch (e.kind) {
       case 'NOT_FOUND':
+      case 'HISTORY_PACKED': // as in FileStorage: a packed-away revision is no longer there
         throw posKeyError(e.conflict?.oid ?? oid ?? Z64);
       case 'CONFLICT':
       case 'LOCKED':
@@ -253,8 +300,11 @@ export class ZeoSession {
   /** A committed transaction of any storage, in TID order (from ObjectStore.onCommit). */
   private onCommit(ev: CommitEvent): void {
     if (this.closed || ev.storage !== this.storage) return;
-    if (this.finishBuffer) this.finishBuffer.push(ev);
-    else this.sendInvalidation(ev);
+    if (this.outbox.queued >= OUTBOX_EVENTS_MAX) {
+      this.peer.close(`over ${OUTBOX_EVENTS_MAX} invalidations waiting behind its loads`);
+      return;
+    }
+    this.outbox.push(ev.tid, () => this.sendInvalidation(ev));
   }
 
   private sendInvalidation(ev: CommitEvent): void {
@@ -339,7 +389,7 @@ export class ZeoSession {
         const oid = idArg(a[0], 'oid');
         const data = bytesArg(a[2], 'data');
         this.charge(t, t.stores.get(hex(oid)), 16 + data.length);
-        t.stores.set(hex(oid), { oid, serial: idArg(a[1], 'serial'), data });
+        t.stores.set(hex(oid), { oid, serial: baseSerialArg(a[1]), data, ...references(data) });
         this.stats.stores++;
       });
     },
@@ -348,7 +398,7 @@ export class ZeoSession {
       this.stage(a[2], (t) => {
         const oid = idArg(a[0], 'oid');
         this.charge(t, t.stores.get(hex(oid)), 16);
-        t.stores.set(hex(oid), { oid, serial: idArg(a[1], 'serial'), delete: true });
+        t.stores.set(hex(oid), { oid, serial: baseSerialArg(a[1]), delete: true });
         this.stats.stores++;
       });
     },
@@ -524,19 +574,24 @@ export class ZeoSession {
   // ------------------------------------------------------------------------------------------
   // Reads
 
-  private async loadBefore(
-    oid: Buffer,
-    tid: Buffer,
-  ): Promise<[Buffer, Buffer, Buffer | null] | null> {
+  /**
+   * (data, start, end) of the revision with start < tid <= end, or None. The reply is written
+   * before any invalidation of a transaction applied during the read (outbox.ts): the client
+   * caches it, as current when end is None.
+   */
+  private async loadBefore(oid: Buffer, tid: Buffer): Promise<ReplyThen> {
     if (u64(tid) > 0n) await this.caughtUp(p64(u64(tid) - 1n));
     this.stats.loads++;
+    const hold = this.outbox.hold();
     try {
       const r = await this.node.store.loadBefore(this.st, oid, tid);
-      if (!r.found) return null;
-      return [r.data ?? Buffer.alloc(0), r.start as Buffer, r.end ?? null];
+      const reply = r.found ? [r.data ?? Buffer.alloc(0), r.start as Buffer, r.end ?? null] : null;
+      return new ReplyThen(reply, () => this.outbox.release(hold));
     } catch (e) {
+      this.outbox.release(hold);
       // Packed-away history reads like "no revision" (ZODB then raises ReadConflictError).
-      if (e instanceof StorageError && e.kind === 'HISTORY_PACKED') return null;
+      if (e instanceof StorageError && e.kind === 'HISTORY_PACKED')
+        return new ReplyThen(null, () => undefined);
       return this.fromStorage(e, oid);
     }
   }
@@ -551,9 +606,10 @@ export class ZeoSession {
     }
   }
 
+  /** The current serial; POSKeyError (a KeyError) for an unknown object or an undone creation. */
   private async getTid(oid: Buffer): Promise<Buffer> {
     try {
-      return (await this.node.store.history(this.st, oid, 1))[0].tid;
+      return (await this.node.store.load(this.st, oid)).serial;
     } catch (e) {
       return this.fromStorage(e, oid);
     }
@@ -737,8 +793,6 @@ export class ZeoSession {
     const user = textArg(a[1], 'user');
     const description = textArg(a[2], 'description');
     const extension = encodeExtension(a[3]);
-    if (a[4] !== undefined && a[4] !== null)
-      throw unsupported('tpc_begin with a given TID (restore) is not supported');
     this.txn = {
       handle,
       txnId: `z:${this.connectionId}:${++this.txnCounter}`,
@@ -752,6 +806,10 @@ export class ZeoSession {
       voted: false,
       finishing: false,
     };
+    // Restoring with a given TID (copyTransactionsFrom) is refused at vote, as one-way calls
+    // cannot answer.
+    if (a[4] !== undefined && a[4] !== null)
+      this.txn.error = unsupported('tpc_begin with a given TID (restore) is not supported');
     this.stats.active_txns++;
   }
 
@@ -800,38 +858,53 @@ export class ZeoSession {
     throw undoError(`not a transaction id: ${b.toString('hex')}`);
   }
 
+  /**
+   * Keep a vote alive while this session lives, up to the transaction timeout: one renewal in
+   * flight at a time. A failed renewal is retried at the next tick; the lease covers several.
+   */
+  private renewLease(t: PendingTxn): void {
+    this.stopRenewing(t);
+    const st = this.st;
+    const until = Date.now() + this.node.config.txnTimeoutMs;
+    let inFlight = false;
+    t.renewer = setInterval(() => {
+      if (Date.now() > until) return this.stopRenewing(t);
+      if (inFlight) return;
+      inFlight = true;
+      this.node.replicator
+        .propose(
+          { renew: { storage: st, txnId: t.txnId, leaseMs: VOTE_LEASE_MS } },
+          Date.now() + VOTE_LEASE_MS,
+        )
+        .catch((e: unknown) =>
+          this.node.log.debug({ txn: t.txnId, error: String(e) }, 'zeo: vote renewal failed'),
+        )
+        .finally(() => (inFlight = false));
+    }, VOTE_RENEW_MS);
+  }
+
+  private stopRenewing(t: PendingTxn | undefined): void {
+    if (t?.renewer) clearInterval(t.renewer);
+    if (t) t.renewer = undefined;
+  }
+
   private clearTxn(): void {
+    this.stopRenewing(this.txn);
     if (this.txn && this.storage) this.stats.active_txns--;
     this.txn?.memory?.release();
     this.txn = undefined;
   }
 
-  /** The stores that undo `tid`: each object it wrote goes back to its revision before `tid`. */
-  private async undoStores(tid: Buffer): Promise<StoreOp[]> {
-    const st = this.st;
-    const oids = await this.node.store.transactionOids(st, tid);
-    if (!oids) throw undoError(`no transaction ${hex(tid)}`);
-    const out: StoreOp[] = [];
-    for (const oid of oids) {
-      const cur = (await this.node.store.history(st, oid, 1).catch(() => []))[0];
-      if (!cur || !cur.tid.equals(tid))
-        throw undoError(`object ${hex(oid)} was modified after transaction ${hex(tid)}`, oid);
-      try {
-        const prev = await this.node.store.loadBefore(st, oid, tid);
-        out.push(
-          prev.found
-            ? { oid, serial: tid, data: prev.data ?? Buffer.alloc(0) }
-            : { oid, serial: tid, delete: true },
-        );
-      } catch (e) {
-        if (e instanceof StorageError && e.kind === 'NOT_FOUND')
-          out.push({ oid, serial: tid, delete: true });
-        else if (e instanceof StorageError && e.kind === 'HISTORY_PACKED')
-          throw undoError(`the history of ${hex(oid)} before ${hex(tid)} was packed away`, oid);
-        else throw e;
-      }
+  /** The undo of this transaction's undoa calls; failures are UndoError, as in ZODB. */
+  private async undoPlan(tids: Buffer[]): Promise<UndoPlan> {
+    try {
+      return await this.node.store.planUndo(this.st, tids);
+    } catch (e) {
+      if (!(e instanceof StorageError)) throw e;
+      if (e.kind === 'NOT_FOUND' || e.kind === 'HISTORY_PACKED' || e.kind === 'UNDO_CONFLICT')
+        throw undoError(e.message, e.conflict?.oid);
+      return this.fromStorage(e);
     }
-    return out;
   }
 
   private conflictDict(op: StoreOp, actual: Buffer): Record<string, unknown> {
@@ -853,33 +926,25 @@ export class ZeoSession {
       this.writable();
       if (t.error) throw t.error;
       const stores = new Map(t.stores);
-      const undone: Buffer[] = [];
-      for (const tid of t.undos) {
-        for (const op of await this.undoStores(tid)) {
-          const k = hex(op.oid);
-          if (stores.has(k))
-            throw undoError(`object ${k} is changed twice in this transaction`, op.oid as Buffer);
-          stores.set(k, op);
-          undone.push(op.oid as Buffer);
-        }
+      let undone: Buffer[] = [];
+      if (t.undos.length) {
+        const plan = await this.undoPlan(t.undos);
+        undone = plan.oids;
+        // A store of the same object in this transaction wins over the undo (ZODB applies the
+        // transaction's records in order, and a store comes after the undo it follows).
+        for (const op of plan.stores) if (!stores.has(hex(op.oid))) stores.set(hex(op.oid), op);
+        // An undo that needs conflict resolution fails, as in a ZEO server with
+        // client-conflict-resolution on (the server runs no application code).
+        const c = plan.conflicts.find((x) => !t.stores.has(hex(x.oid)));
+        if (c)
+          throw undoError(
+            `Some data were modified by a later transaction (object ${hex(c.oid)})`,
+            c.oid,
+          );
       }
       const checks = [...t.checks.entries()].filter(([k]) => !stores.has(k)).map(([, c]) => c);
       this.node.limits.checkTransaction(stores.size + checks.length, t.dataBytes);
       this.node.limits.checkPrepared(this.node.store.preparedTransactions().length);
-      // Conflicts visible in the applied state are all answered at once; the prepare below
-      // remains the authority (this node may be behind, so only a newer serial counts here).
-      const conflicts: Record<string, unknown>[] = [];
-      for (const op of t.stores.values()) {
-        if (op.delete) continue;
-        const cur = await this.node.store.load(this.st, op.oid as Buffer).catch(() => undefined);
-        if (cur && idCompare(cur.serial, op.serial ?? Z64) > 0)
-          conflicts.push(this.conflictDict(op, cur.serial));
-      }
-      if (conflicts.length) {
-        this.stats.conflicts += conflicts.length;
-        this.node.metrics.conflicts.inc(conflicts.length);
-        return conflicts;
-      }
       const txn: Txn = {
         storage: this.st,
         user: t.user,
@@ -888,24 +953,100 @@ export class ZeoSession {
         stores: [...stores.values()],
         checks,
       };
-      const deadlineMs = Date.now() + this.node.config.txnTimeoutMs;
-      const r = await this.prepareWithLockWait({ prepare: { txnId: t.txnId, txn, deadlineMs } });
-      if (!r.ok) {
-        const e = r.error;
-        const c = e.conflict;
-        const op = c ? t.stores.get(hex(c.oid)) : undefined;
-        this.stats.conflicts++;
-        this.node.metrics.conflicts.inc();
-        if (e.kind === 'CONFLICT' && c && op && !op.delete)
-          return [this.conflictDict(op, c.actual)];
-        this.fromStorage(e);
+      const oids = [...txn.stores!, ...checks].map((x) => x.oid as Buffer);
+      for (let attempt = 1; ; attempt++) {
+        // Conflicts visible in the applied state are all answered at once (with their objects
+        // reserved, below); the prepare remains the authority, as this node may be behind.
+        let conflicts = await this.conflicts(t);
+        if (!conflicts.length) {
+          // A leased vote: it outlives its session (client gone, node dead) by about a lease.
+          const r = await this.prepareWithLockWait({
+            prepare: { txnId: t.txnId, txn, leaseMs: VOTE_LEASE_MS },
+          });
+          if (r.ok) {
+            t.voted = true;
+            t.reserved = false;
+            this.renewLease(t);
+            return undone;
+          }
+          const e = r.error;
+          const c = e.conflict;
+          const op = c ? t.stores.get(hex(c.oid)) : undefined;
+          if (e.kind !== 'CONFLICT' || !c || !op || op.delete || attempt >= VOTE_ATTEMPTS_MAX) {
+            this.countConflicts(1);
+            if (e.kind === 'CONFLICT' && c && op && !op.delete)
+              return [this.conflictDict(op, c.actual)];
+            return this.fromStorage(e);
+          }
+          await this.catchUp(); // this node was behind the leader: look again
+          continue;
+        }
+        // Reserve every object of the transaction so that the client's resolution is not
+        // overtaken by another commit before it votes again (ZEO resolves conflicts under its
+        // commit lock for the same reason): other votes on these objects wait behind it.
+        const r = await this.prepareWithLockWait({
+          prepare: {
+            txnId: t.txnId,
+            txn: { storage: this.st, checks: oids.map((oid) => ({ oid })) },
+            leaseMs: VOTE_LEASE_MS,
+            reserve: true,
+          },
+        });
+        if (r.ok) {
+          t.reserved = true;
+          this.renewLease(t);
+          // Applied here, and locked: the serials read now are the ones the next vote meets.
+          conflicts = await this.conflicts(t);
+          if (!conflicts.length) continue;
+        }
+        this.countConflicts(conflicts.length);
+        return conflicts; // if not reserved, the client resolves and votes again all the same
       }
-      t.voted = true;
-      return undone;
     } catch (e) {
+      if (t.reserved) this.abortVote(t, 'vote failed');
       if (!(e instanceof ZeoDisconnect)) this.clearTxn();
       throw e;
     }
+  }
+
+  /** ZEO's conflict answers for the stores whose base serial is older than the current one. */
+  private async conflicts(t: PendingTxn): Promise<Record<string, unknown>[]> {
+    const out: Record<string, unknown>[] = [];
+    for (const op of t.stores.values()) {
+      if (op.delete) continue;
+      const cur = await this.node.store.currentSerial(this.st, op.oid as Buffer);
+      if (idCompare(cur, op.serial ?? Z64) > 0) out.push(this.conflictDict(op, cur));
+    }
+    return out;
+  }
+
+  private countConflicts(n: number): void {
+    this.stats.conflicts += n;
+    this.node.metrics.conflicts.inc(n);
+  }
+
+  /** Apply everything committed so far (a linearizable read); false when that is not possible. */
+  private async catchUp(): Promise<boolean> {
+    try {
+      await this.node.replicator.linearizableRead(this.deadline());
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Release a vote or reservation (best effort: its lease is the backstop). */
+  private abortVote(t: PendingTxn, why: string): void {
+    const st = this.storage;
+    if (!st) return;
+    this.node.replicator
+      .propose({ abort: { storage: st, txnId: t.txnId, reason: 'client' } }, this.deadline())
+      .catch((e: unknown) =>
+        this.node.log.warn(
+          { txn: t.txnId, why, error: String(e) },
+          'zeo: abort failed; the vote lease will release it',
+        ),
+      );
   }
 
   /** Propose a prepare, waiting (bounded) while a voted transaction holds one of its objects. */
@@ -917,13 +1058,12 @@ export class ZeoSession {
         r = await this.node.replicator.propose(cmd, this.deadline());
       } catch (e) {
         // Outcome unknown: the prepare may still commit and hold locks. Abort it (best effort;
-        // the leader's transaction timeout is the backstop) and drop the connection.
+        // the leader's transaction timeout is the backstop) and fail the vote.
         const txnId = 'prepare' in cmd ? cmd.prepare.txnId : '';
         this.node.replicator
           .propose({ abort: { storage: this.st, txnId, reason: 'client' } }, this.deadline())
           .catch(() => undefined);
-        this.clearTxn();
-        throw new ZeoDisconnect(`vote failed: ${e instanceof Error ? e.message : e}`, { cause: e });
+        throw storageError(`vote failed: ${e instanceof Error ? e.message : e}`);
       }
       if (r.ok || r.error.kind !== 'LOCKED' || Date.now() >= end) return r;
       await this.node.waitForUnlock(end);
@@ -935,7 +1075,8 @@ export class ZeoSession {
     if (!t || t.handle !== handle) return null; // ZEO answers None for a stale id
     if (!t.voted) throw storageTransactionError('tpc_finish before a successful vote');
     const st = this.st;
-    this.finishBuffer ??= [];
+    // Invalidations applied from now on wait until the TID of this one is known.
+    const hold = this.outbox.hold();
     t.finishing = true;
     const started = Date.now();
     let r: ApplyResult | undefined;
@@ -952,7 +1093,7 @@ export class ZeoSession {
         // through a leader change. Past the retry window the outcome is unknown: disconnect.
         const code = (e as { code?: number }).code;
         if (this.closed || Date.now() >= end || code === undefined || !RETRYABLE.has(code)) {
-          this.flushFinishBuffer(undefined);
+          this.outbox.release(hold);
           throw new ZeoDisconnect(`tpc_finish failed: ${e instanceof Error ? e.message : e}`, {
             cause: e,
           });
@@ -962,7 +1103,7 @@ export class ZeoSession {
     }
     this.clearTxn();
     if (!r.ok) {
-      this.flushFinishBuffer(undefined);
+      this.outbox.release(hold);
       return this.fromStorage(r.error);
     }
     const tid = r.tid as Buffer;
@@ -970,18 +1111,10 @@ export class ZeoSession {
     this.node.metrics.observeCommit(Date.now() - started);
     // ZEO's order: invalidations of earlier transactions, `info`, the reply, then later ones.
     // The client does not get an invalidation for its own transaction.
-    const pending = this.finishBuffer ?? [];
-    for (const ev of pending) if (idCompare(ev.tid, tid) < 0) this.sendInvalidation(ev);
-    this.finishBuffer = pending.filter((ev) => idCompare(ev.tid, tid) > 0);
+    await this.outbox.narrow(hold, tid);
     const s = this.node.store.storageSummary(st);
     this.peer.callAsync('info', [{ length: s.objectCount, size: 0 }]);
-    return new ReplyThen(tid, () => this.flushFinishBuffer(tid));
-  }
-
-  private flushFinishBuffer(own: Buffer | undefined): void {
-    const pending = this.finishBuffer ?? [];
-    this.finishBuffer = undefined;
-    for (const ev of pending) if (!own || !ev.tid.equals(own)) this.sendInvalidation(ev);
+    return new ReplyThen(tid, () => this.outbox.release(hold));
   }
 
   private async tpcAbort(handle: string): Promise<null> {
@@ -989,7 +1122,7 @@ export class ZeoSession {
     if (!t || t.handle !== handle) return null;
     this.clearTxn();
     this.stats.aborts++;
-    if (t.voted) {
+    if (t.voted || t.reserved) {
       const r = await this.propose({
         abort: { storage: this.st, txnId: t.txnId, reason: 'client' },
       });
@@ -1000,11 +1133,12 @@ export class ZeoSession {
 
   private async pack(time: number, wait: number): Promise<null> {
     this.writable();
-    // ZEO clients do not declare references, so pack never collects garbage here (gc: false):
-    // it only removes revisions not needed to read at or after the pack time.
+    // As FileStorage's pack: revisions not needed to read at or after the pack time go, and so
+    // do objects unreachable from the root then (references read from the ZODB pickles at
+    // store time; a storage holding any other data collects no garbage).
     const run = async (): Promise<void> => {
       const r = await this.propose({
-        pack: { storage: this.st, packTid: tidFromTime(time * 1000), gc: false },
+        pack: { storage: this.st, packTid: tidFromTime(time * 1000), gc: true },
       });
       if (!r.ok) this.fromStorage(r.error);
       const s = this.node.store.storageSummary(this.st);
@@ -1023,25 +1157,15 @@ export class ZeoSession {
     if (this.closed) return;
     this.closed = true;
     this.unsubscribe?.();
+    this.outbox.clear();
     for (const iid of [...this.iterators.keys()]) this.closeIterator(iid);
     const t = this.txn;
     if (this.storage) {
       this.statsFor(this.storage).connections--;
       this.clearTxn();
     }
-    if (t?.voted && !t.finishing && this.storage) {
-      this.node.replicator
-        .propose(
-          { abort: { storage: this.storage, txnId: t.txnId, reason: 'client' } },
-          this.deadline(),
-        )
-        .catch((e: unknown) =>
-          this.node.log.warn(
-            { txn: t.txnId, error: String(e) },
-            'zeo: abort after disconnect failed; the transaction timeout will abort it',
-          ),
-        );
-    }
+    // A finishing transaction is left to its finish (its lease ends it if that never lands).
+    if (t && (t.voted || t.reserved) && !t.finishing) this.abortVote(t, 'client disconnected');
     this.node.log.debug({ client: this.peer.label, label: this.label }, 'zeo: session closed');
   }
 }

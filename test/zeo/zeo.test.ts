@@ -351,7 +351,7 @@ describe('ZEO 5 protocol on a three-node cluster', function () {
     c.oneWay('tpc_begin', id2, b(''), b(''), {}, null, ' ');
     c.oneWay('undoa', t2, id2);
     const e = await c.call('vote', id2).catch((x) => x);
-    assert.equal(e.pyClass, 'ZODB.POSException.UndoError');
+    assert.equal(e.pyClass, 'ZODB.POSException.MultipleUndoErrors');
   });
 
   it('iterates transactions and records, and current records with record_iternext', async () => {

@@ -1,0 +1,379 @@
+/**
+ * What ZODB's and ZEO's own storage suites (test/zodb/run_suites.py) expect of the ZEO door, one
+ * test per kind of failure they found, at the protocol level against a live three-node cluster:
+ * loads at maxtid, stores of new objects without a serial, errors instead of dropped connections,
+ * undo and pack as FileStorage does them, reply/invalidation order, reserved conflicts, and votes
+ * that outlive their client or node.
+ */
+import * as assert from 'node:assert/strict';
+import { Z64, hex, idCompare, p64, tidToTime, u64 } from '../../src/util/ids';
+import { NodeProcess, eventually, freePort, rmDir, sleep, tmpDir } from '../harness';
+import { ServerError, ZeoClient } from './zeo-client';
+
+const b = (s: string): Buffer => Buffer.from(s);
+const buf = (u: Uint8Array): Buffer => Buffer.from(u);
+/** What ClientStorage.load sends: loadBefore(oid, maxtid). */
+const MAXTID = Buffer.from('7fffffffffffffff', 'hex');
+
+/**
+ * ZODB records (ZODB.serialize's format: a class pickle, then a state pickle) of a
+ * PersistentMapping, written by ZODB 6 with pickle protocol 3. `rootOf(oid)` refers to `oid`
+ * with a persistent id (oid, None) as ObjectWriter writes it; `leaf(n)` refers to nothing.
+ */
+const CLASS_PICKLE =
+  '80036370657273697374656e742e6d617070696e670a50657273697374656e744d617070696e670a71004e8671012e';
+const rootOf = (oid: Buffer): Buffer =>
+  Buffer.concat([
+    Buffer.from(
+      `${CLASS_PICKLE}80037d710258040000006461746171037d710458040000006b657074710543`,
+      'hex',
+    ),
+    Buffer.from([8]),
+    oid,
+    Buffer.from('71064e8671075173732e', 'hex'),
+  ]);
+const leaf = (n: number): Buffer =>
+  Buffer.from(
+    `${CLASS_PICKLE}80037d710258040000006461746171037d710458010000006e71054b${n.toString(16).padStart(2, '0')}73732e`,
+    'hex',
+  );
+
+interface Member {
+  id: string;
+  client: number;
+  peer: number;
+  zeo: number;
+  dir: string;
+  proc?: NodeProcess;
+}
+
+describe('ZEO door: what the ZODB and ZEO storage suites expect', function () {
+  this.timeout(60_000);
+  const members: Member[] = [];
+  const clients: ZeoClient[] = [];
+  let txnCounter = 5000;
+
+  async function connect(m: Member, storage: string): Promise<ZeoClient> {
+    const c = await ZeoClient.connect(m.zeo);
+    clients.push(c);
+    await c.call('register', storage, false);
+    return c;
+  }
+
+  function begin(c: ZeoClient, opts: { tid?: Buffer } = {}): number {
+    const id = txnCounter++;
+    c.oneWay('tpc_begin', id, b('alice'), b('test'), {}, opts.tid ?? null, ' ');
+    return id;
+  }
+
+  async function commit(c: ZeoClient, stores: [Buffer, Buffer | null, Buffer][]): Promise<Buffer> {
+    const id = begin(c);
+    for (const [oid, serial, data] of stores) c.oneWay('storea', oid, serial, data, id);
+    assert.deepEqual(await c.call('vote', id), [], 'no conflicts');
+    return buf(await c.call('tpc_finish', id));
+  }
+
+  async function undo(c: ZeoClient, tids: Buffer[]): Promise<{ vote: any; tid?: Buffer }> {
+    const id = begin(c);
+    for (const t of tids) c.oneWay('undoa', t, id);
+    const vote = await c.call('vote', id).catch((e) => e);
+    if (vote instanceof Error) return { vote };
+    return { vote, tid: buf(await c.call('tpc_finish', id)) };
+  }
+
+  async function newOid(c: ZeoClient): Promise<Buffer> {
+    return buf((await c.call('new_oids', 1))[0]);
+  }
+
+  const current = async (c: ZeoClient, oid: Buffer): Promise<any> =>
+    c.call('loadBefore', oid, MAXTID);
+
+  before(async function () {
+    for (let i = 1; i <= 3; i++)
+      members.push({
+        id: `n${i}`,
+        client: await freePort(),
+        peer: await freePort(),
+        zeo: await freePort(),
+        dir: tmpDir(`zeo-zodb-n${i}`),
+      });
+    const peers = members.map((x) => `${x.id}=127.0.0.1:${x.peer}=127.0.0.1:${x.client}`).join(',');
+    await Promise.all(
+      members.map(async (m) => {
+        m.proc = await NodeProcess.start({
+          ZEORAFT_NODE_ID: m.id,
+          ZEORAFT_DATA_DIR: m.dir,
+          ZEORAFT_LISTEN: `127.0.0.1:${m.client}`,
+          ZEORAFT_PEER_LISTEN: `127.0.0.1:${m.peer}`,
+          ZEORAFT_ZEO_LISTEN: `127.0.0.1:${m.zeo}`,
+          ZEORAFT_PEERS: peers,
+          ZEORAFT_STORAGES: '1,misc,undo,gc,opaque,order,reserve,lease',
+          // Far longer than any wait below: a vote released in time was released by its lease.
+          ZEORAFT_TXN_TIMEOUT_MS: '120000',
+          ZEORAFT_LOCK_WAIT_MS: '3000',
+        });
+      }),
+    );
+    const c = await connect(members[0], 'misc');
+    await eventually(() => c.call('new_oids', 1).then(() => true), 20_000, 'a leader');
+  });
+
+  after(async () => {
+    for (const c of clients) c.close();
+    await Promise.all(members.map((m) => m.proc?.kill('SIGKILL')));
+    for (const m of members) rmDir(m.dir);
+  });
+
+  it('answers loadBefore(oid, maxtid) (ClientStorage.load) on every node without waiting for that TID', async () => {
+    const c = await connect(members[0], 'misc');
+    const oid = await newOid(c);
+    const t1 = await commit(c, [[oid, Z64, b('v1')]]);
+    for (const m of members) {
+      const d = await connect(m, 'misc');
+      const r = await current(d, oid);
+      assert.deepEqual([buf(r[0]), buf(r[1]), r[2]], [b('v1'), t1, null], `node ${m.id}`);
+    }
+  });
+
+  it('answers reads of missing objects and revisions with POSKeyError and keeps the connection', async () => {
+    const c = await connect(members[1], 'misc');
+    const oid = await newOid(c);
+    const t1 = await commit(c, [[oid, Z64, b('only')]]);
+    const missing = p64(0xfffff0n);
+    for (const [method, args] of [
+      ['loadBefore', [missing, MAXTID]],
+      ['loadSerial', [missing, t1]],
+      ['loadSerial', [oid, p64(u64(t1) - 1n)]],
+      ['loadSerial', [oid, p64(u64(t1) + (1n << 40n))]], // a serial from the future
+      ['history', [missing, 1]],
+      ['getTid', [missing]],
+    ] as [string, unknown[]][]) {
+      const e = await c.call(method, ...args).catch((x) => x);
+      assert.ok(e instanceof ServerError, `${method} answers`);
+      assert.equal(e.pyClass, 'ZODB.POSException.POSKeyError', method);
+    }
+    assert.equal(await c.call('loadBefore', oid, t1), null, 'no revision before the first');
+    assert.equal(await c.call('ping'), null);
+  });
+
+  it('stores a new object with serial None or "\\0" * 8 (a str), as FileStorage does, and not an existing one', async () => {
+    const c = await connect(members[0], 'misc');
+    const [x, y] = [await newOid(c), await newOid(c)];
+    const id = begin(c);
+    c.oneWay('storea', x, null, b('x'), id);
+    c.oneWay('storea', y, '\0'.repeat(8), b('y'), id);
+    assert.deepEqual(await c.call('vote', id), []);
+    const t1 = buf(await c.call('tpc_finish', id));
+    assert.deepEqual(buf((await current(c, y))[1]), t1);
+    // On an existing object a missing serial is a conflict the client cannot resolve.
+    const id2 = begin(c);
+    c.oneWay('storea', x, null, b('x2'), id2);
+    const vote = await c.call('vote', id2);
+    assert.equal(vote.length, 1);
+    assert.deepEqual(buf(vote[0].oid), x);
+    assert.deepEqual(vote[0].serials.map(buf), [t1, Z64]);
+    assert.equal(await c.call('tpc_abort', id2), null);
+  });
+
+  it('fails tpc_begin with a TID at vote (Unsupported) and keeps the connection', async () => {
+    const c = await connect(members[2], 'misc');
+    const oid = await newOid(c);
+    const id = begin(c, { tid: p64(1n) });
+    c.oneWay('storea', oid, Z64, b('restored'), id);
+    const e = await c.call('vote', id).catch((x) => x);
+    assert.ok(e instanceof ServerError);
+    assert.equal(e.pyClass, 'ZODB.POSException.Unsupported');
+    assert.equal(await c.call('tpc_abort', id), null);
+    assert.equal(await c.call('ping'), null);
+  });
+
+  it('undoes as FileStorage: creations, several undos in one transaction, undos of undos', async () => {
+    const c = await connect(members[0], 'undo');
+    const [x, y] = [await newOid(c), await newOid(c)];
+    const t1 = await commit(c, [[x, Z64, b('x1')]]);
+    // Undoing a creation: the object is gone, getTid raises POSKeyError (a KeyError).
+    const u1 = await undo(c, [t1]);
+    assert.deepEqual(u1.vote.map(buf), [x], 'vote names the undone objects');
+    const e = await c.call('getTid', x).catch((z) => z);
+    assert.equal(e.pyClass, 'ZODB.POSException.POSKeyError');
+    // Undoing that undo brings it back.
+    await undo(c, [u1.tid as Buffer]);
+    assert.deepEqual(buf((await current(c, x))[0]), b('x1'));
+    // Two undos in one transaction, the later one seeing the earlier one's result.
+    const s1 = await commit(c, [[y, Z64, b('y1')]]);
+    const s2 = await commit(c, [[y, s1, b('y2')]]);
+    const s3 = await commit(c, [[y, s2, b('y3')]]);
+    const both = await undo(c, [s3, s2]);
+    assert.deepEqual(both.vote.map(buf), [y]);
+    assert.deepEqual(buf((await current(c, y))[0]), b('y1'));
+    // The data of s1 is current again, so s1 (the creation) can be undone now.
+    await undo(c, [s1]);
+    assert.equal(
+      (await c.call('getTid', y).catch((z) => z)).pyClass,
+      'ZODB.POSException.POSKeyError',
+    );
+  });
+
+  it('answers an undo that would need conflict resolution with UndoError, as ZEO with client-side resolution', async () => {
+    const c = await connect(members[1], 'undo');
+    const oid = await newOid(c);
+    const t1 = await commit(c, [[oid, Z64, b('a')]]);
+    const t2 = await commit(c, [[oid, t1, b('b')]]);
+    await commit(c, [[oid, t2, b('c')]]);
+    const r = await undo(c, [t2]);
+    assert.ok(r.vote instanceof ServerError);
+    assert.equal(r.vote.pyClass, 'ZODB.POSException.MultipleUndoErrors');
+    assert.deepEqual(buf(r.vote.pyArgs._errs[0][1]), oid);
+    assert.equal(await c.call('ping'), null);
+  });
+
+  it('packs as FileStorage: unreachable objects and old revisions go (POSKeyError), undoLog forgets, later packs lose nothing', async () => {
+    const c = await connect(members[0], 'gc');
+    const [kept, garbage] = [await newOid(c), await newOid(c)];
+    const t1 = await commit(c, [
+      [Z64, Z64, rootOf(kept)],
+      [kept, Z64, leaf(1)],
+      [garbage, Z64, leaf(9)],
+    ]);
+    await sleep(20);
+    const t2 = await commit(c, [[kept, t1, leaf(2)]]);
+    // A pack between t1 and t2 keeps what reads at t2 need; one "tomorrow" packs up to now.
+    assert.equal(await c.call('pack', (tidToTime(t1) + 5) / 1000, 1), null);
+    assert.deepEqual(
+      buf(await c.call('loadSerial', kept, t1)),
+      leaf(1),
+      'current at the pack time',
+    );
+    assert.equal(await c.call('pack', Date.now() / 1000 + 86_400, 1), null);
+    assert.equal(
+      (await c.call('loadSerial', kept, t1).catch((x) => x)).pyClass,
+      'ZODB.POSException.POSKeyError',
+    );
+    assert.equal(
+      (await current(c, garbage).catch((x) => x)).pyClass,
+      'ZODB.POSException.POSKeyError',
+    );
+    assert.deepEqual((await current(c, kept)).slice(0, 2).map(buf), [leaf(2), t2]);
+    assert.deepEqual(buf((await current(c, Z64))[0]), rootOf(kept));
+    assert.deepEqual(await c.call('undoLog', 0, 20), [], 'nothing before the pack is undoable');
+    // A pack at an earlier time than the last one changes nothing.
+    assert.equal(await c.call('pack', tidToTime(t1) / 1000, 1), null);
+    assert.deepEqual(buf((await current(c, kept))[0]), leaf(2));
+    // Records that are not ZODB pickles have unknown references: nothing is collected then.
+    const d = await connect(members[2], 'opaque');
+    const [r, o] = [await newOid(d), await newOid(d)];
+    await commit(d, [
+      [Z64, Z64, rootOf(r)],
+      [o, Z64, b('not a pickle: may refer to anything')],
+    ]);
+    await d.call('pack', Date.now() / 1000 + 60, 1);
+    assert.deepEqual(buf((await current(d, o))[0]), b('not a pickle: may refer to anything'));
+  });
+
+  it('never sends a load reply after an invalidation of a transaction newer than its data (loads racing commits on every node)', async () => {
+    const w = await connect(members[0], 'order');
+    const oid = await newOid(w);
+    let serial = await commit(w, [[oid, Z64, b('0')]]);
+    const readers = await Promise.all(members.map((m) => connect(m, 'order')));
+    const LOADS_IN_FLIGHT = 8;
+    const COMMITS = 150;
+    let writing = true;
+    const loops = readers.map(async (r) => {
+      const loop = async (): Promise<void> => {
+        while (writing) await r.call('loadBefore', oid, MAXTID);
+      };
+      await Promise.all(Array.from({ length: LOADS_IN_FLIGHT }, loop));
+    });
+    for (let i = 1; i <= COMMITS; i++) serial = await commit(w, [[oid, serial, b(String(i))]]);
+    writing = false;
+    await Promise.all(loops);
+    for (const r of readers) {
+      await r.until(
+        () => r.calls('invalidateTransaction').some((x) => buf(x[0]).equals(serial)),
+        10_000,
+        'the last invalidation',
+      );
+      // Replay what the client saw, in order: a reply whose data is current (end None) must not
+      // start before the newest invalidation of the object received before it.
+      let newest = Z64;
+      let replies = 0;
+      let outOfOrder = 0;
+      for (const ev of r.events) {
+        if (ev.kind === 'call' && ev.method === 'invalidateTransaction') {
+          if (ev.args[1].some((o: Uint8Array) => buf(o).equals(oid))) newest = buf(ev.args[0]);
+        } else if (ev.kind === 'reply' && Array.isArray(ev.value) && ev.value.length === 3) {
+          replies++;
+          if (ev.value[2] === null && idCompare(buf(ev.value[1]), newest) < 0) outOfOrder++;
+        }
+      }
+      assert.ok(replies > COMMITS, `${replies} load replies interleaved with ${COMMITS} commits`);
+      assert.equal(outOfOrder, 0, `${outOfOrder} of ${replies} replies were stale`);
+    }
+  });
+
+  it('holds the objects of a vote that answered conflicts, so the resolved vote is not overtaken', async () => {
+    const c = await connect(members[1], 'reserve');
+    const d = await connect(members[2], 'reserve');
+    const oid = await newOid(c);
+    const t1 = await commit(c, [[oid, Z64, b('base')]]);
+    const t2 = await commit(d, [[oid, t1, b('theirs')]]);
+    const id = begin(c);
+    c.oneWay('storea', oid, t1, b('mine'), id);
+    const conflicts = await c.call('vote', id);
+    assert.deepEqual(conflicts[0].serials.map(buf), [t2, t1]);
+    // A competitor now waits behind the reservation instead of committing first.
+    const id2 = begin(d);
+    d.oneWay('storea', oid, t2, b('overtaker'), id2);
+    const competitor = d.call('vote', id2);
+    c.oneWay('storea', oid, t2, b('mine, merged'), id);
+    assert.deepEqual(await c.call('vote', id), [], 'the resolved vote succeeds');
+    const t3 = buf(await c.call('tpc_finish', id));
+    const late = await competitor;
+    assert.equal(late.length, 1, 'the competitor meets the new data as a conflict');
+    assert.deepEqual(late[0].serials.map(buf), [t3, t2]);
+    await d.call('tpc_abort', id2);
+  });
+
+  it('aborts on every node the vote of a client that went away', async () => {
+    const c = await connect(members[0], 'lease');
+    const oid = await newOid(c);
+    const t1 = await commit(c, [[oid, Z64, b('one')]]);
+    const id = begin(c);
+    c.oneWay('storea', oid, t1, b('held'), id);
+    assert.deepEqual(await c.call('vote', id), []);
+    c.close();
+    for (const m of members.slice(1)) {
+      const d = await connect(m, 'lease');
+      const base = buf((await current(d, oid))[1]);
+      await eventually(
+        () => commit(d, [[oid, base, b(`from ${m.id}`)]]).catch(() => undefined),
+        10_000,
+        `a commit through ${m.id}`,
+      );
+    }
+  });
+
+  it('aborts the vote of a session whose node died within about a lease, and the client learns its fate elsewhere', async () => {
+    const victim = members[2];
+    const c = await connect(victim, 'lease');
+    const oid = await newOid(c);
+    const t1 = await commit(c, [[oid, Z64, b('before')]]);
+    const id = begin(c);
+    c.oneWay('storea', oid, t1, b('voted, never finished'), id);
+    assert.deepEqual(await c.call('vote', id), []);
+    await victim.proc!.kill('SIGKILL');
+    // The transaction timeout is two minutes: only the vote's lease can release it this soon.
+    const d = await eventually(() => connect(members[0], 'lease').catch(() => undefined), 10_000);
+    const t2 = await eventually(
+      () => commit(d, [[oid, t1, b('after')]]).catch(() => undefined),
+      15_000,
+      'a commit of the voted object',
+    );
+    // The client, reconnecting to a survivor, sees that its transaction never committed.
+    const again = await connect(members[1], 'lease');
+    const inv = await again.call('getInvalidations', t1);
+    assert.deepEqual(buf(inv[0]), t2);
+    assert.deepEqual(buf((await current(again, oid))[0]), b('after'));
+    assert.equal(hex(buf((await current(again, oid))[1])), hex(t2));
+  });
+});
