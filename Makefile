@@ -1,5 +1,5 @@
 # Every target installs dependencies first when node_modules is missing, so each works on a fresh clone.
-.PHONY: all deps build test lint cluster bench sim clean
+.PHONY: all deps build test lint cluster bench sim clean zodb-suites
 
 all: build
 
@@ -22,6 +22,18 @@ sim: deps
 
 cluster: deps
 	npm run cluster
+
+# ZODB's and ZEO's own storage test suites through the ZEO door of a three-node cluster, with the
+# real Python ZEO client from a virtual environment of pinned packages (created when missing).
+ZODB_VENV := .venv-zodb
+
+$(ZODB_VENV)/.installed: test/zodb/requirements.txt
+	python3 -m venv $(ZODB_VENV)
+	$(ZODB_VENV)/bin/pip install --quiet --disable-pip-version-check -r test/zodb/requirements.txt
+	touch $@
+
+zodb-suites: build $(ZODB_VENV)/.installed
+	$(ZODB_VENV)/bin/python test/zodb/run_suites.py
 
 bench: deps
 	npm run bench
