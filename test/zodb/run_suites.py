@@ -371,4 +371,8 @@ def main():
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # A test that failed may leave client threads behind: do not wait for them.
+    os._exit(code)
