@@ -25,10 +25,13 @@ cluster: deps
 
 # ZODB's and ZEO's own storage test suites through the ZEO door of a three-node cluster, with the
 # real Python ZEO client from a virtual environment of pinned packages (created when missing).
+# Debian's Python (python3-venv): the one CI installs packages for.
 ZODB_VENV := .venv-zodb
+ZODB_PYTHON ?= /usr/bin/python3
 
 $(ZODB_VENV)/.installed: test/zodb/requirements.txt
-	python3 -m venv $(ZODB_VENV)
+	rm -rf $(ZODB_VENV)
+	$(ZODB_PYTHON) -m venv $(ZODB_VENV)
 	$(ZODB_VENV)/bin/pip install --quiet --disable-pip-version-check -r test/zodb/requirements.txt
 	touch $@
 
