@@ -13,6 +13,7 @@ import type { NodeConfig } from './config';
 import { StorageNode } from './node';
 import { PeerTransport } from './peer-transport';
 import { DurableLog } from './raft-log';
+import { alignStateMachine } from './raft-host';
 import { RaftReplicator } from './raft-replicator';
 import { KEY_METADATA } from './security';
 import { internalClientCredentials } from './tls';
@@ -63,12 +64,10 @@ export async function startClusterNode(config: NodeConfig): Promise<StorageNode>
       rejoin,
     });
     if (rejoin) await n.store.installRecovered();
-    // The bootstrap snapshot (index 1) describes the empty state: the store reaches it with a no-op.
-    if (log.mem.snapshot().index === 1 && n.store.appliedIndex === 0)
-      await n.store.apply(1, { noop: {} });
+    const problem = await alignStateMachine(log, n.store);
     assert(
-      n.store.appliedIndex >= log.mem.snapshot().index,
-      `the object store (applied ${n.store.appliedIndex}) is behind the Raft log's snapshot (${log.mem.snapshot().index}): the state directory was lost; wipe ${config.dataDir} and restart with --join`,
+      problem === undefined,
+      `${problem}: the state directory was lost; wipe ${config.dataDir} and restart with --join`,
     );
     if (join && log.isNew)
       n.log.info('joining an existing cluster: waiting for a snapshot from the leader');

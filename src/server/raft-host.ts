@@ -188,6 +188,23 @@ export class HostError extends Error {
   }
 }
 
+/**
+ * Before a host starts: bring the state machine to the log's starting point, or say why it
+ * cannot. The log replays only what follows its snapshot, so the state machine must hold at
+ * least the snapshot's state; the bootstrap snapshot (index 1) is the empty state, reached with a
+ * no-op. Returns a problem description, or undefined when the host may start.
+ */
+export async function alignStateMachine(
+  log: HostLog,
+  sm: StateMachine,
+): Promise<string | undefined> {
+  const snap = log.mem.snapshot().index;
+  if (snap === 1 && sm.appliedIndex === 0) await sm.applyBatch([{ index: 1, cmd: { noop: {} } }]);
+  if (sm.appliedIndex < snap)
+    return `the object store (applied ${sm.appliedIndex}) is behind the Raft log's snapshot (${snap})`;
+  return undefined;
+}
+
 // ------------------------------------------------------------------------------------------
 // Proposal and ReadIndex tracking
 
@@ -209,8 +226,17 @@ export class ProposalTracker {
     return this.pending.size;
   }
 
-  add(index: number, p: Pending): void {
-    assert(!this.pending.has(index), `two proposals waiting on index ${index}`);
+  /**
+   * A proposal appended at index. An older term's proposal still waiting there was overwritten in
+   * this node's log, but another node may still hold it and commit it later: its outcome is
+   * unknown (`superseded`), and it stops waiting here.
+   */
+  add(index: number, p: Pending, superseded: () => Error): void {
+    const old = this.pending.get(index);
+    if (old) {
+      assert(old.term < p.term, `two proposals of term ${p.term} waiting on index ${index}`);
+      old.reject(superseded());
+    }
     this.pending.set(index, p);
   }
 
@@ -225,7 +251,11 @@ export class ProposalTracker {
    * Entry e was applied (result r) or skipped: settle the proposal waiting on its index.
    * Returns what happened to it, or undefined when none waited.
    */
-  settle(e: Entry, r: ApplyResult, refusal: () => Error): 'committed' | 'failed' | undefined {
+  settle(
+    e: Entry,
+    r: ApplyResult | undefined,
+    refusal: () => Error,
+  ): 'committed' | 'failed' | undefined {
     const p = this.pending.get(e.index);
     if (!p) return undefined;
     this.pending.delete(e.index);
@@ -233,6 +263,9 @@ export class ProposalTracker {
       p.reject(refusal());
       return 'failed';
     }
+    // A proposal's entry is new to this node's state machine: it cannot have been applied (and
+    // so skipped) before it was proposed.
+    assert(r !== undefined, `proposal at ${e.index} settled by an entry that was not applied`);
     p.resolve(r);
     return 'committed';
   }
@@ -530,7 +563,7 @@ export class RaftHost {
       this.processed = e.index;
       const outcome = this.proposals.settle(
         e,
-        results.get(e.index) ?? { ok: true },
+        results.get(e.index),
         () =>
           new HostError(
             'not-leader',
@@ -645,6 +678,13 @@ export class RaftHost {
     if (this.closed) throw new HostError('not-leader', `node ${this.cfg.nodeId} is shutting down`);
   }
 
+  private superseded(index: number): HostError {
+    return new HostError(
+      'outcome-unknown',
+      `the command at index ${index} was overwritten here by a newer leader's entry; another node may still commit it: its outcome is unknown`,
+    );
+  }
+
   /**
    * Replicate cmd (here if leader, else forwarded) and resolve once it is applied on this node.
    * `caller` is whom it is for: a leader checks forwarded commands against it.
@@ -740,17 +780,21 @@ export class RaftHost {
           );
         }
       });
-      this.proposals.add(index, {
-        term,
-        resolve: (r) => {
-          cancel();
-          resolve({ index, result: r });
+      this.proposals.add(
+        index,
+        {
+          term,
+          resolve: (r) => {
+            cancel();
+            resolve({ index, result: r });
+          },
+          reject: (e) => {
+            cancel();
+            reject(e);
+          },
         },
-        reject: (e) => {
-          cancel();
-          reject(e);
-        },
-      });
+        () => this.superseded(index),
+      );
       this.emit({ type: 'proposals-pending', count: this.proposals.size });
     });
   }
@@ -814,7 +858,7 @@ export class RaftHost {
     const term = this.raw.basicStatus().term;
     this.schedule();
     await new Promise<ApplyResult>((resolve, reject) =>
-      this.proposals.add(index, { term, resolve, reject }),
+      this.proposals.add(index, { term, resolve, reject }, () => this.superseded(index)),
     );
     await this.waitFor(
       () => this.processed >= index,
@@ -851,7 +895,10 @@ export class RaftHost {
     return this.lock.run(async () => {
       await this.applyTail;
       const meta = m.snapshot;
-      if (this.closed || !meta || meta.index <= this.processed) return false;
+      if (this.closed || !meta) return false;
+      // Even a snapshot this node does not need goes into the core: its answer (the index this
+      // node holds) is how the leader learns where to continue; without it a leader that has
+      // compacted past its view of this node sends the same snapshot forever.
       const staged: StagedSnapshot = {
         index: meta.index,
         term: meta.term,

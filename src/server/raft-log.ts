@@ -7,6 +7,7 @@
  */
 import * as path from 'node:path';
 import * as protobuf from 'protobufjs';
+import type { AbstractLevel } from 'abstract-level';
 import { Level } from 'level';
 import { MemoryStorage } from '../raft/storage';
 import type { ConfState, Entry, HardState, Ready, SnapshotMeta } from '../raft/types';
@@ -118,6 +119,29 @@ export class DurableLog {
   ): Promise<DurableLog> {
     const db = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
     await db.open();
+    return DurableLog.openOn(
+      db as unknown as AbstractLevel<Buffer | Uint8Array | string, Buffer, Buffer>,
+      opts,
+    );
+  }
+
+  /**
+   * Open the log on a database the caller constructed (any abstract-level implementation with
+   * Buffer keys and values): the deterministic simulator (test/sim) runs it on memory-level
+   * over a simulated disk; production opens a directory with `open`.
+   */
+  static async openOn(
+    anyDb: AbstractLevel<Buffer | Uint8Array | string, Buffer, Buffer>,
+    opts: {
+      initial: ConfState;
+      join: boolean;
+      fsync: boolean;
+      onFsync?: (seconds: number) => void;
+      rejoin?: boolean;
+    },
+  ): Promise<DurableLog> {
+    if (anyDb.status !== 'open') await anyDb.open();
+    const db = anyDb as unknown as Level<Buffer, Buffer>;
     if (opts.rejoin) await resetToJoining(db);
     const hardRaw = await db.get(K_HARD);
     const snapRaw = await db.get(K_SNAP);
