@@ -4,14 +4,22 @@
  *   npm run sim -- --seconds T [--start S]   run consecutive seeds for a time budget (CI)
  *   SEED=s npm run sim                       replay one seed with a readable trace
  *   --max-failures F (default 5) stops after F failing seeds; --quiet omits the reproduce hints
- *   --storage                                 run whole storage nodes (Raft + ObjectStore,
- *                                             storage-sim.ts) instead of the Raft core alone
- *   --inject BUG                              (with --storage) run with a hand-injected bug, to
- *                                             show the checker catches it: no-skip, no-flush,
- *                                             compact-while-replaying
+ *   --storage                                 run whole storage nodes (the production Raft host,
+ *                                             log and ObjectStore: storage-sim.ts) instead of
+ *                                             the Raft core alone
+ *   --inject NAME                             run with a planted bug, to show the simulator
+ *                                             catches it: NAME is a patch in test/sim/bugs/
+ *                                             (applied to a private copy of the sources, built
+ *                                             and run there; the tree itself is never changed)
+ *                                             or, with --storage, a fault of the simulated
+ *                                             environment (no-flush)
  */
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { SimStats, runSeed } from './sim';
-import { StorageSimOptions, runStorageSeed } from './storage-sim';
+import { STORAGE_SIM_FAULTS, StorageSimOptions, runStorageSeed } from './storage-sim';
 
 function arg(name: string): number | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -27,13 +35,54 @@ function strArg(name: string): string | undefined {
 }
 
 const storage = process.argv.includes('--storage');
-const inject = strArg('inject') as StorageSimOptions['inject'];
-if (inject !== undefined && !['no-skip', 'no-flush', 'compact-while-replaying'].includes(inject))
-  throw new Error(`--inject: unknown bug ${inject}`);
+/** The repository (this file runs from dist/test/sim/). */
+const ROOT = path.resolve(__dirname, '../../..');
+const BUGS_DIR = path.join(ROOT, 'test/sim/bugs');
+
+/**
+ * Run this CLI, without --inject, on a private copy of the sources with the planted bug's patch
+ * applied. Returns the exit code.
+ */
+function runPlanted(name: string): number {
+  const patch = path.join(BUGS_DIR, `${name}.patch`);
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), `zeoraft-${name}-`));
+  try {
+    for (const entry of ['src', 'test', 'proto', 'package.json', 'tsconfig.json'])
+      fs.cpSync(path.join(ROOT, entry), path.join(tmp, entry), { recursive: true });
+    fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(tmp, 'node_modules'), 'dir');
+    execFileSync('patch', ['-s', '-p1', '-d', tmp, '-i', patch], { stdio: 'inherit' });
+    execFileSync(path.join(ROOT, 'node_modules/.bin/tsc'), ['-p', tmp], { stdio: 'inherit' });
+    const args = process.argv.slice(2);
+    args.splice(args.indexOf('--inject'), 2);
+    const res = spawnSync(process.execPath, [path.join(tmp, 'dist/test/sim/run.js'), ...args], {
+      stdio: 'inherit',
+      env: { ...process.env, ZEORAFT_PLANTED: name },
+    });
+    return res.status ?? 2;
+  } finally {
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+const injectArg = strArg('inject');
+const planted = injectArg !== undefined && fs.existsSync(path.join(BUGS_DIR, `${injectArg}.patch`));
+if (
+  injectArg !== undefined &&
+  !planted &&
+  !(storage && (STORAGE_SIM_FAULTS as readonly string[]).includes(injectArg))
+)
+  throw new Error(
+    `--inject: unknown bug ${injectArg} (patches: ${fs
+      .readdirSync(BUGS_DIR)
+      .map((f) => f.replace(/\.patch$/, ''))
+      .join(', ')}; with --storage also ${STORAGE_SIM_FAULTS.join(', ')})`,
+  );
+const inject = planted ? undefined : (injectArg as StorageSimOptions['inject']);
+const injected = injectArg ?? process.env.ZEORAFT_PLANTED;
 const reproduce = (seed: number): string =>
   storage
-    ? `reproduce with SEED=${seed} npm run sim -- --storage${inject ? ` --inject ${inject}` : ''}`
-    : `reproduce with SEED=${seed} npm run sim`;
+    ? `reproduce with SEED=${seed} npm run sim -- --storage${injected ? ` --inject ${injected}` : ''}`
+    : `reproduce with SEED=${seed} npm run sim${injected ? ` -- --inject ${injected}` : ''}`;
 
 /** One seed of the selected simulator. */
 async function runOne(
@@ -85,7 +134,7 @@ async function main(): Promise<number> {
   return failures > 0 ? 1 : 0;
 }
 
-main().then(
+(planted ? Promise.resolve(runPlanted(injectArg!)) : main()).then(
   (code) => {
     process.exitCode = code;
   },

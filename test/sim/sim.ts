@@ -8,6 +8,7 @@
  * runSeed() is the reusable core; run.ts is the CLI and sim.test.ts the mocha entry.
  */
 import { Mulberry32 } from '../../src/util/prng';
+import { NetProfile, SimFailure, SimNetwork, drawNetProfile, fail, fmtMsg } from './kit';
 import {
   ConfChangeType,
   ConfState,
@@ -54,12 +55,6 @@ export interface SimResult {
   stats: SimStats;
 }
 
-class SimFailure extends Error {}
-
-function fail(msg: string): never {
-  throw new SimFailure(msg);
-}
-
 /** The state machine: a hash chain over applied entries, plus membership as of `index`. */
 interface SmState {
   index: number;
@@ -103,31 +98,10 @@ interface SimNode {
   downUntil: number;
 }
 
-interface InFlight {
-  at: number;
-  m?: Message;
-  snap?: SmState;
+type NetItem =
+  | { kind: 'msg'; m: Message; snap?: SmState }
   /** A snapshot-transfer outcome reported back to the sender. */
-  report?: { node: string; incarnation: number; peer: string; ok: boolean };
-}
-
-const MSG_NAMES = MessageType as unknown as Record<number, string>;
-
-function fmtMsg(m: Message): string {
-  let s = `${m.from}->${m.to} ${MSG_NAMES[m.type]} t${m.term}`;
-  if (m.type === MessageType.Append)
-    s += ` prev=${m.index}/${m.logTerm} n=${m.entries.length} c=${m.commit}`;
-  else if (m.type === MessageType.AppendResp)
-    s += ` idx=${m.index}${m.reject ? ` REJECT hint=${m.rejectHint}/${m.logTerm}` : ''}`;
-  else if (m.type === MessageType.Heartbeat) s += ` c=${m.commit}`;
-  else if (m.type === MessageType.Vote || m.type === MessageType.PreVote)
-    s += ` last=${m.index}/${m.logTerm}`;
-  else if (m.type === MessageType.VoteResp || m.type === MessageType.PreVoteResp)
-    s += m.reject ? ' reject' : ' grant';
-  else if (m.type === MessageType.Snapshot) s += ` snap=${m.snapshot?.index}/${m.snapshot?.term}`;
-  else if (m.type === MessageType.ReadIndexResp) s += ` idx=${m.index}`;
-  return s;
-}
+  | { kind: 'report'; node: string; incarnation: number; peer: string; ok: boolean };
 
 const MAX_NODES = 7;
 const ELECTION_TICKS = 10;
@@ -164,15 +138,11 @@ class Sim {
   };
   private readonly nodes = new Map<string, SimNode>();
   private nextNodeNo = 1;
-  private net: InFlight[] = [];
-  /** Directed links that are cut: "a>b". */
-  private cut = new Set<string>();
+  private readonly net: SimNetwork<NetItem>;
   private faults = true;
 
   // Per-seed fault profile.
-  private readonly dropRate: number;
-  private readonly dupRate: number;
-  private readonly maxDelay: number;
+  private readonly netProfile: NetProfile;
   private readonly crashRate: number;
   private readonly leaderCrashRate: number;
   /** Adversarial scheduling: crash leaders right after they apply a commit (Figure 8 hunting). */
@@ -182,7 +152,6 @@ class Sim {
   private readonly crashAfterVoteRate: number;
   /** Adversarial scheduling: crash a new leader after persisting its first entries, before sending. */
   private readonly crashNewLeaderRate: number;
-  private readonly partitionRate: number;
   private readonly persistRate: number;
   private readonly preVote: boolean;
   private readonly checkQuorum: boolean;
@@ -214,15 +183,13 @@ class Sim {
   ) {
     this.rng = new Mulberry32(seed);
     const r = this.rng;
-    this.dropRate = r.nextFloat() * 0.15;
-    this.dupRate = r.nextFloat() * 0.05;
-    this.maxDelay = r.nextFloat() < 0.3 ? 4 + r.nextInt(6) : r.nextInt(4);
+    this.netProfile = drawNetProfile(r);
+    this.net = new SimNetwork<NetItem>(r, this.netProfile, (line) => this.trace(line));
     this.crashRate = r.nextFloat() * 0.008;
     this.leaderCrashRate = r.nextFloat() < 0.5 ? r.nextFloat() * 0.03 : 0;
     this.crashAfterCommitRate = r.nextFloat() < 0.4 ? r.nextFloat() * 0.3 : 0;
     this.crashAfterVoteRate = r.nextFloat() < 0.4 ? r.nextFloat() * 0.3 : 0;
     this.crashNewLeaderRate = r.nextFloat() < 0.4 ? r.nextFloat() * 0.4 : 0;
-    this.partitionRate = 0.003 + r.nextFloat() * 0.03;
     this.persistRate = 0.3 + r.nextFloat() * 0.7;
     this.preVote = r.nextFloat() < 0.8;
     this.checkQuorum = r.nextFloat() < 0.8;
@@ -237,9 +204,10 @@ class Sim {
       const storage = MemoryStorage.bootstrap({ voters, learners: [] });
       this.addNode(id, storage, { index: 1, hash: 0, conf: { voters: [...voters], learners: [] } });
     }
+    const p = this.netProfile;
     this.trace(
-      `seed ${seed}: ${n} voters, drop=${this.dropRate.toFixed(3)} dup=${this.dupRate.toFixed(3)} delay<=${this.maxDelay} ` +
-        `crash=${this.crashRate.toFixed(4)} leaderCrash=${this.leaderCrashRate.toFixed(3)} partition=${this.partitionRate.toFixed(3)} persist=${this.persistRate.toFixed(2)} preVote=${this.preVote} ` +
+      `seed ${seed}: ${n} voters, drop=${p.dropRate.toFixed(3)} dup=${p.dupRate.toFixed(3)} delay<=${p.maxDelay} ` +
+        `crash=${this.crashRate.toFixed(4)} leaderCrash=${this.leaderCrashRate.toFixed(3)} partition=${p.partitionRate.toFixed(3)} persist=${this.persistRate.toFixed(2)} preVote=${this.preVote} ` +
         `checkQuorum=${this.checkQuorum} maxMsg=${this.maxSizePerMsg} inflight=${this.maxInflight} uncommitted=${this.maxUncommitted}`,
     );
   }
@@ -300,7 +268,7 @@ class Sim {
     for (let i = 0; i < safetyTicks; i++) this.step();
     // Liveness: heal everything and stop injecting faults.
     this.faults = false;
-    this.cut.clear();
+    this.net.heal();
     this.trace('=== HEAL: liveness phase ===');
     for (const n of this.nodes.values()) if (!n.up && !n.retired) this.start(n);
     let finalId = 0;
@@ -389,6 +357,8 @@ class Sim {
   private step(): void {
     this.now++;
     this.stats.ticks++;
+    this.stats.delivered = this.net.delivered;
+    this.stats.dropped = this.net.dropped;
     if (this.faults) this.injectFaults();
     this.clientActions();
     for (const n of this.nodes.values()) {
@@ -437,36 +407,7 @@ class Sim {
         n.retired = true;
       }
     }
-    if (r.nextFloat() < this.partitionRate) {
-      const ids = [...this.nodes.keys()];
-      this.cut.clear();
-      const kind = r.nextFloat();
-      if (kind < 0.25 && leader) {
-        // Isolate the leader (it keeps believing it leads until check-quorum or a higher term).
-        for (const b of ids) {
-          if (b === leader.id) continue;
-          this.cut.add(`${leader.id}>${b}`);
-          this.cut.add(`${b}>${leader.id}`);
-        }
-        this.trace(`ISOLATE leader ${leader.id}`);
-      } else if (kind < 0.65) {
-        // Symmetric split into two groups.
-        const side = new Map(ids.map((id) => [id, r.nextFloat() < 0.5]));
-        for (const a of ids)
-          for (const b of ids) if (side.get(a) !== side.get(b)) this.cut.add(`${a}>${b}`);
-        this.trace(
-          `PARTITION ${ids.filter((id) => side.get(id)).join(',')} | ${ids.filter((id) => !side.get(id)).join(',')}`,
-        );
-      } else {
-        // Asymmetric: some directed links fail.
-        for (const a of ids)
-          for (const b of ids) if (a !== b && r.nextFloat() < 0.25) this.cut.add(`${a}>${b}`);
-        this.trace(`ASYMMETRIC cut ${[...this.cut].join(' ')}`);
-      }
-    } else if (this.cut.size > 0 && r.nextFloat() < this.partitionRate * 2) {
-      this.cut.clear();
-      this.trace('HEAL network');
-    }
+    this.net.partitionStep([...this.nodes.keys()], leader?.id);
     if (r.nextFloat() < 0.03) {
       const n = this.randomUp();
       if (n) this.compact(n);
@@ -579,59 +520,36 @@ class Sim {
   }
 
   private send(from: SimNode, m: Message): void {
-    const r = this.rng;
     let snap: SmState | undefined;
     if (m.type === MessageType.Snapshot) {
       // The host streams the snapshot data; it can only serve the snapshot it holds on disk.
       const ok = from.snapData.index === m.snapshot!.index;
       if (ok) snap = copySm(from.snapData);
-      const lost = !ok || (this.faults && r.nextFloat() < this.dropRate);
-      this.net.push({
-        at: this.now + 1 + r.nextInt(this.maxDelay + 3),
-        report: { node: from.id, incarnation: from.incarnation, peer: m.to, ok: !lost },
+      const lost = !ok || (this.faults && this.rng.nextFloat() < this.netProfile.dropRate);
+      this.net.schedule(this.now + this.net.delay(true, 2), {
+        kind: 'report',
+        node: from.id,
+        incarnation: from.incarnation,
+        peer: m.to,
+        ok: !lost,
       });
       if (lost) return;
     }
-    if (this.faults && r.nextFloat() < this.dropRate) {
-      this.stats.dropped++;
-      return;
-    }
-    const copies = this.faults && r.nextFloat() < this.dupRate ? 2 : 1;
-    for (let i = 0; i < copies; i++) {
-      this.net.push({
-        at: this.now + 1 + (this.faults ? r.nextInt(this.maxDelay + 1) : 0),
-        m,
-        snap,
-      });
-    }
+    this.net.send(this.now, from.id, m.to, { kind: 'msg', m, snap }, this.faults);
   }
 
   private deliver(): void {
-    const due: InFlight[] = [];
-    const later: InFlight[] = [];
-    for (const f of this.net) (f.at <= this.now ? due : later).push(f);
-    this.net = later;
-    // Reorder: deliver due messages in a random order.
-    for (let i = due.length - 1; i > 0; i--) {
-      const j = this.rng.nextInt(i + 1);
-      [due[i], due[j]] = [due[j], due[i]];
-    }
-    for (const f of due) {
-      if (f.report) {
-        const n = this.nodes.get(f.report.node)!;
-        if (n.up && n.incarnation === f.report.incarnation)
-          n.raw!.reportSnapshot(f.report.peer, f.report.ok);
+    for (const { item, ok } of this.net.takeDue(this.now, (id) => !!this.nodes.get(id)?.up)) {
+      if (item.kind === 'report') {
+        const n = this.nodes.get(item.node)!;
+        if (n.up && n.incarnation === item.incarnation) n.raw!.reportSnapshot(item.peer, item.ok);
         continue;
       }
-      const m = f.m!;
-      const to = this.nodes.get(m.to);
-      if (!to || !to.up || this.cut.has(`${m.from}>${m.to}`)) {
-        this.stats.dropped++;
-        continue;
-      }
-      this.stats.delivered++;
+      if (!ok) continue;
+      const { m, snap } = item;
+      const to = this.nodes.get(m.to)!;
       if (this.opts.trace) this.trace(fmtMsg(m));
-      if (m.type === MessageType.Snapshot && f.snap) to.staged.set(f.snap.index, copySm(f.snap));
+      if (m.type === MessageType.Snapshot && snap) to.staged.set(snap.index, copySm(snap));
       to.raw!.step({ ...m });
     }
   }
