@@ -82,6 +82,19 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
     principal: node.security.principalFor(call.metadata),
   });
 
+  /**
+   * A client's transaction id, scoped to its owner (storage.proto: ids are unique per client):
+   * the caller's security key, or the anonymous scope when keys are off. Two keys may use the same
+   * id; a vote is finished or aborted only under the key that made it. The scope is part of the
+   * id in the replicated commands, so it holds on every node and across leader changes.
+   * A JSON-quoted key id cannot be confused with another key's id, "-" or the ZEO door's ids.
+   */
+  function ownedTxnId(call: { metadata: grpc.Metadata }, raw: string | undefined): string {
+    const id = txnId(raw);
+    const p = node.security.principalFor(call.metadata);
+    return `${p ? JSON.stringify(p.id) : '-'}/${id}`;
+  }
+
   function storageName(name: string | undefined): string {
     const st = name || DEFAULT_STORAGE;
     if (!node.config.storages.some((s) => s.name === st)) {
@@ -277,21 +290,21 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
     }),
 
     Vote: unary('Vote', async (call) => {
-      const id = txnId(call.request.transactionId);
+      const id = ownedTxnId(call, call.request.transactionId);
       const txn = txnFrom(call.request.transaction);
       const prepared = node.store.preparedTransactions();
       // A retried Vote of a transaction already voted is not one more.
       if (!prepared.some((p) => p.txnId === id && p.storage === txn.storage))
         node.limits.checkPrepared(prepared.length);
       const deadlineMs = Date.now() + node.config.txnTimeoutMs;
-      const cmd: Command = { prepare: { txnId: id, txn, deadlineMs } };
+      const cmd: Command = { prepare: { txnId: id, txn, deadlineMs, retryOnly: true } };
       unwrap(await withTxnMemory(cmd, 'Vote', () => commitWithLockWait(call, cmd)));
       return {};
     }),
 
     Finish: unary('Finish', async (call) => {
       const st = storageName(call.request.storage);
-      const id = txnId(call.request.transactionId);
+      const id = ownedTxnId(call, call.request.transactionId);
       const started = Date.now();
       const r = unwrap(
         await node.replicator.propose(
@@ -306,7 +319,7 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
 
     Abort: unary('Abort', async (call) => {
       const st = storageName(call.request.storage);
-      const id = txnId(call.request.transactionId);
+      const id = ownedTxnId(call, call.request.transactionId);
       unwrap(
         await node.replicator.propose(
           { abort: { storage: st, txnId: id, reason: 'client' } },

@@ -40,6 +40,7 @@ export type Command =
         deadlineMs?: number;
         leaseMs?: number;
         reserve?: boolean;
+        retryOnly?: boolean;
       };
     }
   | { finish: { storage: string; txnId: string; tid: Uint8Array } }

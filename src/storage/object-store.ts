@@ -203,6 +203,11 @@ function commandStorage(cmd: Command): unknown {
   return null;
 }
 
+/** Whether two transactions have the same content (their canonical encodings are equal). */
+function sameTxn(a: Txn, b: Txn): boolean {
+  return preparedCodec.encode({ txn: a }).equals(preparedCodec.encode({ txn: b }));
+}
+
 function emptyMeta(): StorageMeta {
   return { lastTid: Z64, nextOid: p64(1n), packTid: Z64, objectCount: 0 };
 }
@@ -723,7 +728,7 @@ export class ObjectStore {
   }
 
   private async applyPrepare(
-    p: { txnId: string; txn: Txn; deadlineMs?: number; reserve?: boolean },
+    p: { txnId: string; txn: Txn; deadlineMs?: number; reserve?: boolean; retryOnly?: boolean },
     ops: BatchOp[],
     _after: Array<() => void>,
   ): Promise<ApplyResult> {
@@ -736,6 +741,16 @@ export class ObjectStore {
     // A transaction voted again replaces its earlier vote (a retried vote, or the vote after the
     // client resolved conflicts on objects it had reserved): its own locks do not stand in its way.
     const again = this.prepared.has(`${st}\0${p.txnId}`);
+    if (again && p.retryOnly) {
+      // Only a retry may come under a voted id: another transaction reusing it must not replace
+      // the vote (its first client was told it holds) nor be taken for it.
+      const earlier = preparedCodec.decode((await this.read(K.preparedKey(st, p.txnId)))!);
+      if (earlier.reserve || !sameTxn(earlier.txn, p.txn))
+        throw new StorageError(
+          'DUPLICATE_ID',
+          `transaction id ${p.txnId} is already voted with a different content; a new transaction needs a new id`,
+        );
+    }
     await this.checkTxn(p.txn, again ? p.txnId : undefined, p.reserve === true);
     const rec: PreparedRecord = { txn: p.txn, deadlineMs: p.deadlineMs ?? 0 };
     if (p.reserve) rec.reserve = true;
@@ -758,7 +773,7 @@ export class ObjectStore {
     if (!raw)
       throw new StorageError(
         'UNKNOWN_TRANSACTION',
-        `transaction ${f.txnId} was not voted or was aborted`,
+        `transaction ${f.txnId} was not voted (under this key) or was aborted`,
       );
     const rec = preparedCodec.decode(raw);
     if (rec.reserve)

@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { StorageRpc } from '../../src/client/rpc';
-import { NodeProcess, eventually, freePort, rmDir, tmpDir } from './index';
+import { NodeProcess, TEST_CLUSTER_KEY, eventually, freePort, rmDir, tmpDir } from './index';
 
 export class LinkProxy {
   private server: net.Server;
@@ -170,7 +170,14 @@ export class TestCluster {
   rpc(id: string): StorageRpc {
     let r = this.rpcs.get(id);
     if (!r) {
-      r = new StorageRpc(`127.0.0.1:${this.member(id).client}`, { timeoutMs: 5000 });
+      // With security keys on, the harness's own calls present the cluster key (an admin key).
+      const key = this.extraEnv.ZEORAFT_KEYS_FILE
+        ? (this.extraEnv.ZEORAFT_CLUSTER_KEY ?? TEST_CLUSTER_KEY)
+        : undefined;
+      r = new StorageRpc(`127.0.0.1:${this.member(id).client}`, {
+        timeoutMs: 5000,
+        metadata: key ? { 'x-zeoraft-key': key } : {},
+      });
       this.rpcs.set(id, r);
     }
     return r;

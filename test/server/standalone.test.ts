@@ -130,6 +130,23 @@ describe('standalone node: the Storage API over gRPC', function () {
     assert.ok(e instanceof TransactionError, String(e));
   });
 
+  it('refuses a second Vote under an id with a different content; an identical one is a retry', async () => {
+    const store = (o: number, d: string) => ({ stores: [{ oid: oid(o), data: data(d) }] });
+    await rpc.call('Vote', { transactionId: '1', transaction: store(0x111, 'first') });
+    const e = await rpc
+      .call('Vote', { transactionId: '1', transaction: store(0x112, 'second') })
+      .catch((x) => x);
+    assert.ok(e instanceof ZeoRaftError, String(e));
+    assert.equal(e.grpcCode, grpc.status.ALREADY_EXISTS, e.message);
+    assert.match(e.message, /already voted with a different content/);
+    // The same request again (a client retrying after a lost answer) is accepted.
+    await rpc.call('Vote', { transactionId: '1', transaction: store(0x111, 'first') });
+    const fin = await rpc.call('Finish', { transactionId: '1' });
+    const l = await rpc.call('Load', { oid: oid(0x111) });
+    assert.deepEqual([l.data, l.serial], [data('first'), fin.tid]);
+    await assert.rejects(rpc.call('Load', { oid: oid(0x112) }), NotFoundError);
+  });
+
   it('checkCurrentSerial raises a read conflict', async () => {
     const t = await commit([{ oid: oid(30), data: data('r') }]);
     await commit([{ oid: oid(30), serial: t, data: data('r2') }]);

@@ -464,6 +464,24 @@ describe('ObjectStore conformance', function () {
       await t.put(oid(1), tid, 'c');
     });
 
+    it('a retry-only vote under a voted id is accepted only with the same content', async function () {
+      const vote = (d: string) =>
+        t.apply({
+          prepare: {
+            txnId: 'k/1',
+            txn: { storage: ST, stores: [{ oid: oid(1), serial: Z64, data: data(d) }] },
+            deadlineMs: 1234,
+            retryOnly: true,
+          },
+        });
+      assert.deepEqual(await vote('first'), { ok: true });
+      const e = expectError(await vote('second'), 'DUPLICATE_ID');
+      assert.match(e.message, /already voted with a different content/);
+      assert.deepEqual(await vote('first'), { ok: true }, 'an identical vote is a retry');
+      const tid = mustTid(await t.apply({ finish: { storage: ST, txnId: 'k/1', tid: Z64 } }));
+      assert.deepEqual(await t.store.load(ST, oid(1)), { data: data('first'), serial: tid });
+    });
+
     it('finish twice returns the same TID without committing again', async function () {
       await prepare('t1', [{ oid: oid(1), serial: Z64, data: data('a') }]);
       const tid = mustTid(await t.apply({ finish: { storage: ST, txnId: 't1', tid: Z64 } }));
