@@ -588,21 +588,43 @@ describe('security: the peer port', function () {
       ]);
       assert.equal(hb.code, grpc.status.OK, hb.details);
       await eventually(async () => (await term(c, follower)) >= big, 5000, 'the forged term');
+      // The old leader steps down on seeing the higher term; forwards go to whoever leads next.
+      await eventually(async () => (await term(c, await c.leader())) >= big, 15_000, 'a new term');
+      const toLeader = (req: ForwardRequest): Promise<Answer> =>
+        eventually(
+          async () => {
+            const a = await forward(to(await c.leader()), noCredentials('n9'), req);
+            return a.code === grpc.status.UNAVAILABLE ? undefined : a;
+          },
+          15_000,
+          'a forward the leader answers',
+        );
       // A forwarded commit from nobody is written.
-      const l = await c.leader();
-      const fwd = await forward(to(l), noCredentials('n9'), {
+      const fwd = await toLeader({
         command: commitCommand('1', 7, 'written by nobody'),
         from: 'n9',
       });
       assert.equal(fwd.code, grpc.status.OK, fwd.details);
-      const got = await c.rpc(l).call('Load', { oid: oid(7) });
+      const got = await c.rpc(await c.leader()).call('Load', { oid: oid(7) });
       assert.deepEqual(got.data, Buffer.from('written by nobody'));
       // The leader's own checks still hold: no write into a read-only storage.
-      const ro = await forward(to(l), noCredentials('n9'), {
-        command: commitCommand('archive', 7, 'x'),
-        from: 'n9',
-      });
+      const ro = await toLeader({ command: commitCommand('archive', 7, 'x'), from: 'n9' });
       assert.equal(ro.code, grpc.status.PERMISSION_DENIED, ro.details);
+      // A member record claimed as a node's own: accepted, nothing proves who sent it.
+      const member = await toLeader({
+        command: memberCommand(),
+        from: 'n9',
+        caller: { node: true },
+      });
+      assert.equal(member.code, grpc.status.OK, member.details);
+      // TimeoutNow in the leader's name: a follower starts an election and takes over.
+      const now = await c.leader();
+      const target = c.members.map((m) => m.id).find((x) => x !== now)!;
+      const tn = await stream(to(target), noCredentials(now), [
+        { from: now, messages: [msg(MessageType.TimeoutNow, now, target, await term(c, target))] },
+      ]);
+      assert.equal(tn.code, grpc.status.OK, tn.details);
+      await eventually(async () => (await c.leader()) === target, 10_000, 'the forged transfer');
     });
   });
 
