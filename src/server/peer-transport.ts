@@ -22,7 +22,7 @@ import { Message, MessageType } from '../raft';
 import { commandCodec } from '../storage/codec';
 import { type ApplyResult, validateSnapshot } from '../storage/object-store';
 import { decodeApplyResult, encodeApplyResult } from './apply-result-codec';
-import { RpcError, outcomeUnknown, toServiceError } from './errors';
+import { RpcError, outcomeUnknown, toServiceError, unavailable } from './errors';
 import { CappedListener, connectionServerOptions, listenCapped } from './listener';
 import type { StorageNode } from './node';
 import { peerCallMetadata } from './peer-auth';
@@ -303,12 +303,15 @@ export class PeerTransport implements PeerSender {
         { deadline: deadlineMs },
         (err, r) => {
           if (!err) return resolve(r);
-          // The leader's own refusal carries its details through; anything else (a broken
-          // connection, a deadline) leaves the command's fate unknown.
+          // The leader's own refusal carries its details through; a call that never left this
+          // node is safe to retry (with the next leader); anything else (a broken connection, a
+          // deadline) leaves the command's fate unknown.
           const detail = decodeStatusDetails(err.metadata);
           const leaderHint = this.node.addressBook.clientAddress(leaderId);
           const msg = `forwarding to leader ${leaderId} failed: ${err.details || err.message}`;
           if (detail) reject(new RpcError(err.code, msg, { ...detail, leaderHint }));
+          else if (neverSent(err)) reject(unavailable(msg, leaderHint));
+          else if (REFUSALS.has(err.code)) reject(new RpcError(err.code, msg));
           else
             reject(
               outcomeUnknown(
@@ -446,6 +449,32 @@ function callerFromProto(c: Caller__Output | null): Caller {
   // An unknown role counts as the least one.
   const role: Role = ROLES.includes(c.key.role as Role) ? (c.key.role as Role) : 'read-only';
   return { kind: 'client', principal: { id: c.key.id, role, storages: c.key.storages } };
+}
+
+/**
+ * Statuses by which the leader's server refused a forwarded call before running it (too large,
+ * malformed, not allowed): the command was not appended, and the caller gets the same status.
+ */
+const REFUSALS: ReadonlySet<grpc.status> = new Set([
+  grpc.status.INVALID_ARGUMENT,
+  grpc.status.RESOURCE_EXHAUSTED,
+  grpc.status.PERMISSION_DENIED,
+  grpc.status.UNAUTHENTICATED,
+  grpc.status.FAILED_PRECONDITION,
+  grpc.status.UNIMPLEMENTED,
+]);
+
+/**
+ * Whether a failed call provably never left this node: grpc-js fails a call that found no
+ * connection (or no address) to the leader without sending anything.
+ */
+function neverSent(err: grpc.ServiceError): boolean {
+  return (
+    err.code === grpc.status.UNAVAILABLE &&
+    /(^|: )(No connection established|Name resolution failed|Channel closed before call started)/.test(
+      err.details ?? '',
+    )
+  );
 }
 
 /** The length-prefixed chunks of a received snapshot file. */

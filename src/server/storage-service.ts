@@ -372,7 +372,8 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
         const t = call.request.packTime;
         if (!Number.isFinite(t) || t <= 0)
           throw invalid('pack_tid or a positive pack_time is required');
-        packTid = tidFromTime(t * 1000);
+        // A time after now packs as of now (nothing newer exists), as ZODB's pack does.
+        packTid = tidFromTime(Math.min(t * 1000, Date.now()));
       }
       const r = unwrap(
         await node.replicator.propose(

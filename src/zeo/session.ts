@@ -1138,7 +1138,12 @@ export class ZeoSession {
     // store time; a storage holding any other data collects no garbage).
     const run = async (): Promise<void> => {
       const r = await this.propose({
-        pack: { storage: this.st, packTid: tidFromTime(time * 1000), gc: true },
+        // A time after now packs as of now (nothing newer exists).
+        pack: {
+          storage: this.st,
+          packTid: tidFromTime(Math.min(time * 1000, Date.now())),
+          gc: true,
+        },
       });
       if (!r.ok) this.fromStorage(r.error);
       const s = this.node.store.storageSummary(this.st);

@@ -185,6 +185,18 @@ describe('standalone node: the Storage API over gRPC', function () {
     assert.equal(txns[0].user, 'alice');
   });
 
+  it('packs as of now when given a pack time in the far future, as ZODB does', async () => {
+    const a = await commit([{ oid: oid(90), data: data('old') }], 'other');
+    const b = await commit([{ oid: oid(90), serial: a, data: data('new') }], 'other');
+    for (const packTime of [1e12, 1e15, Number.MAX_VALUE])
+      await rpc.call('Pack', { storage: 'other', packTime });
+    assert.deepEqual((await rpc.call('Load', { oid: oid(90), storage: 'other' })).serial, b);
+    await assert.rejects(
+      rpc.call('LoadSerial', { oid: oid(90), serial: a, storage: 'other' }),
+      HistoryPackedError,
+    );
+  });
+
   it('packs away old revisions: a load at a packed-away TID is a distinct error', async () => {
     const a = await commit([{ oid: oid(60), data: data('old') }], 'other');
     const b = await commit([{ oid: oid(60), serial: a, data: data('new') }], 'other');
