@@ -198,9 +198,21 @@ class Subscriber {
   };
 
   private onCommit = (ev: CommitEvent): void => {
-    if (ev.storage !== this.storage) return;
-    if (this.pending) this.pending.push(ev);
-    else this.push(this.commitEvent(ev.tid, ev.records, ev));
+    if (ev.storage !== this.storage || this.done) return;
+    if (!this.pending) return this.push(this.commitEvent(ev.tid, ev.records, ev));
+    // Held back during a catch-up: bounded like the queue (a catch-up that cannot keep up with
+    // the commits is cut off with its resume point).
+    if (this.pending.length >= this.options.bufferMaxEvents) {
+      this.options.onLimit?.('subscriber_buffer_events', this.lastSent);
+      return this.fail(
+        new RpcError(
+          grpc.status.RESOURCE_EXHAUSTED,
+          `limit subscriber_buffer_events (${this.options.bufferMaxEvents}) exceeded while catching up: subscriber too slow; resume from TID ${hex(this.lastSent)}`,
+          { kind: 'LIMIT', transient: true },
+        ),
+      );
+    }
+    this.pending.push(ev);
   };
 
   /** A commit event for this subscriber, encoded once per event and variant for all subscribers. */

@@ -211,4 +211,26 @@ describe('cluster: Subscribe streams', function () {
     const out = cluster.procs.get(leader)!.output;
     assert.doesNotMatch(out, /MaxListenersExceededWarning/, out);
   });
+
+  it('cuts off a subscriber whose catch-up cannot keep up, with its resume point (the held-back commits are bounded)', async () => {
+    cluster = await TestCluster.start(3, { ZEORAFT_SUBSCRIBER_BUFFER_EVENTS: '20' });
+    const leader = await cluster.leader();
+    const serials = new Map<string, Buffer>();
+    await commitMany(cluster, 100, serials, { objects: 100, bytes: 64 << 10 });
+    // A catch-up from the beginning that nobody reads blocks on backpressure...
+    const stream = cluster.rpc(leader).subscribe({ fromTid: Z64, includeData: true });
+    const rec = new Recorder(stream);
+    stream.pause();
+    await sleep(500);
+    // ...while more commits than the buffer holds arrive.
+    await commitMany(cluster, 30, serials, { objects: 100 });
+    stream.resume();
+    await eventually(() => rec.error, LIVENESS_MS, 'the subscriber to be cut off');
+    const e = rec.error as { code?: number; details?: string };
+    assert.equal(e.code, 8 /* RESOURCE_EXHAUSTED */, String(rec.error));
+    assert.match(e.details ?? '', /while catching up.*resume from TID [0-9a-f]{16}/);
+    // Whatever it received before is in order and unique.
+    const tids = rec.commitTids();
+    assert.deepEqual(tids, [...new Set(tids)].sort());
+  });
 });
