@@ -74,6 +74,8 @@ export class Raft {
   private readonly votes = new Map<NodeId, boolean>();
 
   msgs: Message[] = [];
+  /** Messages that may leave only after the Ready they come with is durable (see Ready). */
+  msgsAfterAppend: Message[] = [];
   readStates: ReadState[] = [];
 
   /** Ticks since the last election timeout reset (follower: since hearing from the leader). */
@@ -734,7 +736,13 @@ export class Raft {
     if (m.term === 0 && m.type !== MessageType.ReadIndex && m.type !== MessageType.TransferLeader) {
       m.term = this.term;
     }
-    this.msgs.push(m);
+    if (
+      m.type === MessageType.AppendResp ||
+      m.type === MessageType.VoteResp ||
+      m.type === MessageType.PreVoteResp
+    )
+      this.msgsAfterAppend.push(m);
+    else this.msgs.push(m);
   }
 
   private bcastAppend(): void {

@@ -23,11 +23,12 @@ export type BasicStatus = Omit<RaftStatus, 'conf' | 'progress' | 'leadTransferee
  *   tick() every tick interval; step() every message received; propose()/readIndex() on demand;
  *   if (hasReady()) {
  *     rd = ready();
- *     persist rd.snapshot (if any, after installing its data), then rd.hardState and rd.entries;
- *     send rd.messages;          // a leader MAY send its Appends before its own fsync: it counts
- *                                // its own copy only after advance()
- *     apply rd.committedEntries (calling applyConfChange() for ConfChange entries);
- *     advance(rd);
+ *     1. send rd.messages (they may leave before rd is durable);
+ *     2. apply rd.committedEntries (calling applyConfChange() for ConfChange entries); they are
+ *        durable on a quorum, so this may overlap 3;
+ *     3. persist rd.snapshot (if any, after installing its data), rd.hardState and rd.entries;
+ *     4. send rd.messagesAfterAppend (only now: they vouch for what 3 wrote);
+ *     5. advance(rd);
  *   }
  *
  * Between ready() and advance() no other Ready is produced. All methods are synchronous and
@@ -108,6 +109,7 @@ export class RawNode {
       r.log.unstableEntries().length > 0 ||
       r.log.hasNextCommittedEnts() ||
       r.msgs.length > 0 ||
+      r.msgsAfterAppend.length > 0 ||
       r.readStates.length > 0
     );
   }
@@ -124,6 +126,7 @@ export class RawNode {
       entries,
       committedEntries: r.log.nextCommittedEnts(MAX_COMMITTED_BYTES_PER_READY),
       messages: r.msgs,
+      messagesAfterAppend: r.msgsAfterAppend,
       readStates: r.readStates,
       mustSync: false,
     };
@@ -142,6 +145,7 @@ export class RawNode {
       hard.term !== this.prevHard.term ||
       hard.vote !== this.prevHard.vote;
     r.msgs = [];
+    r.msgsAfterAppend = [];
     r.readStates = [];
     this.prevSoft = soft;
     this.prevHard = hard;

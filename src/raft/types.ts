@@ -108,18 +108,33 @@ export interface SoftState {
 export interface Ready {
   /** Present when changed since the last Ready. Volatile; informational. */
   softState?: SoftState;
-  /** Present when changed: persist before sending messages. */
+  /** Present when changed: persist before sending messagesAfterAppend. */
   hardState?: HardState;
   /** Append to stable storage, first truncating any suffix from entries[0].index on. */
   entries: Entry[];
   /** Install (the host already holds the data): persist it, discard the log up to it. */
   snapshot?: SnapshotMeta;
-  /** Apply in order, after persisting this Ready's entries. */
+  /**
+   * Apply in order. They are committed, so durable on a quorum already: the host may apply them
+   * while it persists this Ready.
+   */
   committedEntries: Entry[];
-  /** Send after persisting hardState, entries and snapshot. */
+  /**
+   * May be sent at once, before this Ready is persisted (Appends, heartbeats, vote requests,
+   * forwarded requests): none of them vouches for state of this node that a crash could lose.
+   * A leader counts its own entries only after advance(), and one Ready is handed out at a time,
+   * so nothing that relies on this Ready's writes leaves before they are durable.
+   */
   messages: Message[];
+  /**
+   * Send only once this Ready's hard state, entries and snapshot are durable (etcd's
+   * msgsAfterAppend): acknowledgements of entries and snapshots (AppendResp) and votes
+   * (VoteResp, PreVoteResp). Sending one earlier lets a crash lose an acknowledged entry or a
+   * granted vote.
+   */
+  messagesAfterAppend: Message[];
   readStates: ReadState[];
-  /** True when hardState (term/vote) or entries must be fsynced before sending. */
+  /** True when hardState (term/vote) or entries must be fsynced before messagesAfterAppend go. */
   mustSync: boolean;
 }
 

@@ -5,11 +5,12 @@
  *   tick() every tick; step() every message from peers; propose commands;
  *   while hasReady(): rd = ready();
  *     1. a snapshot in rd: install its data in the state machine (staged by installSnapshot)
- *     2. persist rd (snapshot, entries, hard state: one write, durable when rd.mustSync)
- *     3. send rd.messages   (a leader sends first and writes its own copy in parallel; the core
- *                            counts the leader's copy only after advance)
- *     4. apply rd.committedEntries in a sequential worker, resolving the proposals waiting on them
- *     5. advance(rd); compact the log when it has grown past its bound
+ *     2. send rd.messages (they may leave before rd is durable: the core says so)
+ *     3. apply rd.committedEntries in a sequential worker, resolving the proposals waiting on
+ *        them (committed entries are durable on a quorum; this overlaps 4)
+ *     4. persist rd (snapshot, entries, hard state: one write, durable when rd.mustSync)
+ *     5. send rd.messagesAfterAppend (acknowledgements and votes: only once 4 is durable)
+ *     6. advance(rd); compact the log when it has grown past its bound
  *
  * Everything the loop touches comes in through narrow interfaces (HostDeps): the durable log, the
  * state machine, the peer sender, the clock and timers, an event sink for metrics and logs, and
@@ -435,25 +436,18 @@ export class RaftHost {
       const rd = this.raw.ready();
       this.observeState(rd);
       if (rd.snapshot) await this.installStaged(rd);
-      // Committed entries are applied by a sequential worker while the loop goes on persisting
-      // and replicating newer entries (as etcd does). The leader starts applying before its own
-      // write (its committed entries are durable on a quorum already) and sends before it too;
-      // a follower persists first. A batch with a membership change is waited for before
-      // advance(), so the core's view of the configuration is never ahead of ours.
+      // The same steps for every role, in the order the core's Ready contract allows (see
+      // RawNode): messages that vouch for nothing local leave at once; committed entries (durable
+      // on a quorum already) are applied by a sequential worker while this Ready is persisted and
+      // newer ones are replicated, as etcd does; acknowledgements and votes leave only once the
+      // write is durable. A batch with a membership change is waited for before advance(), so
+      // the core's view of the configuration is never ahead of ours.
       const entries = rd.committedEntries;
-      const apply = (): void => {
-        this.applyTail = this.applyTail.then(() => this.applyEntries(entries));
-        this.applyTail.catch((e: unknown) => this.fail(e));
-      };
-      if (this.role === 'leader') {
-        this.send(rd.messages);
-        apply();
-        await this.persist(rd);
-      } else {
-        await this.persist(rd);
-        this.send(rd.messages);
-        apply();
-      }
+      this.send(rd.messages);
+      this.applyTail = this.applyTail.then(() => this.applyEntries(entries));
+      this.applyTail.catch((e: unknown) => this.fail(e));
+      await this.persist(rd);
+      this.send(rd.messagesAfterAppend);
       for (const rs of rd.readStates) this.reads.answer(rs);
       if (entries.some((e) => e.type === EntryType.ConfChange)) await this.applyTail;
       this.raw.advance(rd);

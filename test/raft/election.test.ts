@@ -45,7 +45,7 @@ describe('§5.2 leader election', () => {
     net.nodes.delete('b'); // crash; restart from disk
     const b2 = net.addNode('b', b.storage, opts);
     b2.raw.step(vote('c'));
-    const resp = b2.raw.ready().messages.find((m) => m.type === MessageType.VoteResp);
+    const resp = b2.raw.ready().messagesAfterAppend.find((m) => m.type === MessageType.VoteResp);
     assert.equal(resp?.reject, true);
   });
 

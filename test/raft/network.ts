@@ -113,7 +113,7 @@ export class Network {
     }
     if (rd.hardState) n.storage.setHardState(rd.hardState);
     n.storage.append(rd.entries);
-    this.queue.push(...rd.messages);
+    this.queue.push(...rd.messages, ...rd.messagesAfterAppend);
     for (const e of rd.committedEntries) {
       n.applied.push(e);
       n.appliedIndex = e.index;
