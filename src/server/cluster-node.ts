@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomInt } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
+import { service as healthService } from 'grpc-health-check';
 import { storagePackage } from '../proto';
 import { assert } from '../util/assert';
 import { adminHandlers, adminPackage } from './admin-service';
@@ -18,25 +19,51 @@ import { RaftReplicator } from './raft-replicator';
 import { KEY_METADATA } from './security';
 import { internalClientCredentials } from './tls';
 
+/** How long each start-up probe of a peer's client port may take. */
+const PROBE_MS = 700;
+
 /**
  * A node starting with an empty data directory while its peers already run a cluster must join
  * (receive a snapshot, not vote until then) instead of bootstrapping a fresh log: a fresh empty
- * log that votes could elect a leader missing committed entries.
+ * log that votes could elect a leader missing committed entries. A peer answering Status says
+ * so; one that refuses Status for want of a key (security keys on, peers authenticated by mTLS
+ * alone, so this node has no key to present) is asked the keyless health service instead:
+ * SERVING means it knows a leader.
  */
 async function clusterAlreadyRunning(config: NodeConfig): Promise<boolean> {
   const Storage = storagePackage().zeoraft.v1.Storage;
+  const sec = config.security;
+  const credentials = (): grpc.ChannelCredentials =>
+    internalClientCredentials(sec?.tls, sec?.peerTls);
+  const deadline = (): number => Date.now() + PROBE_MS;
+  const healthy = (address: string): Promise<boolean> =>
+    new Promise((resolve) => {
+      const h = new grpc.Client(address, credentials());
+      h.makeUnaryRequest<{ service: string }, { status: string }>(
+        healthService.Check.path,
+        healthService.Check.requestSerialize,
+        (buf) => healthService.Check.responseDeserialize(buf) as { status: string },
+        { service: '' },
+        new grpc.Metadata(),
+        { deadline: deadline() },
+        (err, res) => {
+          h.close();
+          resolve(!err && res?.status === 'SERVING');
+        },
+      );
+    });
   const probes = config.peers
     .filter((p) => p.id !== config.nodeId && p.clientAddress)
     .map(
       (p) =>
         new Promise<boolean>((resolve) => {
-          const sec = config.security;
-          const c = new Storage(p.clientAddress, internalClientCredentials(sec?.tls, sec?.peerTls));
+          const c = new Storage(p.clientAddress, credentials());
           const md = new grpc.Metadata();
           if (sec?.clusterKey) md.set(KEY_METADATA, sec.clusterKey);
-          c.Status({}, md, { deadline: Date.now() + 700 }, (err, res) => {
+          c.Status({}, md, { deadline: deadline() }, (err, res) => {
             c.close();
-            resolve(!err && !!res && (res.appliedIndex > 1 || res.leaderId !== ''));
+            if (err?.code === grpc.status.UNAUTHENTICATED) resolve(healthy(p.clientAddress));
+            else resolve(!err && !!res && (res.appliedIndex > 1 || res.leaderId !== ''));
           });
         }),
     );

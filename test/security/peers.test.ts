@@ -38,7 +38,8 @@ import {
   sleep,
   tmpDir,
 } from '../harness';
-import { httpGet } from './helpers';
+import { addKey } from '../../src/cli/keys';
+import { httpGet, rpcWithKey } from './helpers';
 
 const oid = (n: number): Buffer => p64(BigInt(n));
 
@@ -484,6 +485,67 @@ describe('security: the peer port', function () {
       await eventually(() => genuine.envelopes > 0, 10_000, 'traffic to the genuine certificate');
     } finally {
       fake?.forceShutdown();
+      await c.stop();
+      rmDir(d);
+    }
+  });
+
+  it('rejoins a wiped member when peers use mTLS alone and clients need keys', async () => {
+    // The start-up probe has no key to present: it must still see the running cluster.
+    const d = tmpDir('sec-peers-rejoin');
+    const certs = path.join(d, 'certs');
+    execFileSync(process.execPath, [CLI, 'certs', '--out', certs, '--nodes', 'n1,n2,n3']);
+    const keysFile = path.join(d, 'keys.json');
+    const key = addKey(keysFile, 'admin', ['*']);
+    const env = (id: string): Record<string, string> => {
+      const e = tlsEnv(certs, id);
+      return {
+        ZEORAFT_PEER_TLS_CERT: e.ZEORAFT_PEER_TLS_CERT,
+        ZEORAFT_PEER_TLS_KEY: e.ZEORAFT_PEER_TLS_KEY,
+        ZEORAFT_PEER_TLS_CA: e.ZEORAFT_PEER_TLS_CA,
+        ZEORAFT_KEYS_FILE: keysFile,
+      };
+    };
+    const c = await cluster(env);
+    const rpcs: StorageRpc[] = [];
+    const keyed = (id: string): StorageRpc => {
+      const r = rpcWithKey(`127.0.0.1:${c.member(id).client}`, key);
+      rpcs.push(r);
+      return r;
+    };
+    const leaderOf = (): Promise<string> =>
+      eventually(
+        async () => {
+          const ls = await Promise.all(
+            c.alive().map(async (id) => (await keyed(id).call('Status', {}, 1000)).leaderId),
+          );
+          return ls.every((l) => l && l === ls[0]) ? ls[0] : undefined;
+        },
+        15_000,
+        'a leader',
+      );
+    try {
+      const leader = await leaderOf();
+      await keyed(leader).call('Commit', {
+        transaction: { stores: [{ oid: oid(60), data: Buffer.from('kept') }] },
+      });
+      const victim = ['n1', 'n2', 'n3'].find((id) => id !== leader)!;
+      await c.kill(victim);
+      c.wipe(victim);
+      const p = await c.startNode(victim, { ...env(victim), ZEORAFT_LOG_LEVEL: 'info' });
+      assert.match(p.output, /joining an existing cluster/);
+      // A new entry makes the leader probe the member and find it empty (then: a snapshot).
+      const next = await keyed(leader).call('Commit', {
+        transaction: { stores: [{ oid: oid(61), data: Buffer.from('after') }] },
+      });
+      const l = await eventually(
+        () => keyed(victim).call('Load', { oid: oid(60), seenTid: next.tid }, 2000),
+        20_000,
+        'the wiped member to catch up',
+      );
+      assert.deepEqual(l.data, Buffer.from('kept'));
+    } finally {
+      for (const r of rpcs) r.close();
       await c.stop();
       rmDir(d);
     }
