@@ -551,7 +551,7 @@ describe('security: the peer port', function () {
     }
   });
 
-  describe('refusing to start', () => {
+  describe('starting', () => {
     let dir: string;
     before(() => (dir = tmpDir('sec-peers-start')));
     after(() => rmDir(dir));
@@ -607,6 +607,60 @@ describe('security: the peer port', function () {
         assert.ok(!/peers are NOT authenticated/.test(node.output));
       } finally {
         await node.kill('SIGTERM');
+      }
+    });
+
+    it('runs a member with the cluster key from a file (a Docker secret)', async () => {
+      const [client, peerPort] = [await freePort(), await freePort()];
+      const keyFile = path.join(dir, 'cluster.key');
+      const key = 'a-key-kept-in-a-file-0123456789';
+      fs.writeFileSync(keyFile, `${key}\n`, { mode: 0o600 });
+      const node = await NodeProcess.start({
+        ZEORAFT_NODE_ID: 'n1',
+        ZEORAFT_DATA_DIR: path.join(dir, 'from-file'),
+        ZEORAFT_LISTEN: `127.0.0.1:${client}`,
+        ZEORAFT_PEER_LISTEN: `127.0.0.1:${peerPort}`,
+        ZEORAFT_PEERS: `n1=127.0.0.1:${peerPort}=127.0.0.1:${client}`,
+        ZEORAFT_CLUSTER_KEY_FILE: keyFile,
+      });
+      const r = raftClient(peerPort);
+      try {
+        const ok = await stream(r, peerCallMetadata('n2', key), [{ from: 'n2', messages: [] }]);
+        assert.equal(ok.code, grpc.status.OK, ok.details);
+        const other = await stream(r, peerCallMetadata('n2', TEST_CLUSTER_KEY), [
+          { from: 'n2', messages: [] },
+        ]);
+        assert.equal(other.code, grpc.status.UNAUTHENTICATED, other.details);
+      } finally {
+        r.close();
+        await node.kill('SIGTERM');
+      }
+    });
+
+    it('runs a member with the --insecure-peers flag, and says so', async () => {
+      const [client, peerPort] = [await freePort(), await freePort()];
+      const child = spawn(process.execPath, [CLI, 'server', '--insecure-peers'], {
+        env: {
+          ...process.env,
+          ZEORAFT_LOG_LEVEL: 'warn',
+          ZEORAFT_NODE_ID: 'n1',
+          ZEORAFT_DATA_DIR: path.join(dir, 'flag'),
+          ZEORAFT_LISTEN: `127.0.0.1:${client}`,
+          ZEORAFT_PEER_LISTEN: `127.0.0.1:${peerPort}`,
+          ZEORAFT_PEERS: `n1=127.0.0.1:${peerPort}=127.0.0.1:${client}`,
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+      const exited = new Promise((r) => child.once('exit', r));
+      try {
+        await eventually(() => out.includes('zeoraft node ready'), 20_000, `the node:\n${out}`);
+        assert.match(out, /peers are NOT authenticated \(--insecure-peers\)/);
+      } finally {
+        child.kill('SIGKILL');
+        await exited;
       }
     });
   });
