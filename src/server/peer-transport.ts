@@ -397,9 +397,11 @@ export class PeerTransport implements PeerSender {
           this.node.config.storages,
         );
         if (refused) {
-          this.node.log.warn(
-            { from: call.request.from, error: refused.message },
-            'forwarded command refused',
+          this.node.security.refused(
+            'peer',
+            call.getPeer(),
+            refused.detail?.kind === 'READ_ONLY' ? 'forward_read_only' : 'forward_permission',
+            `a command forwarded by ${call.request.from}: ${refused.message}`,
           );
           return callback(toServiceError(refused) as grpc.ServiceError);
         }

@@ -325,6 +325,15 @@ describe('security: the peer port', function () {
         .call('Load', { storage: 'archive', oid: oid(3) })
         .catch((e: Error) => e);
       assert.ok(a instanceof Error, 'nothing was written into the read-only storage');
+      const metrics = (await httpGet(c.member(leader).http, '/metrics')).body;
+      assert.match(
+        metrics,
+        /zeoraft_auth_failures_total\{[^}]*reason="forward_read_only"[^}]*\} [1-9]/,
+      );
+      assert.match(
+        metrics,
+        /zeoraft_auth_failures_total\{[^}]*reason="forward_permission"[^}]*\} [1-9]/,
+      );
     });
   });
 
