@@ -320,7 +320,7 @@ class StorageSim {
     this.fsyncMsMax = [0, 2, 8, 20, 40][r.nextInt(5)];
     this.fsyncStallRate = r.nextFloat() < 0.3 ? r.nextFloat() * 0.02 : 0;
     this.opRate = 0.1 + r.nextFloat() * 0.4;
-    this.readRate = r.nextFloat() * 0.1;
+    this.readRate = r.nextFloat() * 0.3;
     this.maxSizePerMsg = [1, 64, 1024, 1 << 20][r.nextInt(4)];
     const n = r.nextFloat() < 0.5 ? 3 : 3 + r.nextInt(3);
     const voters: string[] = [];
@@ -1018,7 +1018,15 @@ class StorageSim {
     if (!this.faults || this.rng.nextFloat() >= this.readRate) return;
     const ups = [...this.nodes.values()].filter((n) => this.up(n));
     if (!ups.length) return;
-    const n = ups[this.rng.nextInt(ups.length)];
+    // Often on a node that believes it leads: a deposed leader is where a stale read would hide.
+    const leaders = ups.filter((n) => n.host!.raw.basicStatus().role === 'leader');
+    const pool = leaders.length && this.rng.nextFloat() < 0.5 ? leaders : ups;
+    const n = pool[this.rng.nextInt(pool.length)];
+    const burst = 1 + this.rng.nextInt(3);
+    for (let i = 0; i < burst; i++) this.read(n);
+  }
+
+  private read(n: SNode): void {
     const required = this.maxCommitSeen;
     const issued = this.now;
     n.host!.linearizableRead(this.clockMs(n) + OP_TIMEOUT_TICKS * TICK_MS).then(
