@@ -100,6 +100,8 @@ export interface StorageSimStats {
   snapshotsInstalled: number;
   compactions: number;
   confChangesApplied: number;
+  /** Seeds ending with a voter's lost state leaving no quorum (unrecoverable without an operator). */
+  quorumLost: number;
 }
 
 export interface StorageSimResult {
@@ -255,6 +257,7 @@ class StorageSim {
     snapshotsInstalled: 0,
     compactions: 0,
     confChangesApplied: 0,
+    quorumLost: 0,
   };
   private readonly time = new SimTime();
   private readonly nodes = new Map<string, SNode>();
@@ -300,6 +303,8 @@ class StorageSim {
   /** txn keys whose prepare was acknowledged as successful. */
   private readonly ackedPrepares = new Set<string>();
   private readonly retireAt = new Map<string, { at: number; index: number }>();
+  /** Nodes that discarded their store's state (an interrupted snapshot install) and rejoined. */
+  private readonly lostState = new Set<string>();
   /** Highest commit index any node's core has reached. */
   private maxCommitSeen = 0;
 
@@ -405,7 +410,10 @@ class StorageSim {
     if (!alive()) return;
     // As cluster-node.ts: an interrupted snapshot install was discarded; the log rejoins.
     const rejoin = store.interruptedInstall;
-    if (rejoin) this.trace(`${n.id} discarded an interrupted snapshot install: rejoining`);
+    if (rejoin) {
+      this.trace(`${n.id} discarded an interrupted snapshot install: rejoining`);
+      this.lostState.add(n.id);
+    }
     const logDb = await n.logDisk.open();
     const log = await DurableLog.openOn(logDb, {
       initial: n.initial,
@@ -574,6 +582,7 @@ class StorageSim {
         break;
       }
       case 'snapshot-installed':
+        this.lostState.delete(n.id);
         this.stats.snapshotsInstalled++;
         this.trace(`${n.id} INSTALL snapshot ${e.index}/${e.term} from ${e.from}`);
         break;
@@ -641,6 +650,18 @@ class StorageSim {
         await this.finalChecks(leader);
         return;
       }
+    }
+    // A voter whose store discarded an interrupted snapshot install rejoins without its log and
+    // does not vote until a leader sends it a snapshot (cluster-node.ts): if the voters left
+    // cannot form a quorum without it, no leader can exist until an operator steps in.
+    const conf = this.confAtIndex(Number.MAX_SAFE_INTEGER)!;
+    const voting = conf.voters.filter((v) => !this.lostState.has(v)).length;
+    if (voting < Math.floor(conf.voters.length / 2) + 1) {
+      this.stats.quorumLost++;
+      this.trace(
+        `no quorum can form: voters ${conf.voters}, without state: ${[...this.lostState]}`,
+      );
+      return;
     }
     const l = this.leader();
     fail(
