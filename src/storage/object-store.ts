@@ -368,7 +368,8 @@ export class ObjectStore {
     return () => this.replacedListeners.delete(fn);
   }
 
-  private async loadState(): Promise<void> {
+  /** Load the in-memory state from the database; `publish` makes it visible to readers. */
+  private async loadState(publish = true): Promise<void> {
     this.metas.clear();
     this.locks.clear();
     this.prepared.clear();
@@ -401,7 +402,7 @@ export class ObjectStore {
       const txnId = key.subarray(2 + key[1]).toString('utf8');
       this.holdLocks(st, txnId, preparedCodec.decode(value));
     }
-    this.publish();
+    if (publish) this.publish();
   }
 
   private holdLocks(st: string, txnId: string, rec: PreparedRecord): void {
@@ -1504,7 +1505,7 @@ export class ObjectStore {
         step('written');
         await this.db.batch([{ type: 'del', key: K.installKey }], { sync: true });
         step('installed');
-        await this.loadState();
+        await this.loadState(false); // published below, with the replaced event
         assert(
           this.appliedIdx === index,
           `restored store is at ${this.appliedIdx}, its snapshot at ${index}`,
@@ -1518,6 +1519,9 @@ export class ObjectStore {
         this.installRunning = undefined;
         finished();
       }
+      // Publish and tell the listeners in one synchronous step: nobody sees the new last TID
+      // (a stream's progress event, say) before the streams know the state was replaced.
+      this.publish();
       const ev: ReplacedEvent = { index: this.appliedIdx, lastTid: this.lastTidGlobal };
       for (const fn of this.replacedListeners) fn(ev);
       for (const fn of this.applyListeners) fn(this.appliedIdx);
