@@ -14,6 +14,7 @@ import {
   RaftConfig,
   RawNode,
   ReadState,
+  Ready,
   decodeConfChange,
 } from '../../src/raft';
 
@@ -41,6 +42,8 @@ export class Network {
   private readonly cut = new Set<string>();
   /** Extra filter: return false to drop a message. */
   filter: (m: Message) => boolean = () => true;
+  /** Sees every Ready a node hands out, before it is processed (golden traces). */
+  onReady: (id: string, rd: Ready) => void = () => undefined;
   private seed = 1;
 
   constructor(voters: string[], opts: NodeOptions & { learners?: string[] } = {}) {
@@ -106,6 +109,7 @@ export class Network {
   processReady(n: TestNode): boolean {
     if (!n.raw.hasReady()) return false;
     const rd = n.raw.ready();
+    this.onReady(n.id, rd);
     if (rd.snapshot) {
       n.storage.applySnapshot(rd.snapshot);
       n.appliedIndex = rd.snapshot.index;
