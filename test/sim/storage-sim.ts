@@ -16,6 +16,8 @@
  * the end (liveness phase: heal, restart all, a leader commits pending work): every member's
  * database is byte-identical, the store agrees with the model object by object and transaction
  * by transaction, no transaction is left voted, every acknowledged commit is in every store.
+ * Checked for every store event (what Subscribe streams and the ZEO door are fed): the last TID
+ * never moves without a commit event naming it or a replaced event (a snapshot install).
  */
 import { createHash } from 'node:crypto';
 import type { MemoryLevel } from 'memory-level';
@@ -40,7 +42,7 @@ import { DurableLog } from '../../src/server/raft-log';
 import { Command, Txn, commandCodec } from '../../src/storage/codec';
 import { StorageError } from '../../src/storage/errors';
 import { ApplyResult, ObjectStore, validateSnapshot } from '../../src/storage/object-store';
-import { Z64, hex, p64 } from '../../src/util/ids';
+import { Z64, hex, idCompare, idEquals, p64 } from '../../src/util/ids';
 import { Mulberry32 } from '../../src/util/prng';
 import {
   NetProfile,
@@ -403,6 +405,26 @@ class StorageSim {
     });
   }
 
+  /**
+   * The contract the streams rely on: a store's last TID advances only through commit events,
+   * in increasing TID order, or through a replaced event (then streams catch up or reset).
+   */
+  private watchStreamEvents(n: SNode, store: ObjectStore): void {
+    let last = store.lastTid;
+    store.onCommit((ev) => {
+      if (idCompare(ev.tid, last) <= 0)
+        fail(`${n.id}: commit event ${hex(ev.tid)} not after the last one, ${hex(last)}`);
+      last = ev.tid;
+    });
+    store.onReplaced((ev) => (last = ev.lastTid));
+    store.onApplied(() => {
+      if (!idEquals(store.lastTid, last))
+        fail(
+          `${n.id}: last TID moved to ${hex(store.lastTid)} without a commit or replaced event (at ${hex(last)})`,
+        );
+    });
+  }
+
   private async boot(n: SNode, inc: number): Promise<void> {
     const alive = (): boolean => n.incarnation === inc;
     const db = await n.storeDisk.open();
@@ -424,6 +446,7 @@ class StorageSim {
     if (!alive()) return;
     if (rejoin) await store.installRecovered();
     if (!alive()) return;
+    this.watchStreamEvents(n, store);
     const problem = await alignStateMachine(log, store);
     if (!alive()) return;
     if (problem)
