@@ -42,6 +42,8 @@ import { addKey } from '../../src/cli/keys';
 import { httpGet, rpcWithKey } from './helpers';
 
 const oid = (n: number): Buffer => p64(BigInt(n));
+/** The term forged messages claim: far above anything a test cluster reaches on its own. */
+const FORGED_TERM = 1_000_000;
 
 /** A cluster whose nodes get per-node settings (and no wait for a leader). */
 async function cluster(envFor: (id: string) => Record<string, string>): Promise<TestCluster> {
@@ -177,7 +179,7 @@ describe('security: the peer port', function () {
         [
           'heartbeats with a huge term',
           stream(peer(follower), noCredentials(leader), [
-            { from: leader, messages: [msg(MessageType.Heartbeat, leader, follower, 1e6)] },
+            { from: leader, messages: [msg(MessageType.Heartbeat, leader, follower, FORGED_TERM)] },
           ]),
         ],
         [
@@ -209,7 +211,10 @@ describe('security: the peer port', function () {
         [
           "TimeoutNow from the leader's id",
           stream(peer(follower), noCredentials(leader), [
-            { from: leader, messages: [msg(MessageType.TimeoutNow, leader, follower, 1e6)] },
+            {
+              from: leader,
+              messages: [msg(MessageType.TimeoutNow, leader, follower, FORGED_TERM)],
+            },
           ]),
         ],
         ['a crafted Snapshot', snapshot(peer(follower), noCredentials(leader), leader, follower)],
@@ -231,7 +236,7 @@ describe('security: the peer port', function () {
         [
           'a token made with another key',
           stream(peer(follower), peerCallMetadata(leader, 'another-key-of-32-characters-xx'), [
-            { from: leader, messages: [msg(MessageType.Heartbeat, leader, follower, 1e6)] },
+            { from: leader, messages: [msg(MessageType.Heartbeat, leader, follower, FORGED_TERM)] },
           ]),
         ],
       ];
@@ -239,11 +244,11 @@ describe('security: the peer port', function () {
         const a = await p;
         assert.equal(a.code, grpc.status.UNAUTHENTICATED, `${what}: ${a.details}`);
       }
-      // Nothing moved: same leader, no term jump, the data as it was, commits still go through.
+      // Nothing moved: no node took the forged term (a loaded machine may hold an election of
+      // its own, at term + 1), and the data is as it was.
       await sleep(500);
-      assert.equal(await c.leader(), leader);
       const termsAfter = await Promise.all(c.members.map((m) => term(c, m.id)));
-      assert.deepEqual(termsAfter, termsBefore);
+      for (const t of termsAfter) assert.ok(t < FORGED_TERM, `a node took the forged term: ${t}`);
       for (const m of c.members) {
         const l = await c.rpc(m.id).call('Load', { oid: oid(1) });
         assert.deepEqual(l.data, Buffer.from('before the attack'), `${m.id} kept its data`);
@@ -258,9 +263,8 @@ describe('security: the peer port', function () {
     it('lets a member speak only for itself: a message from another id is refused', async () => {
       // A holder of the key, authenticated as `other`, forging messages of the leader.
       const md = (): grpc.Metadata => peerCallMetadata(other, TEST_CLUSTER_KEY);
-      const before = await term(c, follower);
       const forged = await stream(peer(follower), md(), [
-        { from: other, messages: [msg(MessageType.Heartbeat, leader, follower, 1e6)] },
+        { from: other, messages: [msg(MessageType.Heartbeat, leader, follower, FORGED_TERM)] },
       ]);
       assert.equal(forged.code, grpc.status.PERMISSION_DENIED, forged.details);
       assert.match(forged.details, /authenticated as node/);
@@ -281,8 +285,7 @@ describe('security: the peer port', function () {
       // Its own empty envelope is fine: the refusals above are about the sender, not the key.
       const own = await stream(peer(follower), md(), [{ from: other, messages: [] }]);
       assert.equal(own.code, grpc.status.OK, own.details);
-      assert.equal(await term(c, follower), before);
-      assert.equal(await c.leader(), leader);
+      assert.ok((await term(c, follower)) < FORGED_TERM, 'the forged term was not taken');
     });
 
     it('checks forwarded commands on the leader as it checks a client request', async () => {
@@ -311,17 +314,25 @@ describe('security: the peer port', function () {
         caller: { key: { id: 'k2', role: 'read-write', storages: ['archive'] } },
       });
       assert.equal(otherStorage.code, grpc.status.PERMISSION_DENIED, otherStorage.details);
-      // A member's forward of an allowed write goes through.
-      const ok = await forward(peer(leader), md(), {
-        command: commitCommand('1', 3, 'forwarded'),
-        from: follower,
-        caller: { key: { id: 'k3', role: 'read-write', storages: ['1'] } },
-      });
+      // A member's forward of an allowed write goes through (to whichever node leads now).
+      const ok = await eventually(
+        async () => {
+          const a = await forward(peer(await c.leader()), md(), {
+            command: commitCommand('1', 3, 'forwarded'),
+            from: follower,
+            caller: { key: { id: 'k3', role: 'read-write', storages: ['1'] } },
+          });
+          return a.code === grpc.status.UNAVAILABLE ? undefined : a;
+        },
+        15_000,
+        'a forward the leader answers',
+      );
       assert.equal(ok.code, grpc.status.OK, ok.details);
-      const l = await c.rpc(leader).call('Load', { oid: oid(3) });
+      const now = await c.leader();
+      const l = await c.rpc(now).call('Load', { oid: oid(3) });
       assert.deepEqual(l.data, Buffer.from('forwarded'));
       const a = await c
-        .rpc(leader)
+        .rpc(now)
         .call('Load', { storage: 'archive', oid: oid(3) })
         .catch((e: Error) => e);
       assert.ok(a instanceof Error, 'nothing was written into the read-only storage');
@@ -404,7 +415,7 @@ describe('security: the peer port', function () {
 
     it('refuses a client certificate of the same CA on the peer port', async () => {
       const a = await stream(withCert('n1', 'client'), noCredentials('n2'), [
-        { from: 'n2', messages: [msg(MessageType.Heartbeat, 'n2', 'n1', 1e6)] },
+        { from: 'n2', messages: [msg(MessageType.Heartbeat, 'n2', 'n1', FORGED_TERM)] },
       ]);
       assert.equal(a.code, grpc.status.UNAUTHENTICATED, a.details);
       assert.match(a.details, /names no ZeoRaft node/);
@@ -420,18 +431,18 @@ describe('security: the peer port', function () {
       const [x, target] = ['n1', 'n2', 'n3'].filter((id) => id !== leader);
       // X's certificate, claiming to be the leader on the call.
       const claim = await stream(withCert(target, x), noCredentials(leader), [
-        { from: leader, messages: [msg(MessageType.Heartbeat, leader, target, 1e6)] },
+        { from: leader, messages: [msg(MessageType.Heartbeat, leader, target, FORGED_TERM)] },
       ]);
       assert.equal(claim.code, grpc.status.UNAUTHENTICATED, claim.details);
       assert.match(claim.details, new RegExp(`names node ${x}`));
       // X's certificate and X on the call, with a message from the leader inside.
       const inside = await stream(withCert(target, x), noCredentials(x), [
-        { from: x, messages: [msg(MessageType.TimeoutNow, leader, target, 1e6)] },
+        { from: x, messages: [msg(MessageType.TimeoutNow, leader, target, FORGED_TERM)] },
       ]);
       assert.equal(inside.code, grpc.status.PERMISSION_DENIED, inside.details);
       const own = await stream(withCert(target, x), noCredentials(x), [{ from: x, messages: [] }]);
       assert.equal(own.code, grpc.status.OK, own.details);
-      assert.equal(await c.leader(), leader);
+      assert.ok((await c.rpc(target).call('Status', {})).term < FORGED_TERM);
     });
   });
 
@@ -742,14 +753,25 @@ describe('security: the peer port', function () {
         caller: { node: true },
       });
       assert.equal(member.code, grpc.status.OK, member.details);
-      // TimeoutNow in the leader's name: a follower starts an election and takes over.
-      const now = await c.leader();
-      const target = c.members.map((m) => m.id).find((x) => x !== now)!;
-      const tn = await stream(to(target), noCredentials(now), [
-        { from: now, messages: [msg(MessageType.TimeoutNow, now, target, await term(c, target))] },
-      ]);
-      assert.equal(tn.code, grpc.status.OK, tn.details);
-      await eventually(async () => (await c.leader()) === target, 10_000, 'the forged transfer');
+      // TimeoutNow in the leader's name: the follower it is sent to starts an election and takes
+      // over (sent again should an election of the cluster's own get in the way).
+      await eventually(
+        async () => {
+          const now = await c.leader();
+          const target = c.members.map((m) => m.id).find((x) => x !== now)!;
+          const tn = await stream(to(target), noCredentials(now), [
+            {
+              from: now,
+              messages: [msg(MessageType.TimeoutNow, now, target, await term(c, target))],
+            },
+          ]);
+          assert.equal(tn.code, grpc.status.OK, tn.details);
+          await sleep(1000);
+          return (await c.leader()) === target;
+        },
+        20_000,
+        'the forged transfer',
+      );
     });
   });
 
