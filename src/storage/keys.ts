@@ -10,6 +10,9 @@
  *   T <st> <tid>               TxnRecord
  *   P <st> <txn id>            PreparedRecord (voted, not yet finished)
  *   F <st> <txn id>            TID of a finished two-phase transaction (idempotent Finish)
+ *   X <st> <txn id>            deadline (8, ms) of a voted transaction aborted when it expired: its
+ *                              id cannot be voted again, so one transaction holds locks at most
+ *                              one transaction timeout
  *   M <member id>              MemberRecord: a cluster member's addresses
  *   I                          a snapshot install in progress: applied index (8) of the snapshot.
  *                              Written (synced) before the install touches anything and removed
@@ -26,6 +29,7 @@ export const TAG = {
   txn: 0x54, // T
   prepared: 0x50, // P
   finished: 0x46, // F
+  expired: 0x58, // X
   member: 0x4d, // M
   install: 0x49, // I
 } as const;
@@ -90,6 +94,10 @@ export function preparedKey(st: string, txnId: string): Buffer {
 
 export function finishedKey(st: string, txnId: string): Buffer {
   return Buffer.concat([Buffer.from([TAG.finished]), storagePart(st), Buffer.from(txnId, 'utf8')]);
+}
+
+export function expiredKey(st: string, txnId: string): Buffer {
+  return Buffer.concat([Buffer.from([TAG.expired]), storagePart(st), Buffer.from(txnId, 'utf8')]);
 }
 
 /** The storage name encoded in a per-storage key. */

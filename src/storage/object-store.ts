@@ -739,13 +739,23 @@ export class ObjectStore {
     if (await this.read(K.finishedKey(st, p.txnId))) {
       throw new StorageError('INVALID', `transaction ${p.txnId} was already finished`);
     }
+    // A vote holds its locks at most one transaction timeout: voting an expired one again would
+    // renew its locks for ever.
+    if (await this.read(K.expiredKey(st, p.txnId))) {
+      throw new StorageError(
+        'INVALID',
+        `transaction ${p.txnId} was aborted when its vote expired (ZEORAFT_TXN_TIMEOUT_MS); its locks are not renewed: begin a new transaction`,
+      );
+    }
     // A transaction voted again replaces its earlier vote (a retried vote, or the vote after the
     // client resolved conflicts on objects it had reserved): its own locks do not stand in its way.
     const again = this.prepared.has(`${st}\0${p.txnId}`);
-    if (again && p.retryOnly) {
+    const earlier = again
+      ? preparedCodec.decode((await this.read(K.preparedKey(st, p.txnId)))!)
+      : undefined;
+    if (earlier && p.retryOnly) {
       // Only a retry may come under a voted id: another transaction reusing it must not replace
       // the vote (its first client was told it holds) nor be taken for it.
-      const earlier = preparedCodec.decode((await this.read(K.preparedKey(st, p.txnId)))!);
       if (earlier.reserve || !sameTxn(earlier.txn, p.txn))
         throw new StorageError(
           'DUPLICATE_ID',
@@ -753,7 +763,9 @@ export class ObjectStore {
         );
     }
     await this.checkTxn(p.txn, again ? p.txnId : undefined, p.reserve === true);
-    const rec: PreparedRecord = { txn: p.txn, deadlineMs: p.deadlineMs ?? 0 };
+    // Voting again keeps the first vote's deadline, so the locks are never renewed past it.
+    const deadlineMs = earlier?.deadlineMs ? Number(earlier.deadlineMs) : (p.deadlineMs ?? 0);
+    const rec: PreparedRecord = { txn: p.txn, deadlineMs };
     if (p.reserve) rec.reserve = true;
     ops.push({ type: 'put', key: K.preparedKey(st, p.txnId), value: preparedCodec.encode(rec) });
     // Locks are taken now (not after the write) so that the next command applied sees them.
@@ -817,12 +829,18 @@ export class ObjectStore {
   }
 
   private async applyAbort(
-    a: { storage: string; txnId: string },
+    a: { storage: string; txnId: string; reason?: string },
     ops: BatchOp[],
     _after: Array<() => void>,
   ): Promise<ApplyResult> {
-    if (!this.prepared.has(`${a.storage}\0${a.txnId}`)) return { ok: true };
+    const p = this.prepared.get(`${a.storage}\0${a.txnId}`);
+    if (!p) return { ok: true };
     ops.push({ type: 'del', key: K.preparedKey(a.storage, a.txnId) });
+    if (a.reason === 'timeout') {
+      const deadline = Buffer.alloc(8);
+      deadline.writeBigUInt64BE(BigInt(Math.max(0, Math.floor(p.deadlineMs))));
+      ops.push({ type: 'put', key: K.expiredKey(a.storage, a.txnId), value: deadline });
+    }
     this.releaseLocks(a.storage, a.txnId);
     return { ok: true };
   }
@@ -1598,6 +1616,9 @@ function checkRecord(key: Buffer, value: Buffer): void {
       return;
     case K.TAG.finished:
       assert(value.length === ID_BYTES, 'finished record of the wrong size');
+      return;
+    case K.TAG.expired:
+      assert(value.length === 8, 'expired record of the wrong size');
       return;
     case K.TAG.revision:
       revisionCodec.decode(value);

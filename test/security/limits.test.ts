@@ -240,6 +240,8 @@ describe('resource limits of the gRPC listener', function () {
       ZEORAFT_MAX_TXN_BYTES: String(4 * MiB),
       ZEORAFT_SUBSCRIBER_BUFFER_BYTES: String(4 * MiB),
       ZEORAFT_MAX_PREPARED_TXNS: '5',
+      ZEORAFT_TXN_TIMEOUT_MS: '2000',
+      ZEORAFT_LOCK_WAIT_MS: '500',
     });
   });
   after(async () => {
@@ -364,6 +366,42 @@ describe('resource limits of the gRPC listener', function () {
     for (let i = 1; i <= 5; i++) await voters[i].call('Finish', { transactionId: `lim-${i}` });
     for (let i = 0; i < 6; i++)
       assert.deepEqual(buf((await voters[0].call('Load', { oid: oids[i] })).data), b(`v${i}`));
+  });
+
+  it('holds the locks of a vote at most one transaction timeout: an expired vote is not renewed', async () => {
+    const holder = client();
+    const other = client();
+    const [oid] = await newOids(holder, 1);
+    const vote = {
+      transactionId: 'renew-1',
+      transaction: { stores: [{ oid, data: b('held') }] },
+    };
+    await holder.call('Vote', vote);
+    await rejectsWith(
+      other.call('Commit', { transaction: { stores: [{ oid, data: b('other') }] } }),
+      grpc.status.ABORTED,
+      /lock/i,
+    );
+    // Past the 2 s timeout the node aborts the vote and the object is free again.
+    await eventually(
+      () =>
+        other
+          .call('Commit', { transaction: { stores: [{ oid, data: b('other') }] } })
+          .then(() => true),
+      15_000,
+      'the expired vote to release its lock',
+    );
+    // Voting the same transaction again does not take the locks again.
+    await rejectsWith(
+      holder.call('Vote', vote),
+      grpc.status.INVALID_ARGUMENT,
+      /aborted when its vote expired/,
+    );
+    await rejectsWith(
+      holder.call('Finish', { transactionId: 'renew-1' }),
+      grpc.status.FAILED_PRECONDITION,
+    );
+    assert.deepEqual(buf((await other.call('Load', { oid })).data), b('other'));
   });
 
   it('admits transactions against a node-wide memory budget (RESOURCE_EXHAUSTED beyond it)', async () => {
