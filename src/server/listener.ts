@@ -29,64 +29,101 @@ export function connectionServerOptions(o: ConnectionOptions): grpc.ServerOption
   };
 }
 
-export interface CappedListener {
-  readonly port: number;
-  /** Connections open now. */
-  readonly connections: number;
-  /** Stop accepting; open connections are closed by the grpc.Server's shutdown. */
-  close(): Promise<void>;
+export interface CappedListenerOptions {
+  /** Connections open at once; one past it is closed as it arrives (`onRefused`). */
+  maxConnections: number;
+  /**
+   * A connection that has not started a call within this time is closed: gRPC clients connect
+   * to make a call, so this only closes sockets that never speak gRPC (they would otherwise hold
+   * a place under the cap for ever, since grpc-js's idle timeout starts with the HTTP/2 session).
+   */
+  firstCallTimeoutMs: number;
+  onRefused: (open: number, socket: net.Socket) => void;
+  onNoCall?: (socket: net.Socket) => void;
+  onChange?: (open: number) => void;
 }
 
 /**
- * Listen on `address` (host:port) for `server`, admitting at most `maxConnections` connections
- * at once; a connection past the cap is closed as it arrives and `onRefused` is told.
+ * The TCP side of a gRPC listener: counts connections, caps them, and closes those that never
+ * start a call. Pass `interceptor` to the grpc.Server (first, so it sees every call), then
+ * `listen`.
  */
-export async function listenCapped(
-  server: grpc.Server,
-  address: string,
-  credentials: grpc.ServerCredentials,
-  maxConnections: number,
-  hooks: {
-    onRefused: (open: number, socket: net.Socket) => void;
-    onChange?: (open: number) => void;
-  },
-): Promise<CappedListener> {
-  const injector = server.createConnectionInjector(credentials);
-  const sockets = new Set<net.Socket>();
-  const listener = net.createServer((socket) => {
-    if (sockets.size >= maxConnections) {
-      hooks.onRefused(sockets.size, socket);
-      socket.destroy();
-      return;
+export class CappedListener {
+  /** Open sockets by "address:port"; the timer is set until the connection's first call. */
+  private readonly sockets = new Map<string, { socket: net.Socket; timer?: NodeJS.Timeout }>();
+  private listener: net.Server | undefined;
+
+  constructor(private readonly options: CappedListenerOptions) {}
+
+  /** Marks a connection as speaking gRPC at its first call. */
+  readonly interceptor: grpc.ServerInterceptor = (_descriptor, call) => {
+    const c = call.getConnectionInfo();
+    const entry = this.sockets.get(`${c.remoteAddress}:${c.remotePort}`);
+    if (entry?.timer) {
+      clearTimeout(entry.timer);
+      entry.timer = undefined;
     }
-    sockets.add(socket);
-    hooks.onChange?.(sockets.size);
-    socket.once('close', () => {
-      sockets.delete(socket);
-      hooks.onChange?.(sockets.size);
-    });
-    injector.injectConnection(socket);
-  });
-  const i = address.lastIndexOf(':');
-  const host = address.slice(0, i).replace(/^\[(.*)\]$/, '$1');
-  const port = Number(address.slice(i + 1));
-  await new Promise<void>((resolve, reject) => {
-    listener.once('error', reject);
-    listener.listen(port, host, () => {
-      listener.off('error', reject);
-      resolve();
-    });
-  });
-  return {
-    port: (listener.address() as net.AddressInfo).port,
-    get connections() {
-      return sockets.size;
-    },
-    close: () =>
-      new Promise<void>((resolve) => {
-        listener.close(() => resolve());
-        // Sockets the grpc.Server did not close (its shutdown timed out) go now.
-        for (const s of sockets) s.destroy();
-      }),
+    return new grpc.ServerInterceptingCall(call);
   };
+
+  get connections(): number {
+    return this.sockets.size;
+  }
+
+  /** Listen on `address` (host:port) for `server`; resolves to the bound port. */
+  async listen(
+    server: grpc.Server,
+    address: string,
+    credentials: grpc.ServerCredentials,
+  ): Promise<number> {
+    const o = this.options;
+    const injector = server.createConnectionInjector(credentials);
+    const listener = net.createServer((socket) => {
+      if (this.sockets.size >= o.maxConnections) {
+        o.onRefused(this.sockets.size, socket);
+        socket.destroy();
+        return;
+      }
+      const key = `${socket.remoteAddress}:${socket.remotePort}`;
+      const timer = setTimeout(() => {
+        o.onNoCall?.(socket);
+        // Reset, not destroy: the HTTP/2 session holds the socket's handle, and destroy() alone
+        // leaves the connection open.
+        socket.resetAndDestroy();
+      }, o.firstCallTimeoutMs);
+      this.sockets.set(key, { socket, timer });
+      o.onChange?.(this.sockets.size);
+      socket.once('close', () => {
+        clearTimeout(this.sockets.get(key)?.timer);
+        this.sockets.delete(key);
+        o.onChange?.(this.sockets.size);
+      });
+      injector.injectConnection(socket);
+    });
+    const i = address.lastIndexOf(':');
+    const host = address.slice(0, i).replace(/^\[(.*)\]$/, '$1');
+    const port = Number(address.slice(i + 1));
+    await new Promise<void>((resolve, reject) => {
+      listener.once('error', reject);
+      listener.listen(port, host, () => {
+        listener.off('error', reject);
+        resolve();
+      });
+    });
+    this.listener = listener;
+    return (listener.address() as net.AddressInfo).port;
+  }
+
+  /** Stop accepting and close what the grpc.Server's shutdown left open. */
+  close(): Promise<void> {
+    const listener = this.listener;
+    if (!listener) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      listener.close(() => resolve());
+      for (const { socket, timer } of this.sockets.values()) {
+        clearTimeout(timer);
+        socket.resetAndDestroy();
+      }
+    });
+  }
 }

@@ -18,7 +18,7 @@ import { AddressBook } from './address-book';
 import { addHealthAndReflection, stopHealth } from './health';
 import { startHttp } from './http';
 import { Limits } from './limits';
-import { CappedListener, connectionServerOptions, listenCapped } from './listener';
+import { CappedListener, connectionServerOptions } from './listener';
 import { Security } from './security';
 import { clientServerCredentials } from './tls';
 import { LocalReplicator } from './local-replicator';
@@ -37,6 +37,8 @@ const CLIENT_STREAMS_PER_CONNECTION_MAX = 2_000;
 /** A quiet client connection is pinged this often, and closed when a ping goes unanswered. */
 const CLIENT_KEEPALIVE_TIME_MS = 60_000;
 const CLIENT_KEEPALIVE_TIMEOUT_MS = 20_000;
+/** A client connection that has not started a call within this time is closed. */
+const CLIENT_FIRST_CALL_TIMEOUT_MS = 10_000;
 
 export interface Clock {
   nowMs(): number;
@@ -158,6 +160,23 @@ export class StorageNode {
 
   private async startGrpc(): Promise<void> {
     const limits = this.config.limits;
+    const listener = new CappedListener({
+      maxConnections: limits.maxClientConnections,
+      firstCallTimeoutMs: CLIENT_FIRST_CALL_TIMEOUT_MS,
+      onRefused: (open, socket) =>
+        this.limits.exceeded(
+          'max_client_connections',
+          `${open} client connections open (ZEORAFT_MAX_CLIENT_CONNECTIONS)`,
+          { client: `${socket.remoteAddress}:${socket.remotePort}` },
+        ),
+      onNoCall: (socket) =>
+        this.limits.exceeded(
+          'first_call_timeout_ms',
+          `a client connection made no call within ${CLIENT_FIRST_CALL_TIMEOUT_MS} ms`,
+          { client: `${socket.remoteAddress}:${socket.remotePort}` },
+        ),
+      onChange: (open) => this.metrics.connections.set({ listener: 'client' }, open),
+    });
     const server = new grpc.Server({
       'grpc.max_receive_message_length': limits.maxMessageBytes,
       'grpc.max_send_message_length': limits.maxMessageBytes,
@@ -167,7 +186,7 @@ export class StorageNode {
         keepaliveTimeMs: CLIENT_KEEPALIVE_TIME_MS,
         keepaliveTimeoutMs: CLIENT_KEEPALIVE_TIMEOUT_MS,
       }),
-      interceptors: [this.security.interceptor('client')],
+      interceptors: [listener.interceptor, this.security.interceptor('client')],
     });
     server.addService(
       withPreEncodedResponses(storagePackage().zeoraft.v1.Storage.service, ['Subscribe']),
@@ -175,22 +194,12 @@ export class StorageNode {
     );
     addHealthAndReflection(server, this);
     for (const add of this.extraServices) add(server);
-    this.grpcListener = await listenCapped(
+    this.port = await listener.listen(
       server,
       this.config.listen,
       clientServerCredentials(this.config.security?.tls),
-      limits.maxClientConnections,
-      {
-        onRefused: (open, socket) =>
-          this.limits.exceeded(
-            'max_client_connections',
-            `${open} client connections open (ZEORAFT_MAX_CLIENT_CONNECTIONS)`,
-            { client: `${socket.remoteAddress}:${socket.remotePort}` },
-          ),
-        onChange: (open) => this.metrics.connections.set({ listener: 'client' }, open),
-      },
     );
-    this.port = this.grpcListener.port;
+    this.grpcListener = listener;
     this.grpcServer = server;
   }
 

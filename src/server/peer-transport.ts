@@ -23,7 +23,7 @@ import { commandCodec } from '../storage/codec';
 import { type ApplyResult, validateSnapshot } from '../storage/object-store';
 import { decodeApplyResult, encodeApplyResult } from './apply-result-codec';
 import { RpcError, outcomeUnknown, toServiceError, unavailable } from './errors';
-import { CappedListener, connectionServerOptions, listenCapped } from './listener';
+import { CappedListener, connectionServerOptions } from './listener';
 import type { StorageNode } from './node';
 import { peerCallMetadata } from './peer-auth';
 import type { PeerSender, RaftReplicator } from './raft-replicator';
@@ -39,6 +39,8 @@ const PEER_IDLE_TIMEOUT_MS = 300_000;
 /** A quiet peer connection is pinged this often, and closed when a ping goes unanswered. */
 const PEER_KEEPALIVE_TIME_MS = 10_000;
 const PEER_KEEPALIVE_TIMEOUT_MS = 10_000;
+/** A peer connection that has not started a call within this time is closed. */
+const PEER_FIRST_CALL_TIMEOUT_MS = 10_000;
 
 let raftProto: RaftProto | undefined;
 export function raftPackage(): RaftProto {
@@ -179,6 +181,21 @@ export class PeerTransport implements PeerSender {
   }
 
   async listen(): Promise<number> {
+    const listener = new CappedListener({
+      maxConnections: PEER_CONNECTIONS_MAX,
+      firstCallTimeoutMs: PEER_FIRST_CALL_TIMEOUT_MS,
+      onRefused: (open, socket) =>
+        this.node.limits.exceeded('peer_connections_max', `${open} peer connections open`, {
+          peer: `${socket.remoteAddress}:${socket.remotePort}`,
+        }),
+      onNoCall: (socket) =>
+        this.node.limits.exceeded(
+          'first_call_timeout_ms',
+          `a peer connection made no call within ${PEER_FIRST_CALL_TIMEOUT_MS} ms`,
+          { peer: `${socket.remoteAddress}:${socket.remotePort}` },
+        ),
+      onChange: (open) => this.node.metrics.connections.set({ listener: 'peer' }, open),
+    });
     const server = new grpc.Server({
       'grpc.max_receive_message_length': 256 << 20,
       'grpc.max_send_message_length': 256 << 20,
@@ -189,24 +206,17 @@ export class PeerTransport implements PeerSender {
         keepaliveTimeMs: PEER_KEEPALIVE_TIME_MS,
         keepaliveTimeoutMs: PEER_KEEPALIVE_TIMEOUT_MS,
       }),
-      interceptors: [this.node.security.interceptor('peer')],
+      interceptors: [listener.interceptor, this.node.security.interceptor('peer')],
     });
     server.addService(raftPackage().zeoraft.v1.raft.Raft.service, this.handlers());
-    this.listener = await listenCapped(
+    const port = await listener.listen(
       server,
       this.node.config.peerListen,
       peerServerCredentials(this.node.config.security?.peerTls),
-      PEER_CONNECTIONS_MAX,
-      {
-        onRefused: (open, socket) =>
-          this.node.limits.exceeded('peer_connections_max', `${open} peer connections open`, {
-            peer: `${socket.remoteAddress}:${socket.remotePort}`,
-          }),
-        onChange: (open) => this.node.metrics.connections.set({ listener: 'peer' }, open),
-      },
     );
+    this.listener = listener;
     this.server = server;
-    return this.listener.port;
+    return port;
   }
 
   private link(id: string): PeerLink {

@@ -510,8 +510,75 @@ describe('resource limits of the gRPC listener', function () {
       );
       // A closed idle connection is no error for its client: it reconnects on the next call.
       await open[0].call('LastTransaction', {});
+      // A socket that never speaks gRPC does not keep its place either.
+      const raw = net.connect(capped.client, '127.0.0.1');
+      raw.on('error', () => undefined).resume();
+      await new Promise((resolve) => raw.once('close', resolve));
     } finally {
       await stopNode(capped);
+    }
+  });
+});
+
+describe('resource limits of the peer listener', function () {
+  this.timeout(60_000);
+
+  it('caps connections and closes those that never make a call', async () => {
+    const peer = await freePort();
+    const client = await freePort();
+    // A one-member cluster: it runs Raft and listens for peers.
+    const node = await startNode({
+      ZEORAFT_LISTEN: `127.0.0.1:${client}`,
+      ZEORAFT_PEER_LISTEN: `127.0.0.1:${peer}`,
+      ZEORAFT_PEERS: `n1=127.0.0.1:${peer}=127.0.0.1:${client}`,
+      ZEORAFT_CLUSTER_KEY: 'limits-test-cluster-key',
+    });
+    const sockets: net.Socket[] = [];
+    try {
+      const node1 = node;
+      // 128 connections that say nothing take every place on the peer listener...
+      for (let i = 0; i < 128; i++) {
+        const s = net.connect(peer, '127.0.0.1');
+        s.on('error', () => undefined).resume();
+        sockets.push(s);
+        await new Promise((resolve, reject) => s.once('connect', resolve).once('error', reject));
+      }
+      await eventually(
+        async () => (await metric(node1.http, 'zeoraft_connections', 'peer')) === 128,
+        10_000,
+        '128 peer connections',
+      );
+      // ...so the next one is closed as it arrives...
+      const extra = net.connect(peer, '127.0.0.1');
+      extra.on('error', () => undefined).resume();
+      await new Promise((resolve) => extra.once('close', resolve));
+      assert.ok(
+        (await metric(node1.http, 'zeoraft_limit_exceeded_total', 'peer_connections_max')) >= 1,
+      );
+      // ...and all of them are closed within 10 s, as none of them made a call.
+      await Promise.all(sockets.map((s) => new Promise((resolve) => s.once('close', resolve))));
+      assert.ok(
+        (await metric(node1.http, 'zeoraft_limit_exceeded_total', 'first_call_timeout_ms')) >= 1,
+      );
+      await eventually(
+        async () => (await metric(node1.http, 'zeoraft_connections', 'peer')) === 0,
+        10_000,
+        'the silent peer connections to be closed',
+      );
+      // The node was never disturbed.
+      const rpc = new StorageRpc(`127.0.0.1:${client}`, { timeoutMs: 10_000 });
+      try {
+        await eventually(
+          () => rpc.call('NewOids', { count: 1 }).then(() => true),
+          20_000,
+          'a write',
+        );
+      } finally {
+        rpc.close();
+      }
+    } finally {
+      for (const s of sockets) s.destroy();
+      await stopNode(node);
     }
   });
 });
