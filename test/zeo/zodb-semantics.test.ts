@@ -270,13 +270,14 @@ describe('ZEO door: what the ZODB and ZEO storage suites expect', function () {
     assert.deepEqual(buf((await current(d, o))[0]), b('not a pickle: may refer to anything'));
   });
 
-  it('never sends a load reply after an invalidation of a transaction newer than its data (loads racing commits on every node)', async () => {
+  it('never sends a load reply after an invalidation of a transaction newer than its data (loads racing commits on every node)', async function () {
+    this.timeout(180_000);
     const w = await connect(members[0], 'order');
     const oid = await newOid(w);
     let serial = await commit(w, [[oid, Z64, b('0')]]);
     const readers = await Promise.all(members.map((m) => connect(m, 'order')));
     const LOADS_IN_FLIGHT = 8;
-    const COMMITS = 150;
+    const COMMITS = 100;
     let writing = true;
     const loops = readers.map(async (r) => {
       const loop = async (): Promise<void> => {
