@@ -136,10 +136,11 @@ export function defaultConfig(overrides: Partial<NodeConfig> = {}): NodeConfig {
     lockWaitMs: 5_000,
     defaultDeadlineMs: 30_000,
     fsync: true,
-    limits: { ...DEFAULT_LIMITS },
     historyMaxTransactions: 100_000,
     historyMaxAgeMs: 24 * 3600_000,
     ...overrides,
+    // A config file may set some limits: the others keep their defaults.
+    limits: { ...DEFAULT_LIMITS, ...(overrides.limits ?? {}) },
   };
   validateConfig(c);
   return c;
@@ -187,4 +188,7 @@ export function validateConfig(c: NodeConfig): void {
   if (c.heartbeatTicks < 1 || c.electionTicks <= c.heartbeatTicks)
     fail('election ticks must exceed heartbeat ticks (>= 1)');
   if (c.tickMs < 1) fail('tick must be at least 1 ms');
+  for (const [name, v] of Object.entries(c.limits))
+    if (!Number.isSafeInteger(v) || v < 1)
+      fail(`limit ${name} must be a positive integer, got ${v}`);
 }

@@ -9,6 +9,8 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { StorageRpc } from '../../src/client/rpc';
+import { buildConfig } from '../../src/cli/config-source';
+import { DEFAULT_LIMITS } from '../../src/server/config';
 import { Z64, hex, p64 } from '../../src/util/ids';
 import { NodeProcess, eventually, freePort, rmDir, sleep, tmpDir } from '../harness';
 import { Disconnected, ServerError, ZeoClient } from '../zeo/zeo-client';
@@ -579,6 +581,33 @@ describe('resource limits of the peer listener', function () {
     } finally {
       for (const s of sockets) s.destroy();
       await stopNode(node);
+    }
+  });
+});
+
+describe('limit settings', () => {
+  it('a config file may set some limits (the others keep their defaults); a bad one is refused', () => {
+    const dir = tmpDir('limits-config');
+    try {
+      const file = `${dir}/node.json`;
+      fs.writeFileSync(file, JSON.stringify({ limits: { maxTxnBytes: 1000 } }));
+      const c = buildConfig({ config: file }, {});
+      assert.equal(c.limits.maxTxnBytes, 1000);
+      assert.equal(c.limits.maxClientConnections, DEFAULT_LIMITS.maxClientConnections);
+      assert.equal(c.limits.idleTimeoutMs, DEFAULT_LIMITS.idleTimeoutMs);
+      const env = buildConfig({}, { ZEORAFT_MAX_TXN_MEMORY_BYTES: String(64 * MiB) });
+      assert.equal(env.limits.maxTxnMemoryBytes, 64 * MiB);
+      assert.throws(
+        () => buildConfig({}, { ZEORAFT_MAX_CLIENT_CONNECTIONS: '0' }),
+        /max-client-connections must be a positive integer/,
+      );
+      fs.writeFileSync(file, JSON.stringify({ limits: { idleTimeoutMs: -5 } }));
+      assert.throws(
+        () => buildConfig({ config: file }, {}),
+        /limit idleTimeoutMs must be a positive integer/,
+      );
+    } finally {
+      rmDir(dir);
     }
   });
 });
