@@ -76,8 +76,9 @@ export async function startClusterNode(config: NodeConfig): Promise<StorageNode>
   if (!join && !fs.existsSync(logDir) && (await clusterAlreadyRunning(config))) join = true;
   let replicator: RaftReplicator | undefined;
   const node = await StorageNode.start(config, async (n) => {
-    // A snapshot install interrupted by a crash was discarded when the store opened: the node holds
-    // nothing, so its log must stop describing the lost state and ask for a snapshot again.
+    // A snapshot install interrupted by a crash is rolled back or forward when the store opens;
+    // only an install by an earlier version (which cleared the state first) leaves nothing: then
+    // the log must stop describing the lost state and ask for a snapshot again.
     const rejoin = n.store.interruptedInstall;
     if (rejoin)
       n.log.warn(

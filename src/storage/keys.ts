@@ -14,10 +14,9 @@
  *                              id cannot be voted again, so one transaction holds locks at most
  *                              one transaction timeout
  *   M <member id>              MemberRecord: a cluster member's addresses
- *   I                          a snapshot install in progress: applied index (8) of the snapshot.
- *                              Written (synced) before the install touches anything and removed
- *                              in the install's last (synced) batch: a store that holds it on
- *                              open holds a partial state and must be discarded.
+ *   I                          a snapshot install in progress: applied index (8) of the snapshot
+ *                              and phase (1): staging, switching or copied (see restore)
+ *   X <key>                    a record of a snapshot being installed, staged beside the state
  */
 import { ID_BYTES } from '../util/ids';
 
@@ -32,6 +31,7 @@ export const TAG = {
   expired: 0x58, // X
   member: 0x4d, // M
   install: 0x49, // I
+  staged: 0x58, // X (sorts after every other tag)
 } as const;
 
 export function memberKey(id: string): Buffer {

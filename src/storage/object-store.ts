@@ -13,11 +13,12 @@
  * - an object is locked by at most one voted transaction, and only voted transactions hold locks.
  *
  * Snapshot install (`restore`) is all-or-nothing across crashes: the snapshot is validated in full
- * before the state is touched; then an "install in progress" record (key I) is written and synced,
- * the old state is cleared, the snapshot written, and the record removed in the last, synced
- * batch. A store that finds the record on open holds a partial state: it discards it and reports
- * `interruptedInstall`, and its owner must get a new snapshot (it never claims an index it does not
- * fully hold). Reads wait while an install runs; a read that overlapped one fails UNAVAILABLE.
+ * before the state is touched, then written beside the current state (staged, under key prefix X)
+ * while the current state keeps serving, then switched to: an install record (key I) says which
+ * phase a crash interrupted, and open() rolls a staging install back (the old state is intact)
+ * and a switching one forward (the staged state is complete and durable). A store never claims
+ * an index it does not fully hold. Reads wait while the switch runs; a read that overlapped it
+ * fails UNAVAILABLE.
  */
 import type { AbstractLevel } from 'abstract-level';
 import { Level } from 'level';
@@ -64,7 +65,15 @@ const CURRENT_CACHE_ENTRIES = 100_000;
 export const SNAPSHOT_CHUNK_BYTES = 1 << 20;
 
 /** The durable steps of a snapshot install, in order (see `restore`). */
-export const INSTALL_STEPS = ['marked', 'cleared', 'chunk', 'written', 'installed'] as const;
+export const INSTALL_STEPS = [
+  'marked',
+  'chunk',
+  'staged',
+  'switching',
+  'cleared',
+  'copied',
+  'installed',
+] as const;
 export type InstallStep = (typeof INSTALL_STEPS)[number];
 
 export interface ObjectStoreOptions {
@@ -240,8 +249,9 @@ export class ObjectStore {
   private readonly commitListeners = new Set<(ev: CommitEvent) => void>();
   private readonly applyListeners = new Set<(index: number) => void>();
   private readonly replacedListeners = new Set<(ev: ReplacedEvent) => void>();
-  /** Set while a snapshot install runs; readers wait for it. */
+  /** Set while a snapshot install switches to the new state; readers wait for it. */
   private installRunning: Promise<void> | undefined;
+  private restoring = false;
   /** Counts installs started: a read that saw it change read from a state being replaced. */
   private generation = 0;
   /** Why the store cannot serve (an install failed after clearing the old state); undefined when fine. */
@@ -284,12 +294,30 @@ export class ObjectStore {
   }
 
   /**
-   * On open: a store holding the install record was interrupted mid-install. Everything but the
-   * record is deleted (it stays, so a crash before the owner has dealt with it repeats this), and
-   * `interruptedInstall` tells the owner to obtain a new snapshot, then call `installRecovered()`.
+   * On open: finish what an interrupted install left. A staging install is rolled back (the
+   * current state was not touched), a switching one rolled forward (the staged state is complete
+   * and durable). A record without a phase comes from an install that cleared the state first (an
+   * earlier version): the partial state is deleted (the record stays, so a crash before the owner
+   * has dealt with it repeats this), and `interruptedInstall` tells the owner to obtain a new
+   * snapshot, then call `installRecovered()`.
    */
   private async discardPartialInstall(): Promise<void> {
-    if ((await this.db.get(K.installKey)) === undefined) return;
+    const record = await this.db.get(K.installKey);
+    if (record === undefined) return;
+    if (record.length === INSTALL_RECORD_BYTES) {
+      const phase = record[8];
+      if (phase === PHASE_STAGING) {
+        await this.db.clear(STAGED_RANGE);
+        await this.db.del(K.installKey, { sync: true });
+      } else if (phase === PHASE_SWITCHING) {
+        await this.switchToStaged(record.readBigUInt64BE(0), () => undefined);
+      } else {
+        assert(phase === PHASE_COPIED, `unknown snapshot install phase ${phase}`);
+        await this.db.clear(STAGED_RANGE);
+        await this.db.del(K.installKey, { sync: true });
+      }
+      return;
+    }
     this.interrupted = true;
     await this.db.clear({ lt: K.installKey });
     await this.db.clear({ gt: K.installKey });
@@ -309,9 +337,12 @@ export class ObjectStore {
     this.interrupted = false;
   }
 
-  /** True while a snapshot install replaces the state (reads wait; the node is not ready). */
+  /**
+   * True while a snapshot install runs (the node is not ready: it is about to jump ahead). Reads
+   * are answered from the current state while the snapshot is staged, and wait during the switch.
+   */
   get installing(): boolean {
-    return this.installRunning !== undefined;
+    return this.restoring;
   }
 
   /** Why this store cannot serve (a failed install, a broken invariant), or undefined. */
@@ -1453,6 +1484,7 @@ export class ObjectStore {
         let values: Buffer[] = [];
         let bytes = 0;
         for await (const [k, v] of it) {
+          if (k[0] === K.TAG.install || k[0] === K.TAG.staged) continue; // never while serving
           keys.push(k);
           values.push(v);
           bytes += k.length + v.length;
@@ -1474,45 +1506,38 @@ export class ObjectStore {
   /**
    * Replace the whole state with a snapshot, all or nothing. `open()` yields the snapshot's
    * encoded chunks and is called twice: the first pass validates the whole snapshot (a malformed or
-   * truncated one is refused with INVALID and the current state keeps serving), the second
-   * installs it:
+   * truncated one is refused with INVALID), the second stages it beside the current state:
    *
-   *   marked     the install record (I) is written and synced;
-   *   cleared    the old state is deleted (everything but the record);
-   *   chunk      the first chunk has landed (unsynced), and so on for the others;
-   *   written    every chunk has landed (unsynced);
-   *   installed  the record is deleted in a synced batch (LevelDB's log is sequential: syncing it
-   *              makes every earlier write durable), then the state is loaded and published.
+   *   marked     the install record (phase: staging) is written and synced;
+   *   chunk      a chunk has landed under the staging prefix (unsynced);
+   *   staged     every chunk has landed;
+   *   switching  the record's phase becomes switching, synced (which makes the staged data
+   *              durable: LevelDB's log is sequential): from here the install completes, now or
+   *              when the store is next opened; readers wait;
+   *   cleared    the old state is deleted;
+   *   copied     the staged records are in place (phase: copied, synced);
+   *   installed  the staged copy and the record are gone (synced); the state is then loaded and
+   *              published with the replaced event.
    *
-   * A crash before `installed` leaves the record: the next open discards the partial state. An
-   * I/O error after `marked` leaves the store unhealthy (reads fail UNAVAILABLE) and throws: the
-   * owner must stop; the next open discards the partial state. Reads wait while this runs; reads
-   * that overlapped it fail UNAVAILABLE. Returns the applied index the snapshot holds.
+   * Until `switching` the current state keeps serving, and a failure (ENOSPC, EIO) leaves it as it
+   * was. A failure after it leaves the store unhealthy (reads fail UNAVAILABLE): the owner must
+   * stop, and the next open completes the install. Returns the applied index the snapshot holds.
    */
   async restore(open: () => AsyncIterable<Uint8Array>, expectedIndex?: number): Promise<number> {
     assert(!this.applying, 'restore during apply');
     this.applying = true;
+    this.restoring = true;
     try {
       const index = await validateSnapshot(open(), expectedIndex);
-      let finished!: () => void;
-      this.installRunning = new Promise<void>((resolve) => (finished = resolve));
-      this.generation++;
-      this.batchesLanded++; // reads of the old state in flight must not fill the cache
-      this.currentCache.clear();
       const step = (st: InstallStep): void => this.options.onInstallStep?.(st);
       try {
-        const marker = Buffer.alloc(8);
-        marker.writeBigUInt64BE(BigInt(index));
-        await this.db.put(K.installKey, marker, { sync: true });
+        await this.db.put(K.installKey, installRecord(index, PHASE_STAGING), { sync: true });
         step('marked');
-        await this.db.clear({ lt: K.installKey });
-        await this.db.clear({ gt: K.installKey });
-        step('cleared');
         for await (const raw of open()) {
           const c = snapshotChunkCodec.decode(raw);
           const ops: BatchOp[] = (c.keys ?? []).map((k, i) => ({
             type: 'put',
-            key: buf(k),
+            key: Buffer.concat([STAGED_PREFIX, buf(k)]),
             value: buf(c.values[i]),
           }));
           if (ops.length) {
@@ -1520,9 +1545,23 @@ export class ObjectStore {
             step('chunk');
           }
         }
-        step('written');
-        await this.db.batch([{ type: 'del', key: K.installKey }], { sync: true });
-        step('installed');
+        step('staged');
+      } catch (e) {
+        // The current state was not touched: drop what was staged and go on serving it. If even
+        // that fails, the record stays and the next open rolls the install back.
+        await this.db
+          .clear(STAGED_RANGE)
+          .then(() => this.db.del(K.installKey, { sync: true }))
+          .catch(() => undefined);
+        throw e;
+      }
+      let finished!: () => void;
+      this.installRunning = new Promise<void>((resolve) => (finished = resolve));
+      this.generation++;
+      this.batchesLanded++; // reads of the old state in flight must not fill the cache
+      this.currentCache.clear();
+      try {
+        await this.switchToStaged(BigInt(index), step);
         await this.loadState(false); // published below, with the replaced event
         assert(
           this.appliedIdx === index,
@@ -1546,12 +1585,58 @@ export class ObjectStore {
       return this.appliedIdx;
     } finally {
       this.applying = false;
+      this.restoring = false;
     }
+  }
+
+  /**
+   * Replace the current state with the staged one. Idempotent from any point, so open() can redo
+   * it after a crash: the staged copy is deleted only once every record is in place.
+   */
+  private async switchToStaged(index: bigint, step: (st: InstallStep) => void): Promise<void> {
+    await this.db.put(K.installKey, installRecord(index, PHASE_SWITCHING), { sync: true });
+    step('switching');
+    await this.db.clear({ lt: K.installKey });
+    await this.db.clear({ gt: K.installKey, lt: STAGED_PREFIX });
+    step('cleared');
+    let ops: BatchOp[] = [];
+    let bytes = 0;
+    for await (const [k, v] of this.db.iterator(STAGED_RANGE)) {
+      ops.push({ type: 'put', key: k.subarray(STAGED_PREFIX.length), value: v });
+      bytes += k.length + v.length;
+      if (bytes >= SNAPSHOT_CHUNK_BYTES) {
+        await this.db.batch(ops);
+        ops = [];
+        bytes = 0;
+      }
+    }
+    if (ops.length) await this.db.batch(ops);
+    await this.db.put(K.installKey, installRecord(index, PHASE_COPIED), { sync: true });
+    step('copied');
+    await this.db.clear(STAGED_RANGE);
+    await this.db.del(K.installKey, { sync: true });
+    step('installed');
   }
 }
 
+/** The install record: the snapshot's applied index (8 bytes) and the phase (1 byte). */
+const INSTALL_RECORD_BYTES = 9;
+const PHASE_STAGING = 0;
+const PHASE_SWITCHING = 1;
+const PHASE_COPIED = 2;
+const STAGED_PREFIX = Buffer.from([K.TAG.staged]);
+/** Every staged key: the staging prefix followed by a (non-empty) key of the state. */
+const STAGED_RANGE = { gt: STAGED_PREFIX, lt: Buffer.from([K.TAG.staged + 1]) };
+
+function installRecord(index: number | bigint, phase: number): Buffer {
+  const r = Buffer.alloc(INSTALL_RECORD_BYTES);
+  r.writeBigUInt64BE(BigInt(index));
+  r[8] = phase;
+  return r;
+}
+
 const KNOWN_TAGS: ReadonlySet<number> = new Set(
-  Object.values(K.TAG).filter((t) => t !== K.TAG.install),
+  Object.values(K.TAG).filter((t) => t !== K.TAG.install && t !== K.TAG.staged),
 );
 
 /**

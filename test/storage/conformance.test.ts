@@ -6,7 +6,12 @@
 import * as assert from 'node:assert/strict';
 import { AssertionError } from '../../src/util/assert';
 import { StorageError } from '../../src/storage/errors';
-import { CommitEvent, MAX_NEW_OIDS, ObjectStore } from '../../src/storage/object-store';
+import {
+  CommitEvent,
+  InstallStep,
+  MAX_NEW_OIDS,
+  ObjectStore,
+} from '../../src/storage/object-store';
 import { Z64, hex, idCompare, p64, tidFromTime, tidToTime, u64 } from '../../src/util/ids';
 import {
   ST,
@@ -1168,20 +1173,46 @@ describe('ObjectStore conformance', function () {
       assert.deepEqual(await readAll(other.store), expected);
     });
 
-    it('an install failing part-way leaves the store unhealthy; reopening discards the partial state', async function () {
+    /** A store over `other`'s directory whose install hook runs `hook` at each step. */
+    async function withHook(other: TestStore, hook: (step: InstallStep) => void): Promise<void> {
+      await other.store.close();
+      other.store = await ObjectStore.open(other.dir, { sync: false, onInstallStep: hook });
+    }
+
+    it('an install failing while staging leaves the current state serving, and nothing behind', async function () {
       await populate();
       const chunks = await collect(t.store.snapshot().chunks);
       const other = await TestStore.create();
       extra.push(other);
-      const s9 = await other.put(oid(9), Z64, 'old state');
-      await other.store.close();
-      // Stand in for an I/O error after the first chunk has landed (kill -9 there is covered by
-      // the cluster tests): the hook throws inside the install.
-      other.store = await ObjectStore.open(other.dir, {
-        sync: false,
-        onInstallStep: (step) => {
-          if (step === 'chunk') throw new Error('EIO: simulated write failure');
-        },
+      await other.put(oid(9), Z64, 'old state');
+      const before = await readAll(other.store);
+      // Stands in for ENOSPC or EIO after the first chunk was staged.
+      await withHook(other, (step) => {
+        if (step === 'chunk') throw new Error('ENOSPC: simulated full disk');
+      });
+      await assert.rejects(
+        other.store.restore(async function* () {
+          yield* chunks;
+        }),
+        /ENOSPC/,
+      );
+      assert.equal(other.store.unhealthy, undefined);
+      assert.equal((await other.store.load(ST, oid(9))).data.toString(), 'old state');
+      await other.reopen();
+      assert.equal(other.store.interruptedInstall, false);
+      assert.deepEqual(await readAll(other.store), before);
+      const snap = await collect(other.store.snapshot().chunks);
+      assert.deepEqual(snap.length, 1, 'no staged records left behind');
+    });
+
+    it('an install failing after the switch began leaves the store unhealthy; reopening completes it', async function () {
+      await populate();
+      const chunks = await collect(t.store.snapshot().chunks);
+      const other = await TestStore.create();
+      extra.push(other);
+      await other.put(oid(9), Z64, 'old state');
+      await withHook(other, (step) => {
+        if (step === 'cleared') throw new Error('EIO: simulated write failure');
       });
       await assert.rejects(
         other.store.restore(async function* () {
@@ -1192,58 +1223,78 @@ describe('ObjectStore conformance', function () {
       assert.match(other.store.unhealthy ?? '', /snapshot install failed/);
       await rejectsWith(other.store.load(ST, oid(9)), 'UNAVAILABLE');
       await other.reopen();
+      assert.equal(other.store.interruptedInstall, false);
+      assert.equal(other.store.appliedIndex, t.store.appliedIndex);
+      assert.deepEqual(await readAll(other.store), await readAll(t.store));
+    });
+
+    it('a store left by an install that cleared first (no phase in its record) is discarded', async function () {
+      await populate();
+      const other = await TestStore.create();
+      extra.push(other);
+      const s9 = await other.put(oid(9), Z64, 'partial state');
+      await other.store.close();
+      const { Level } = await import('level');
+      const db = new Level<Buffer, Buffer>(other.dir, {
+        keyEncoding: 'buffer',
+        valueEncoding: 'buffer',
+      });
+      await db.put(Buffer.from('I'), Buffer.alloc(8), { sync: true });
+      await db.close();
+      other.store = await ObjectStore.open(other.dir, { sync: false });
       assert.equal(other.store.interruptedInstall, true);
       assert.equal(other.store.appliedIndex, 0, 'claims nothing it does not hold');
-      await rejectsWith(other.store.load(ST, oid(1)), 'NOT_FOUND');
       await rejectsWith(other.store.loadSerial(ST, oid(9), s9), 'NOT_FOUND');
       await other.store.installRecovered();
       await other.reopen();
       assert.equal(other.store.interruptedInstall, false);
-      // and a complete install works from there
-      await other.store.restore(async function* () {
-        yield* chunks;
-      });
-      assert.deepEqual(await readAll(other.store), await readAll(t.store));
     });
 
-    it('reads wait for an install and see only the new state; a read that overlapped one fails UNAVAILABLE', async function () {
+    it('reads go on from the current state while staging, wait during the switch, and fail UNAVAILABLE when they overlapped it', async function () {
       await populate();
       const chunks = await collect(t.store.snapshot().chunks);
       const other = await TestStore.create();
       extra.push(other);
-      const s9 = await other.put(oid(9), Z64, 'old state');
+      await other.put(oid(9), Z64, 'old state');
       await other.put(oid(10), Z64, 'old state');
-      const it = other.store.iterate(ST);
-      const before = await it.next(); // a read started before the install...
-      assert.equal(before.done, false);
-      let reads: Array<Promise<unknown>> = [];
-      const install = other.store.restore(async function* () {
-        for (const [i, c] of chunks.entries()) {
-          yield c;
-          // Second pass (the install), after the first chunk: start reads, let them run ahead.
-          if (i === 0 && other.store.installing && reads.length === 0) {
-            reads = [
-              other.store.load(ST, oid(3)),
-              other.store.load(ST, oid(9)).then(
-                () => 'found',
-                (e: unknown) => (e as StorageError).kind,
-              ),
-            ];
-            await new Promise((r) => setTimeout(r, 50));
-          }
+      const reads: Record<string, Promise<unknown>> = {};
+      const kindOf = (p: Promise<unknown>): Promise<string> =>
+        p.then(
+          (r) => (r as { data: Buffer }).data.toString(),
+          (e: unknown) => (e as StorageError).kind,
+        );
+      await withHook(other, (step) => {
+        if (step === 'switching') {
+          reads.switching9 = kindOf(other.store.load(ST, oid(9)));
+          reads.switching3 = other.store.load(ST, oid(3));
         }
       });
-      await install;
-      assert.equal(reads.length, 2, 'reads were started during the install');
+      const it = other.store.iterate(ST);
+      const first = await it.next(); // a read started before the install...
+      assert.equal(first.done, false);
+      let passes = 0;
+      await other.store.restore(async function* () {
+        passes++;
+        for (const c of chunks) {
+          yield c;
+          // The second pass stages: a read meanwhile is answered from the current state.
+          if (passes === 2 && !reads.staging)
+            reads.staging = Promise.resolve(await kindOf(other.store.load(ST, oid(9))));
+        }
+      });
+      assert.equal(await reads.staging, 'old state', 'the current state serves while staging');
+      assert.equal(
+        await reads.switching9,
+        'NOT_FOUND',
+        'reads during the switch see the new state',
+      );
       assert.deepEqual(
-        ((await reads[0]) as { data: Buffer }).data,
+        ((await reads.switching3) as { data: Buffer }).data,
         (await t.store.load(ST, oid(3))).data,
       );
-      assert.equal(await reads[1], 'NOT_FOUND', 'the old state is never seen after the install');
-      await rejectsWith(other.store.loadSerial(ST, oid(9), s9), 'NOT_FOUND');
       await assert.rejects(
         (async () => {
-          for await (const x of it) void x; // ...and continued after it fails
+          for await (const x of it) void x; // ...and continued after the switch fails
         })(),
         (e: unknown) => e instanceof StorageError && e.kind === 'UNAVAILABLE',
       );
