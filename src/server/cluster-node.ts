@@ -3,6 +3,7 @@
  * transport and the Admin service, around a StorageNode.
  */
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { randomInt } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
@@ -30,6 +31,27 @@ const PROBE_MS = 700;
  * alone, so this node has no key to present) is asked the keyless health service instead:
  * SERVING means it knows a leader.
  */
+/**
+ * Whether anything accepts a TCP connection at `address` (host:port) within PROBE_MS. Checked
+ * before a gRPC probe: a gRPC channel closed while its connection attempt to a port that is not
+ * listening yet is in backoff may still connect later and leave an idle connection on the peer.
+ */
+function listening(address: string): Promise<boolean> {
+  const i = address.lastIndexOf(':');
+  const host = address.slice(0, i).replace(/^\[(.*)\]$/, '$1');
+  const port = Number(address.slice(i + 1));
+  return new Promise((resolve) => {
+    const socket = net.connect({ host, port });
+    const done = (ok: boolean): void => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(PROBE_MS, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+}
+
 async function clusterAlreadyRunning(config: NodeConfig): Promise<boolean> {
   const Storage = storagePackage().zeoraft.v1.Storage;
   const sec = config.security;
@@ -54,18 +76,19 @@ async function clusterAlreadyRunning(config: NodeConfig): Promise<boolean> {
     });
   const probes = config.peers
     .filter((p) => p.id !== config.nodeId && p.clientAddress)
-    .map(
-      (p) =>
-        new Promise<boolean>((resolve) => {
-          const c = new Storage(p.clientAddress, credentials());
-          const md = new grpc.Metadata();
-          if (sec?.clusterKey) md.set(KEY_METADATA, sec.clusterKey);
-          c.Status({}, md, { deadline: deadline() }, (err, res) => {
-            c.close();
-            if (err?.code === grpc.status.UNAUTHENTICATED) resolve(healthy(p.clientAddress));
-            else resolve(!err && !!res && (res.appliedIndex > 1 || res.leaderId !== ''));
-          });
-        }),
+    .map(async (p) =>
+      !(await listening(p.clientAddress))
+        ? false
+        : new Promise<boolean>((resolve) => {
+            const c = new Storage(p.clientAddress, credentials());
+            const md = new grpc.Metadata();
+            if (sec?.clusterKey) md.set(KEY_METADATA, sec.clusterKey);
+            c.Status({}, md, { deadline: deadline() }, (err, res) => {
+              c.close();
+              if (err?.code === grpc.status.UNAUTHENTICATED) resolve(healthy(p.clientAddress));
+              else resolve(!err && !!res && (res.appliedIndex > 1 || res.leaderId !== ''));
+            });
+          }),
     );
   return (await Promise.all(probes)).some(Boolean);
 }
