@@ -119,6 +119,22 @@ export interface Principal {
 export type Caller = { kind: 'client'; principal?: Principal } | { kind: 'node' };
 export const ANONYMOUS_CLIENT: Caller = { kind: 'client' };
 
+/**
+ * The owner scope a client's transaction id carries in the replicated prepare, renew, finish and
+ * abort commands: the JSON-quoted id of the caller's security key, or "-" without a key, then "/".
+ * The gRPC door prefixes every id with it (storage-service.ts), and a leader refuses a forwarded
+ * command whose id is not in its caller's scope.
+ */
+export const txnIdScope = (p: Principal | undefined): string =>
+  `${p ? JSON.stringify(p.id) : '-'}/`;
+/** How the ZEO door's transaction ids begin (zeo/session.ts); its clients carry no key. */
+export const ZEO_TXN_ID_PREFIX = 'z:';
+
+/** Whether the transaction id `id` is in the scope of a client with principal `p`. */
+export function ownsTxnId(p: Principal | undefined, id: string): boolean {
+  return id.startsWith(txnIdScope(p)) || (!p && id.startsWith(ZEO_TXN_ID_PREFIX));
+}
+
 /** The storage a command writes to; undefined for commands outside any storage (member, noop). */
 export function commandStorage(cmd: Command): string | undefined {
   const body = Object.values(cmd)[0] as { storage?: unknown; txn?: { storage?: unknown } };
@@ -358,6 +374,14 @@ export class Security {
         );
       if (p.role === 'read-only') return readOnly(`key ${p.id} is read-only: ${kind} is a write`);
     }
+    // A vote is made, renewed, finished and aborted only by its owner.
+    const id = (Object.values(cmd)[0] as { txnId?: unknown } | undefined)?.txnId;
+    if (caller.kind === 'client' && typeof id === 'string' && !ownsTxnId(caller.principal, id))
+      return new RpcError(
+        grpc.status.PERMISSION_DENIED,
+        `transaction ${JSON.stringify(id)} does not belong to ${caller.principal ? `key ${caller.principal.id}` : 'a client without a key'}: a ${kind} is made only by the transaction's owner`,
+        { kind: 'INVALID' },
+      );
     return undefined;
   }
 

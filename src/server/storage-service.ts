@@ -20,7 +20,7 @@ import {
 } from './errors';
 import { txnBytes } from './limits';
 import type { StorageNode } from './node';
-import { type Caller, Security } from './security';
+import { type Caller, Security, txnIdScope } from './security';
 import { count, optionalId, requireId, serialOrZ64, text, txnId } from './validate';
 
 export const DEFAULT_STORAGE = '1';
@@ -91,8 +91,7 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
    */
   function ownedTxnId(call: { metadata: grpc.Metadata }, raw: string | undefined): string {
     const id = txnId(raw);
-    const p = node.security.principalFor(call.metadata);
-    return `${p ? JSON.stringify(p.id) : '-'}/${id}`;
+    return `${txnIdScope(node.security.principalFor(call.metadata))}${id}`;
   }
 
   function storageName(name: string | undefined): string {

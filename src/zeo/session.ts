@@ -15,6 +15,7 @@ import { StorageError } from '../storage/errors';
 import type { StorageNode } from '../server/node';
 import { Limits, type Reservation } from '../server/limits';
 import { VOTE_LEASE_MS } from '../server/config';
+import { ZEO_TXN_ID_PREFIX } from '../server/security';
 import { Z64, hex, idCompare, idNext, p64, tidFromTime, tidToTime, u64 } from '../util/ids';
 import {
   arity,
@@ -795,7 +796,7 @@ export class ZeoSession {
     const extension = encodeExtension(a[3]);
     this.txn = {
       handle,
-      txnId: `z:${this.connectionId}:${++this.txnCounter}`,
+      txnId: `${ZEO_TXN_ID_PREFIX}${this.connectionId}:${++this.txnCounter}`,
       user,
       description,
       extension,

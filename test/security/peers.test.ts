@@ -346,6 +346,77 @@ describe('security: the peer port', function () {
         /zeoraft_auth_failures_total\{[^}]*reason="forward_permission"[^}]*\} [1-9]/,
       );
     });
+
+    it("refuses a forwarded vote, renew, finish or abort of another owner's transaction", async () => {
+      const md = (): grpc.Metadata => peerCallMetadata(follower, TEST_CLUSTER_KEY);
+      const k1 = { key: { id: 'k1', role: 'read-write', storages: ['*'] } };
+      const to = await c.leader();
+      // A client without a key votes "victim": its id is "-/victim" in the replicated commands.
+      await c.rpc(to).call('Vote', {
+        transactionId: 'victim',
+        transaction: { stores: [{ oid: oid(20), data: Buffer.from('the victim') }] },
+      });
+      const cmds: Array<[string, Buffer, ForwardRequest['caller']]> = [
+        [
+          'an abort of the anonymous vote for key k1',
+          commandCodec.encode({ abort: { storage: '1', txnId: '-/victim', reason: 'client' } }),
+          k1,
+        ],
+        [
+          'a finish of the anonymous vote for key k1',
+          commandCodec.encode({ finish: { storage: '1', txnId: '-/victim', tid: Z64 } }),
+          k1,
+        ],
+        [
+          'a renew of the anonymous vote for key k1',
+          commandCodec.encode({ renew: { storage: '1', txnId: '-/victim', leaseMs: 60_000 } }),
+          k1,
+        ],
+        [
+          "a vote under key k2's id for key k1",
+          commandCodec.encode({
+            prepare: {
+              txnId: '"k2"/t',
+              txn: {
+                storage: '1',
+                stores: [{ oid: oid(21), serial: Z64, data: Buffer.from('x') }],
+              },
+              deadlineMs: Date.now() + 30_000,
+            },
+          }),
+          k1,
+        ],
+        [
+          "an abort of key k1's id for a client without a key",
+          commandCodec.encode({ abort: { storage: '1', txnId: '"k1"/t', reason: 'client' } }),
+          {},
+        ],
+      ];
+      for (const [what, command, caller] of cmds) {
+        const a = await forward(peer(to), md(), { command, from: follower, caller });
+        assert.equal(a.code, grpc.status.PERMISSION_DENIED, `${what}: ${a.details}`);
+        assert.match(a.details, /does not belong to/, what);
+      }
+      // The victim's vote is intact: its owner finishes it.
+      const { tid } = await c.rpc(to).call('Finish', { transactionId: 'victim' });
+      assert.equal(tid.length, 8);
+      const l = await c.rpc(to).call('Load', { oid: oid(20) });
+      assert.deepEqual(l.data, Buffer.from('the victim'));
+      // A forward of k1's own vote and its abort, in k1's scope, goes through.
+      for (const command of [
+        commandCodec.encode({
+          prepare: {
+            txnId: '"k1"/own',
+            txn: { storage: '1', stores: [{ oid: oid(22), serial: Z64, data: Buffer.from('y') }] },
+            deadlineMs: Date.now() + 30_000,
+          },
+        }),
+        commandCodec.encode({ abort: { storage: '1', txnId: '"k1"/own', reason: 'client' } }),
+      ]) {
+        const a = await forward(peer(to), md(), { command, from: follower, caller: k1 });
+        assert.equal(a.code, grpc.status.OK, a.details);
+      }
+    });
   });
 
   it("refuses a client's write that a follower with other settings forwards into the leader's read-only storage", async () => {
