@@ -2,6 +2,7 @@
 import type { LogLevel } from '../util/log';
 import { CLUSTER_KEY_CHARS_MIN } from './peer-auth';
 import type { SecurityConfig } from './security';
+import { VOTE_RENEW_MAX_MS } from '../storage/object-store';
 
 /**
  * A leased vote (a ZEO session's) lives this long after its last renewal, measured on the leader's
@@ -188,6 +189,9 @@ export function validateConfig(c: NodeConfig): void {
   if (c.heartbeatTicks < 1 || c.electionTicks <= c.heartbeatTicks)
     fail('election ticks must exceed heartbeat ticks (>= 1)');
   if (c.tickMs < 1) fail('tick must be at least 1 ms');
+  // The store renews a vote at most VOTE_RENEW_MAX_MS past its first deadline.
+  if (!(c.txnTimeoutMs >= 1 && c.txnTimeoutMs <= VOTE_RENEW_MAX_MS))
+    fail(`transaction timeout must be 1..${VOTE_RENEW_MAX_MS} ms, got ${c.txnTimeoutMs}`);
   for (const [name, v] of Object.entries(c.limits))
     if (!Number.isSafeInteger(v) || v < 1)
       fail(`limit ${name} must be a positive integer, got ${v}`);

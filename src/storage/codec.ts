@@ -85,6 +85,7 @@ export interface PreparedRecord {
   deadlineMs?: number;
   index?: number;
   reserve?: boolean;
+  votedDeadlineMs?: number;
 }
 export interface StorageMeta {
   lastTid?: Uint8Array;

@@ -59,6 +59,12 @@ type Db = Level<Buffer, Buffer>;
 type BatchOp = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer };
 
 export const MAX_NEW_OIDS = 10_000;
+/**
+ * How far past the deadline of its first vote a vote's locks may be renewed: a vote holds its
+ * objects at most from the vote to that deadline plus this, however often it is renewed (the ZEO
+ * door renews only up to the transaction timeout, which the configuration keeps below this).
+ */
+export const VOTE_RENEW_MAX_MS = 10 * 60_000;
 /** Current-serial records cached in memory (about 150 bytes each). */
 const CURRENT_CACHE_ENTRIES = 100_000;
 /** Bytes of raw key/value data per snapshot chunk. */
@@ -210,6 +216,11 @@ function commandStorage(cmd: Command): unknown {
   for (const op of ['finish', 'abort', 'undo', 'pack', 'newOids', 'renew'])
     if (c[op]) return c[op].storage;
   return null;
+}
+
+/** The deadline of a vote's first vote (its current one in records written before it was kept). */
+function votedDeadline(rec: PreparedRecord): number {
+  return Number(rec.votedDeadlineMs || rec.deadlineMs || 0);
 }
 
 /** Whether two transactions have the same content (their canonical encodings are equal). */
@@ -796,7 +807,8 @@ export class ObjectStore {
     await this.checkTxn(p.txn, again ? p.txnId : undefined, p.reserve === true);
     // Voting again keeps the first vote's deadline, so the locks are never renewed past it.
     const deadlineMs = earlier?.deadlineMs ? Number(earlier.deadlineMs) : (p.deadlineMs ?? 0);
-    const rec: PreparedRecord = { txn: p.txn, deadlineMs };
+    const votedDeadlineMs = earlier ? votedDeadline(earlier) : deadlineMs;
+    const rec: PreparedRecord = { txn: p.txn, deadlineMs, votedDeadlineMs };
     if (p.reserve) rec.reserve = true;
     ops.push({ type: 'put', key: K.preparedKey(st, p.txnId), value: preparedCodec.encode(rec) });
     // Locks are taken now (not after the write) so that the next command applied sees them.
@@ -849,7 +861,18 @@ export class ObjectStore {
     const raw = await this.read(K.preparedKey(r.storage, r.txnId));
     assert(raw, `voted transaction ${r.txnId} has no record`);
     const rec = preparedCodec.decode(raw);
-    rec.deadlineMs = r.deadlineMs ?? 0;
+    // A vote's locks are renewed up to VOTE_RENEW_MAX_MS past its first deadline and no further,
+    // whoever asks: computed from replicated values only, so every node applies the same deadline.
+    const voted = votedDeadline(rec);
+    rec.votedDeadlineMs = voted;
+    rec.deadlineMs =
+      voted > 0
+        ? Math.min(r.deadlineMs || Infinity, voted + VOTE_RENEW_MAX_MS)
+        : (r.deadlineMs ?? 0);
+    assert(
+      voted === 0 || (rec.deadlineMs > 0 && rec.deadlineMs <= voted + VOTE_RENEW_MAX_MS),
+      `renewed deadline of ${r.txnId} is past its bound`,
+    );
     ops.push({
       type: 'put',
       key: K.preparedKey(r.storage, r.txnId),

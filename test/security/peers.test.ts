@@ -24,6 +24,7 @@ import type { ForwardRequest } from '../../src/generated/zeoraft/v1/raft/Forward
 import type { Message as PMessage } from '../../src/generated/zeoraft/v1/raft/Message';
 import { MessageType } from '../../src/raft';
 import { commandCodec } from '../../src/storage/codec';
+import { VOTE_RENEW_MAX_MS } from '../../src/storage/object-store';
 import { PEER_ID_METADATA, peerCallMetadata } from '../../src/server/peer-auth';
 import { raftPackage } from '../../src/server/peer-transport';
 import { Z64, p64 } from '../../src/util/ids';
@@ -684,6 +685,16 @@ describe('security: the peer port', function () {
       assert.match(
         await startFails({ ZEORAFT_CLUSTER_KEY_FILE: path.join(dir, 'absent.key') }),
         /cannot read the cluster key file/,
+      );
+    });
+
+    it('refuses a transaction timeout longer than the store renews a vote', async () => {
+      assert.match(
+        await startFails({
+          ZEORAFT_CLUSTER_KEY: TEST_CLUSTER_KEY,
+          ZEORAFT_TXN_TIMEOUT_MS: String(VOTE_RENEW_MAX_MS + 1),
+        }),
+        /transaction timeout must be 1\.\.600000 ms/,
       );
     });
 

@@ -11,6 +11,7 @@ import {
   InstallStep,
   MAX_NEW_OIDS,
   ObjectStore,
+  VOTE_RENEW_MAX_MS,
 } from '../../src/storage/object-store';
 import { Z64, hex, idCompare, p64, tidFromTime, tidToTime, u64 } from '../../src/util/ids';
 import {
@@ -575,6 +576,27 @@ describe('ObjectStore conformance', function () {
       assert.deepEqual(await t.store.load(ST, oid(1)), { data: data('b'), serial: tid });
       await rejectsWith(t.store.load(ST, oid(2)), 'NOT_FOUND');
       assert.equal(t.store.lockHolder(ST, oid(2)), undefined);
+    });
+
+    it('renews a vote at most VOTE_RENEW_MAX_MS past its first deadline, across votes and reopen', async function () {
+      const bound = 1234 + VOTE_RENEW_MAX_MS;
+      const deadline = () => t.store.preparedTransactions()[0].deadlineMs;
+      const renew = (deadlineMs?: number) =>
+        t.apply({ renew: { storage: ST, txnId: 't1', deadlineMs } });
+      await prepare('t1', [{ oid: oid(1), serial: Z64, data: data('a') }]);
+      assert.deepEqual(await renew(5000), { ok: true });
+      assert.equal(deadline(), 5000);
+      assert.deepEqual(await renew(bound + 1), { ok: true });
+      assert.equal(deadline(), bound);
+      // Voting again keeps the first deadline the bound counts from.
+      await prepare('t1', [{ oid: oid(1), serial: Z64, data: data('a') }]);
+      await t.reopen();
+      assert.deepEqual(await renew(bound + 10 * VOTE_RENEW_MAX_MS), { ok: true });
+      assert.equal(deadline(), bound);
+      // A renewal without a deadline does not lift it.
+      assert.deepEqual(await renew(undefined), { ok: true });
+      assert.equal(deadline(), bound);
+      assert.equal(t.store.lockHolder(ST, oid(1)), 't1');
     });
   });
 
