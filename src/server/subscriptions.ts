@@ -11,7 +11,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { StorageError } from '../storage/errors';
 import type { CommitEvent, ObjectStore } from '../storage/object-store';
-import { Z64, hex, idCompare, idEquals, idNext, tidFromTime } from '../util/ids';
+import { Z64, hex, idCompare, idNext, tidFromTime } from '../util/ids';
 import type { SubscribeEvent } from '../generated/zeoraft/v1/SubscribeEvent';
 import type { SubscribeRequest__Output } from '../generated/zeoraft/v1/SubscribeRequest';
 import { RpcError, toServiceError } from './errors';
@@ -73,23 +73,22 @@ export class SubscriptionHub {
     return this.subscribers.size;
   }
 
-  /** The oldest TID a subscriber of `storage` may resume from. */
+  /**
+   * The oldest TID a subscriber of `storage` may resume from: the window is the newest
+   * `historyMaxTransactions` transactions, cut to those younger than `historyMaxAgeMs`. Costs two
+   * point reads of the store, whatever the history's length.
+   */
   async oldestResumable(storage: string): Promise<Buffer> {
     const max = this.options.historyMaxTransactions;
-    let oldestInWindow = Z64;
-    let n = 0;
-    for await (const t of this.store.iterateBackwards(storage, max)) {
-      oldestInWindow = t;
-      n++;
-    }
-    if (n === 0) return Z64; // nothing on record: resuming from anywhere misses nothing
-    const oldestOnRecord = await this.store.oldestTid(storage);
+    if (max < 1) return Z64; // no transaction counted in: nothing bounds a resume point
+    const w = await this.store.historyWindow(storage, max);
+    if (w.count === 0) return Z64; // nothing on record: resuming from anywhere misses nothing
     const byAge = tidFromTime(this.options.nowMs() - this.options.historyMaxAgeMs);
     // Every transaction ever committed is on record (pack keeps transaction records): when all
     // of them are inside the window, a subscriber may resume from anywhere, the all-zero TID too.
-    const allByCount = n < max || idEquals(oldestInWindow, oldestOnRecord);
-    if (allByCount && idCompare(oldestOnRecord, byAge) >= 0) return Z64;
-    const oldest = allByCount ? oldestOnRecord : idNext(oldestInWindow);
+    const allByCount = w.count <= max;
+    if (allByCount && idCompare(w.oldestTid, byAge) >= 0) return Z64;
+    const oldest = allByCount ? w.oldestTid : idNext(w.windowOldestTid);
     return idCompare(byAge, oldest) > 0 ? byAge : oldest;
   }
 

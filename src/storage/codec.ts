@@ -92,6 +92,8 @@ export interface StorageMeta {
   nextOid?: Uint8Array;
   packTid?: Uint8Array;
   objectCount?: number;
+  /** Transactions on record (T records); the n-th oldest is at key N <st> <n>. */
+  txnCount?: number;
 }
 export interface SnapshotChunk {
   keys: Uint8Array[];

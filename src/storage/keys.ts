@@ -8,6 +8,8 @@
  *   C <st> <oid>               current serial (8 bytes) of an existing object
  *   R <st> <oid> <tid>         Revision written by <tid>
  *   T <st> <tid>               TxnRecord
+ *   N <st> <n>                 TID (8) of the storage's n-th transaction (n: u64, from 1): with the
+ *                              count in StorageMeta, the k-th newest transaction is one seek away
  *   P <st> <txn id>            PreparedRecord (voted, not yet finished)
  *   F <st> <txn id>            TID of a finished two-phase transaction (idempotent Finish)
  *   X <st> <txn id>            deadline (8, ms) of a voted transaction aborted when it expired: its
@@ -26,6 +28,7 @@ export const TAG = {
   current: 0x43, // C
   revision: 0x52, // R
   txn: 0x54, // T
+  txnNumber: 0x4e, // N
   prepared: 0x50, // P
   finished: 0x46, // F
   expired: 0x58, // X
@@ -82,6 +85,12 @@ export function txnPrefix(st: string): Buffer {
 
 export function txnKey(st: string, tid: Uint8Array): Buffer {
   return Buffer.concat([txnPrefix(st), tid]);
+}
+
+export function txnNumberKey(st: string, n: number): Buffer {
+  const num = Buffer.alloc(8);
+  num.writeBigUInt64BE(BigInt(n));
+  return Buffer.concat([Buffer.from([TAG.txnNumber]), storagePart(st), num]);
 }
 
 export function preparedPrefix(st: string): Buffer {

@@ -67,6 +67,8 @@ export const MAX_NEW_OIDS = 10_000;
 export const VOTE_RENEW_MAX_MS = 10 * 60_000;
 /** Current-serial records cached in memory (about 150 bytes each). */
 const CURRENT_CACHE_ENTRIES = 100_000;
+/** N records written per batch when numbering the transactions of a store written without them. */
+const TXN_NUMBER_BATCH_KEYS = 10_000;
 /** Bytes of raw key/value data per snapshot chunk. */
 export const SNAPSHOT_CHUNK_BYTES = 1 << 20;
 
@@ -436,6 +438,8 @@ export class ObjectStore {
     })) {
       this.metas.set(K.keyStorage(key), storageMetaCodec.decode(value));
     }
+    for (const [st, meta] of this.metas)
+      if (!meta.txnCount && !idEquals(serialOf(meta.lastTid), Z64)) await this.numberTxns(st, meta);
     for await (const [key, value] of this.db.iterator({
       gte: Buffer.from([K.TAG.prepared]),
       lt: Buffer.from([K.TAG.prepared + 1]),
@@ -445,6 +449,35 @@ export class ObjectStore {
       this.holdLocks(st, txnId, preparedCodec.decode(value));
     }
     if (publish) this.publish();
+  }
+
+  /**
+   * A storage written before transactions were numbered (its meta has no count, its
+   * transactions no N records): number them, oldest first. Idempotent: the count is written last,
+   * so an interrupted run is repeated on the next open. Every replica derives the same records
+   * from the same T records.
+   */
+  private async numberTxns(st: string, meta: StorageMeta): Promise<void> {
+    const tp = K.txnPrefix(st);
+    let n = 0;
+    let ops: BatchOp[] = [];
+    for await (const [key] of this.db.iterator({
+      gte: tp,
+      lt: K.prefixEnd(tp),
+      values: false,
+    } as any)) {
+      n++;
+      const tid = Buffer.from((key as Buffer).subarray((key as Buffer).length - ID_BYTES));
+      ops.push({ type: 'put', key: K.txnNumberKey(st, n), value: tid });
+      if (ops.length >= TXN_NUMBER_BATCH_KEYS) {
+        await this.db.batch(ops);
+        ops = [];
+      }
+    }
+    const numbered: StorageMeta = { ...meta, txnCount: n };
+    ops.push({ type: 'put', key: K.storageKey(st), value: storageMetaCodec.encode(numbered) });
+    await this.db.batch(ops, { sync: true });
+    this.metas.set(st, numbered);
   }
 
   private holdLocks(st: string, txnId: string, rec: PreparedRecord): void {
@@ -757,7 +790,9 @@ export class ObjectStore {
       oids: records.map((r) => r.oid),
     };
     ops.push({ type: 'put', key: K.txnKey(st, tid), value: txnRecordCodec.encode(rec) });
-    const newMeta: StorageMeta = { ...meta, lastTid: tid, nextOid, objectCount: count };
+    const txnCount = (meta.txnCount ?? 0) + 1;
+    ops.push({ type: 'put', key: K.txnNumberKey(st, txnCount), value: tid });
+    const newMeta: StorageMeta = { ...meta, lastTid: tid, nextOid, objectCount: count, txnCount };
     ops.push({ type: 'put', key: K.storageKey(st), value: storageMetaCodec.encode(newMeta) });
     assert(idCompare(tid, this.lastTidGlobal) > 0, 'TIDs must strictly increase');
     this.lastTidGlobal = tid;
@@ -1436,19 +1471,35 @@ export class ObjectStore {
     });
   }
 
-  /** TIDs of the newest `n` transactions of a storage, newest first. */
-  async *iterateBackwards(st: string, n: number): AsyncGenerator<Buffer> {
-    await this.readable(); // one LevelDB iterator: a consistent view, whatever happens meanwhile
-    const tp = K.txnPrefix(st);
-    for await (const [key] of this.db.iterator({
-      gte: tp,
-      lt: K.prefixEnd(tp),
-      reverse: true,
-      limit: n,
-      values: false,
-    } as any)) {
-      yield Buffer.from((key as Buffer).subarray((key as Buffer).length - ID_BYTES));
-    }
+  /**
+   * The transactions of a storage on record (`count`), the oldest (`oldestTid`) and the oldest of
+   * the newest `n` (`windowOldestTid`); z64 TIDs when there are none. Two point reads of N
+   * records, whatever the history's length.
+   */
+  historyWindow(
+    st: string,
+    n: number,
+  ): Promise<{ count: number; oldestTid: Buffer; windowOldestTid: Buffer }> {
+    assert(Number.isInteger(n) && n >= 1, `history window of ${n} transactions`);
+    return this.guarded(async () => {
+      // The published count is read first: its N records have landed, and stay until an install
+      // replaces the state (guarded() fails a read that overlapped one).
+      const count = this.pubMetas.get(st)?.txnCount ?? 0;
+      const gen = this.generation;
+      if (count === 0) return { count, oldestTid: Z64, windowOldestTid: Z64 };
+      const at = async (i: number): Promise<Buffer> => {
+        const tid = await this.db.get(K.txnNumberKey(st, i));
+        if (!tid || tid.length !== ID_BYTES) {
+          this.stillValid(gen); // not missing because an install cleared the state under the read
+          this.corruptionSeen ??= `storage ${st}: transaction ${i} of ${count} has no N record`;
+          assert(false, this.corruptionSeen);
+        }
+        return Buffer.from(tid);
+      };
+      const oldestTid = await at(1);
+      const windowOldestTid = count <= n ? oldestTid : await at(count - n + 1);
+      return { count, oldestTid, windowOldestTid };
+    });
   }
 
   /** The oldest committed TID of a storage still on record (z64 when none). */
@@ -1733,6 +1784,9 @@ function checkRecord(key: Buffer, value: Buffer): void {
       return;
     case K.TAG.txn:
       txnRecordCodec.decode(value);
+      return;
+    case K.TAG.txnNumber:
+      assert(value.length === ID_BYTES, 'transaction number record of the wrong size');
       return;
     case K.TAG.storage:
       storageMetaCodec.decode(value);
