@@ -34,8 +34,17 @@ export const TAG = {
   expired: 0x58, // X
   member: 0x4d, // M
   install: 0x49, // I
-  staged: 0x58, // X (sorts after every other tag)
+  staged: 0x5a, // Z (sorts after every other tag; distinct from each, asserted below)
 } as const;
+
+// Every tag names one kind of record, and the staged copy of a snapshot sorts after all of them
+// (an install clears the state below it and copies the range above it).
+assertTags();
+function assertTags(): void {
+  const tags = Object.values(TAG);
+  if (new Set(tags).size !== tags.length) throw new Error('two key tags share a value');
+  if (tags.some((t) => t > TAG.staged)) throw new Error('the staged tag must sort after every tag');
+}
 
 export function memberKey(id: string): Buffer {
   return Buffer.concat([Buffer.from([TAG.member]), Buffer.from(id, 'utf8')]);

@@ -1155,6 +1155,28 @@ describe('ObjectStore conformance', function () {
       });
     }
 
+    it('carries expired-vote records through a snapshot, so a restored store still refuses re-voting them', async function () {
+      const s1 = await t.put(oid(1), Z64, 'v1');
+      const vote = {
+        prepare: {
+          txnId: 'late',
+          txn: { storage: ST, stores: [{ oid: oid(1), serial: s1, data: data('late') }] },
+        },
+      };
+      await t.apply(vote);
+      await t.apply({ abort: { storage: ST, txnId: 'late', reason: 'timeout' } });
+      expectError(await t.apply(vote), 'INVALID');
+      const chunks = await collect(t.store.snapshot().chunks);
+      const other = await TestStore.create();
+      extra.push(other);
+      other.index = await other.store.restore(async function* () {
+        yield* chunks;
+      });
+      expectError(await other.apply(vote), 'INVALID');
+      await other.reopen();
+      assert.deepEqual((await other.store.load(ST, oid(1))).data, data('v1'));
+    });
+
     it('restores into a fresh store with identical reads and applied index', async function () {
       await populate();
       const snap = t.store.snapshot();
