@@ -374,12 +374,19 @@ export class Raft {
       voteType = MessageType.Vote;
       term = this.term;
     }
-    this.votes.set(this.id, true);
-    if (this.pollResult() === 'won') {
-      // Single voter: won already.
-      if (kind === 'pre') this.campaign('election');
-      else this.winElection();
-      return;
+    if (kind === 'pre') {
+      // A pre-vote changes nothing durable: our own counts at once.
+      this.votes.set(this.id, true);
+      if (this.pollResult() === 'won') {
+        this.campaign('election'); // single voter
+        return;
+      }
+    } else {
+      // Our own vote counts only once the new term and the vote for ourselves are durable: the
+      // answer to ourselves travels in msgsAfterAppend and RawNode steps it back in at
+      // advance(), after the host persisted the Ready (as etcd does). Counting it earlier lets a
+      // node win an election whose term it then loses in a crash, and vote again in that term.
+      this.send(emptyMessage(MessageType.VoteResp, this.id, this.id));
     }
     for (const id of this.conf.voters) {
       if (id === this.id) continue;
@@ -509,7 +516,10 @@ export class Raft {
         const res = this.pollResult();
         if (res === 'won') {
           if (this.state === 'precandidate') this.campaign('election');
-          else this.winElection();
+          // A majority of others is not enough while our own term and vote are not durable: a
+          // crash now would restart us in the older term, free to campaign for this term again
+          // with a different log. The win comes with our own vote, at advance().
+          else if (this.votes.get(this.id) === true) this.winElection();
         } else if (res === 'lost') {
           this.becomeFollower(this.term, '');
         }

@@ -28,7 +28,7 @@ export type BasicStatus = Omit<RaftStatus, 'conf' | 'progress' | 'leadTransferee
  *        durable on a quorum, so this may overlap 3;
  *     3. persist rd.snapshot (if any, after installing its data), rd.hardState and rd.entries;
  *     4. send rd.messagesAfterAppend (only now: they vouch for what 3 wrote);
- *     5. advance(rd);
+ *     5. advance(rd) (a candidate's own vote counts only now: its term and vote are durable).
  *   }
  *
  * Between ready() and advance() no other Ready is produced. All methods are synchronous and
@@ -39,6 +39,8 @@ export class RawNode {
   private prevSoft: SoftState;
   private prevHard: HardState;
   private outstanding: Ready | undefined;
+  /** Messages the outstanding Ready addresses to this node, stepped in by advance(). */
+  private stepsOnAdvance: Message[] = [];
 
   constructor(cfg: RaftConfig) {
     validateConfig(cfg);
@@ -126,7 +128,7 @@ export class RawNode {
       entries,
       committedEntries: r.log.nextCommittedEnts(MAX_COMMITTED_BYTES_PER_READY),
       messages: r.msgs,
-      messagesAfterAppend: r.msgsAfterAppend,
+      messagesAfterAppend: r.msgsAfterAppend.filter((m) => m.to !== r.id),
       readStates: r.readStates,
       mustSync: false,
     };
@@ -144,6 +146,7 @@ export class RawNode {
       rd.snapshot !== undefined ||
       hard.term !== this.prevHard.term ||
       hard.vote !== this.prevHard.vote;
+    this.stepsOnAdvance = r.msgsAfterAppend.filter((m) => m.to === r.id);
     r.msgs = [];
     r.msgsAfterAppend = [];
     r.readStates = [];
@@ -172,6 +175,10 @@ export class RawNode {
       log.appliedTo(rd.snapshot.index);
     }
     this.outstanding = undefined;
+    // Answers to ourselves (a candidate's own vote) count only now that rd is durable.
+    const steps = this.stepsOnAdvance;
+    this.stepsOnAdvance = [];
+    for (const m of steps) this.raft.step(m);
     this.raft.onPersisted();
   }
 

@@ -49,6 +49,30 @@ describe('§5.2 leader election', () => {
     assert.equal(resp?.reject, true);
   });
 
+  it('a candidate wins only once its own term and vote are durable, whatever others grant', () => {
+    const opts = { preVote: false, checkQuorum: false };
+    const net = new Network(['a', 'b', 'c'], opts);
+    const a = net.node('a');
+    while (a.raw.status().role !== 'candidate') a.raw.tick();
+    const rd = a.raw.ready(); // the write of {term 2, vote a} is in flight from here on
+    assert.equal(rd.hardState?.term, 2);
+    assert.equal(rd.hardState?.vote, 'a');
+    assert.ok(rd.mustSync);
+    assert.deepEqual(rd.messagesAfterAppend, [], 'its own vote is not sent to the network');
+    for (const m of rd.messages) net.deliver(m);
+    for (const id of ['b', 'c']) net.processReady(net.node(id));
+    const grants = net.queue.filter((m) => m.type === MessageType.VoteResp && !m.reject);
+    assert.equal(grants.length, 2);
+    for (const m of grants) net.deliver(m);
+    // Both others granted: a majority without a. Not durable yet, so not a leader yet: a crash
+    // now restarts a in term 1, free to campaign for term 2 again with another log.
+    assert.equal(a.raw.status().role, 'candidate');
+    a.storage.setHardState(rd.hardState!);
+    a.raw.advance(rd);
+    assert.equal(a.raw.status().role, 'leader');
+    assert.equal(a.raw.status().term, 2);
+  });
+
   it('a single voter elects itself and commits its own entries', () => {
     const net = new Network(['solo']);
     net.campaign('solo');

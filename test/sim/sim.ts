@@ -91,6 +91,8 @@ interface SimNode {
   retired: boolean;
   raw?: RawNode;
   pending?: Ready;
+  /** pending's `messages` already left (as the production host sends them before persisting). */
+  pendingSent?: boolean;
   sm: SmState;
   /** Snapshot data received from the network, awaiting the core's decision (volatile). */
   staged: Map<number, SmState>;
@@ -568,13 +570,19 @@ class Sim {
         if (!raw.hasReady()) return;
         n.pending = raw.ready();
         this.checkNewEntries(n, n.pending);
+        // Half the time rd.messages leave at once and the Ready is persisted later, with
+        // answers (votes, acknowledgements) stepped in meanwhile, as in the production host.
+        n.pendingSent = this.faults && this.rng.nextFloat() < 0.5;
+        if (n.pendingSent) for (const m of n.pending.messages) this.send(n, m);
       }
       // Persist at a random later point: a crash before it loses the whole Ready.
       if (this.faults && this.rng.nextFloat() >= this.persistRate) return;
       const rd = n.pending;
+      const sent = n.pendingSent === true;
       n.pending = undefined;
+      n.pendingSent = undefined;
       const before = n.storage.hardState();
-      this.persistAndApply(n, rd);
+      this.persistAndApply(n, rd, sent);
       // Adversarial crash point: right after a vote for another node was made durable and sent.
       const voted =
         rd.hardState !== undefined &&
@@ -621,13 +629,13 @@ class Sim {
     }
   }
 
-  private persistAndApply(n: SimNode, rd: Ready): void {
+  private persistAndApply(n: SimNode, rd: Ready, sent: boolean): void {
     const raw = n.raw!;
     // rd.messages may leave before the Ready is durable (the core's contract: a leader counts
     // itself only after advance(), acknowledgements and votes come in messagesAfterAppend); a
     // crash in between loses the Ready although its messages are out.
-    const earlySend = this.faults && this.rng.nextFloat() < 0.5;
-    if (earlySend) {
+    const earlySend = sent || (this.faults && this.rng.nextFloat() < 0.5);
+    if (earlySend && !sent) {
       for (const m of rd.messages) this.send(n, m);
       if (this.rng.nextFloat() < this.crashNewLeaderRate) {
         this.crash(n);
@@ -745,6 +753,13 @@ class Sim {
         this.leaderOfTerm.set(s.term, n.id);
         this.stats.leaders++;
       }
+      // A leader acts only on an election that survives a crash: its term and its vote for
+      // itself are on its disk (otherwise it can restart in an older term and vote again).
+      const durable = n.storage.hardState();
+      if (durable.term !== s.term || durable.vote !== n.id)
+        fail(
+          `${n.id} leads term ${s.term} on an election that is not durable (disk: term ${durable.term}, vote '${durable.vote}')`,
+        );
       if (this.lastLeaderSeen.get(n.id) !== s.term) {
         this.lastLeaderSeen.set(n.id, s.term);
         this.checkLeaderCompleteness(n, s.firstIndex);

@@ -155,6 +155,8 @@ interface SNode {
   keepEntries: number;
   // Volatile (lost by a crash):
   host?: RaftHost;
+  /** The durable log: its `mem` holds only what was written (synced when the Ready said so). */
+  log?: DurableLog;
   store?: ObjectStore;
   db?: MemoryLevel<Buffer, Buffer>;
   /** Client operations proposed through this node's host and not yet answered. */
@@ -496,6 +498,7 @@ class StorageSim {
       },
     );
     n.host = host;
+    n.log = log;
     n.store = store;
     n.db = db;
     n.state = 'up';
@@ -1050,6 +1053,13 @@ class StorageSim {
         this.leaderOfTerm.set(s.term, n.id);
         this.stats.leaders++;
       }
+      // A leader acts only on an election that survives a crash: its term and its vote for
+      // itself are in its log's hard state, which the host records only once written (synced).
+      const durable = n.log!.mem.hardState();
+      if (durable.term !== s.term || durable.vote !== n.id)
+        fail(
+          `${n.id} leads term ${s.term} on an election that is not durable (log: term ${durable.term}, vote '${durable.vote}')`,
+        );
     }
   }
 
