@@ -1,5 +1,5 @@
 # Every target installs dependencies first when node_modules is missing, so each works on a fresh clone.
-.PHONY: all deps build test lint cluster bench sim clean zodb-suites
+.PHONY: all deps build test lint cluster bench sim clean zodb-suites zodb-venv
 
 all: build
 
@@ -34,6 +34,8 @@ $(ZODB_VENV)/.installed: test/zodb/requirements.txt
 	$(ZODB_PYTHON) -m venv $(ZODB_VENV)
 	$(ZODB_VENV)/bin/pip install --quiet --disable-pip-version-check -r test/zodb/requirements.txt
 	touch $@
+
+zodb-venv: $(ZODB_VENV)/.installed
 
 zodb-suites: build $(ZODB_VENV)/.installed
 	$(ZODB_VENV)/bin/python test/zodb/run_suites.py

@@ -8,6 +8,8 @@
  *   --objects N        objects loaded by the memory workload (default 1,000,000)
  *   --duration S       seconds per measured point (default 10; --quick: 2)
  *   --compare etcd     run the same workloads against etcd too (needs the `etcd` binary)
+ *   --compare zeo      the ZEO door against a real ZEO server instead (commit,loads,watch,hot;
+ *                      needs .venv-zodb: `make zodb-venv`; --duration defaults to 3 s)
  *   --profile          run the ZeoRaft nodes under --cpu-prof and print their hottest functions
  */
 import { execFileSync } from 'node:child_process';
@@ -21,6 +23,7 @@ import { summarizeProfiles } from './lib/profile';
 import type { Target } from './lib/target';
 import { ZeoRaftTarget } from './lib/zeoraft';
 import * as w from './workloads';
+import { ZEO_SIZES, ZEO_WORKLOADS, type ZeoWorkload, compareZeo } from './zeo/compare';
 
 const WORKLOADS = ['commit', 'conflicts', 'loads', 'fanout', 'failover', 'memory'] as const;
 type Workload = (typeof WORKLOADS)[number];
@@ -44,6 +47,7 @@ function parse(): {
   only: Workload[];
   sizes: w.Sizes;
   compare: boolean;
+  zeo?: { only: ZeoWorkload[]; durationS: number; warmupS: number };
   profile: boolean;
   quick: boolean;
 } {
@@ -57,15 +61,20 @@ function parse(): {
       profile: { type: 'boolean', default: false },
     },
   });
-  const only = (
-    values.only ? values.only.split(',').map((s) => s.trim()) : [...WORKLOADS]
-  ) as Workload[];
-  for (const o of only)
-    if (!WORKLOADS.includes(o))
-      throw new Error(`unknown workload ${o}; choose from ${WORKLOADS.join(', ')}`);
-  if (values.compare !== undefined && values.compare !== 'etcd')
-    throw new Error('--compare takes only "etcd"');
+  if (values.compare !== undefined && values.compare !== 'etcd' && values.compare !== 'zeo')
+    throw new Error('--compare takes "etcd" or "zeo"');
   const quick = values.quick ?? false;
+  const names: readonly string[] = values.compare === 'zeo' ? ZEO_WORKLOADS : WORKLOADS;
+  const chosen = values.only ? values.only.split(',').map((s) => s.trim()) : [...names];
+  for (const o of chosen)
+    if (!names.includes(o))
+      throw new Error(`unknown workload ${o}; choose from ${names.join(', ')}`);
+  const zeoDurationS = values.duration ? Number(values.duration) : quick ? 1 : 3;
+  const zeo =
+    values.compare === 'zeo'
+      ? { only: chosen as ZeoWorkload[], durationS: zeoDurationS, warmupS: quick ? 0.5 : 1 }
+      : undefined;
+  const only = (zeo ? [] : chosen) as Workload[];
   const durationS = values.duration ? Number(values.duration) : quick ? 1 : 10;
   const objects = values.objects ? Number(values.objects) : quick ? 5000 : 1_000_000;
   if (!(durationS > 0)) throw new Error('--duration must be a positive number of seconds');
@@ -74,6 +83,7 @@ function parse(): {
     only,
     quick,
     compare: values.compare === 'etcd',
+    zeo,
     profile: values.profile ?? false,
     sizes: {
       durationMs: durationS * 1000,
@@ -237,9 +247,9 @@ function fmt(v: number | undefined): string {
   return v.toFixed(2);
 }
 
-function table(rs: Row[], withEtcd: boolean): string {
+function table(rs: Row[], withEtcd: boolean, other = 'etcd'): string {
   const header = withEtcd
-    ? ['workload', 'metric', 'zeoraft', 'etcd', 'zeoraft/etcd', 'better']
+    ? ['workload', 'metric', 'zeoraft', other, `zeoraft/${other}`, 'better']
     : ['workload', 'metric', 'zeoraft'];
   const body = rs.map((r) => {
     const unit = r.unit ? ` ${r.unit}` : '';
@@ -273,8 +283,39 @@ function gitHead(): string | undefined {
   }
 }
 
+/** `--compare zeo`: the ZEO door beside a real ZEO server (bench/zeo/compare.ts). */
+async function mainZeo(opts: NonNullable<ReturnType<typeof parse>['zeo']>): Promise<void> {
+  const started = new Date();
+  const r = await compareZeo(opts.only, { ...ZEO_SIZES, ...opts });
+  const rs: Row[] = r.rows.map((x) => ({ ...x, etcd: x.zeo }));
+  process.stdout.write(`\n${table(rs, true, 'zeo')}\n`);
+  process.stdout.write(
+    `\nSame Python client (ZEO.ClientStorage) for both; ZeoRaft clients spread over its three ` +
+      `nodes' ZEO ports; ZEO is runzeo over a FileStorage. ${opts.durationS} s per point after ` +
+      `${opts.warmupS} s of warm-up.\n`,
+  );
+  const result = {
+    startedAt: started.toISOString(),
+    finishedAt: new Date().toISOString(),
+    host: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, node: process.version },
+    gitCommit: gitHead(),
+    options: opts,
+    ...r,
+  };
+  fs.mkdirSync(RESULTS_DIR, { recursive: true });
+  const file = path.join(RESULTS_DIR, `zeo-${started.toISOString().replace(/[:.]/g, '-')}.json`);
+  fs.writeFileSync(file, JSON.stringify(result, null, 2));
+  process.stdout.write(`\nresults: ${path.relative(process.cwd(), file)}\n`);
+  const failed = [r.zeoraft, r.zeo].some((x) => x && (x.error || x.points.some((p) => p.error)));
+  if (failed) {
+    process.stdout.write('\nsome points failed; see the JSON file\n');
+    process.exitCode = 1;
+  }
+}
+
 async function main(): Promise<void> {
   const opts = parse();
+  if (opts.zeo) return mainZeo(opts.zeo);
   const started = new Date();
   let compare = opts.compare;
   const etcdVer = compare ? etcdVersion() : undefined;

@@ -29,12 +29,16 @@ interface Member {
   clientPort: number;
   peerPort: number;
   httpPort: number;
+  /** The ZEO listener's port (ZeoRaftOptions.zeo), else 0. */
+  zeoPort: number;
   child?: Child;
 }
 
 export interface ZeoRaftOptions {
   /** Run nodes under `node --cpu-prof` writing profiles here (stop() then uses SIGTERM). */
   cpuProfileDir?: string;
+  /** Open each node's ZEO listener on a free port (see zeoAddress). */
+  zeo?: boolean;
 }
 
 export class ZeoRaftTarget implements Target {
@@ -60,6 +64,7 @@ export class ZeoRaftTarget implements Target {
         clientPort: await pickFreePort(),
         peerPort: await pickFreePort(),
         httpPort: await pickFreePort(),
+        zeoPort: this.options.zeo ? await pickFreePort() : 0,
       });
     await Promise.all(this.members.map((_, i) => this.restart(i)));
     await this.leader();
@@ -78,6 +83,7 @@ export class ZeoRaftTarget implements Target {
       ZEORAFT_PEERS: peers,
       ZEORAFT_CLUSTER_KEY: this.clusterKey,
       ZEORAFT_LOG_LEVEL: process.env.ZEORAFT_LOG_LEVEL ?? 'warn',
+      ...(m.zeoPort ? { ZEORAFT_ZEO_LISTEN: `127.0.0.1:${m.zeoPort}` } : {}),
     };
   }
 
@@ -143,6 +149,13 @@ export class ZeoRaftTarget implements Target {
       this.rpcs.set(k, r);
     }
     return r;
+  }
+
+  /** host:port of a node's ZEO listener (started with the `zeo` option). */
+  zeoAddress(node: number): string {
+    const port = this.members[node].zeoPort;
+    if (!port) throw new Error('the ZEO listeners were not turned on (ZeoRaftOptions.zeo)');
+    return `127.0.0.1:${port}`;
   }
 
   address(node: number): string {
