@@ -18,6 +18,8 @@ export interface StoreOp {
   dataTid?: Uint8Array;
   /** The references of `data` are unknown: pack collects no garbage while the revision exists. */
   opaque?: boolean;
+  /** Resolve a conflict on the server when `data` is a class with a fixed rule (zodb-resolve.ts). */
+  resolve?: boolean;
 }
 export interface CheckOp {
   oid: Uint8Array;
@@ -86,6 +88,13 @@ export interface PreparedRecord {
   index?: number;
   reserve?: boolean;
   votedDeadlineMs?: number;
+  /** Stores resolved on the server: a shared lock, and `committed + delta` written at finish. */
+  resolved?: ResolvedStore[];
+}
+export interface ResolvedStore {
+  oid: Uint8Array;
+  /** Decimal. */
+  delta: string;
 }
 export interface StorageMeta {
   lastTid?: Uint8Array;

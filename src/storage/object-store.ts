@@ -10,7 +10,9 @@
  * - applied indexes strictly increase; apply is never re-entered;
  * - the global last TID strictly increases with every transaction;
  * - an object's current serial is the TID of its newest revision;
- * - an object is locked by at most one voted transaction, and only voted transactions hold locks.
+ * - an object is locked by at most one voted transaction, or shared by voted transactions whose
+ *   stores of it are resolved on the server (zodb-resolve.ts), never both; only voted transactions
+ *   hold locks.
  *
  * Snapshot install (`restore`) is all-or-nothing across crashes: the snapshot is validated in full
  * before the state is touched, then written beside the current state (staged, under key prefix X)
@@ -54,6 +56,7 @@ import {
 } from './codec';
 import { StorageError } from './errors';
 import * as K from './keys';
+import { PickleStateError, applyLengthDelta, lengthDelta, readLengthRecord } from './zodb-resolve';
 
 type Db = Level<Buffer, Buffer>;
 type BatchOp = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer };
@@ -176,7 +179,10 @@ export interface PreparedSummary {
   storage: string;
   txnId: string;
   deadlineMs: number;
+  /** Objects it locks exclusively. */
   oids: Buffer[];
+  /** Objects whose lock it shares with other resolved stores of them (PreparedRecord.resolved). */
+  sharedOids?: Buffer[];
 }
 
 /** The C-record value: the current serial and whether the current revision is a deletion. */
@@ -256,6 +262,8 @@ export class ObjectStore {
   private batchesLanded = 0;
   /** lockKey(storage, oid) -> voted transaction id holding it. */
   private readonly locks = new Map<string, string>();
+  /** lockKey(storage, oid) -> voted transactions sharing it (resolved stores); never empty. */
+  private readonly sharedLocks = new Map<string, Set<string>>();
   private readonly prepared = new Map<string, PreparedSummary>();
   private readonly memberMap = new Map<string, MemberRecord>();
   private applying = false;
@@ -416,6 +424,7 @@ export class ObjectStore {
   private async loadState(publish = true): Promise<void> {
     this.metas.clear();
     this.locks.clear();
+    this.sharedLocks.clear();
     this.prepared.clear();
     this.memberMap.clear();
     for await (const [key, value] of this.db.iterator({
@@ -481,17 +490,30 @@ export class ObjectStore {
   }
 
   private holdLocks(st: string, txnId: string, rec: PreparedRecord): void {
-    const oids = [...(rec.txn.stores ?? []), ...(rec.txn.checks ?? [])].map((s) => buf(s.oid));
+    const resolved = new Set((rec.resolved ?? []).map((r) => hex(r.oid)));
+    const all = [...(rec.txn.stores ?? []), ...(rec.txn.checks ?? [])].map((s) => buf(s.oid));
+    const oids = all.filter((oid) => !resolved.has(hex(oid)));
+    const sharedOids = all.filter((oid) => resolved.has(hex(oid)));
+    assert(sharedOids.length === resolved.size, `resolved stores of ${txnId} not in its stores`);
     for (const oid of oids) {
       const k = lockKey(st, oid);
       assert(!this.locks.has(k), `object ${hex(oid)} locked twice`);
+      assert(!this.sharedLocks.has(k), `object ${hex(oid)} locked while shared`);
       this.locks.set(k, txnId);
+    }
+    for (const oid of sharedOids) {
+      const k = lockKey(st, oid);
+      assert(!this.locks.has(k), `object ${hex(oid)} shared while locked`);
+      const holders = this.sharedLocks.get(k) ?? new Set<string>();
+      holders.add(txnId);
+      this.sharedLocks.set(k, holders);
     }
     this.prepared.set(`${st}\0${txnId}`, {
       storage: st,
       txnId,
       deadlineMs: rec.deadlineMs ?? 0,
       oids,
+      ...(sharedOids.length ? { sharedOids } : {}),
     });
   }
 
@@ -502,6 +524,12 @@ export class ObjectStore {
       const k = lockKey(st, oid);
       assert(this.locks.get(k) === txnId, `lock of ${hex(oid)} not held by ${txnId}`);
       this.locks.delete(k);
+    }
+    for (const oid of p.sharedOids ?? []) {
+      const k = lockKey(st, oid);
+      const holders = this.sharedLocks.get(k);
+      assert(holders && holders.delete(txnId), `shared lock of ${hex(oid)} not held by ${txnId}`);
+      if (holders.size === 0) this.sharedLocks.delete(k);
     }
     this.prepared.delete(`${st}\0${txnId}`);
   }
@@ -705,11 +733,16 @@ export class ObjectStore {
     }
   }
 
-  /** Conflict-check every store and check of `txn`; objects locked by another transaction fail with LOCKED. */
+  /**
+   * Conflict-check every store and check of `txn`; objects locked by another transaction fail with
+   * LOCKED. Stores in `resolved` (hex OIDs) share their lock with other resolved stores and are
+   * not serial-checked (they are resolved on the server at finish).
+   */
   private async checkTxn(
     txn: Txn,
     ownTxnId: string | undefined,
     locksOnly = false,
+    resolved?: Set<string>,
   ): Promise<Map<string, { serial: Buffer; deleted: boolean }>> {
     const current = new Map<string, { serial: Buffer; deleted: boolean }>();
     const st = txn.storage;
@@ -723,11 +756,16 @@ export class ObjectStore {
       if (holder !== undefined && holder !== ownTxnId) {
         throw new StorageError('LOCKED', `object ${hex(oid)} is locked by a voted transaction`);
       }
+      const isResolved = resolved?.has(hex(oid)) === true;
+      const sharers = this.sharedLocks.get(lockKey(st, oid));
+      if (!isResolved && sharers && [...sharers].some((t) => t !== ownTxnId)) {
+        throw new StorageError('LOCKED', `object ${hex(oid)} is locked by a voted transaction`);
+      }
       const cur = await this.read(K.currentKey(st, oid));
       const c = cur ? parseCurrent(cur) : { serial: Z64, deleted: false };
       current.set(hex(oid), c);
       const expected = serialOf(op.serial);
-      if (!locksOnly && !idEquals(expected, c.serial)) {
+      if (!locksOnly && !isResolved && !idEquals(expected, c.serial)) {
         const currentData =
           c.deleted || !cur ? undefined : await this.revisionData(st, oid, c.serial);
         throw new StorageError(
@@ -839,12 +877,19 @@ export class ObjectStore {
           `transaction id ${p.txnId} is already voted with a different content; a new transaction needs a new id`,
         );
     }
-    await this.checkTxn(p.txn, again ? p.txnId : undefined, p.reserve === true);
+    const resolved = p.reserve ? [] : await this.resolvableStores(p.txn);
+    await this.checkTxn(
+      p.txn,
+      again ? p.txnId : undefined,
+      p.reserve === true,
+      new Set(resolved.map((r) => hex(r.oid))),
+    );
     // Voting again keeps the first vote's deadline, so the locks are never renewed past it.
     const deadlineMs = earlier?.deadlineMs ? Number(earlier.deadlineMs) : (p.deadlineMs ?? 0);
     const votedDeadlineMs = earlier ? votedDeadline(earlier) : deadlineMs;
     const rec: PreparedRecord = { txn: p.txn, deadlineMs, votedDeadlineMs };
     if (p.reserve) rec.reserve = true;
+    if (resolved.length) rec.resolved = resolved;
     ops.push({ type: 'put', key: K.preparedKey(st, p.txnId), value: preparedCodec.encode(rec) });
     // Locks are taken now (not after the write) so that the next command applied sees them.
     if (again) this.releaseLocks(st, p.txnId);
@@ -872,18 +917,71 @@ export class ObjectStore {
         'UNKNOWN_TRANSACTION',
         `transaction ${f.txnId} holds a reservation and was not voted`,
       );
+    const txn = rec.resolved?.length ? await this.resolveAtFinish(st, f.txnId, rec) : rec.txn;
     // Locked since the vote, so the conflict check cannot fail: a failure here is a bug.
-    const current = await this.checkTxn(rec.txn, f.txnId).catch((e: unknown) => {
+    const shared = new Set((rec.resolved ?? []).map((r) => hex(r.oid)));
+    const current = await this.checkTxn(txn, f.txnId, false, shared).catch((e: unknown) => {
       throw new Error(
         `voted transaction ${f.txnId} no longer passes its conflict check: ${String(e)}`,
       );
     });
-    const result = await this.applyCommit(rec.txn, f.tid, ops, after, current);
+    const result = await this.applyCommit(txn, f.tid, ops, after, current);
     assert(result.ok && result.tid, 'finish of a voted transaction must commit');
     ops.push({ type: 'del', key: K.preparedKey(st, f.txnId) });
     ops.push({ type: 'put', key: K.finishedKey(st, f.txnId), value: result.tid });
     this.releaseLocks(st, f.txnId);
     return result;
+  }
+
+  /**
+   * The stores of a vote that are resolved on the server (StoreOp.resolve): those whose data, the
+   * revision they are based on and the object's current revision are all BTrees.Length records.
+   * Others stay ordinary stores (a conflict on them goes back to the client). Reads only
+   * replicated state, so every replica decides alike.
+   */
+  private async resolvableStores(txn: Txn): Promise<{ oid: Buffer; delta: string }[]> {
+    const out: { oid: Buffer; delta: string }[] = [];
+    for (const s of txn.stores ?? []) {
+      if (!s.resolve || s.delete || !s.data || idEquals(serialOf(s.serial), Z64)) continue;
+      const oid = buf(s.oid);
+      const base = await this.revisionData(txn.storage, oid, serialOf(s.serial));
+      const cur = await this.read(K.currentKey(txn.storage, oid));
+      if (!base || !cur || parseCurrent(cur).deleted) continue;
+      const committed = await this.revisionData(txn.storage, oid, parseCurrent(cur).serial);
+      if (!committed) continue;
+      try {
+        readLengthRecord(committed);
+        out.push({ oid, delta: lengthDelta(base, s.data).toString() });
+      } catch (e) {
+        if (!(e instanceof PickleStateError)) throw e;
+      }
+    }
+    return out;
+  }
+
+  /**
+   * A voted transaction's stores with its resolved ones rewritten against the committed state:
+   * the current value moved on by the transaction's change, based on the current serial. Cannot
+   * fail: only resolved stores (always Length records) change an object while it is shared.
+   */
+  private async resolveAtFinish(st: string, txnId: string, rec: PreparedRecord): Promise<Txn> {
+    const deltas = new Map((rec.resolved ?? []).map((r) => [hex(r.oid), BigInt(r.delta)]));
+    const stores: StoreOp[] = [];
+    for (const s of rec.txn.stores ?? []) {
+      const delta = deltas.get(hex(s.oid));
+      if (delta === undefined) {
+        stores.push(s);
+        continue;
+      }
+      const oid = buf(s.oid);
+      const cur = await this.read(K.currentKey(st, oid));
+      assert(cur && !parseCurrent(cur).deleted, `resolved object ${hex(oid)} of ${txnId} is gone`);
+      const serial = parseCurrent(cur).serial;
+      const committed = await this.revisionData(st, oid, serial);
+      assert(committed, `resolved object ${hex(oid)} of ${txnId} has no current data`);
+      stores.push({ ...s, serial, data: applyLengthDelta(committed, buf(s.data), delta) });
+    }
+    return { ...rec.txn, stores };
   }
 
   /** A new deadline for a voted transaction; a no-op once it was finished or aborted. */

@@ -3,7 +3,9 @@
  * Reads come from the node's applied state (after waiting for it to reach the client's view);
  * writes are replicated commands: tpc_begin/storea/... collect a transaction locally, `vote` is the
  * replicated prepare (the objects are then locked on every node), `tpc_finish` the replicated
- * finish. Conflicts found at vote are returned for client-side resolution, as ZEO 5 does with
+ * finish. Conflicts on ZODB classes whose resolution rule is fixed (BTrees.Length) are resolved on
+ * the server as ZEO does in its default mode, by code of our own (storage/zodb-resolve.ts); other
+ * conflicts found at vote are returned for client-side resolution, as ZEO 5 does with
  * `client-conflict-resolution` on: the server never runs application code.
  */
 import { randomUUID } from 'node:crypto';
@@ -12,6 +14,7 @@ import type { Command, StoreOp, CheckOp, Txn } from '../storage/codec';
 import type { ApplyResult, CommitEvent, TransactionInfo, UndoPlan } from '../storage/object-store';
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import { StorageError } from '../storage/errors';
+import { isLengthRecord } from '../storage/zodb-resolve';
 import type { StorageNode } from '../server/node';
 import { Limits, type Reservation } from '../server/limits';
 import { VOTE_LEASE_MS } from '../server/config';
@@ -390,7 +393,10 @@ export class ZeoSession {
         const oid = idArg(a[0], 'oid');
         const data = bytesArg(a[2], 'data');
         this.charge(t, t.stores.get(hex(oid)), 16 + data.length);
-        t.stores.set(hex(oid), { oid, serial: baseSerialArg(a[1]), data, ...references(data) });
+        const op: StoreOp = { oid, serial: baseSerialArg(a[1]), data, ...references(data) };
+        // Resolved on the server if it conflicts (a ZEO server's default mode), see vote().
+        if (isLengthRecord(data)) op.resolve = true;
+        t.stores.set(hex(oid), op);
         this.stats.stores++;
       });
     },
@@ -968,7 +974,9 @@ export class ZeoSession {
             t.voted = true;
             t.reserved = false;
             this.renewLease(t);
-            return undone;
+            // Stores the server may resolve at finish: the client must not cache its own data for
+            // them (ZEO's vote answer: OIDs the server changed).
+            return [...undone, ...this.serverResolved(t)];
           }
           const e = r.error;
           const c = e.conflict;
@@ -1010,11 +1018,21 @@ export class ZeoSession {
     }
   }
 
-  /** ZEO's conflict answers for the stores whose base serial is older than the current one. */
+  /** Stores of existing objects that the server resolves if they conflict (StoreOp.resolve). */
+  private serverResolved(t: PendingTxn): Buffer[] {
+    return [...t.stores.values()]
+      .filter((op) => op.resolve && idCompare(op.serial ?? Z64, Z64) !== 0)
+      .map((op) => op.oid as Buffer);
+  }
+
+  /**
+   * ZEO's conflict answers for the stores whose base serial is older than the current one, except
+   * those the server resolves (if it cannot after all, the vote's prepare answers the conflict).
+   */
   private async conflicts(t: PendingTxn): Promise<Record<string, unknown>[]> {
     const out: Record<string, unknown>[] = [];
     for (const op of t.stores.values()) {
-      if (op.delete) continue;
+      if (op.delete || op.resolve) continue;
       const cur = await this.node.store.currentSerial(this.st, op.oid as Buffer);
       if (idCompare(cur, op.serial ?? Z64) > 0) out.push(this.conflictDict(op, cur));
     }

@@ -6,6 +6,7 @@
  * that outlive their client or node.
  */
 import * as assert from 'node:assert/strict';
+import { readLengthRecord } from '../../src/storage/zodb-resolve';
 import { Z64, hex, idCompare, p64, tidToTime, u64 } from '../../src/util/ids';
 import { NodeProcess, eventually, freePort, rmDir, sleep, tmpDir } from '../harness';
 import { ServerError, ZeoClient } from './zeo-client';
@@ -35,6 +36,13 @@ const rootOf = (oid: Buffer): Buffer =>
 const leaf = (n: number): Buffer =>
   Buffer.from(
     `${CLASS_PICKLE}80037d710258040000006461746171037d710458010000006e71054b${n.toString(16).padStart(2, '0')}73732e`,
+    'hex',
+  );
+
+/** A BTrees.Length record as ZODB 6 writes it (class pickle, then the int state), 0 <= n < 256. */
+const lengthRecord = (n: number): Buffer =>
+  Buffer.from(
+    `8003634254726565732e4c656e6774680a4c656e6774680a71002e80034b${n.toString(16).padStart(2, '0')}2e`,
     'hex',
   );
 
@@ -107,7 +115,7 @@ describe('ZEO door: what the ZODB and ZEO storage suites expect', function () {
           ZEORAFT_PEER_LISTEN: `127.0.0.1:${m.peer}`,
           ZEORAFT_ZEO_LISTEN: `127.0.0.1:${m.zeo}`,
           ZEORAFT_PEERS: peers,
-          ZEORAFT_STORAGES: '1,misc,undo,gc,opaque,order,reserve,lease',
+          ZEORAFT_STORAGES: '1,misc,undo,gc,opaque,order,reserve,lease,hot',
           // Far longer than any wait below: a vote released in time was released by its lease.
           ZEORAFT_TXN_TIMEOUT_MS: '120000',
           ZEORAFT_LOCK_WAIT_MS: '3000',
@@ -333,6 +341,40 @@ describe('ZEO door: what the ZODB and ZEO storage suites expect', function () {
     assert.equal(late.length, 1, 'the competitor meets the new data as a conflict');
     assert.deepEqual(late[0].serials.map(buf), [t3, t2]);
     await d.call('tpc_abort', id2);
+  });
+
+  it('resolves conflicting BTrees.Length changes on the server, as a ZEO server by default: concurrent votes all commit', async () => {
+    const cs = [await connect(members[0], 'hot'), await connect(members[1], 'hot')];
+    cs.push(await connect(members[2], 'hot'));
+    const oid = await newOid(cs[0]);
+    const t1 = await commit(cs[0], [[oid, Z64, lengthRecord(5)]]);
+    // Three clients on three nodes add 1, 3 and 10 to the value 5 they read; all vote at once.
+    const ids = cs.map((c) => begin(c));
+    [6, 8, 15].forEach((v, i) => cs[i].oneWay('storea', oid, t1, lengthRecord(v), ids[i]));
+    const votes = await Promise.all(cs.map((c, i) => c.call('vote', ids[i])));
+    // No conflict for the client to resolve; the object is named as changed by the server, so the
+    // client does not cache its own data for it.
+    for (const v of votes) assert.deepEqual(v.map(buf), [oid]);
+    const tids = await Promise.all(cs.map((c, i) => c.call('tpc_finish', ids[i])));
+    assert.equal(new Set(tids.map((t: Uint8Array) => hex(buf(t)))).size, 3);
+    // Read on every node after the last of them (a client that saw it gets at least that state).
+    const after = p64(
+      [...tids].map((t: Uint8Array) => u64(buf(t))).reduce((x, y) => (x > y ? x : y)) + 1n,
+    );
+    for (const c of cs) {
+      const [data, start] = await c.call('loadBefore', oid, after);
+      assert.equal(readLengthRecord(buf(data)).value, 5n + 1n + 3n + 10n);
+      assert.equal(u64(buf(start)), u64(after) - 1n);
+    }
+    // Anything else that conflicts still goes back to the client.
+    const m = await newOid(cs[0]);
+    const s1 = await commit(cs[0], [[m, Z64, leaf(1)]]);
+    const s2 = await commit(cs[0], [[m, s1, leaf(2)]]);
+    const id = begin(cs[0]);
+    cs[0].oneWay('storea', m, s1, leaf(3), id);
+    const conflicts = await cs[0].call('vote', id);
+    assert.deepEqual(conflicts[0].serials.map(buf), [s2, s1]);
+    await cs[0].call('tpc_abort', id);
   });
 
   it('aborts on every node the vote of a client that went away', async () => {

@@ -1,0 +1,308 @@
+/**
+ * Server-side conflict resolution for the ZODB classes whose resolution rule is fixed, as a ZEO
+ * server does in its default mode — without running any application code. Today:
+ * `BTrees.Length.Length`, whose state is one Python int and whose `_p_resolveConflict(old, s1, s2)`
+ * is `s1 + s2 - old`: two concurrent `change(n)` calls both count.
+ *
+ * A ZODB data record is two pickles written by one pickler (ZODB.serialize): the class, then the
+ * state. This module reads exactly the shapes a Length record has — a class pickle naming
+ * `BTrees.Length` `Length` (GLOBAL or STACK_GLOBAL, protocols 0 to 5) and a state pickle holding
+ * one int — and nothing else: no opcode is executed, only these byte patterns are matched, and
+ * anything else is a PickleStateError. It writes the state pickle back as Python's pickler does
+ * (`save_long`), keeping the class pickle's bytes as they were.
+ */
+
+export class PickleStateError extends Error {
+  readonly code = 'ZODB_PICKLE_STATE';
+  constructor(message: string) {
+    super(message);
+    this.name = 'PickleStateError';
+  }
+}
+
+/** Digits (text ints) or bytes (binary longs) of a Length value read at most. */
+const INT_BYTES_MAX = 512;
+
+const LENGTH_MODULE = 'BTrees.Length';
+const LENGTH_NAME = 'Length';
+
+/** A BTrees.Length record, split into its class pickle (kept as is) and its value. */
+export interface LengthRecord {
+  /** The class pickle's bytes, STOP included. */
+  classPickle: Buffer;
+  /** The state pickle's protocol (its PROTO opcode; 0 or 1 without one, by its int opcode). */
+  proto: number;
+  value: bigint;
+}
+
+class Reader {
+  pos: number;
+  constructor(
+    readonly data: Buffer,
+    start: number,
+  ) {
+    this.pos = start;
+  }
+  get done(): boolean {
+    return this.pos >= this.data.length;
+  }
+  peek(): number {
+    if (this.pos >= this.data.length) throw new PickleStateError('truncated pickle');
+    return this.data[this.pos];
+  }
+  u8(): number {
+    const v = this.peek();
+    this.pos++;
+    return v;
+  }
+  take(n: number): Buffer {
+    if (n < 0 || this.pos + n > this.data.length) throw new PickleStateError('truncated pickle');
+    const b = this.data.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return b;
+  }
+  u32(): number {
+    return this.take(4).readUInt32LE(0);
+  }
+  line(maxBytes: number): string {
+    const end = this.data.indexOf(0x0a, this.pos);
+    if (end < 0 || end - this.pos > maxBytes) throw new PickleStateError('unterminated line');
+    const s = this.data.toString('latin1', this.pos, end);
+    this.pos = end + 1;
+    return s;
+  }
+}
+
+const PROTO = 0x80;
+const FRAME = 0x95;
+const STOP = 0x2e;
+const GLOBAL = 0x63;
+const STACK_GLOBAL = 0x93;
+const SHORT_BINUNICODE = 0x8c;
+const BINUNICODE = 0x58;
+const MEMOIZE = 0x94;
+const BINPUT = 0x71;
+const LONG_BINPUT = 0x72;
+const PUT = 0x70;
+const INT = 0x49;
+const LONG = 0x4c;
+const BININT = 0x4a;
+const BININT1 = 0x4b;
+const BININT2 = 0x4d;
+const LONG1 = 0x8a;
+const LONG4 = 0x8b;
+
+/** PROTO and FRAME at the start of a pickle; returns the protocol (undefined without PROTO). */
+function header(r: Reader): number | undefined {
+  let proto: number | undefined;
+  if (r.peek() === PROTO) {
+    r.u8();
+    proto = r.u8();
+    if (proto < 2 || proto > 5) throw new PickleStateError(`unknown pickle protocol ${proto}`);
+  }
+  if (r.peek() === FRAME) {
+    if (proto === undefined || proto < 4) throw new PickleStateError('FRAME before protocol 4');
+    r.take(8); // a length hint only; the opcodes that follow are read as usual
+  }
+  return proto;
+}
+
+/** An optional memo store of the value on top of the stack (harmless: nothing reads it back). */
+function skipMemo(r: Reader): void {
+  const op = r.peek();
+  if (op === MEMOIZE) r.u8();
+  else if (op === BINPUT) r.take(2);
+  else if (op === LONG_BINPUT) r.take(5);
+  else if (op === PUT) {
+    r.u8();
+    if (!/^\d{1,9}$/.test(r.line(10))) throw new PickleStateError('bad PUT index');
+  }
+}
+
+function unicode(r: Reader): string {
+  const op = r.u8();
+  if (op === SHORT_BINUNICODE) return r.take(r.u8()).toString('utf8');
+  if (op === BINUNICODE) {
+    const n = r.u32();
+    if (n > 64) throw new PickleStateError('class name too long');
+    return r.take(n).toString('utf8');
+  }
+  throw new PickleStateError(`not a class name: opcode 0x${op.toString(16)}`);
+}
+
+/** Read the class pickle at the start of `data`; returns where the state pickle starts. */
+function readClassPickle(data: Buffer): number {
+  const r = new Reader(data, 0);
+  header(r);
+  const op = r.peek();
+  let module: string;
+  let name: string;
+  if (op === GLOBAL) {
+    r.u8();
+    module = r.line(64);
+    name = r.line(64);
+  } else {
+    module = unicode(r);
+    skipMemo(r);
+    name = unicode(r);
+    skipMemo(r);
+    if (r.u8() !== STACK_GLOBAL) throw new PickleStateError('not a class reference');
+  }
+  if (module !== LENGTH_MODULE || name !== LENGTH_NAME)
+    throw new PickleStateError(`not a ${LENGTH_MODULE}.${LENGTH_NAME} record`);
+  skipMemo(r);
+  if (r.u8() !== STOP) throw new PickleStateError('the class pickle does not end after the class');
+  return r.pos;
+}
+
+function decimal(s: string): bigint {
+  if (!/^[-+]?\d{1,512}$/.test(s)) throw new PickleStateError('not a decimal integer');
+  return BigInt(s);
+}
+
+/** A two's-complement little-endian integer (pickle's LONG1/LONG4 payload). */
+function fromLongBytes(b: Buffer): bigint {
+  if (b.length === 0) return 0n;
+  let v = 0n;
+  for (let i = b.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(b[i]);
+  if (b[b.length - 1] & 0x80) v -= 1n << BigInt(8 * b.length);
+  return v;
+}
+
+/** Python's pickle.encode_long: the shortest two's-complement little-endian bytes. */
+function toLongBytes(x: bigint): Buffer {
+  if (x === 0n) return Buffer.alloc(0);
+  const bits = (x < 0n ? -x : x).toString(2).length;
+  const n = (bits >> 3) + 1;
+  const out = Buffer.alloc(n);
+  let v = x < 0n ? (1n << BigInt(8 * n)) + x : x;
+  for (let i = 0; i < n; i++) {
+    out[i] = Number(v & 0xffn);
+    v >>= 8n;
+  }
+  if (x < 0n && n > 1 && out[n - 1] === 0xff && out[n - 2] & 0x80) return out.subarray(0, n - 1);
+  return out;
+}
+
+/** Read a state pickle holding one int, ending at the end of `data`. */
+function readIntPickle(data: Buffer, start: number): { proto: number; value: bigint } {
+  const r = new Reader(data, start);
+  const p = header(r);
+  const op = r.u8();
+  let value: bigint;
+  let binary = true;
+  switch (op) {
+    case BININT1:
+      value = BigInt(r.u8());
+      break;
+    case BININT2:
+      value = BigInt(r.take(2).readUInt16LE(0));
+      break;
+    case BININT:
+      value = BigInt(r.take(4).readInt32LE(0));
+      break;
+    case LONG1:
+      value = fromLongBytes(r.take(r.u8()));
+      break;
+    case LONG4: {
+      const n = r.u32();
+      if (n > INT_BYTES_MAX) throw new PickleStateError('integer too long');
+      value = fromLongBytes(r.take(n));
+      break;
+    }
+    case INT: {
+      const s = r.line(INT_BYTES_MAX + 2);
+      // "I00\n" and "I01\n" are False and True, not ints.
+      if (s === '00' || s === '01') throw new PickleStateError('a bool, not an int');
+      value = decimal(s);
+      binary = false;
+      break;
+    }
+    case LONG: {
+      const s = r.line(INT_BYTES_MAX + 2);
+      value = decimal(s.endsWith('L') ? s.slice(0, -1) : s);
+      binary = false;
+      break;
+    }
+    default:
+      throw new PickleStateError(`the state is not an int (opcode 0x${op.toString(16)})`);
+  }
+  if (p === undefined && (op === LONG1 || op === LONG4))
+    throw new PickleStateError('LONG1/LONG4 before protocol 2');
+  skipMemo(r);
+  if (r.u8() !== STOP) throw new PickleStateError('the state pickle does not end after the int');
+  if (!r.done) throw new PickleStateError('data after the state pickle');
+  return { proto: p ?? (binary ? 1 : 0), value };
+}
+
+/** The class pickle and value of a BTrees.Length record; PickleStateError for anything else. */
+export function readLengthRecord(record: Uint8Array): LengthRecord {
+  const data = Buffer.isBuffer(record)
+    ? record
+    : Buffer.from(record.buffer, record.byteOffset, record.byteLength);
+  const statePos = readClassPickle(data);
+  const { proto, value } = readIntPickle(data, statePos);
+  return { classPickle: Buffer.from(data.subarray(0, statePos)), proto, value };
+}
+
+/** Whether a record is a BTrees.Length record this module can resolve. */
+export function isLengthRecord(record: Uint8Array): boolean {
+  try {
+    readLengthRecord(record);
+    return true;
+  } catch (e) {
+    if (e instanceof PickleStateError) return false;
+    throw e;
+  }
+}
+
+/** An int pickled as Python's pickler does at `proto` (save_long), without a FRAME. */
+function intPickle(proto: number, x: bigint): Buffer {
+  const parts: Buffer[] = [];
+  if (proto >= 2) parts.push(Buffer.from([PROTO, proto]));
+  const bin = proto >= 1;
+  if (bin && x >= 0n && x <= 0xffn) parts.push(Buffer.from([BININT1, Number(x)]));
+  else if (bin && x >= 0n && x <= 0xffffn) {
+    const b = Buffer.alloc(3);
+    b[0] = BININT2;
+    b.writeUInt16LE(Number(x), 1);
+    parts.push(b);
+  } else if (bin && x >= -0x80000000n && x <= 0x7fffffffn) {
+    const b = Buffer.alloc(5);
+    b[0] = BININT;
+    b.writeInt32LE(Number(x), 1);
+    parts.push(b);
+  } else if (proto >= 2) {
+    const enc = toLongBytes(x);
+    if (enc.length < 256) parts.push(Buffer.from([LONG1, enc.length]), enc);
+    else {
+      const n = Buffer.alloc(5);
+      n[0] = LONG4;
+      n.writeUInt32LE(enc.length, 1);
+      parts.push(n, enc);
+    }
+  } else if (x >= -0x80000000n && x <= 0x7fffffffn) parts.push(Buffer.from(`I${x}\n`, 'latin1'));
+  else parts.push(Buffer.from(`L${x}L\n`, 'latin1'));
+  parts.push(Buffer.from([STOP]));
+  return Buffer.concat(parts);
+}
+
+/** A Length record with `value`, in the form (class pickle, protocol) of `like`. */
+export function writeLengthRecord(like: LengthRecord, value: bigint): Buffer {
+  if ((value < 0n ? -value : value).toString(16).length > INT_BYTES_MAX * 2)
+    throw new PickleStateError('integer too long');
+  return Buffer.concat([like.classPickle, intPickle(like.proto, value)]);
+}
+
+/**
+ * The change a transaction makes to a Length: its stored value minus the value of the revision it
+ * was based on. Resolution then writes `committed + delta` (BTrees.Length's _p_resolveConflict).
+ */
+export function lengthDelta(base: Uint8Array, mine: Uint8Array): bigint {
+  return readLengthRecord(mine).value - readLengthRecord(base).value;
+}
+
+/** `committed` moved on by `delta`, written in the form of `mine` (ZODB writes the new state). */
+export function applyLengthDelta(committed: Uint8Array, mine: Uint8Array, delta: bigint): Buffer {
+  return writeLengthRecord(readLengthRecord(mine), readLengthRecord(committed).value + delta);
+}
