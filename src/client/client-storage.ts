@@ -15,6 +15,7 @@
  *   waits or times out; on reconnect Open and Subscribe carry L, and the stream resumes after L
  *   (or the node says Reset and both caches are dropped).
  */
+import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { DiskCache, DiskCacheStats } from './cache-disk';
 import { MemoryCache } from './cache-memory';
@@ -26,6 +27,7 @@ import {
   InvalidArgumentError,
   NotFoundError,
   ReadOnlyError,
+  SessionExpiredError,
   ZeoRaftError,
   isTransient,
 } from './errors';
@@ -54,6 +56,12 @@ const DEFAULT_TIMEOUT_MS = 10_000;
 const DEFAULT_PROGRESS_INTERVAL_MS = 200;
 const BACKOFF_BASE_MS = 25;
 const BACKOFF_MAX_MS = 1000;
+/**
+ * Idle commit sessions kept for reuse. A session carries one commit at a time, so a client uses
+ * as many as it has commits in flight; beyond this many idle ones the rest are dropped (the
+ * cluster forgets them in time).
+ */
+const SESSION_POOL_MAX = 256;
 /** Concurrent loads issued by prefetch. */
 const PREFETCH_CONCURRENCY = 16;
 /** How long a node may report no leader before the client moves to another node. */
@@ -153,6 +161,16 @@ interface Connection {
   notLeaderStreak: number;
 }
 
+/**
+ * A client session for exactly-once commits (storage.proto CommitRequest): its id, the number of
+ * its last commit sent, and the newest TID the client had seen when it started.
+ */
+interface CommitSession {
+  id: string;
+  seq: number;
+  since: Buffer;
+}
+
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
@@ -191,6 +209,8 @@ export class ClientStorage implements ViewSource {
   private readOnlyNow: boolean;
   private oidPool: Buffer[] = [];
   private oidFetch: Promise<void> | undefined;
+  /** Idle commit sessions, the most recently used last. */
+  private readonly sessionPool: CommitSession[] = [];
 
   private constructor(
     private readonly options: ClientStorageOptions,
@@ -576,24 +596,113 @@ export class ClientStorage implements ViewSource {
     );
   }
 
-  /** One-call commit (two-phase underneath, so retries across failover are exactly-once). */
+  /**
+   * One-call commit: one `Commit` (one Raft entry, one round trip) in a client session, retried
+   * across failover with the same session and sequence number, so it is applied exactly once (the
+   * cluster answers a retry with the first attempt's result). Returns the TID once this client's
+   * caches reflect the commit. When no node confirms the outcome within the retry window, it is
+   * unknown (CommitUnknownError).
+   */
   async commit(spec: CommitSpec): Promise<Buffer> {
     const txn = this.tpcBegin(spec);
     for (const s of spec.stores ?? []) txn.store(s.oid, s.serial, s.data, s.refs);
     for (const c of spec.checks ?? []) txn.checkCurrentSerial(c.oid, c.serial);
     for (const d of spec.deletes ?? []) txn.deleteObject(d.oid, d.serial);
+    return this.commitOnce(txn);
+  }
+
+  /** Commit an open transaction with one session `Commit` (see commit()). */
+  private async commitOnce(txn: Transaction): Promise<Buffer> {
+    this.writable();
+    if (txn.state !== 'open')
+      throw new ZeoRaftError(`transaction ${txn.id} is ${txn.state}; it cannot be committed`);
+    txn.state = 'finishing';
+    const transaction = {
+      storage: this.storage,
+      user: txn.meta.user ?? '',
+      description: txn.meta.description ?? '',
+      extension: txn.meta.extension ?? Buffer.alloc(0),
+      stores: txn.stores.map((s) => ({
+        oid: s.oid,
+        serial: s.serial,
+        data: s.data,
+        refs: s.refs ?? [],
+      })),
+      checks: txn.checks,
+      deletes: txn.deletes,
+    };
+    const trackers = txn.stores.map((s) => ({ s, t: this.tracker.start(s.oid) }));
+    let session = this.sessionPool.pop() ?? this.newSession();
+    session.seq++;
     try {
-      await this.tpcVote(txn);
-    } catch (e) {
-      txn.state = 'aborted';
-      throw e;
+      let tid: Buffer;
+      for (let fresh = false; ;) {
+        // Whether an attempt may have reached the log: anything but a "not leader" refusal.
+        let mayHaveApplied = false;
+        try {
+          const r = await this.invoke(
+            'Commit',
+            () => ({
+              transaction,
+              sessionId: session.id,
+              sequence: session.seq,
+              sessionSinceTid: session.since,
+            }),
+            (e) => (mayHaveApplied ||= e.detail?.kind !== 'NOT_LEADER'),
+          );
+          tid = r.tid;
+          break;
+        } catch (e) {
+          // The session was forgotten (idle too long): with no earlier attempt of this commit
+          // possibly applied, it is safe to send it again in a new session.
+          if (e instanceof SessionExpiredError && !mayHaveApplied && !fresh) {
+            session = this.newSession();
+            session.seq = 1;
+            fresh = true;
+            continue;
+          }
+          txn.state = 'failed';
+          if (e instanceof DisconnectedError && mayHaveApplied)
+            throw new CommitUnknownError(
+              `transaction ${txn.id} may or may not have committed: no node confirmed it within the retry window (${e.message})`,
+              e.grpcCode,
+              e.detail,
+              { cause: e },
+            );
+          if (e instanceof SessionExpiredError)
+            throw new CommitUnknownError(
+              `transaction ${txn.id} may or may not have committed: ${e.message}`,
+              e.grpcCode,
+              e.detail,
+              { cause: e },
+            );
+          throw e;
+        }
+      }
+      txn.state = 'finished';
+      txn.tid = tid;
+      if (idCompare(tid, this.seen) > 0) this.seen = tid;
+      // Read-your-writes: the next view must include this transaction.
+      if (await this.waitForTid(tid, this.retryWindowMs)) {
+        for (const { s, t } of trackers) this.cacheReply(s.oid, tid, undefined, s.data, t);
+      }
+      return tid;
+    } finally {
+      for (const { t } of trackers) this.tracker.end(t);
+      // A later commit in the session gets the next number: an attempt of this one still in
+      // flight somewhere is then refused (SEQUENCE_OLD), never applied after it.
+      if (this.sessionPool.length < SESSION_POOL_MAX) this.sessionPool.push(session);
     }
-    return this.tpcFinish(txn);
+  }
+
+  private newSession(): CommitSession {
+    return { id: randomUUID(), seq: 0, since: this.seen };
   }
 
   /**
-   * Run `fn` in a transaction and commit it, retrying transient failures (conflicts, locks,
-   * disconnections) with backoff, each time with a fresh view. `fn` may run more than once.
+   * Run `fn` in a transaction and commit it (one session `Commit`, see commit()), retrying
+   * transient failures (conflicts, locks, disconnections before the commit was sent) with
+   * backoff, each time with a fresh view. `fn` may run more than once.
    */
   async transact<T>(
     fn: (txn: Transaction) => Promise<T> | T,
@@ -605,11 +714,9 @@ export class ClientStorage implements ViewSource {
       try {
         const value = await fn(txn);
         if (txn.isEmpty) return { value, tid: undefined, attempts: attempt };
-        await this.tpcVote(txn);
-        const tid = await this.tpcFinish(txn);
+        const tid = await this.commitOnce(txn);
         return { value, tid, attempts: attempt };
       } catch (e) {
-        if (txn.state === 'voted') await this.abortQuietly(txn);
         if (!isTransient(e) || attempt >= attempts || this.closed) throw e;
         // A conflict names the newer serial: wait until the stream has brought it, so the next
         // view can see it.
@@ -629,7 +736,15 @@ export class ClientStorage implements ViewSource {
   // -------------------------------------------------------------------------------------------
   // Connections
 
-  private async invoke<K extends UnaryMethod>(method: K, build: () => ReqOf<K>): Promise<ResOf<K>> {
+  /**
+   * Call `method` on the current node, retrying disconnections (on another node when this one is
+   * lost) within the retry window; `onDisconnected` sees each attempt's disconnection.
+   */
+  private async invoke<K extends UnaryMethod>(
+    method: K,
+    build: () => ReqOf<K>,
+    onDisconnected?: (e: DisconnectedError) => void,
+  ): Promise<ResOf<K>> {
     const end = Date.now() + this.retryWindowMs;
     for (let attempt = 0; ; attempt++) {
       const conn = await this.connection(end);
@@ -641,6 +756,7 @@ export class ClientStorage implements ViewSource {
       } catch (e) {
         if (e instanceof ReadOnlyError && this.options.readOnlyFallback) this.readOnlyNow = true;
         if (!(e instanceof DisconnectedError) || this.closed) throw e;
+        onDisconnected?.(e);
         const wait = backoffMs(attempt);
         if (Date.now() + wait >= end) throw e;
         // A node without a leader is fine for a moment (an election); a dead or stuck one is not.

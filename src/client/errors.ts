@@ -93,6 +93,10 @@ export function fromGrpcError(e: grpc.ServiceError): ZeoRaftError {
       return new HistoryPackedError(msg, e.code, detail, opts);
     case 'READ_ONLY':
       return new ReadOnlyError(msg, e.code, detail, opts);
+    case 'SESSION_EXPIRED':
+      return new SessionExpiredError(msg, e.code, detail, opts);
+    case 'SEQUENCE_OLD':
+      return new SequenceOldError(msg, e.code, detail, opts);
     default:
   }
   switch (e.code) {
@@ -117,8 +121,21 @@ export function fromGrpcError(e: grpc.ServiceError): ZeoRaftError {
 }
 
 /**
- * A transaction was voted but its finish could not be confirmed within the retry window: it may
- * or may not have committed. Not transient — retrying the work could apply it twice.
+ * The cluster forgot the commit's session (storage.proto CommitRequest): whether an earlier
+ * attempt of a retried commit was applied cannot be known. Not transient.
+ */
+export class SessionExpiredError extends ZeoRaftError {
+  override readonly code = 'ZEORAFT_SESSION_EXPIRED';
+}
+/** A later commit of the session was applied already; this attempt was not. Not transient. */
+export class SequenceOldError extends ZeoRaftError {
+  override readonly code = 'ZEORAFT_SEQUENCE_OLD';
+}
+
+/**
+ * A commit (or a voted transaction's finish) could not be confirmed within the retry window, or
+ * its session was forgotten before a retry: it may or may not have committed. Not transient —
+ * retrying the work could apply it twice.
  */
 export class CommitUnknownError extends ZeoRaftError {
   override readonly code = 'ZEORAFT_COMMIT_UNKNOWN';

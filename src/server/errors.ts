@@ -61,6 +61,8 @@ const STORAGE_CODES: Record<StorageErrorKind, [grpc.status, ErrorKind]> = {
   INVALID: [grpc.status.INVALID_ARGUMENT, 'INVALID'],
   DUPLICATE_ID: [grpc.status.ALREADY_EXISTS, 'INVALID'],
   UNAVAILABLE: [grpc.status.UNAVAILABLE, 'NOT_LEADER'],
+  SESSION_EXPIRED: [grpc.status.FAILED_PRECONDITION, 'SESSION_EXPIRED'],
+  SEQUENCE_OLD: [grpc.status.FAILED_PRECONDITION, 'SEQUENCE_OLD'],
 };
 
 export function fromStorageError(e: StorageError): RpcError {

@@ -374,6 +374,14 @@ export class Security {
         );
       if (p.role === 'read-only') return readOnly(`key ${p.id} is read-only: ${kind} is a write`);
     }
+    // A client session's commit is made only by the session's owner.
+    const session = 'commit' in cmd ? cmd.commit?.sessionId : undefined;
+    if (caller.kind === 'client' && session && !session.startsWith(txnIdScope(caller.principal)))
+      return new RpcError(
+        grpc.status.PERMISSION_DENIED,
+        `session ${JSON.stringify(session)} does not belong to ${caller.principal ? `key ${caller.principal.id}` : 'a client without a key'}`,
+        { kind: 'INVALID' },
+      );
     // A vote is made, renewed, finished and aborted only by its owner.
     const id = (Object.values(cmd)[0] as { txnId?: unknown } | undefined)?.txnId;
     if (caller.kind === 'client' && typeof id === 'string' && !ownsTxnId(caller.principal, id))

@@ -6,7 +6,8 @@ import * as grpc from '@grpc/grpc-js';
 import type { StorageHandlers } from '../generated/zeoraft/v1/Storage';
 import type { Transaction__Output } from '../generated/zeoraft/v1/Transaction';
 import type { StorageInfo } from '../generated/zeoraft/v1/StorageInfo';
-import type { Command, Txn } from '../storage/codec';
+import type { CommitRequest__Output } from '../generated/zeoraft/v1/CommitRequest';
+import type { Command, CommitSession, Txn } from '../storage/codec';
 import type { ApplyResult } from '../storage/object-store';
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import { Z64, idCompare, tidFromTime, tidToTime } from '../util/ids';
@@ -25,6 +26,8 @@ import { count, optionalId, requireId, serialOrZ64, text, txnId } from './valida
 
 export const DEFAULT_STORAGE = '1';
 const MAX_HISTORY = 1000;
+/** A client's session id: 1..64 printable ASCII characters (a UUID fits). */
+const SESSION_ID = /^[\x21-\x7e]{1,64}$/;
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>;
 
@@ -92,6 +95,29 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
   function ownedTxnId(call: { metadata: grpc.Metadata }, raw: string | undefined): string {
     const id = txnId(raw);
     return `${txnIdScope(node.security.principalFor(call.metadata))}${id}`;
+  }
+
+  /**
+   * A Commit's client session (storage.proto CommitRequest), its id scoped to the caller's key
+   * like transaction ids, so one key can neither read nor spoil another's session; none without
+   * session_id.
+   */
+  function session(call: grpc.ServerUnaryCall<CommitRequest__Output, unknown>): CommitSession {
+    const r = call.request;
+    if (!r.sessionId) {
+      if (r.sequence || r.sessionSinceTid?.length)
+        throw invalid('sequence and session_since_tid need a session_id');
+      return {};
+    }
+    if (!SESSION_ID.test(r.sessionId))
+      throw invalid('session_id must be 1..64 printable ASCII characters');
+    if (!Number.isSafeInteger(r.sequence) || r.sequence < 1)
+      throw invalid('a commit in a session needs a sequence number from 1');
+    return {
+      sessionId: `${txnIdScope(node.security.principalFor(call.metadata))}${r.sessionId}`,
+      seq: r.sequence,
+      sinceTid: optionalId(r.sessionSinceTid, 'session_since_tid') ?? Z64,
+    };
   }
 
   function storageName(name: string | undefined): string {
@@ -282,7 +308,7 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
     Commit: unary('Commit', async (call) => {
       const txn = txnFrom(call.request.transaction);
       const started = Date.now();
-      const cmd: Command = { commit: { tid: Z64, txn } };
+      const cmd: Command = { commit: { tid: Z64, txn, ...session(call) } };
       const r = unwrap(await withTxnMemory(cmd, 'Commit', () => commitWithLockWait(call, cmd)));
       node.metrics.observeCommit(Date.now() - started);
       return { tid: r.tid };

@@ -33,8 +33,14 @@ export interface Txn {
   stores?: StoreOp[];
   checks?: CheckOp[];
 }
+/** A client session's commit: its id (scoped to the caller's key), number and since-TID (log.proto). */
+export interface CommitSession {
+  sessionId?: string;
+  seq?: number;
+  sinceTid?: Uint8Array;
+}
 export type Command =
-  | { commit: { tid: Uint8Array; txn: Txn } }
+  | { commit: { tid: Uint8Array; txn: Txn } & CommitSession }
   | {
       prepare: {
         txnId: string;
@@ -104,6 +110,18 @@ export interface StorageMeta {
   /** Transactions on record (T records); the n-th oldest is at key N <st> <n>. */
   txnCount?: number;
 }
+/** The last answer of a client session (log.proto SessionRecord). */
+export interface SessionRecord {
+  seq: number;
+  usedIndex: number;
+  usedTid: Uint8Array;
+  tid?: Uint8Array;
+  errorKind?: string;
+  errorMessage?: string;
+  conflictOid?: Uint8Array;
+  conflictExpected?: Uint8Array;
+  conflictActual?: Uint8Array;
+}
 export interface SnapshotChunk {
   keys: Uint8Array[];
   values: Uint8Array[];
@@ -137,4 +155,5 @@ export const txnRecordCodec = codec<TxnRecord>('zeoraft.v1.log.TxnRecord');
 export const preparedCodec = codec<PreparedRecord>('zeoraft.v1.log.PreparedRecord');
 export const storageMetaCodec = codec<StorageMeta>('zeoraft.v1.log.StorageMeta');
 export const memberCodec = codec<MemberRecord>('zeoraft.v1.log.MemberCmd');
+export const sessionCodec = codec<SessionRecord>('zeoraft.v1.log.SessionRecord');
 export const snapshotChunkCodec = codec<SnapshotChunk>('zeoraft.v1.log.SnapshotChunk');

@@ -13,7 +13,9 @@ export type StorageErrorKind =
   | 'UNKNOWN_TRANSACTION' // Finish of a transaction that was never voted (or was aborted)
   | 'INVALID' // a malformed command
   | 'DUPLICATE_ID' // a transaction id already voted with a different content
-  | 'UNAVAILABLE'; // the store is being replaced by a snapshot (or an install failed): retry
+  | 'UNAVAILABLE' // the store is being replaced by a snapshot (or an install failed): retry
+  | 'SESSION_EXPIRED' // a client session's record was forgotten: a retry's outcome is unknown
+  | 'SEQUENCE_OLD'; // a later commit of the client session was applied already
 
 export interface ConflictInfo {
   oid: Buffer;

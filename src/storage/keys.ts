@@ -16,6 +16,9 @@
  *                              id cannot be voted again, so one transaction holds locks at most
  *                              one transaction timeout
  *   M <member id>              MemberRecord: a cluster member's addresses
+ *   E                          TID (8): the newest used-TID of any client session forgotten (the
+ *                              session watermark; absent while none was)
+ *   E <session id>             SessionRecord: a client session's last answer (exactly-once commits)
  *   I                          a snapshot install in progress: applied index (8) of the snapshot
  *                              and phase (1): staging, switching or copied (see restore)
  *   X <key>                    a record of a snapshot being installed, staged beside the state
@@ -33,6 +36,7 @@ export const TAG = {
   finished: 0x46, // F
   expired: 0x58, // X
   member: 0x4d, // M
+  session: 0x45, // E
   install: 0x49, // I
   staged: 0x5a, // Z (sorts after every other tag; distinct from each, asserted below)
 } as const;
@@ -58,6 +62,12 @@ function storagePart(storage: string): Buffer {
     throw new RangeError(`storage name must be 1..${MAX_STORAGE_NAME_BYTES} bytes`);
   }
   return Buffer.concat([Buffer.from([name.length]), name]);
+}
+
+export const sessionWatermarkKey = Buffer.from([TAG.session]);
+
+export function sessionKey(id: string): Buffer {
+  return Buffer.concat([sessionWatermarkKey, Buffer.from(id, 'utf8')]);
 }
 
 export const globalKey = Buffer.from([TAG.global]);

@@ -35,6 +35,7 @@ import {
   idNext,
   isId,
   p64,
+  tidToTime,
   u64,
 } from '../util/ids';
 import {
@@ -44,12 +45,14 @@ import {
   PreparedRecord,
   memberCodec,
   Revision,
+  SessionRecord,
   SnapshotChunk,
   StorageMeta,
   Txn,
   TxnRecord,
   preparedCodec,
   revisionCodec,
+  sessionCodec,
   snapshotChunkCodec,
   storageMetaCodec,
   txnRecordCodec,
@@ -68,6 +71,17 @@ export const MAX_NEW_OIDS = 10_000;
  * door renews only up to the transaction timeout, which the configuration keeps below this).
  */
 export const VOTE_RENEW_MAX_MS = 10 * 60_000;
+/**
+ * Client sessions whose last answer is kept (exactly-once commits, storage.proto CommitRequest):
+ * beyond it the least recently used is forgotten. About 150 bytes of memory each.
+ */
+export const SESSIONS_MAX = 10_000;
+/** A session unused this long, by the replicated clock (command TIDs), is forgotten. */
+export const SESSION_EXPIRY_MS = 60 * 60_000;
+/** Expired sessions forgotten by one command at most (lookups check expiry themselves). */
+const SESSION_EXPIRIES_PER_COMMAND_MAX = 64;
+/** A session id with its key scope (the service allows 64 bytes plus the scope). */
+export const SESSION_ID_BYTES_MAX = 512;
 /** Current-serial records cached in memory (about 150 bytes each). */
 const CURRENT_CACHE_ENTRIES = 100_000;
 /** N records written per batch when numbering the transactions of a store written without them. */
@@ -175,6 +189,13 @@ export interface UndoPlan {
   conflicts: UndoResolution[];
 }
 
+/** A client session in memory: its last sequence number and when it was last used. */
+interface SessionEntry {
+  seq: number;
+  usedIndex: number;
+  usedTid: Buffer;
+}
+
 export interface PreparedSummary {
   storage: string;
   txnId: string;
@@ -231,6 +252,34 @@ function votedDeadline(rec: PreparedRecord): number {
   return Number(rec.votedDeadlineMs || rec.deadlineMs || 0);
 }
 
+/** Whether a session last used at `e.usedTid` has expired at the command time `now`. */
+function sessionExpired(e: SessionEntry, now: Buffer): boolean {
+  return tidToTime(now) - tidToTime(e.usedTid) > SESSION_EXPIRY_MS;
+}
+
+/** The answer a session record holds, as the commit first gave it (without conflict data). */
+function sessionAnswer(rec: SessionRecord): ApplyResult {
+  if (!rec.errorKind) {
+    assert(rec.tid && rec.tid.length === ID_BYTES, 'a session record without an answer');
+    return { ok: true, tid: buf(rec.tid) };
+  }
+  const conflict = rec.conflictOid?.length
+    ? {
+        oid: buf(rec.conflictOid),
+        expected: buf(rec.conflictExpected),
+        actual: buf(rec.conflictActual),
+      }
+    : undefined;
+  return {
+    ok: false,
+    error: new StorageError(
+      rec.errorKind as StorageError['kind'],
+      rec.errorMessage ?? '',
+      conflict,
+    ),
+  };
+}
+
 /** Whether two transactions have the same content (their canonical encodings are equal). */
 function sameTxn(a: Txn, b: Txn): boolean {
   return preparedCodec.encode({ txn: a }).equals(preparedCodec.encode({ txn: b }));
@@ -266,6 +315,14 @@ export class ObjectStore {
   private readonly sharedLocks = new Map<string, Set<string>>();
   private readonly prepared = new Map<string, PreparedSummary>();
   private readonly memberMap = new Map<string, MemberRecord>();
+  /**
+   * Client sessions (E records) by id, in the order of their used index: least recently used
+   * first. Invariant: the same entries in the same order on every replica at the same index (the
+   * order is rebuilt from the records' used indexes on load).
+   */
+  private readonly sessions = new Map<string, SessionEntry>();
+  /** The newest used TID of any session forgotten (z64: none was). */
+  private sessionWatermark: Buffer = Z64;
   private applying = false;
   private readonly commitListeners = new Set<(ev: CommitEvent) => void>();
   private readonly applyListeners = new Set<(index: number) => void>();
@@ -427,6 +484,7 @@ export class ObjectStore {
     this.sharedLocks.clear();
     this.prepared.clear();
     this.memberMap.clear();
+    await this.loadSessions();
     for await (const [key, value] of this.db.iterator({
       gte: Buffer.from([K.TAG.member]),
       lt: Buffer.from([K.TAG.member + 1]),
@@ -487,6 +545,29 @@ export class ObjectStore {
     ops.push({ type: 'put', key: K.storageKey(st), value: storageMetaCodec.encode(numbered) });
     await this.db.batch(ops, { sync: true });
     this.metas.set(st, numbered);
+  }
+
+  /** The session table from its records, least recently used first. */
+  private async loadSessions(): Promise<void> {
+    this.sessions.clear();
+    this.sessionWatermark = Z64;
+    const loaded: Array<[string, SessionEntry]> = [];
+    for await (const [key, value] of this.db.iterator({
+      gte: K.sessionWatermarkKey,
+      lt: Buffer.from([K.TAG.session + 1]),
+    })) {
+      if (key.length === 1) {
+        this.sessionWatermark = Buffer.from(value);
+        continue;
+      }
+      const rec = sessionCodec.decode(value);
+      loaded.push([
+        key.subarray(1).toString('utf8'),
+        { seq: Number(rec.seq), usedIndex: Number(rec.usedIndex), usedTid: buf(rec.usedTid) },
+      ]);
+    }
+    loaded.sort((a, b) => a[1].usedIndex - b[1].usedIndex);
+    for (const [id, e] of loaded) this.sessions.set(id, e);
   }
 
   private holdLocks(st: string, txnId: string, rec: PreparedRecord): void {
@@ -604,7 +685,7 @@ export class ObjectStore {
         const before = { lastTid: this.lastTidGlobal, metas: new Map(this.metas) };
         let result: ApplyResult;
         try {
-          result = await this.applyOp(cmd, cmdOps, cmdAfter);
+          result = await this.applyOp(index, cmd, cmdOps, cmdAfter);
         } catch (e) {
           if (!(e instanceof StorageError)) throw e;
           this.lastTidGlobal = before.lastTid;
@@ -687,7 +768,12 @@ export class ObjectStore {
     return g;
   }
 
-  private applyOp(cmd: Command, ops: BatchOp[], after: Array<() => void>): Promise<ApplyResult> {
+  private applyOp(
+    index: number,
+    cmd: Command,
+    ops: BatchOp[],
+    after: Array<() => void>,
+  ): Promise<ApplyResult> {
     // Key building throws RangeError on a bad storage name; that must be a result, not a crash
     // that every replica would repeat on replay.
     const st = commandStorage(cmd);
@@ -698,7 +784,9 @@ export class ObjectStore {
       );
     }
     if ('commit' in cmd && cmd.commit)
-      return this.applyCommit(cmd.commit.txn, cmd.commit.tid, ops, after, undefined);
+      return cmd.commit.sessionId
+        ? this.applySessionCommit(index, cmd.commit, ops, after)
+        : this.applyCommit(cmd.commit.txn, cmd.commit.tid, ops, after, undefined);
     if ('prepare' in cmd && cmd.prepare) return this.applyPrepare(cmd.prepare, ops, after);
     if ('finish' in cmd && cmd.finish) return this.applyFinish(cmd.finish, ops, after);
     if ('abort' in cmd && cmd.abort) return this.applyAbort(cmd.abort, ops, after);
@@ -841,6 +929,141 @@ export class ObjectStore {
       for (const fn of this.commitListeners) fn(ev);
     });
     return { ok: true, tid, oids: records.map((r) => r.oid) };
+  }
+
+  /**
+   * A client session's commit (the Raft dissertation's §6.3): the session's last answer is kept,
+   * so a repeated sequence number gets it instead of committing again, and an older one is refused
+   * (SEQUENCE_OLD). The answer is recorded whether the commit succeeded or failed: the first
+   * attempt applied decides, and a duplicate applied later cannot commit what its client was told
+   * failed. A session the store does not know is new unless a session used at or after its
+   * since-TID was forgotten (then SESSION_EXPIRED: its record may have been that one). Sessions are
+   * forgotten least recently used first beyond SESSIONS_MAX, and after SESSION_EXPIRY_MS unused,
+   * measured by the command's TID (the proposer's clock, never the local one), so every replica
+   * forgets the same sessions at the same index.
+   */
+  private async applySessionCommit(
+    index: number,
+    c: Extract<Command, { commit: unknown }>['commit'],
+    ops: BatchOp[],
+    after: Array<() => void>,
+  ): Promise<ApplyResult> {
+    const id = c.sessionId ?? '';
+    const seq = Number(c.seq ?? 0);
+    // Refusals before the table is touched: nothing to undo.
+    if (Buffer.byteLength(id, 'utf8') > SESSION_ID_BYTES_MAX)
+      throw new StorageError(
+        'INVALID',
+        `a session id must be at most ${SESSION_ID_BYTES_MAX} bytes`,
+      );
+    if (!Number.isSafeInteger(seq) || seq < 1)
+      throw new StorageError('INVALID', 'a session commit needs a sequence number from 1');
+    const proposed = c.tid && c.tid.length === ID_BYTES ? buf(c.tid) : Z64;
+    const now = idMax(proposed, this.lastTidGlobal);
+    this.expireSessions(now, ops);
+    let entry = this.sessions.get(id);
+    if (entry && sessionExpired(entry, now)) {
+      this.forgetSession(id, entry, ops);
+      entry = undefined;
+    }
+    if (entry && seq < entry.seq)
+      return {
+        ok: false,
+        error: new StorageError(
+          'SEQUENCE_OLD',
+          `commit ${seq} of session ${id} is older than its last commit ${entry.seq}: this attempt was not applied`,
+        ),
+      };
+    if (entry && seq === entry.seq) {
+      const raw = await this.read(K.sessionKey(id));
+      assert(raw, `session ${id} has no record`);
+      const rec = sessionCodec.decode(raw);
+      this.useSession(id, { ...rec, usedIndex: index, usedTid: now }, ops);
+      return sessionAnswer(rec);
+    }
+    if (!entry) {
+      const since = c.sinceTid && c.sinceTid.length === ID_BYTES ? buf(c.sinceTid) : Z64;
+      if (!idEquals(this.sessionWatermark, Z64) && idCompare(since, this.sessionWatermark) <= 0)
+        return {
+          ok: false,
+          error: new StorageError(
+            'SESSION_EXPIRED',
+            `session ${id} is not known: sessions used after ${hex(since)} were forgotten, so whether an earlier attempt of commit ${seq} was applied is unknown; start a new session`,
+          ),
+        };
+    }
+    // A failed commit leaves nothing behind but its answer.
+    const opsMark = ops.length;
+    const afterMark = after.length;
+    const before = { lastTid: this.lastTidGlobal, metas: new Map(this.metas) };
+    let result: ApplyResult;
+    try {
+      result = await this.applyCommit(c.txn, c.tid, ops, after, undefined);
+    } catch (e) {
+      if (!(e instanceof StorageError)) throw e;
+      this.lastTidGlobal = before.lastTid;
+      this.metas = before.metas;
+      ops.length = opsMark;
+      after.length = afterMark;
+      result = { ok: false, error: e };
+    }
+    const rec: SessionRecord = { seq, usedIndex: index, usedTid: now };
+    if (result.ok) rec.tid = result.tid;
+    else {
+      rec.errorKind = result.error.kind;
+      rec.errorMessage = result.error.message;
+      const cf = result.error.conflict;
+      if (cf) {
+        rec.conflictOid = cf.oid;
+        rec.conflictExpected = cf.expected;
+        rec.conflictActual = cf.actual;
+      }
+    }
+    this.useSession(id, rec, ops);
+    if (this.sessions.size > SESSIONS_MAX) {
+      const [oldId, oldest] = this.sessions.entries().next().value as [string, SessionEntry];
+      this.forgetSession(oldId, oldest, ops);
+    }
+    assert(this.sessions.size <= SESSIONS_MAX, 'session table over its bound');
+    return result;
+  }
+
+  /** Record a session's use (its record as of now) and move it to the most recently used end. */
+  private useSession(id: string, rec: SessionRecord, ops: BatchOp[]): void {
+    const prev = this.sessions.get(id);
+    assert(!prev || prev.usedIndex <= rec.usedIndex, `session ${id} used back in time`);
+    ops.push({ type: 'put', key: K.sessionKey(id), value: sessionCodec.encode(rec) });
+    this.sessions.delete(id);
+    this.sessions.set(id, { seq: rec.seq, usedIndex: rec.usedIndex, usedTid: buf(rec.usedTid) });
+  }
+
+  /** Forget a session; the watermark then covers its used TID. */
+  private forgetSession(id: string, e: SessionEntry, ops: BatchOp[]): void {
+    this.sessions.delete(id);
+    ops.push({ type: 'del', key: K.sessionKey(id) });
+    if (idCompare(e.usedTid, this.sessionWatermark) > 0) {
+      this.sessionWatermark = e.usedTid;
+      ops.push({ type: 'put', key: K.sessionWatermarkKey, value: e.usedTid });
+    }
+  }
+
+  /** Forget the least recently used sessions that expired by `now` (a bounded number per call). */
+  private expireSessions(now: Buffer, ops: BatchOp[]): void {
+    for (let i = 0; i < SESSION_EXPIRIES_PER_COMMAND_MAX; i++) {
+      const first = this.sessions.entries().next();
+      if (first.done || !sessionExpired(first.value[1], now)) return;
+      this.forgetSession(first.value[0], first.value[1], ops);
+    }
+  }
+
+  /** The sessions kept, least recently used first (for tests and status). */
+  sessionTable(): Array<{ id: string; seq: number; usedIndex: number; usedTid: Buffer }> {
+    return [...this.sessions].map(([id, e]) => ({ id, ...e }));
+  }
+
+  /** The newest used TID of any forgotten session (z64 when none was). */
+  get forgottenSessionsUpTo(): Buffer {
+    return this.sessionWatermark;
   }
 
   private async applyPrepare(
@@ -1894,6 +2117,11 @@ function checkRecord(key: Buffer, value: Buffer): void {
       return;
     case K.TAG.member:
       memberCodec.decode(value);
+      return;
+    case K.TAG.session:
+      if (key.length === 1)
+        assert(value.length === ID_BYTES, 'session watermark of the wrong size');
+      else sessionCodec.decode(value);
       return;
   }
 }

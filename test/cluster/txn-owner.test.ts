@@ -3,6 +3,7 @@
  * three-node cluster with keys: two keys may use the same id; a vote is finished or aborted
  * only under the key that made it; a second Vote under an id with another content is refused,
  * never mistaken for a retry; all of it through forwarding followers and across a leader kill.
+ * Commit sessions (exactly-once commits) are scoped to the key likewise.
  */
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
@@ -93,5 +94,21 @@ describe('cluster: transaction ids are bound to their owner', function () {
     );
     assert.equal((await load(0x333)).data.toString(), 'a3');
     await assert.rejects(load(0x112), NotFoundError);
+
+    // Commit sessions are scoped the same way: Bob's session "s" is not Alice's, so his commit 1
+    // there is his own commit, never answered with hers; hers still answers her retry.
+    const inSession = (o: number, d: string) => ({
+      transaction: store(o, d),
+      sessionId: 's',
+      sequence: 1,
+    });
+    const tidS = (await alice.call('Commit', inSession(0x444, 'as'))).tid;
+    const tidBobS = (await bob.call('Commit', inSession(0x555, 'bs'))).tid;
+    assert.notDeepEqual(tidBobS, tidS);
+    assert.deepEqual((await alice2.call('Commit', inSession(0x444, 'as'))).tid, tidS);
+    assert.equal(
+      (await bob.call('Load', { oid: oid(0x555), seenTid: tidBobS })).data.toString(),
+      'bs',
+    );
   });
 });
