@@ -46,6 +46,15 @@ export interface NetProfile {
   maxDelay: number;
   /** Per tick: chance of a new partition (and twice that of healing one). */
   partitionRate: number;
+  /**
+   * Chance that a message is held up far longer than usual (the receiver stalls in a GC pause
+   * or a slow handler with the message already in its socket buffer): it is handled up to
+   * `longDelayMax` ticks late, often after an election timeout, when its sender may have been
+   * deposed; having crossed the network, a later partition does not stop it (a link cut when
+   * it is sent does). Drawn by the simulators that opt in (0 or absent: never).
+   */
+  longDelayRate?: number;
+  longDelayMax?: number;
 }
 
 export function drawNetProfile(r: Prng): NetProfile {
@@ -61,6 +70,8 @@ interface InFlight<T> {
   at: number;
   /** Absent for out-of-band items (snapshot-transfer reports), which no cut stops. */
   link?: { from: string; to: string };
+  /** Already in the receiver's buffer (a long delay): only the receiver being down stops it. */
+  arrived?: boolean;
   item: T;
 }
 
@@ -89,12 +100,23 @@ export class SimNetwork<T> {
       return false;
     }
     const copies = faults && r.nextFloat() < this.p.dupRate ? 2 : 1;
-    for (let i = 0; i < copies; i++)
-      this.q.push({
-        at: now + 1 + (faults ? r.nextInt(this.p.maxDelay + 1) : 0),
-        link: { from, to },
-        item,
-      });
+    const { longDelayRate = 0, longDelayMax = 0 } = this.p;
+    for (let i = 0; i < copies; i++) {
+      const at = now + 1 + (faults ? r.nextInt(this.p.maxDelay + 1) : 0);
+      // (No draw at all when the profile has no long delays: other simulators' seeds stay put.)
+      if (faults && longDelayRate > 0 && r.nextFloat() < longDelayRate) {
+        if (this.blocked(from, to)) {
+          this.dropped++;
+          continue;
+        }
+        this.q.push({
+          at: at + 1 + r.nextInt(longDelayMax),
+          link: { from, to },
+          item,
+          arrived: true,
+        });
+      } else this.q.push({ at, link: { from, to }, item });
+    }
     return true;
   }
 
@@ -114,25 +136,72 @@ export class SimNetwork<T> {
 
   /**
    * Items due at tick `now`, in random order, each with whether its link is up (`isUp(to)` and
-   * not cut); undeliverable ones are counted as dropped.
+   * not cut); undeliverable ones are counted as dropped. Items for a `held` (paused) receiver
+   * stay queued until it resumes.
    */
-  takeDue(now: number, isUp: (id: string) => boolean): { item: T; ok: boolean }[] {
+  takeDue(
+    now: number,
+    isUp: (id: string) => boolean,
+    held?: (id: string) => boolean,
+  ): { item: T; ok: boolean }[] {
     const due: InFlight<T>[] = [];
     const later: InFlight<T>[] = [];
-    for (const f of this.q) (f.at <= now ? due : later).push(f);
+    for (const f of this.q) {
+      if (f.at > now) later.push(f);
+      else if (f.link && held?.(f.link.to)) {
+        // The receiver is paused: what reaches it waits in its buffer (no cut stops it then).
+        if (isUp(f.link.to) && (f.arrived || !this.blocked(f.link.from, f.link.to)))
+          later.push({ ...f, arrived: true });
+        else this.dropped++;
+      } else due.push(f);
+    }
     this.q = later;
     for (let i = due.length - 1; i > 0; i--) {
       const j = this.rng.nextInt(i + 1);
       [due[i], due[j]] = [due[j], due[i]];
     }
-    return due.map((f) => {
-      const ok = !f.link || (isUp(f.link.to) && !this.blocked(f.link.from, f.link.to));
+    return this.interleaveBacklog(due).map((f) => {
+      const ok =
+        !f.link || (isUp(f.link.to) && (f.arrived || !this.blocked(f.link.from, f.link.to)));
       if (f.link) {
         if (ok) this.delivered++;
         else this.dropped++;
       }
       return { item: f.item, ok };
     });
+  }
+
+  /**
+   * Items that waited in a receiver's buffer are handled connection by connection: in the
+   * order they arrived on their link, the links (and the other items) interleaved at random.
+   * Without such items, `due` is returned as it is.
+   */
+  private interleaveBacklog(due: InFlight<T>[]): InFlight<T>[] {
+    if (!due.some((f) => f.arrived)) return due;
+    const groups: InFlight<T>[][] = [];
+    const byLink = new Map<string, InFlight<T>[]>();
+    for (const f of due) {
+      if (!f.arrived || !f.link) {
+        groups.push([f]);
+        continue;
+      }
+      const key = `${f.link.from}>${f.link.to}`;
+      let g = byLink.get(key);
+      if (!g) {
+        g = [];
+        byLink.set(key, g);
+        groups.push(g);
+      }
+      g.push(f);
+    }
+    for (const g of byLink.values()) g.sort((a, b) => a.at - b.at);
+    const out: InFlight<T>[] = [];
+    while (groups.length > 0) {
+      const i = this.rng.nextInt(groups.length);
+      out.push(groups[i].shift()!);
+      if (groups[i].length === 0) groups.splice(i, 1);
+    }
+    return out;
   }
 
   /**

@@ -44,7 +44,11 @@ export interface SimStats {
   compactions: number;
   confChangesApplied: number;
   reads: number;
+  readsIssued: number;
   transfers: number;
+  appliesLagged: number;
+  partialPartitions: number;
+  pauses: number;
   maxTerm: number;
 }
 
@@ -96,6 +100,18 @@ interface SimNode {
   sm: SmState;
   /** Snapshot data received from the network, awaiting the core's decision (volatile). */
   staged: Map<number, SmState>;
+  /**
+   * A Ready persisted and sent whose committed entries the (slow) state machine applies only at
+   * tick `until`; advance() waits for it. Meanwhile the node ticks and steps.
+   */
+  lagging?: { rd: Ready; until: number };
+  /**
+   * The process is paused (a GC pause, a stalled host) from tick `pausedFrom` until
+   * `pausedUntil`: it neither ticks nor handles messages, which wait in its buffer, nor serves
+   * clients, who wait too.
+   */
+  pausedFrom: number;
+  pausedUntil: number;
   incarnation: number;
   downUntil: number;
 }
@@ -114,6 +130,9 @@ const ELECTION_TICKS = 10;
  * still reorders after healing (slow, never stuck; a faster catch-up is open work).
  */
 const LIVENESS_TICKS = 1200;
+
+/** Ticks the converged cluster runs with its leader cut off from one follower voter. */
+const PARTIAL_PARTITION_TICKS = 6 * ELECTION_TICKS;
 
 export function runSeed(seed: number, opts: SimOptions = {}): SimResult {
   const sim = new Sim(seed, opts);
@@ -142,7 +161,11 @@ class Sim {
     compactions: 0,
     confChangesApplied: 0,
     reads: 0,
+    readsIssued: 0,
     transfers: 0,
+    appliesLagged: 0,
+    partialPartitions: 0,
+    pauses: 0,
     maxTerm: 0,
   };
   private readonly nodes = new Map<string, SimNode>();
@@ -167,6 +190,13 @@ class Sim {
   private readonly maxSizePerMsg: number;
   private readonly maxInflight: number;
   private readonly maxUncommitted: number;
+  /** Chance that a Ready's committed entries are applied late, and by up to how many ticks. */
+  private readonly applyLagRate: number;
+  private readonly applyLagMax: number;
+  /** Per tick with a leader: chance of proposing a membership change. */
+  private readonly confChangeRate: number;
+  /** Per tick: chance of pausing a process (often the leader's) for up to 4 election timeouts. */
+  private readonly pauseRate: number;
 
   // Checker state.
   private readonly leaderOfTerm = new Map<number, string>();
@@ -177,6 +207,10 @@ class Sim {
   /** "index|term" -> key and previous term (log matching). */
   private readonly logAt = new Map<string, { key: string; prevTerm: number | undefined }>();
   private maxCommitSeen = 0;
+  /** index -> term of the entry every node considering it committed must hold there. */
+  private readonly committedTerm = new Map<number, number>();
+  /** node -> commit index up to which its log was checked against committedTerm. */
+  private readonly commitChecked = new Map<string, number>();
   private readonly reads = new Map<number, { required: number; node: string }>();
   private nextReadId = 1;
   private nextProposalId = 1;
@@ -206,6 +240,14 @@ class Sim {
     this.maxSizePerMsg = [1, 1, 8, 64, 1024][r.nextInt(5)];
     this.maxInflight = 1 + r.nextInt(8);
     this.maxUncommitted = r.nextFloat() < 0.5 ? 0 : 64 + r.nextInt(512);
+    // Messages held up past an election timeout (their sender may be deposed when they arrive).
+    this.netProfile.longDelayRate = r.nextFloat() < 0.5 ? r.nextFloat() * 0.03 : 0;
+    this.netProfile.longDelayMax = 2 * ELECTION_TICKS + r.nextInt(3 * ELECTION_TICKS);
+    // A slow state machine: committed entries applied up to three election timeouts late.
+    this.applyLagRate = r.nextFloat() < 0.5 ? r.nextFloat() * 0.5 : 0;
+    this.applyLagMax = 1 + r.nextInt(3 * ELECTION_TICKS);
+    this.confChangeRate = r.nextFloat() < 0.5 ? 0.015 : 0.08;
+    this.pauseRate = r.nextFloat() < 0.5 ? 0.002 + r.nextFloat() * 0.01 : 0;
     const n = r.nextFloat() < 0.5 ? 3 : 3 + r.nextInt(3);
     const voters: string[] = [];
     for (let i = 0; i < n; i++) voters.push(`n${this.nextNodeNo++}`);
@@ -217,7 +259,8 @@ class Sim {
     this.trace(
       `seed ${seed}: ${n} voters, drop=${p.dropRate.toFixed(3)} dup=${p.dupRate.toFixed(3)} delay<=${p.maxDelay} ` +
         `crash=${this.crashRate.toFixed(4)} leaderCrash=${this.leaderCrashRate.toFixed(3)} partition=${p.partitionRate.toFixed(3)} persist=${this.persistRate.toFixed(2)} preVote=${this.preVote} ` +
-        `checkQuorum=${this.checkQuorum} maxMsg=${this.maxSizePerMsg} inflight=${this.maxInflight} uncommitted=${this.maxUncommitted}`,
+        `checkQuorum=${this.checkQuorum} maxMsg=${this.maxSizePerMsg} inflight=${this.maxInflight} uncommitted=${this.maxUncommitted} ` +
+        `longDelay=${(p.longDelayRate ?? 0).toFixed(3)}/${p.longDelayMax} applyLag=${this.applyLagRate.toFixed(2)}/${this.applyLagMax} confChange=${this.confChangeRate} pause=${this.pauseRate.toFixed(3)}`,
     );
   }
 
@@ -236,6 +279,8 @@ class Sim {
       staged: new Map(),
       incarnation: 0,
       downUntil: 0,
+      pausedFrom: 0,
+      pausedUntil: 0,
     };
     this.nodes.set(id, node);
     this.start(node);
@@ -267,6 +312,8 @@ class Sim {
     node.up = false;
     node.raw = undefined;
     node.pending = undefined;
+    node.lagging = undefined;
+    node.pausedUntil = 0;
     node.staged = new Map();
     this.stats.crashes++;
   }
@@ -279,7 +326,10 @@ class Sim {
     this.faults = false;
     this.net.heal();
     this.trace('=== HEAL: liveness phase ===');
-    for (const n of this.nodes.values()) if (!n.up && !n.retired) this.start(n);
+    for (const n of this.nodes.values()) {
+      n.pausedUntil = 0;
+      if (!n.up && !n.retired) this.start(n);
+    }
     let finalId = 0;
     let finalAt = { index: 0, term: 0 };
     for (let i = 0; i < livenessTicks; i++) {
@@ -308,6 +358,7 @@ class Sim {
         this.trace(`converged after ${i} liveness ticks`);
         // No committed entry was lost: the final leader still holds every one of them.
         this.checkLeaderCompleteness(leader, leader.raw!.basicStatus().firstIndex);
+        this.partialPartition(leader);
         return;
       }
     }
@@ -318,14 +369,65 @@ class Sim {
           .slice(0, 5)
           .map((p) => `${p.index}/${p.term}`)
           .join(',')}, ` +
-        `nodes=${[...this.nodes.values()]
-          .filter((n) => n.up)
-          .map((n) => {
-            const s = n.raw!.status();
-            return `${n.id}:${s.role}/t${s.term}/c${s.commit}/a${s.applied}/last${s.lastIndex}`;
-          })
-          .join(' ')})`,
+        `nodes=${this.nodesLine()})`,
     );
+  }
+
+  /** Every up node's role, term, commit, applied and last index, for failure messages. */
+  private nodesLine(): string {
+    return [...this.nodes.values()]
+      .filter((n) => n.up)
+      .map((n) => {
+        const s = n.raw!.status();
+        return `${n.id}:${s.role}/t${s.term}/c${s.commit}/a${s.applied}/last${s.lastIndex}`;
+      })
+      .join(' ');
+  }
+
+  /**
+   * Liveness under a partial partition: the converged cluster's leader loses its links to one
+   * follower voter while the others keep committing (proposals every few ticks, so the cut
+   * follower falls behind before its first election timeout). With pre-vote or check-quorum
+   * on, the cut follower must not depose a leader that still hears from a quorum (a pre-vote
+   * that makes its receivers adopt its term would), and commits must go on.
+   */
+  private partialPartition(leader: SimNode): void {
+    if (!this.preVote && !this.checkQuorum) return; // then a cut follower may disrupt: plain Raft
+    const raw = leader.raw!;
+    const s0 = raw.status();
+    const voters = s0.conf.voters;
+    if (voters.length < 3 || !voters.includes(leader.id)) return;
+    const others = voters.filter((v) => v !== leader.id);
+    const cutId = others[this.rng.nextInt(others.length)];
+    this.stats.partialPartitions++;
+    this.trace(`=== CUT ${leader.id} <-> ${cutId}: partial partition, leader must stay ===`);
+    this.net.cut.add(`${leader.id}>${cutId}`);
+    this.net.cut.add(`${cutId}>${leader.id}`);
+    const proposed: number[] = [];
+    for (let i = 0; i < PARTIAL_PARTITION_TICKS; i++) {
+      if (i % 5 === 0 && i < PARTIAL_PARTITION_TICKS - 2 * ELECTION_TICKS) {
+        const id = this.nextProposalId++;
+        try {
+          const index = raw.propose(enc.encode(`p${id}`));
+          this.pendingProposals.set(id, { index, term: s0.term });
+          proposed.push(id);
+        } catch (e) {
+          if (!(e instanceof RaftError)) throw e;
+        }
+      }
+      this.step();
+      const s = raw.basicStatus();
+      if (s.role !== 'leader' || s.term !== s0.term)
+        fail(
+          `liveness: leader ${leader.id} of term ${s0.term}, cut off from ${cutId} only, lost its leadership (now ${s.role} in term ${s.term})`,
+        );
+    }
+    const stuck = proposed.filter((id) => this.pendingProposals.has(id));
+    if (stuck.length > 0)
+      fail(
+        `liveness: leader ${leader.id} cut off from ${cutId} only stopped committing (${stuck.length} of ${proposed.length} proposals not applied; nodes=${this.nodesLine()})`,
+      );
+    this.net.heal();
   }
 
   private leader(): SimNode | undefined {
@@ -345,6 +447,9 @@ class Sim {
   private converged(leader: SimNode, finalId: number): boolean {
     const ls = leader.raw!.status();
     if (this.pendingProposals.has(finalId)) return false;
+    // A just-elected leader's commit index (and so its configuration) may lag until an entry of
+    // its own term commits.
+    if (leader.raw!.termAt(ls.commit) !== ls.term) return false;
     // Every proposal ever accepted must be resolved: committed (then it left pendingProposals),
     // or visibly superseded — the leader's log holds another entry at its index — so the host
     // can refuse it.
@@ -358,7 +463,7 @@ class Sim {
       const n = this.nodes.get(id);
       if (!n || !n.up) return false;
       const s = n.raw!.status();
-      if (s.applied < ls.commit || n.pending) return false;
+      if (s.applied < ls.commit || n.pending || n.lagging) return false;
     }
     return true;
   }
@@ -371,13 +476,33 @@ class Sim {
     if (this.faults) this.injectFaults();
     this.clientActions();
     for (const n of this.nodes.values()) {
-      if (!n.up) continue;
+      // A process resuming from a pause first serves the clients that waited (one of its reads
+      // may be confirmed by acknowledgements that waited in its buffer meanwhile).
+      if (n.up && n.pausedUntil === this.now) {
+        const reads = 1 + this.rng.nextInt(3);
+        for (let i = 0; i < reads; i++) this.issueRead(n);
+      }
+    }
+    for (const n of this.nodes.values()) {
+      if (!n.up || this.paused(n)) continue;
       if (this.faults && this.rng.nextFloat() < 0.02) continue; // clock drift: a skipped tick
       n.raw!.tick();
     }
     this.deliver();
-    for (const n of this.nodes.values()) this.processReady(n);
+    for (const n of this.nodes.values()) if (!this.paused(n)) this.processReady(n);
     this.check();
+  }
+
+  private paused(n: SimNode): boolean {
+    return n.pausedFrom <= this.now && this.now < n.pausedUntil;
+  }
+
+  /** Pause n from tick `from` for up to four election timeouts. */
+  private pause(n: SimNode, from: number): void {
+    n.pausedFrom = from;
+    n.pausedUntil = from + 1 + this.rng.nextInt(4 * ELECTION_TICKS);
+    this.stats.pauses++;
+    this.trace(`PAUSE ${n.id} t=${from}..${n.pausedUntil}`);
   }
 
   private injectFaults(): void {
@@ -417,14 +542,19 @@ class Sim {
       }
     }
     this.net.partitionStep([...this.nodes.keys()], leader?.id);
+    if (this.pauseRate > 0 && r.nextFloat() < this.pauseRate) {
+      const n = leader && !this.paused(leader) && r.nextFloat() < 0.6 ? leader : this.randomUp();
+      if (n) this.pause(n, this.now);
+    }
     if (r.nextFloat() < 0.03) {
       const n = this.randomUp();
       if (n) this.compact(n);
     }
   }
 
+  /** A random node that is up and not paused. */
   private randomUp(): SimNode | undefined {
-    const ups = [...this.nodes.values()].filter((n) => n.up);
+    const ups = [...this.nodes.values()].filter((n) => n.up && !this.paused(n));
     return ups.length ? ups[this.rng.nextInt(ups.length)] : undefined;
   }
 
@@ -441,7 +571,8 @@ class Sim {
 
   private clientActions(): void {
     const r = this.rng;
-    const leader = this.leader();
+    const highest = this.leader();
+    const leader = highest && !this.paused(highest) ? highest : undefined;
     if (this.faults && r.nextFloat() < 0.4) {
       const n = leader && r.nextFloat() < 0.85 ? leader : this.randomUp();
       if (n) {
@@ -459,21 +590,20 @@ class Sim {
         }
       }
     }
-    if (r.nextFloat() < 0.08) {
-      const n = this.randomUp();
-      if (n) {
-        const id = this.nextReadId++;
-        const ctx = enc.encode(`r${id}`);
-        try {
-          n.raw!.readIndex(ctx);
-          this.reads.set(id, { required: this.maxCommitSeen, node: n.id });
-        } catch (e) {
-          if (!(e instanceof RaftError)) throw e;
-        }
-      }
+    if (r.nextFloat() < 0.3) {
+      // Half the reads go to a node that believes it leads: a deposed leader that does not know
+      // it yet must not answer them from its stale commit index.
+      const leaders = [...this.nodes.values()].filter(
+        (m) => m.up && !this.paused(m) && m.raw!.basicStatus().role === 'leader',
+      );
+      const n =
+        leaders.length > 0 && r.nextFloat() < 0.5
+          ? leaders[r.nextInt(leaders.length)]
+          : this.randomUp();
+      if (n) this.issueRead(n);
     }
     if (!this.faults || !leader) return;
-    if (r.nextFloat() < 0.015) this.confChange(leader);
+    if (r.nextFloat() < this.confChangeRate) this.confChange(leader);
     if (r.nextFloat() < 0.005) {
       const voters = leader.raw!.status().conf.voters.filter((v) => v !== leader.id);
       if (voters.length > 0) {
@@ -483,6 +613,33 @@ class Sim {
         leader.raw!.transferLeadership(to);
       }
     }
+  }
+
+  /**
+   * A linearizable read on n: its answer must cover every entry committed anywhere before now
+   * (checked when the read state comes out of a Ready).
+   */
+  private issueRead(n: SimNode): void {
+    const id = this.nextReadId++;
+    try {
+      n.raw!.readIndex(enc.encode(`r${id}`));
+      this.reads.set(id, { required: this.maxCommitSeen, node: n.id });
+      this.stats.readsIssued++;
+    } catch (e) {
+      if (!(e instanceof RaftError)) throw e;
+      return;
+    }
+    // Adversarial pause point: a leader stalls right after sending the heartbeats that confirm
+    // a read, so their acknowledgements wait in its buffer while the others may move on.
+    if (
+      this.faults &&
+      this.pauseRate > 0 &&
+      !this.paused(n) &&
+      n.pausedUntil <= this.now &&
+      n.raw!.basicStatus().role === 'leader' &&
+      this.rng.nextFloat() < 0.3
+    )
+      this.pause(n, this.now + 1);
   }
 
   private confChange(leader: SimNode): void {
@@ -548,7 +705,12 @@ class Sim {
   }
 
   private deliver(): void {
-    for (const { item, ok } of this.net.takeDue(this.now, (id) => !!this.nodes.get(id)?.up)) {
+    const due = this.net.takeDue(
+      this.now,
+      (id) => !!this.nodes.get(id)?.up,
+      (id) => this.paused(this.nodes.get(id)!),
+    );
+    for (const { item, ok } of due) {
       if (item.kind === 'report') {
         const n = this.nodes.get(item.node)!;
         if (n.up && n.incarnation === item.incarnation) n.raw!.reportSnapshot(item.peer, item.ok);
@@ -566,6 +728,13 @@ class Sim {
   private processReady(n: SimNode): void {
     for (let round = 0; round < 2 && n.up; round++) {
       const raw = n.raw!;
+      if (n.lagging) {
+        if (this.faults && this.now < n.lagging.until) return;
+        const rd = n.lagging.rd;
+        n.lagging = undefined;
+        this.finishReady(n, rd, [], false);
+        continue;
+      }
       if (!n.pending) {
         if (!raw.hasReady()) return;
         n.pending = raw.ready();
@@ -630,7 +799,6 @@ class Sim {
   }
 
   private persistAndApply(n: SimNode, rd: Ready, sent: boolean): void {
-    const raw = n.raw!;
     // rd.messages may leave before the Ready is durable (the core's contract: a leader counts
     // itself only after advance(), acknowledgements and votes come in messagesAfterAppend); a
     // crash in between loses the Ready although its messages are out.
@@ -676,8 +844,22 @@ class Sim {
     }
     // Only now, with the Ready durable: acknowledgements and votes.
     const late = [...(earlySend ? [] : rd.messages), ...rd.messagesAfterAppend];
+    if (this.faults && rd.committedEntries.length > 0 && this.rng.nextFloat() < this.applyLagRate) {
+      // A slow state machine: everything is sent, the entries are applied (and the Ready
+      // advanced) later. The core meanwhile sees them committed but not applied.
+      for (const m of late) this.send(n, m);
+      n.lagging = { rd, until: this.now + 1 + this.rng.nextInt(this.applyLagMax) };
+      this.stats.appliesLagged++;
+      return;
+    }
     const applyFirst = this.faults && this.rng.nextFloat() < 0.5;
     if (!applyFirst) for (const m of late) this.send(n, m);
+    this.finishReady(n, rd, applyFirst ? late : [], applyFirst);
+  }
+
+  /** Apply rd's committed entries, send `late`, take its read states and advance. */
+  private finishReady(n: SimNode, rd: Ready, late: Message[], applyFirst: boolean): void {
+    const raw = n.raw!;
     for (const e of rd.committedEntries) this.apply(n, e);
     if (rd.committedEntries.length > 0 && raw.basicStatus().role === 'leader') {
       if (applyFirst && this.rng.nextFloat() < this.crashAfterCommitRate) {
@@ -687,7 +869,7 @@ class Sim {
       }
       this.leaderJustApplied = n;
     }
-    if (applyFirst) for (const m of late) this.send(n, m);
+    for (const m of late) this.send(n, m);
     for (const rs of rd.readStates) {
       const id = Number(dec.decode(rs.context).slice(1));
       const req = this.reads.get(id);
@@ -743,6 +925,7 @@ class Sim {
     for (const n of this.nodes.values()) {
       if (!n.up) continue;
       const s = n.raw!.basicStatus();
+      this.checkCommitted(n, s.commit);
       if (s.commit > this.maxCommitSeen) this.maxCommitSeen = s.commit;
       if (s.term > this.stats.maxTerm) this.stats.maxTerm = s.term;
       if (s.role !== 'leader') continue;
@@ -765,6 +948,27 @@ class Sim {
         this.checkLeaderCompleteness(n, s.firstIndex);
       }
     }
+  }
+
+  /**
+   * The commit history: every entry a node considers committed is the one every other node
+   * considered committed at that index (same term, and by log matching the same entry), checked
+   * as soon as its commit index covers it, before anything is applied.
+   */
+  private checkCommitted(n: SimNode, commit: number): void {
+    const raw = n.raw!;
+    const from = Math.min(this.commitChecked.get(n.id) ?? 0, commit);
+    for (let i = from + 1; i <= commit; i++) {
+      const t = raw.termAt(i);
+      if (t === undefined) continue; // inside its snapshot
+      const c = this.committedTerm.get(i);
+      if (c === undefined) this.committedTerm.set(i, t);
+      else if (c !== t)
+        fail(
+          `committed history: ${n.id} considers ${i}/${t} committed, but ${i}/${c} was committed`,
+        );
+    }
+    this.commitChecked.set(n.id, commit);
   }
 
   /** §5.4: a new leader's log holds every entry committed (applied anywhere) so far. */
