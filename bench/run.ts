@@ -32,6 +32,8 @@ const RESULTS_DIR = path.resolve(__dirname, '../../bench/results');
 interface SystemResults {
   baseline?: w.Baseline;
   commit?: w.ThroughputPoint[];
+  /** ClientStorage.commit() (ZeoRaft only), measured right after the raw commits. */
+  clientCommit?: w.ThroughputPoint[];
   conflicts?: w.ConflictResult;
   loads?: w.LoadResults;
   fanout?: w.FanoutResult;
@@ -120,7 +122,19 @@ async function runAll(t: Target, only: Workload[], sizes: w.Sizes): Promise<Syst
       }
     };
     if (only.includes('commit')) r.baseline = await w.baseline(t);
-    await step('commit', w.commitWorkload);
+    // ZeoRaft: ClientStorage.commit() right after the raw Commit point of the same C.
+    const clientCommit = async (clients: number): Promise<void> => {
+      if (!(t instanceof ZeoRaftTarget) || !w.CLIENT_COMMIT_CLIENTS.includes(clients)) return;
+      try {
+        (r.clientCommit ??= []).push(await w.clientCommitPoint(t, sizes, clients));
+      } catch (e) {
+        r.errors.commit = String((e as Error)?.stack ?? e);
+        process.stderr.write(
+          `[bench] ${t.name} commit (ClientStorage) failed: ${r.errors.commit}\n`,
+        );
+      }
+    };
+    await step('commit', (t1, s1) => w.commitWorkload(t1, s1, clientCommit));
     await step('conflicts', w.conflictWorkload);
     await step('loads', w.loadWorkload);
     await step('fanout', w.fanoutWorkload);
@@ -173,6 +187,25 @@ function rows(z: SystemResults, e: SystemResults | undefined): Row[] {
     add(name, 'p99', 'ms', false, (r) => r.commit?.[i]?.p99Ms);
     add(name, 'max', 'ms', false, (r) => r.commit?.[i]?.maxMs);
   });
+  for (const c of w.CLIENT_COMMIT_CLIENTS) {
+    const name = `commit (ClientStorage) C=${c}`;
+    const mine = (r: SystemResults) => r.clientCommit?.find((p) => p.clients === c);
+    const raw = (r: SystemResults) => r.commit?.find((p) => p.clients === c);
+    add(name, 'commits/s', '/s', true, (r) => mine(r)?.perSecond);
+    add(name, 'p50', 'ms', false, (r) => mine(r)?.p50Ms);
+    add(name, 'p99', 'ms', false, (r) => mine(r)?.p99Ms);
+    // MISSION §7: within 1.2x of the raw Commit row of the same run.
+    add(name, 'raw Commit/ClientStorage commits/s', 'x', false, (r) => {
+      const m = mine(r);
+      const w0 = raw(r);
+      return m && w0 && m.perSecond > 0 ? w0.perSecond / m.perSecond : undefined;
+    });
+    add(name, 'ClientStorage/raw Commit p50', 'x', false, (r) => {
+      const m = mine(r);
+      const w0 = raw(r);
+      return m && w0 && w0.p50Ms > 0 ? m.p50Ms / w0.p50Ms : undefined;
+    });
+  }
   const cn = `conflicts C=${(z.conflicts ?? e?.conflicts)?.clients ?? ''} hot=100`;
   add(cn, 'commits/s', '/s', true, (r) => r.conflicts?.perSecond);
   add(cn, 'conflicts/s', '/s', false, (r) => r.conflicts?.conflictsPerSecond);

@@ -22,6 +22,9 @@ const LOAD_KEY_BASE = 30_000;
 const FANOUT_KEY_BASE = 50_000;
 const FANOUT_KEYS = 1000;
 const FAILOVER_KEY_BASE = 100_000;
+const CLIENT_COMMIT_KEY_BASE = 60_000;
+/** Concurrencies of the `commit (ClientStorage)` row, next to the raw `Commit` row's. */
+export const CLIENT_COMMIT_CLIENTS = [1, 64];
 const MEMORY_KEY_BASE = 10_000_000;
 /** Read-modify-write attempts before an operation is counted as failed. */
 const RMW_ATTEMPTS_MAX = 100;
@@ -127,8 +130,16 @@ export async function baseline(t: Target): Promise<Baseline> {
   return b;
 }
 
-/** C clients, each writing one 256-byte value among the keys it owns (key % C === client). */
-export async function commitWorkload(t: Target, sizes: Sizes): Promise<ThroughputPoint[]> {
+/**
+ * C clients, each writing one 256-byte value among the keys it owns (key % C === client).
+ * `afterPoint` runs after each point (the ClientStorage row is measured right after the raw one
+ * of the same C, so the two see the same machine).
+ */
+export async function commitWorkload(
+  t: Target,
+  sizes: Sizes,
+  afterPoint?: (clients: number) => Promise<void>,
+): Promise<ThroughputPoint[]> {
   const points: ThroughputPoint[] = [];
   for (const clients of sizes.commitClients) {
     const leader = await t.leader();
@@ -158,8 +169,62 @@ export async function commitWorkload(t: Target, sizes: Sizes): Promise<Throughpu
       `${t.name} commit C=${clients}: ${p.perSecond.toFixed(0)}/s p50 ${p.p50Ms.toFixed(2)} ms p99 ${p.p99Ms.toFixed(2)} ms`,
     );
     points.push(p);
+    await afterPoint?.(clients);
   }
   return points;
+}
+
+/**
+ * ClientStorage.commit() as an application runs it: one ClientStorage (one connection, its
+ * Subscribe stream, its cache) shared by C concurrent committers, each writing one 256-byte value
+ * among the keys it owns (key % C === committer) based on the serial of its last write there, like
+ * the raw `Commit` row. A commit returns once the client's own view includes it.
+ */
+export async function clientCommitPoint(
+  t: ZeoRaftTarget,
+  sizes: Sizes,
+  clients: number,
+): Promise<ThroughputPoint> {
+  const leader = await t.leader();
+  const others = Array.from({ length: t.nodeCount }, (_, i) => i).filter((i) => i !== leader);
+  const cs = await ClientStorage.open({
+    addresses: [leader, ...others].map((i) => t.address(i)),
+    cache: { memoryBytes: 64 << 20 },
+    clientName: `bench commit C=${clients}`,
+  });
+  try {
+    const owned = Math.floor(COMMIT_KEYS / clients);
+    const serials = new Map<number, Buffer>();
+    const errors = new ErrorTally();
+    const r = await closedLoop(
+      clients,
+      sizes.durationMs,
+      sizes.warmupMs,
+      async (c) => {
+        const key = CLIENT_COMMIT_KEY_BASE + c + clients * randomInt(owned);
+        const tid = await cs.commit({
+          stores: [{ oid: oidOf(key), serial: serials.get(key), data: value(key) }],
+        });
+        serials.set(key, tid);
+        return true;
+      },
+      errors.add,
+    );
+    const p: ThroughputPoint = {
+      clients,
+      perSecond: r.ok / r.seconds,
+      failed: r.failed,
+      errors: errors.count,
+      errorExamples: errors.examples,
+      ...summarize(r.latenciesMs),
+    };
+    log(
+      `${t.name} commit (ClientStorage) C=${clients}: ${p.perSecond.toFixed(0)}/s p50 ${p.p50Ms.toFixed(2)} ms p99 ${p.p99Ms.toFixed(2)} ms`,
+    );
+    return p;
+  } finally {
+    await cs.close();
+  }
 }
 
 export interface ConflictResult extends ThroughputPoint {
