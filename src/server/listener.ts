@@ -5,6 +5,7 @@
  * options all apply as with bindAsync).
  */
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 
 /** Server options bounding what one gRPC connection may hold, for the client and peer listeners. */
@@ -44,6 +45,30 @@ export interface CappedListenerOptions {
 }
 
 /**
+ * Connections of a listener that are not gRPC (the peer listener's Raft streams): recognised by
+ * their first bytes, or with TLS by the ALPN protocol they negotiate, and handed to `take`.
+ */
+export interface Diversion {
+  /** A plain connection that opens with these bytes is diverted (they are consumed). */
+  magic: Buffer;
+  /** A TLS connection that negotiates this ALPN protocol is diverted. */
+  alpn: string;
+  /**
+   * TLS of the listener, terminated here for every connection (gRPC ones too, which then reach
+   * the grpc.Server decrypted: `listen` must be given insecure credentials). Must verify clients
+   * (`requestCert` and `rejectUnauthorized`) when the listener requires client certificates.
+   */
+  tls?: tls.TlsOptions;
+  /**
+   * A diverted connection, with the bytes that followed the magic. `started()` marks it as in
+   * use (its first-call timer stops), as a gRPC connection's first call does.
+   */
+  take(socket: net.Socket, head: Buffer, started: () => void): void;
+  /** A TLS handshake failed (a certificate of another CA, none, or not TLS at all). */
+  onTlsError?(error: Error, socket: net.Socket): void;
+}
+
+/**
  * The TCP side of a gRPC listener: counts connections, caps them, and closes those that never
  * start a call. Pass `interceptor` to the grpc.Server (first, so it sees every call), then
  * `listen`.
@@ -70,14 +95,19 @@ export class CappedListener {
     return this.sockets.size;
   }
 
-  /** Listen on `address` (host:port) for `server`; resolves to the bound port. */
+  /**
+   * Listen on `address` (host:port) for `server`, diverting some connections to `divert`;
+   * resolves to the bound port.
+   */
   async listen(
     server: grpc.Server,
     address: string,
     credentials: grpc.ServerCredentials,
+    divert?: Diversion,
   ): Promise<number> {
     const o = this.options;
     const injector = server.createConnectionInjector(credentials);
+    const route = divert ? this.router(divert, injector) : undefined;
     const listener = net.createServer((socket) => {
       if (this.sockets.size >= o.maxConnections) {
         o.onRefused(this.sockets.size, socket);
@@ -98,7 +128,8 @@ export class CappedListener {
         this.sockets.delete(key);
         o.onChange?.(this.sockets.size);
       });
-      injector.injectConnection(socket);
+      if (route) route(socket, key);
+      else injector.injectConnection(socket);
     });
     const i = address.lastIndexOf(':');
     const host = address.slice(0, i).replace(/^\[(.*)\]$/, '$1');
@@ -112,6 +143,50 @@ export class CappedListener {
     });
     this.listener = listener;
     return (listener.address() as net.AddressInfo).port;
+  }
+
+  /** Sends each new connection to `divert.take` or to gRPC. */
+  private router(
+    divert: Diversion,
+    injector: { injectConnection(socket: net.Socket): void },
+  ): (socket: net.Socket, key: string) => void {
+    const started = (key: string) => (): void => {
+      const entry = this.sockets.get(key);
+      if (entry?.timer) {
+        clearTimeout(entry.timer);
+        entry.timer = undefined;
+      }
+    };
+    if (divert.tls) {
+      const secure = tls.createServer({ ...divert.tls, ALPNProtocols: [divert.alpn, 'h2'] });
+      secure.on('secureConnection', (t: tls.TLSSocket) => {
+        if (t.alpnProtocol === divert.alpn)
+          divert.take(t, Buffer.alloc(0), started(`${t.remoteAddress}:${t.remotePort}`));
+        else injector.injectConnection(t);
+      });
+      secure.on('tlsClientError', (e, t) => {
+        divert.onTlsError?.(e, t);
+        t.destroy();
+      });
+      return (socket) => void secure.emit('connection', socket);
+    }
+    const magic = divert.magic;
+    return (socket, key) => {
+      let head: Buffer = Buffer.alloc(0);
+      const onData = (d: Buffer): void => {
+        head = head.length ? Buffer.concat([head, d]) : d;
+        const n = Math.min(head.length, magic.length);
+        const matches = head.subarray(0, n).equals(magic.subarray(0, n));
+        if (matches && head.length < magic.length) return;
+        socket.off('data', onData);
+        socket.pause();
+        if (matches) return divert.take(socket, head.subarray(magic.length), started(key));
+        // gRPC: the HTTP/2 session reads what was already received first.
+        socket.unshift(head);
+        injector.injectConnection(socket);
+      };
+      socket.on('data', onData);
+    };
   }
 
   /** Stop accepting and close what the grpc.Server's shutdown left open. */

@@ -63,12 +63,31 @@ export function authenticatePeer(
   cert: PeerCertificate | undefined,
   cfg: PeerAuthConfig,
 ): PeerAuthResult {
+  const claimed = md.get(PEER_ID_METADATA)[0];
+  const token = md.get(PEER_AUTH_METADATA)[0];
+  return authenticateClaim(
+    typeof claimed === 'string' ? claimed : '',
+    typeof token === 'string' ? token : '',
+    cert,
+    cfg,
+  );
+}
+
+/**
+ * Authenticate a peer that claims to be node `claimed` with `token` (its cluster-key token, '' if
+ * none) and its TLS client certificate: the decision for gRPC calls and Raft stream connections.
+ */
+export function authenticateClaim(
+  claimed: string,
+  token: string,
+  cert: PeerCertificate | undefined,
+  cfg: PeerAuthConfig,
+): PeerAuthResult {
   const unauthenticated = (m: string, reason: string): PeerAuthResult => ({
     error: new RpcError(grpc.status.UNAUTHENTICATED, m),
     reason,
   });
-  const claimed = md.get(PEER_ID_METADATA)[0];
-  if (typeof claimed !== 'string' || !claimed)
+  if (!claimed)
     return unauthenticated(
       `a peer call must name its node (metadata ${PEER_ID_METADATA})`,
       'peer_id',
@@ -87,9 +106,8 @@ export function authenticatePeer(
       );
   }
   if (cfg.clusterKey) {
-    const got = md.get(PEER_AUTH_METADATA)[0];
     const want = Buffer.from(peerToken(cfg.clusterKey, claimed));
-    const presented = Buffer.from(typeof got === 'string' ? got : '');
+    const presented = Buffer.from(token);
     // Equal lengths before timingSafeEqual; the length of a valid token is no secret.
     const ok = presented.length === want.length && timingSafeEqual(presented, want);
     if (!ok) return unauthenticated('wrong or missing cluster key', 'cluster_key');

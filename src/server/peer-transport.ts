@@ -1,21 +1,23 @@
 /**
- * Raft messages between members over gRPC: one client stream per peer for ordinary messages,
- * snapshots on their own RPC in chunks (so a large snapshot never delays heartbeats), and
- * forwarding of commands from followers to the leader. Every call names this node and proves it
- * (peer-auth.ts); the receiving side's Security interceptor checks that before any handler here
- * runs, and checks each message's sender against it.
+ * The peer port and this node's links to its peers. Raft messages travel on the Raft stream
+ * (peer-stream.ts: protobuf frames over TCP or TLS, one connection per direction); snapshots (in
+ * chunks) and commands forwarded from followers to the leader are gRPC calls on the same port,
+ * on a connection of their own, so a large snapshot never delays heartbeats. The listener tells
+ * the two apart by a connection's first bytes (with TLS, by its ALPN protocol).
  *
- * Every outbound queue is bounded: past MAX_OUTSTANDING_WRITES unflushed envelopes to a peer,
- * messages to it are dropped and the core is told the peer is unreachable (Raft retries).
+ * Both authenticate alike (peer-auth.ts): a gRPC call names this node and proves it in its
+ * metadata, checked by the Security interceptor before any handler here runs; a Raft stream in
+ * its hello, checked by Security.admitPeerStream. Every message's sender is then checked against
+ * the node authenticated.
  */
 import * as fs from 'node:fs';
+import type * as net from 'node:net';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { decodeStatusDetails, loadProto } from '../proto';
 import type { ProtoGrpcType as RaftProto } from '../generated/raft';
 import type { RaftClient, RaftHandlers } from '../generated/zeoraft/v1/raft/Raft';
 import type { Message as PMessage, Message__Output } from '../generated/zeoraft/v1/raft/Message';
-import type { Envelope, Envelope__Output } from '../generated/zeoraft/v1/raft/Envelope';
 import type { SnapshotPart, SnapshotPart__Output } from '../generated/zeoraft/v1/raft/SnapshotPart';
 import type { Caller as PCaller, Caller__Output } from '../generated/zeoraft/v1/raft/Caller';
 import { Message, MessageType } from '../raft';
@@ -25,21 +27,22 @@ import { decodeApplyResult, encodeApplyResult } from './apply-result-codec';
 import { RpcError, outcomeUnknown, toServiceError, unavailable } from './errors';
 import { CappedListener, connectionServerOptions } from './listener';
 import type { StorageNode } from './node';
-import { peerCallMetadata } from './peer-auth';
+import { peerCallMetadata, peerToken } from './peer-auth';
+import { StreamLink, acceptStream } from './peer-stream';
+import { STREAM_ALPN, STREAM_MAGIC } from './peer-wire';
 import type { PeerSender, RaftReplicator } from './raft-replicator';
 import { ROLES, type Caller, type Role } from './security';
-import { peerChannelCredentials, peerServerCredentials } from './tls';
+import { peerChannelCredentials, peerListenerTls, peerStreamTls } from './tls';
 
-const MAX_OUTSTANDING_WRITES = 1024;
 const SNAPSHOT_FILE = 'snapshot-incoming.tmp';
 /** Connections on the peer listener: a cluster's members need a few each. */
 const PEER_CONNECTIONS_MAX = 128;
-/** A peer connection without a call (no Raft stream, snapshot or forward) for this long is closed. */
+/** A peer connection without a call (snapshot or forward) for this long is closed. */
 const PEER_IDLE_TIMEOUT_MS = 300_000;
 /** A quiet peer connection is pinged this often, and closed when a ping goes unanswered. */
 const PEER_KEEPALIVE_TIME_MS = 10_000;
 const PEER_KEEPALIVE_TIMEOUT_MS = 10_000;
-/** A peer connection that has not started a call within this time is closed. */
+/** A peer connection that has not started a call (or sent a Raft stream's hello) within this time is closed. */
 const PEER_FIRST_CALL_TIMEOUT_MS = 10_000;
 
 let raftProto: RaftProto | undefined;
@@ -98,15 +101,29 @@ export function fromProto(p: Message__Output): Message {
 class PeerLink {
   private client: RaftClient | undefined;
   private address = '';
-  private stream: grpc.ClientWritableStream<Envelope> | undefined;
-  private outstanding = 0;
+  /** Raft messages: the Raft stream. */
+  readonly stream: StreamLink;
   snapshotInFlight = false;
 
   constructor(
     readonly id: string,
     private readonly transport: PeerTransport,
-  ) {}
+  ) {
+    const node = transport.node;
+    const { clusterKey, peerTls } = node.config.security ?? {};
+    this.stream = new StreamLink({
+      self: node.config.nodeId,
+      peer: id,
+      address: () => node.addressBook.peerAddress(id),
+      token: clusterKey ? peerToken(clusterKey, node.config.nodeId) : '',
+      tls: peerTls ? () => peerStreamTls(peerTls, id, STREAM_ALPN) : undefined,
+      onFailure: (why) => this.failed(why),
+      log: node.log,
+      nowMs: () => Date.now(),
+    });
+  }
 
+  /** The gRPC client for snapshots and forwarded commands. */
   connection(): RaftClient | undefined {
     const address = this.transport.node.addressBook.peerAddress(this.id);
     if (!address) return undefined;
@@ -122,32 +139,12 @@ class PeerLink {
         'grpc.keepalive_time_ms': 10_000,
       });
       this.address = address;
-      this.stream = undefined;
     }
     return this.client;
   }
 
   send(messages: PMessage[]): void {
-    const client = this.connection();
-    if (!client) return this.failed(`no address for peer ${this.id}`);
-    if (this.outstanding >= MAX_OUTSTANDING_WRITES)
-      return this.failed(`peer ${this.id}: ${this.outstanding} writes outstanding`);
-    if (!this.stream) {
-      const s = client.Stream(this.transport.callMetadata(), (err) => {
-        if (this.stream === s) this.stream = undefined;
-        this.outstanding = 0;
-        if (err && !this.transport.closing)
-          this.failed(`stream to ${this.id} ended: ${err.message}`);
-      });
-      this.stream = s;
-    }
-    this.outstanding++;
-    const env: Envelope = {
-      from: this.transport.node.config.nodeId,
-      messages,
-      sentAtMs: Date.now(),
-    };
-    this.stream.write(env, () => this.outstanding--);
+    this.stream.send({ from: this.transport.node.config.nodeId, messages, sentAtMs: Date.now() });
   }
 
   private failed(why: string): void {
@@ -157,8 +154,7 @@ class PeerLink {
   }
 
   close(): void {
-    this.stream?.end();
-    this.stream = undefined;
+    this.stream.close();
     this.client?.close();
     this.client = undefined;
   }
@@ -168,6 +164,8 @@ export class PeerTransport implements PeerSender {
   private readonly links = new Map<string, PeerLink>();
   private server: grpc.Server | undefined;
   private listener: CappedListener | undefined;
+  /** Raft streams received from peers. */
+  private readonly streams = new Set<net.Socket>();
   closing = false;
 
   constructor(
@@ -209,10 +207,34 @@ export class PeerTransport implements PeerSender {
       interceptors: [listener.interceptor, this.node.security.interceptor('peer')],
     });
     server.addService(raftPackage().zeoraft.v1.raft.Raft.service, this.handlers());
+    const peerTls = this.node.config.security?.peerTls;
+    const security = this.node.security;
     const port = await listener.listen(
       server,
       this.node.config.peerListen,
-      peerServerCredentials(this.node.config.security?.peerTls),
+      // With peer TLS the listener terminates TLS for both kinds of connection.
+      grpc.ServerCredentials.createInsecure(),
+      {
+        magic: STREAM_MAGIC,
+        alpn: STREAM_ALPN,
+        tls: peerTls ? peerListenerTls(peerTls) : undefined,
+        take: (socket, head, started) =>
+          acceptStream(socket, head, started, {
+            admit: (address, hello, cert) => security.admitPeerStream(address, hello, cert),
+            check: (address, env, peer) => security.peerEnvelopeError(address, env, peer),
+            deliver: (env) => {
+              for (const m of env.messages) this.replicator.step(fromProto(m));
+            },
+            open: this.streams,
+          }),
+        onTlsError: (e, socket) =>
+          security.refused(
+            'peer',
+            `${socket.remoteAddress}:${socket.remotePort}`,
+            'peer_tls',
+            `TLS handshake failed: ${e.message}`,
+          ),
+      },
     );
     this.listener = listener;
     this.server = server;
@@ -337,13 +359,6 @@ export class PeerTransport implements PeerSender {
 
   private handlers(): RaftHandlers {
     return {
-      Stream: (call, callback) => {
-        call.on('data', (env: Envelope__Output) => {
-          for (const m of env.messages) this.replicator.step(fromProto(m));
-        });
-        call.on('end', () => callback(null, {}));
-        call.on('error', () => undefined);
-      },
       Snapshot: (call, callback) => {
         const file = path.join(this.node.config.dataDir, SNAPSHOT_FILE);
         let header: Message | undefined;
@@ -433,6 +448,7 @@ export class PeerTransport implements PeerSender {
   async close(): Promise<void> {
     this.closing = true;
     for (const l of this.links.values()) l.close();
+    for (const s of this.streams) s.destroy();
     if (this.server) {
       const s = this.server;
       await new Promise<void>((resolve) => {

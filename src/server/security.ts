@@ -25,12 +25,13 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import type { NodeMetrics } from '../metrics/metrics';
 import type { Command } from '../storage/codec';
 import type { Logger } from '../util/log';
 import { RpcError, limit, readOnly, toServiceError } from './errors';
-import { authenticatePeer, peerMessageError } from './peer-auth';
+import { authenticateClaim, authenticatePeer, peerMessageError } from './peer-auth';
 import type { ClientTlsConfig, TlsFiles } from './tls';
 import { validateTls } from './tls';
 
@@ -480,6 +481,56 @@ export class Security {
     let n = 0;
     for (const v of this.voted.values()) if (v.conn === conn) n++;
     return n;
+  }
+
+  /**
+   * Admit a Raft stream connection on the peer listener (peer-stream.ts), as the interceptor admits
+   * a peer call: the address allow-list, then the hello's node id proven by the cluster-key token
+   * and/or the TLS certificate, and the hello must be meant for this node. A refusal is recorded
+   * (metrics, rate-limited log) and returned.
+   */
+  admitPeerStream(
+    address: string,
+    hello: { from: string; to: string; token: string },
+    cert: PeerCertificate | undefined,
+  ): { id: string } | { error: RpcError } {
+    const refuse = (error: RpcError, reason: string): { error: RpcError } => {
+      this.refused('peer', address, reason, `Raft stream from ${address}: ${error.message}`);
+      return { error };
+    };
+    if (!this.allow.peer.allows(address))
+      return refuse(
+        new RpcError(
+          grpc.status.PERMISSION_DENIED,
+          `address ${address} is not allowed on the peer listener`,
+        ),
+        'address',
+      );
+    const a = authenticateClaim(hello.from, hello.token, cert, {
+      clusterKey: this.config.clusterKey,
+      mtls: !!this.config.peerTls,
+    });
+    if ('error' in a) return refuse(a.error, a.reason);
+    if (hello.to !== this.nodeId)
+      return refuse(
+        new RpcError(
+          grpc.status.PERMISSION_DENIED,
+          `a Raft stream addressed to ${JSON.stringify(hello.to)} sent to node ${this.nodeId}`,
+        ),
+        'peer_from',
+      );
+    return a;
+  }
+
+  /**
+   * Why an envelope on a Raft stream authenticated as `peer` must be refused (recorded), as the
+   * interceptor checks each message of a peer call; undefined when it is fine.
+   */
+  peerEnvelopeError(address: string, env: unknown, peer: string): RpcError | undefined {
+    const err = peerMessageError('Stream', env, peer, this.nodeId);
+    if (err)
+      this.refused('peer', address, 'peer_from', `Raft stream from ${address}: ${err.message}`);
+    return err;
   }
 
   /** The server interceptor of a gRPC listener ('client' or 'peer'). */

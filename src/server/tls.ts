@@ -12,6 +12,7 @@
  * Files are read once at start; a node restart picks up rotated certificates.
  */
 import * as fs from 'node:fs';
+import type * as tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { serverIsPeer } from './peer-auth';
 
@@ -113,4 +114,32 @@ export function internalClientCredentials(
     read(own.key, 'TLS key'),
     read(own.cert, 'TLS certificate'),
   );
+}
+
+/**
+ * TLS of the peer listener, which terminates TLS itself (its Raft streams and its gRPC calls
+ * alike): mutual, with the cluster CA; a client without a certificate of that CA fails the handshake.
+ */
+export function peerListenerTls(t: TlsFiles): tls.TlsOptions {
+  return {
+    ca: read(t.ca ?? '', 'peer TLS CA'),
+    cert: read(t.cert, 'peer TLS certificate'),
+    key: read(t.key, 'peer TLS key'),
+    requestCert: true,
+    rejectUnauthorized: true,
+  };
+}
+
+/**
+ * TLS of this node's Raft stream to peer `peerId`, with the checks of peerChannelCredentials: only
+ * the cluster CA, its own certificate presented, and the server's certificate must name `peerId`.
+ */
+export function peerStreamTls(t: TlsFiles, peerId: string, alpn: string): tls.ConnectionOptions {
+  return {
+    ca: read(t.ca ?? '', 'peer TLS CA'),
+    cert: read(t.cert, 'peer TLS certificate'),
+    key: read(t.key, 'peer TLS key'),
+    ALPNProtocols: [alpn],
+    checkServerIdentity: serverIsPeer(peerId),
+  };
 }

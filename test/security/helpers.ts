@@ -1,12 +1,27 @@
 /** Shared helpers of the security tests: keyed clients, status assertions, HTTP fetches. */
 import * as assert from 'node:assert/strict';
 import * as http from 'node:http';
+import * as net from 'node:net';
 import * as path from 'node:path';
+import * as tls from 'node:tls';
 import * as protobuf from 'protobufjs';
 import { PROTO_DIR } from '../../src/util/proto-path';
 import * as grpc from '@grpc/grpc-js';
 import { StorageRpc } from '../../src/client/rpc';
 import { adminPackage } from '../../src/server/admin-service';
+import type { Envelope } from '../../src/generated/zeoraft/v1/raft/Envelope';
+import { PEER_AUTH_METADATA, PEER_ID_METADATA } from '../../src/server/peer-auth';
+import {
+  EnvelopeT,
+  FrameKind,
+  FrameReader,
+  HelloT,
+  RefusalT,
+  STREAM_MAGIC,
+  decodeMessage,
+  encodeMessage,
+  frame,
+} from '../../src/server/peer-wire';
 
 export function rpcWithKey(
   address: string,
@@ -133,5 +148,60 @@ export function rawStream(
       clearTimeout(t);
       resolve({ code: s.code, details: s.details, messages });
     });
+  });
+}
+
+/** Where a test speaks the Raft stream protocol: a peer port, its node, and TLS options if any. */
+export interface StreamTarget {
+  port: number;
+  /** The node listening there (the hello's addressee). */
+  id: string;
+  tls?: tls.ConnectionOptions;
+}
+
+/**
+ * Open a Raft stream as a member (or a forger) would: a hello naming the node and carrying the
+ * token of metadata `md` (as peerCallMetadata makes it for gRPC calls), the envelopes, then a
+ * ping. The answer is the receiver's refusal (its status code and message), OK once the pong came
+ * back (the hello and every envelope were accepted), or UNAVAILABLE when the connection closed
+ * without either (a TLS handshake refused, for one).
+ */
+export function raftStream(
+  target: StreamTarget,
+  md: grpc.Metadata,
+  envs: Envelope[],
+  timeoutMs = 5000,
+): Promise<{ code: grpc.status; details: string }> {
+  const from = String(md.get(PEER_ID_METADATA)[0] ?? '');
+  const token = String(md.get(PEER_AUTH_METADATA)[0] ?? '');
+  return new Promise((resolve) => {
+    const s = target.tls
+      ? tls.connect({ ...target.tls, host: '127.0.0.1', port: target.port })
+      : net.connect(target.port, '127.0.0.1');
+    let settled = false;
+    const done = (code: grpc.status, details: string): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      s.destroy();
+      resolve({ code, details });
+    };
+    const timer = setTimeout(() => done(grpc.status.DEADLINE_EXCEEDED, 'no answer'), timeoutMs);
+    const reader = new FrameReader(() => 1 << 20);
+    s.on('data', (d: Buffer) => {
+      for (const f of reader.push(d)) {
+        if (f.kind === FrameKind.Refusal) {
+          const r = decodeMessage<{ code: number; message: string }>(RefusalT, f.body);
+          return done(r.code, r.message);
+        }
+        if (f.kind === FrameKind.Pong) return done(grpc.status.OK, '');
+      }
+    });
+    s.on('error', (e) => done(grpc.status.UNAVAILABLE, String(e)));
+    s.on('close', () => done(grpc.status.UNAVAILABLE, 'closed without an answer'));
+    if (!target.tls) s.write(STREAM_MAGIC);
+    s.write(frame(FrameKind.Hello, encodeMessage(HelloT, { from, to: target.id, token })));
+    for (const e of envs) s.write(frame(FrameKind.Envelope, encodeMessage(EnvelopeT, e)));
+    s.write(frame(FrameKind.Ping, Buffer.from('answer?!')));
   });
 }

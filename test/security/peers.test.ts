@@ -15,11 +15,11 @@ import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import * as tls from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { StorageRpc } from '../../src/client/rpc';
 import { tlsEnv } from '../../src/cli/certs';
 import type { RaftClient } from '../../src/generated/zeoraft/v1/raft/Raft';
-import type { Envelope } from '../../src/generated/zeoraft/v1/raft/Envelope';
 import type { ForwardRequest } from '../../src/generated/zeoraft/v1/raft/ForwardRequest';
 import type { Message as PMessage } from '../../src/generated/zeoraft/v1/raft/Message';
 import { MessageType } from '../../src/raft';
@@ -27,6 +27,7 @@ import { commandCodec } from '../../src/storage/codec';
 import { VOTE_RENEW_MAX_MS } from '../../src/storage/object-store';
 import { PEER_ID_METADATA, peerCallMetadata } from '../../src/server/peer-auth';
 import { raftPackage } from '../../src/server/peer-transport';
+import { FRAME_BYTES_MAX, FrameKind, FrameReader, STREAM_ALPN } from '../../src/server/peer-wire';
 import { Z64, p64 } from '../../src/util/ids';
 import { LinkProxy, TestCluster } from '../harness/cluster';
 import {
@@ -40,7 +41,7 @@ import {
   tmpDir,
 } from '../harness';
 import { addKey } from '../../src/cli/keys';
-import { httpGet, rpcWithKey } from './helpers';
+import { StreamTarget, httpGet, raftStream, rpcWithKey } from './helpers';
 
 const oid = (n: number): Buffer => p64(BigInt(n));
 /** The term forged messages claim: far above anything a test cluster reaches on its own. */
@@ -81,15 +82,8 @@ interface Answer {
 const answer = (err: grpc.ServiceError | null): Answer =>
   err ? { code: err.code, details: err.details } : { code: grpc.status.OK, details: '' };
 
-/** Send envelopes on one Stream call and wait for its status. */
-function stream(c: RaftClient, md: grpc.Metadata, envs: Envelope[]): Promise<Answer> {
-  return new Promise((resolve) => {
-    const call = c.Stream(md, { deadline: Date.now() + 5000 }, (err) => resolve(answer(err)));
-    call.on('error', () => undefined);
-    for (const e of envs) call.write(e);
-    call.end();
-  });
-}
+/** Send envelopes on a Raft stream and wait for the receiver's answer. */
+const stream = raftStream;
 
 function forward(c: RaftClient, md: grpc.Metadata, req: ForwardRequest): Promise<Answer> {
   return new Promise((resolve) =>
@@ -159,6 +153,7 @@ describe('security: the peer port', function () {
       clients.push(r);
       return r;
     };
+    const port = (id: string): StreamTarget => ({ port: c.member(id).peer, id });
 
     before(async () => {
       // The harness gives every member the run's cluster key, as `zeoraft cluster` would.
@@ -179,13 +174,13 @@ describe('security: the peer port', function () {
       const attacks: Array<[string, Promise<Answer>]> = [
         [
           'heartbeats with a huge term',
-          stream(peer(follower), noCredentials(leader), [
+          stream(port(follower), noCredentials(leader), [
             { from: leader, messages: [msg(MessageType.Heartbeat, leader, follower, FORGED_TERM)] },
           ]),
         ],
         [
           'a forged Append',
-          stream(peer(follower), noCredentials(leader), [
+          stream(port(follower), noCredentials(leader), [
             {
               from: leader,
               messages: [
@@ -200,7 +195,7 @@ describe('security: the peer port', function () {
         ],
         [
           'a forged AppendResp',
-          stream(peer(leader), noCredentials(follower), [
+          stream(port(leader), noCredentials(follower), [
             {
               from: follower,
               messages: [
@@ -211,7 +206,7 @@ describe('security: the peer port', function () {
         ],
         [
           "TimeoutNow from the leader's id",
-          stream(peer(follower), noCredentials(leader), [
+          stream(port(follower), noCredentials(leader), [
             {
               from: leader,
               messages: [msg(MessageType.TimeoutNow, leader, follower, FORGED_TERM)],
@@ -236,7 +231,7 @@ describe('security: the peer port', function () {
         ],
         [
           'a token made with another key',
-          stream(peer(follower), peerCallMetadata(leader, 'another-key-of-32-characters-xx'), [
+          stream(port(follower), peerCallMetadata(leader, 'another-key-of-32-characters-xx'), [
             { from: leader, messages: [msg(MessageType.Heartbeat, leader, follower, FORGED_TERM)] },
           ]),
         ],
@@ -264,14 +259,14 @@ describe('security: the peer port', function () {
     it('lets a member speak only for itself: a message from another id is refused', async () => {
       // A holder of the key, authenticated as `other`, forging messages of the leader.
       const md = (): grpc.Metadata => peerCallMetadata(other, TEST_CLUSTER_KEY);
-      const forged = await stream(peer(follower), md(), [
+      const forged = await stream(port(follower), md(), [
         { from: other, messages: [msg(MessageType.Heartbeat, leader, follower, FORGED_TERM)] },
       ]);
       assert.equal(forged.code, grpc.status.PERMISSION_DENIED, forged.details);
       assert.match(forged.details, /authenticated as node/);
-      const envelope = await stream(peer(follower), md(), [{ from: leader, messages: [] }]);
+      const envelope = await stream(port(follower), md(), [{ from: leader, messages: [] }]);
       assert.equal(envelope.code, grpc.status.PERMISSION_DENIED, envelope.details);
-      const misrouted = await stream(peer(follower), md(), [
+      const misrouted = await stream(port(follower), md(), [
         { from: other, messages: [msg(MessageType.Heartbeat, other, leader, 0)] },
       ]);
       assert.equal(misrouted.code, grpc.status.PERMISSION_DENIED, misrouted.details);
@@ -284,7 +279,7 @@ describe('security: the peer port', function () {
       });
       assert.equal(fwd.code, grpc.status.PERMISSION_DENIED, fwd.details);
       // Its own empty envelope is fine: the refusals above are about the sender, not the key.
-      const own = await stream(peer(follower), md(), [{ from: other, messages: [] }]);
+      const own = await stream(port(follower), md(), [{ from: other, messages: [] }]);
       assert.equal(own.code, grpc.status.OK, own.details);
       assert.ok((await term(c, follower)) < FORGED_TERM, 'the forged term was not taken');
     });
@@ -471,6 +466,17 @@ describe('security: the peer port', function () {
       clients.push(r);
       return r;
     };
+    const streamWithCert = (id: string, name: string): StreamTarget => ({
+      port: c.member(id).peer,
+      id,
+      tls: {
+        ca: f('ca.crt'),
+        key: f(`${name}.key`),
+        cert: f(`${name}.crt`),
+        ALPNProtocols: [STREAM_ALPN],
+        checkServerIdentity: () => undefined,
+      },
+    });
 
     before(async () => {
       dir = tmpDir('sec-peers-tls');
@@ -486,7 +492,7 @@ describe('security: the peer port', function () {
     });
 
     it('refuses a client certificate of the same CA on the peer port', async () => {
-      const a = await stream(withCert('n1', 'client'), noCredentials('n2'), [
+      const a = await stream(streamWithCert('n1', 'client'), noCredentials('n2'), [
         { from: 'n2', messages: [msg(MessageType.Heartbeat, 'n2', 'n1', FORGED_TERM)] },
       ]);
       assert.equal(a.code, grpc.status.UNAUTHENTICATED, a.details);
@@ -502,17 +508,19 @@ describe('security: the peer port', function () {
       const leader = await c.leader();
       const [x, target] = ['n1', 'n2', 'n3'].filter((id) => id !== leader);
       // X's certificate, claiming to be the leader on the call.
-      const claim = await stream(withCert(target, x), noCredentials(leader), [
+      const claim = await stream(streamWithCert(target, x), noCredentials(leader), [
         { from: leader, messages: [msg(MessageType.Heartbeat, leader, target, FORGED_TERM)] },
       ]);
       assert.equal(claim.code, grpc.status.UNAUTHENTICATED, claim.details);
       assert.match(claim.details, new RegExp(`names node ${x}`));
       // X's certificate and X on the call, with a message from the leader inside.
-      const inside = await stream(withCert(target, x), noCredentials(x), [
+      const inside = await stream(streamWithCert(target, x), noCredentials(x), [
         { from: x, messages: [msg(MessageType.TimeoutNow, leader, target, FORGED_TERM)] },
       ]);
       assert.equal(inside.code, grpc.status.PERMISSION_DENIED, inside.details);
-      const own = await stream(withCert(target, x), noCredentials(x), [{ from: x, messages: [] }]);
+      const own = await stream(streamWithCert(target, x), noCredentials(x), [
+        { from: x, messages: [] },
+      ]);
       assert.equal(own.code, grpc.status.OK, own.details);
       assert.ok((await c.rpc(target).call('Status', {})).term < FORGED_TERM);
     });
@@ -531,35 +539,44 @@ describe('security: the peer port', function () {
         ZEORAFT_PEER_TLS_CA: e.ZEORAFT_PEER_TLS_CA,
       };
     });
-    let fake: grpc.Server | undefined;
+    let fake: { close(): void } | undefined;
     try {
       const leader = await c.leader();
       const [victim, other] = ['n1', 'n2', 'n3'].filter((id) => id !== leader);
       await c.kill(victim);
-      // A server on the victim's peer port that records what the others send it.
+      // A TLS server on the victim's peer port that counts the Raft envelopes the others send it.
       const serve = async (certOf: string): Promise<{ envelopes: number }> => {
         const seen = { envelopes: 0 };
-        const server = new grpc.Server();
-        server.addService(raftPackage().zeoraft.v1.raft.Raft.service, {
-          Stream: (call: grpc.ServerReadableStream<unknown, unknown>) =>
-            call.on('data', () => seen.envelopes++),
-          Snapshot: (call: grpc.ServerReadableStream<unknown, unknown>) =>
-            call.on('data', () => seen.envelopes++),
-          Forward: (_call: unknown, cb: grpc.sendUnaryData<unknown>) =>
-            cb({ code: grpc.status.UNAVAILABLE }),
-        } as grpc.UntypedServiceImplementation);
-        await new Promise<void>((resolve, reject) =>
-          server.bindAsync(
-            `127.0.0.1:${c.member(victim).peer}`,
-            grpc.ServerCredentials.createSsl(
-              f('ca.crt'),
-              [{ cert_chain: f(`${certOf}.crt`), private_key: f(`${certOf}.key`) }],
-              true,
-            ),
-            (e) => (e ? reject(e) : resolve()),
-          ),
+        const sockets = new Set<tls.TLSSocket>();
+        const server = tls.createServer(
+          {
+            ca: f('ca.crt'),
+            cert: f(`${certOf}.crt`),
+            key: f(`${certOf}.key`),
+            requestCert: true,
+            rejectUnauthorized: true,
+            ALPNProtocols: [STREAM_ALPN, 'h2'],
+          },
+          (s) => {
+            sockets.add(s);
+            s.on('error', () => undefined);
+            if (s.alpnProtocol !== STREAM_ALPN) return;
+            const reader = new FrameReader(() => FRAME_BYTES_MAX);
+            s.on('data', (d: Buffer) => {
+              for (const fr of reader.push(d)) if (fr.kind === FrameKind.Envelope) seen.envelopes++;
+            });
+          },
         );
-        fake = server;
+        server.on('tlsClientError', () => undefined);
+        await new Promise<void>((resolve) =>
+          server.listen(c.member(victim).peer, '127.0.0.1', () => resolve()),
+        );
+        fake = {
+          close: () => {
+            server.close();
+            for (const s of sockets) s.destroy();
+          },
+        };
         return seen;
       };
       // Signed by the cluster CA, but naming another node: the leader sends it nothing.
@@ -570,13 +587,13 @@ describe('security: the peer port', function () {
         });
       await sleep(1500);
       assert.equal(impostor.envelopes, 0, 'nothing sent to a server that is not the peer');
-      fake?.forceShutdown();
+      fake?.close();
       // The same place with the victim's own certificate: the leader's traffic arrives (the
       // check above can see traffic when there is some).
       const genuine = await serve(victim);
       await eventually(() => genuine.envelopes > 0, 10_000, 'traffic to the genuine certificate');
     } finally {
-      fake?.forceShutdown();
+      fake?.close();
       await c.stop();
       rmDir(d);
     }
@@ -725,7 +742,7 @@ describe('security: the peer port', function () {
         ZEORAFT_PEERS: `n1=127.0.0.1:${peerPort}=127.0.0.1:${client}`,
         ZEORAFT_CLUSTER_KEY_FILE: keyFile,
       });
-      const r = raftClient(peerPort);
+      const r = { port: peerPort, id: 'n1' };
       try {
         const ok = await stream(r, peerCallMetadata('n2', key), [{ from: 'n2', messages: [] }]);
         assert.equal(ok.code, grpc.status.OK, ok.details);
@@ -734,7 +751,6 @@ describe('security: the peer port', function () {
         ]);
         assert.equal(other.code, grpc.status.UNAUTHENTICATED, other.details);
       } finally {
-        r.close();
         await node.kill('SIGTERM');
       }
     });
@@ -799,9 +815,10 @@ describe('security: the peer port', function () {
         clients.push(r);
         return r;
       };
+      const toStream = (id: string): StreamTarget => ({ port: c.member(id).peer, id });
       // A forged heartbeat with a huge term: the follower takes the term.
       const big = (await term(c, follower)) + 1000;
-      const hb = await stream(to(follower), noCredentials(leader), [
+      const hb = await stream(toStream(follower), noCredentials(leader), [
         { from: leader, messages: [msg(MessageType.Heartbeat, leader, follower, big)] },
       ]);
       assert.equal(hb.code, grpc.status.OK, hb.details);
@@ -841,7 +858,7 @@ describe('security: the peer port', function () {
         async () => {
           const now = await c.leader();
           const target = c.members.map((m) => m.id).find((x) => x !== now)!;
-          const tn = await stream(to(target), noCredentials(now), [
+          const tn = await stream(toStream(target), noCredentials(now), [
             {
               from: now,
               messages: [msg(MessageType.TimeoutNow, now, target, await term(c, target))],
@@ -959,9 +976,9 @@ describe('security: the peer port', function () {
       assert.match(out, /peers authenticate with the cluster key in .*cluster\.key \(new\)/);
       await commitAnywhere(1, 'first run');
       // The peer port refuses a caller without it.
-      const r = raftClient(base + 101);
-      const a = await stream(r, noCredentials('n2'), [{ from: 'n2', messages: [] }]);
-      r.close();
+      const a = await stream({ port: base + 101, id: 'n1' }, noCredentials('n2'), [
+        { from: 'n2', messages: [] },
+      ]);
       assert.equal(a.code, grpc.status.UNAUTHENTICATED, a.details);
       await stopLauncher();
       await startLauncher();
