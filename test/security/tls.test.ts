@@ -169,25 +169,41 @@ describe('security: TLS and mutual TLS', function () {
     return { c, leader };
   }
 
-  it('refuses a peer whose certificate comes from another CA: it never learns of a leader', async () => {
-    const { c } = await twoAgainstOne((id) => peerTls(id === 'n3' ? foreign : certs, id));
+  it('refuses a peer whose certificate comes from another CA, both ways: it never learns of a leader', async () => {
+    const { c, leader } = await twoAgainstOne((id) => peerTls(id === 'n3' ? foreign : certs, id));
     try {
       const { tid } = await c.rpc('n1').call('Commit', {
         transaction: { stores: [{ oid: oid(2), data: Buffer.from('two of three') }] },
       });
       assert.equal(tid.length, 8, 'the two good nodes still commit');
+      // The leader refused n3's connections, and n3 the leader's (its heartbeats), in the handshake.
+      for (const id of [leader, 'n3']) {
+        const m = await httpGet(c.member(id).http, '/metrics');
+        assert.match(
+          m.body,
+          /zeoraft_auth_failures_total\{[^}]*reason="peer_tls"[^}]*\} [1-9]/,
+          `${id} counted refused handshakes`,
+        );
+      }
     } finally {
       await c.stop();
     }
   });
 
-  it('refuses a peer with the wrong cluster key, and counts it', async () => {
+  it('refuses a peer with the wrong cluster key, both ways, and counts it', async () => {
     const { c, leader } = await twoAgainstOne((id) => ({
       ZEORAFT_CLUSTER_KEY: id === 'n3' ? 'the-wrong-cluster-key' : 'the-right-cluster-key',
     }));
     try {
-      const m = await httpGet(c.member(leader).http, '/metrics');
-      assert.match(m.body, /zeoraft_auth_failures_total\{[^}]*reason="cluster_key"[^}]*\} [1-9]/);
+      // The leader refused n3's hellos (its votes), and n3 the leader's (its heartbeats).
+      for (const id of [leader, 'n3']) {
+        const m = await httpGet(c.member(id).http, '/metrics');
+        assert.match(
+          m.body,
+          /zeoraft_auth_failures_total\{[^}]*reason="cluster_key"[^}]*\} [1-9]/,
+          `${id} counted refusals`,
+        );
+      }
     } finally {
       await c.stop();
     }
