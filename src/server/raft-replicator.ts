@@ -1,6 +1,6 @@
 /**
  * A cluster member's Replicator: the Raft host (raft-host.ts) wired to the real world: the system
- * clock and timers, the durable log on LevelDB, the object store, the gRPC peer transport,
+ * clock and timers, the durable log on LevelDB, the object store, the peer transport,
  * metrics, logs, and process exit on a fatal error. The host's refusals (HostError) become gRPC
  * statuses here and nowhere else.
  */
@@ -26,13 +26,18 @@ export interface PeerSender extends HostPeerSender {
   close(): Promise<void>;
 }
 
-/** The system clock and Node's timers. */
+/**
+ * The system clock and Node's timers. The ready loop runs as a microtask, once the code that made
+ * a Ready (a proposal, a received envelope, a tick) has returned: at once, not after the event
+ * loop's next turn. Proposals and messages that arrive while a Ready is being persisted are
+ * batched into the next Ready by the loop itself.
+ */
 const systemTimers: Omit<HostClock, 'nowMs'> = {
   after: (ms, fn) => {
     const t = setTimeout(fn, ms);
     return () => clearTimeout(t);
   },
-  soon: (fn) => void setImmediate(fn),
+  soon: (fn) => queueMicrotask(fn),
 };
 
 /** A host refusal as the gRPC status a client acts on. */
