@@ -65,21 +65,6 @@ export function clientServerCredentials(t: ClientTlsConfig | undefined): grpc.Se
   );
 }
 
-/** Credentials of the Raft peer listener: mutual TLS with the cluster CA. */
-export function peerServerCredentials(t: TlsFiles | undefined): grpc.ServerCredentials {
-  if (!t) return grpc.ServerCredentials.createInsecure();
-  return grpc.ServerCredentials.createSsl(
-    read(t.ca ?? '', 'peer TLS CA'),
-    [
-      {
-        cert_chain: read(t.cert, 'peer TLS certificate'),
-        private_key: read(t.key, 'peer TLS key'),
-      },
-    ],
-    true,
-  );
-}
-
 /**
  * Credentials of this node's connections to peer `peerId`: trusts only the cluster CA, presents its
  * own certificate, and accepts only a server certificate naming `peerId` (the node id, not the
