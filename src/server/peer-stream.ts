@@ -48,6 +48,8 @@ export const RECONNECT_BACKOFF_MAX_MS = 1000;
 export const STREAM_KEEPALIVE_MS = 10_000;
 /** A received Raft stream with no frame for this long is closed (the sender reconnects). */
 export const STREAM_IDLE_TIMEOUT_MS = 300_000;
+/** How long a refused Raft stream waits for its sender to close before it is dropped. */
+const REFUSED_LINGER_MS = 1000;
 /** The frames a receiver sends (ready, pong, refusal) are small. */
 const REPLY_BYTES_MAX = 4096;
 
@@ -231,6 +233,9 @@ export function acceptStream(
   socket.on('close', () => acceptor.open.delete(socket));
   const refuse = (e: RpcError): void => {
     done = true;
+    // The refusal is sent and the connection half-closed; a sender that does not close its side
+    // is dropped shortly after.
+    socket.setTimeout(REFUSED_LINGER_MS, () => socket.destroy());
     socket.end(
       frame(FrameKind.Refusal, encodeMessage(RefusalT, { code: e.code, message: e.message })),
     );
