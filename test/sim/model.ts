@@ -3,7 +3,8 @@
  * log order. It predicts each command's result (conflict, read conflict, lock, TID =
  * max(proposed, last + 1), per-object serial chains, newOids ranges never reused, a voted
  * transaction's finish always commits, retried finishes return the original TID, undo and pack
- * effects) and fails the seed on any difference from what the store answered.
+ * effects, a client session's retried commit answered as the first time and never committed
+ * again) and fails the seed on any difference from what the store answered.
  */
 import { Command, Txn } from '../../src/storage/codec';
 import { ApplyResult } from '../../src/storage/object-store';
@@ -67,6 +68,10 @@ export class Model {
   readonly commits = new Map<string, { st: string; oids: Buffer[]; index: number }>();
   readonly nextOid = new Map<string, bigint>();
   readonly packTid = new Map<string, Buffer>();
+  /** Client session -> its last sequence number and the answer it got (resultKey, no OIDs). */
+  readonly sessions = new Map<string, { seq: number; answer: string }>();
+  /** Session commits answered from the record (applied retries). */
+  sessionReplays = 0;
   /** OIDs ever handed out by newOids, per storage. */
   readonly allocated = new Set<string>();
 
@@ -85,7 +90,27 @@ export class Model {
       if (!r.ok)
         fail(`model: ${where} should succeed, store says ${resultKey(r)}: ${r.error.message}`);
     };
-    if ('commit' in cmd && cmd.commit) {
+    if ('commit' in cmd && cmd.commit?.sessionId) {
+      // A client session's commit: the first answer applied is final (exactly once).
+      const { sessionId, seq = 0 } = cmd.commit;
+      const last = this.sessions.get(sessionId);
+      if (last && seq < last.seq) return expectErr('SEQUENCE_OLD');
+      if (last && seq === last.seq) {
+        if (resultKey(r).replace(/ oids=.*/, '') !== last.answer)
+          fail(
+            `model: ${where} retry ${sessionId}#${seq} got ${resultKey(r)}, first ${last.answer}`,
+          );
+        this.sessionReplays++;
+        return;
+      }
+      const bad = this.check(cmd.commit.txn, undefined);
+      if (bad) expectErr(bad);
+      else {
+        expectOk();
+        this.commit(index, where, cmd.commit.txn, cmd.commit.tid, r);
+      }
+      this.sessions.set(sessionId, { seq, answer: resultKey(r).replace(/ oids=.*/, '') });
+    } else if ('commit' in cmd && cmd.commit) {
       const bad = this.check(cmd.commit.txn, undefined);
       if (bad) return expectErr(bad);
       expectOk();

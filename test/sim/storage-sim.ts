@@ -96,6 +96,8 @@ export interface StorageSimStats {
   undos: number;
   packs: number;
   unknownOutcomes: number;
+  /** Session commits whose retry (after an unknown outcome) the store answered from the record. */
+  sessionReplays: number;
   refused: number;
   reads: number;
   snapshotsSent: number;
@@ -187,10 +189,12 @@ interface ClientOp {
 }
 
 interface Obligation {
-  kind: 'finish' | 'abort' | 'prepare' | 'final';
+  kind: 'finish' | 'abort' | 'prepare' | 'final' | 'commit';
   st: string;
   txnId: string;
   txn?: Txn;
+  /** A session commit to send again, unchanged (same session and sequence number). */
+  cmd?: Command;
   notBefore: number;
 }
 
@@ -204,6 +208,8 @@ interface Client {
   fresh: { st: string; oid: Buffer }[];
   /** TIDs of this client's acknowledged transactions (undo candidates). */
   tids: { st: string; tid: Buffer }[];
+  /** The sequence number of this client's last session commit (its session: `client<id>`). */
+  seq: number;
 }
 
 type NetItem =
@@ -255,6 +261,7 @@ class StorageSim {
     undos: 0,
     packs: 0,
     unknownOutcomes: 0,
+    sessionReplays: 0,
     refused: 0,
     reads: 0,
     snapshotsSent: 0,
@@ -337,7 +344,7 @@ class StorageSim {
     for (const id of voters) this.nodes.set(id, this.newNode(id, false, voters));
     this.confAt.set(1, { voters: [...voters], learners: [] });
     for (let i = 0; i < CLIENTS; i++)
-      this.clients.push({ id: i, todo: [], known: new Map(), fresh: [], tids: [] });
+      this.clients.push({ id: i, todo: [], known: new Map(), fresh: [], tids: [], seq: 0 });
     const p = this.netProfile;
     this.trace(
       `seed ${seed}: ${n} voters, drop=${p.dropRate.toFixed(3)} dup=${p.dupRate.toFixed(3)} delay<=${p.maxDelay} ` +
@@ -1017,6 +1024,7 @@ class StorageSim {
       const a = this.appliedAt.get(this.modelNext);
       if (!a) return;
       this.model.apply(this.modelNext, a.cmd, a.r);
+      this.stats.sessionReplays = this.model.sessionReplays;
       this.modelNext++;
     }
   }
@@ -1167,6 +1175,8 @@ class StorageSim {
         };
         return this.op(c, 'final', st, { commit: { tid: Z64, txn } }, { txn });
       }
+      case 'commit':
+        return this.op(c, 'commit', st, ob.cmd!, { txn: ob.txn });
     }
   }
 
@@ -1207,7 +1217,10 @@ class StorageSim {
     const id = this.nextOpId;
     if (x < 0.55) {
       const txn = this.randomTxn(c, st, id);
-      return this.op(c, 'commit', st, { commit: { tid: Z64, txn } }, { txn });
+      // Half the commits are in the client's session: retried after an unknown outcome.
+      const session =
+        r.nextFloat() < 0.5 ? { sessionId: `client${c.id}`, seq: ++c.seq } : undefined;
+      return this.op(c, 'commit', st, { commit: { tid: Z64, txn, ...session } }, { txn });
     }
     if (x < 0.75) {
       const txn = this.randomTxn(c, st, id);
@@ -1336,7 +1349,10 @@ class StorageSim {
     const base = { st: op.st, txnId: op.txnId ?? '', txn: op.txn, notBefore: later };
     switch (op.kind) {
       case 'commit':
-        for (const s of op.txn!.stores ?? []) c.known.delete(objKey(op.st, s.oid));
+        // A session commit is sent again as it was: the model checks it is applied once.
+        if ('commit' in op.cmd && op.cmd.commit.sessionId)
+          c.todo.push({ ...base, kind: 'commit', cmd: op.cmd });
+        else for (const s of op.txn!.stores ?? []) c.known.delete(objKey(op.st, s.oid));
         break;
       case 'prepare':
         // Either vote again (a retried vote of a voted transaction succeeds) or abort it.
