@@ -203,6 +203,43 @@ const storageCases: Case[] = [
     codes: [S.PERMISSION_DENIED],
   },
   {
+    method: 'Commit',
+    what: 'session without a sequence number',
+    req: { transaction: { stores: [{ oid: oid(9), data: bytes(1) }] }, sessionId: 's' },
+    codes: [S.INVALID_ARGUMENT],
+    message: /sequence number/,
+  },
+  {
+    method: 'Commit',
+    what: 'sequence number without a session',
+    req: { transaction: { stores: [{ oid: oid(9), data: bytes(1) }] }, sequence: 3 },
+    codes: [S.INVALID_ARGUMENT],
+    message: /need a session_id/,
+  },
+  {
+    method: 'Commit',
+    what: 'over-long session_id',
+    req: {
+      transaction: { stores: [{ oid: oid(9), data: bytes(1) }] },
+      sessionId: 'x'.repeat(65),
+      sequence: 1,
+    },
+    codes: [S.INVALID_ARGUMENT],
+    message: /session_id/,
+  },
+  {
+    method: 'Commit',
+    what: '7-byte session_since_tid',
+    req: {
+      transaction: { stores: [{ oid: oid(9), data: bytes(1) }] },
+      sessionId: 's',
+      sequence: 1,
+      sessionSinceTid: bytes(7),
+    },
+    codes: [S.INVALID_ARGUMENT],
+    message: /session_since_tid/,
+  },
+  {
     method: 'Vote',
     what: 'missing transaction_id',
     req: { transaction: { stores: [{ oid: oid(9), data: bytes(1) }] } },
