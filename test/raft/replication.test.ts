@@ -51,6 +51,37 @@ describe('§5.3 log replication', () => {
       net.node('b').storage.entries(lastB, lastB + 1, 1e9)[0].term,
     );
   });
+
+  it('a follower commits no further than the last entry of the Append (min(leaderCommit, last new))', () => {
+    const net = new Network(['a', 'b', 'c']);
+    // b holds entry 2 (term 2, also on the leader) and a stale suffix 3..4 of term 2 that no
+    // leader of term 3 has.
+    const b = net.node('b');
+    b.storage.append([
+      { index: 2, term: 2, type: EntryType.Normal, data: text('kept') },
+      { index: 3, term: 2, type: EntryType.Normal, data: text('stale1') },
+      { index: 4, term: 2, type: EntryType.Normal, data: text('stale2') },
+    ]);
+    b.storage.setHardState({ term: 3, vote: '', commit: 1 });
+    net.nodes.delete('b');
+    net.addNode('b', b.storage);
+    // The leader of term 3 has committed 4 (its own entries at 3..4) and sends entry 2 only,
+    // e.g. one entry per message: nothing in it tells b that 3..4 are not the leader's.
+    net.deliver({
+      type: MessageType.Append,
+      from: 'a',
+      to: 'b',
+      term: 3,
+      logTerm: 1,
+      index: 1,
+      entries: [{ index: 2, term: 2, type: EntryType.Normal, data: text('kept') }],
+      commit: 4,
+      reject: false,
+      rejectHint: 0,
+    });
+    assert.equal(net.node('b').raw.status().commit, 2, 'commit bounded by the last new entry');
+    assert.equal(net.node('b').raw.status().lastIndex, 4, 'the matching Append truncates nothing');
+  });
 });
 
 describe('§5.4.2 committing entries from previous terms', () => {

@@ -486,7 +486,9 @@ class Sim {
     for (const n of this.nodes.values()) {
       if (!n.up || this.paused(n)) continue;
       if (this.faults && this.rng.nextFloat() < 0.02) continue; // clock drift: a skipped tick
+      const before = n.raw!.basicStatus().role;
       n.raw!.tick();
+      this.checkCampaign(n, before);
     }
     this.deliver();
     for (const n of this.nodes.values()) if (!this.paused(n)) this.processReady(n);
@@ -721,7 +723,10 @@ class Sim {
       const to = this.nodes.get(m.to)!;
       if (this.opts.trace) this.trace(fmtMsg(m));
       if (m.type === MessageType.Snapshot && snap) to.staged.set(snap.index, copySm(snap));
+      const before = to.raw!.basicStatus();
       to.raw!.step({ ...m });
+      if (m.type === MessageType.TimeoutNow) this.checkCampaign(to, before.role);
+      if (m.type === MessageType.Append) this.checkAppendCommit(to, before.commit, m);
     }
   }
 
@@ -969,6 +974,41 @@ class Sim {
         );
     }
     this.commitChecked.set(n.id, commit);
+  }
+
+  /**
+   * A follower starts a campaign (pre-vote or vote) only once every membership change it knows
+   * committed is applied: until then its view of the voters may be stale, and it could win, or
+   * count votes, under a configuration the cluster has left behind (with apply lag, by more
+   * than one change).
+   */
+  private checkCampaign(n: SimNode, before: string): void {
+    if (before !== 'follower' || !n.up) return;
+    const s = n.raw!.basicStatus();
+    if (s.role !== 'precandidate' && s.role !== 'candidate') return;
+    for (let i = s.applied + 1; i <= s.commit; i++) {
+      const key = this.logAt.get(`${i}|${n.raw!.termAt(i)}`)?.key;
+      if (key?.startsWith(`${EntryType.ConfChange}:`))
+        fail(
+          `${n.id} campaigns (${s.role}, term ${s.term}) with the membership change at ${i} committed but not applied (applied ${s.applied})`,
+        );
+    }
+  }
+
+  /**
+   * §5.3: an Append moves the receiver's commit index to at most min(leaderCommit, index of the
+   * last new entry). Entries beyond the Append's may be a stale suffix the Append did not
+   * reach; no fault here makes that reachable under the core's probing (the first Append a
+   * follower accepts in a term starts where its log diverges and so truncates such a suffix,
+   * see test/sim/README.md), so the rule itself is checked.
+   */
+  private checkAppendCommit(n: SimNode, before: number, m: Message): void {
+    const commit = n.raw!.basicStatus().commit;
+    const bound = Math.max(before, Math.min(m.commit, m.index + m.entries.length));
+    if (commit > bound)
+      fail(
+        `${n.id} commits ${commit} on an Append from ${m.from} ending at ${m.index + m.entries.length} with commit ${m.commit} (§5.3 bound ${bound})`,
+      );
   }
 
   /** §5.4: a new leader's log holds every entry committed (applied anywhere) so far. */
