@@ -5,7 +5,7 @@
  */
 import * as assert from 'node:assert/strict';
 import { ClientStorage, ClientStorageOptions } from '../../src/client';
-import { ReadOnlyError, NotFoundError } from '../../src/client/errors';
+import { ConflictError, ReadOnlyError, NotFoundError } from '../../src/client/errors';
 import { Z64, hex, idCompare } from '../../src/util/ids';
 import { rmDir, tmpDir } from '../harness';
 import { Standalone, text } from './helpers';
@@ -246,6 +246,36 @@ describe('ClientStorage on a standalone node', function () {
     assert.equal(rpcs.n('Load'), 1);
     await c.load(oid);
     assert.equal(rpcs.n('Load'), 1, 'then served from the cache');
+  });
+
+  it('commits with one Commit in a session, sees its own commit at once, and keeps sessions apart', async () => {
+    const rpcs = counter();
+    const c = await open({ testHooks: rpcs.hooks });
+    const oids = await Promise.all(Array.from({ length: 8 }, () => c.newOid()));
+    const tid = await c.commit({ stores: [{ oid: oids[0], data: Buffer.from('mine') }] });
+    assert.deepEqual([rpcs.n('Commit'), rpcs.n('Vote'), rpcs.n('Finish')], [1, 0, 0]);
+    // Its view includes its commit when commit() returns, served from its cache.
+    assert.ok(idCompare(c.lastTransaction(), tid) >= 0);
+    const mine = await c.load(oids[0]);
+    assert.equal(text(mine.data), 'mine');
+    assert.deepEqual(mine.serial, tid);
+    assert.equal(rpcs.n('Load'), 0, 'served from the cache');
+    // Concurrent commits run in sessions of their own: none is taken for another's retry.
+    const tids = await Promise.all(
+      oids.slice(1).map((oid, i) => c.commit({ stores: [{ oid, data: Buffer.from(`v${i}`) }] })),
+    );
+    assert.equal(new Set(tids.map(hex)).size, tids.length);
+    for (let i = 1; i < oids.length; i++)
+      assert.equal(text((await c.load(oids[i])).data), `v${i - 1}`);
+    // A refused commit leaves its session usable for the next.
+    await assert.rejects(
+      c.commit({ stores: [{ oid: oids[0], serial: Z64, data: Buffer.from('stale') }] }),
+      ConflictError,
+    );
+    const next = await c.commit({
+      stores: [{ oid: oids[0], serial: tid, data: Buffer.from('2') }],
+    });
+    assert.deepEqual((await c.load(oids[0])).serial, next);
   });
 
   it('hands out new OIDs from batches of 100', async () => {
