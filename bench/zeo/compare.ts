@@ -20,7 +20,7 @@ const ZEO_START_TIMEOUT_MS = 30_000;
 /** A driver run may take this long beyond its measured time (set-up, connecting, grace). */
 const DRIVER_SLACK_MS = 120_000;
 
-export const ZEO_WORKLOADS = ['commit', 'loads', 'watch', 'hot'] as const;
+export const ZEO_WORKLOADS = ['commit', 'loads', 'watch', 'hot', 'hotpc'] as const;
 export type ZeoWorkload = (typeof ZEO_WORKLOADS)[number];
 
 export interface ZeoSizes {
@@ -77,8 +77,10 @@ function points(only: ZeoWorkload[], s: ZeoSizes): Point[] {
       '--rate',
       String(s.watchRate),
     ]);
-  if (only.includes('hot'))
-    for (const c of s.hotWriters) add(`hot:${c}`, ['--workload', 'hot', '--clients', String(c)]);
+  for (const kind of ['hot', 'hotpc'] as const)
+    if (only.includes(kind))
+      for (const c of s.hotWriters)
+        add(`${kind}:${c}`, ['--workload', kind, '--clients', String(c)]);
   return out;
 }
 
@@ -235,10 +237,11 @@ export function zeoRows(z: ZeoSystemResults, e: ZeoSystemResults | undefined): Z
       add(key, w, 'missing invalidations', 'missing', '', false);
       add(key, w, 'delay p50 after finish', 'p50_ms', 'ms', false);
       add(key, w, 'delay p99 after finish', 'p99_ms', 'ms', false);
-    } else if (kind === 'hot') {
-      add(key, `hot Length W=${n}`, 'commits/s', 'per_second', '/s', true);
-      add(key, `hot Length W=${n}`, 'errors', 'errors', '', false);
-      add(key, `hot Length W=${n}`, 'p50', 'p50_ms', 'ms', false);
+    } else if (kind === 'hot' || kind === 'hotpc') {
+      const w = `${kind === 'hot' ? 'hot Length' : 'hot PCounter'} W=${n}`;
+      add(key, w, 'commits/s', 'per_second', '/s', true);
+      add(key, w, 'errors', 'errors', '', false);
+      add(key, w, 'p50', 'p50_ms', 'ms', false);
     }
   }
   return out;

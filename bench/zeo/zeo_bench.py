@@ -16,6 +16,9 @@ Workloads (--workload):
   hot     C writers, each with its own ZODB.DB over its own ClientStorage, incrementing one shared
           BTrees.Length (`length.change(1)`, commit) as fast as they can. Errors are exceptions
           from commit (no retry); at the end the counter must equal the successful commits.
+  hotpc   the same with ZODB's test class ZODB.tests.ConflictResolution.PCounter, an application
+          class with its own _p_resolveConflict: a ZEO server resolves it (it can import it), ZeoRaft
+          sends the conflict back to the client, which resolves it and votes again.
 
 Clients are spread round-robin over --addrs (one address each) and over up to PROCESSES_MAX
 processes (threads inside), so the Python client's GIL is not the only bottleneck. Every process
@@ -37,6 +40,7 @@ import transaction
 import ZODB
 import ZEO.ClientStorage
 from BTrees.Length import Length
+from ZODB.tests.ConflictResolution import PCounter
 from ZODB.Connection import TransactionMetaData
 from ZODB.utils import p64, u64, z64
 
@@ -191,7 +195,8 @@ def hot_client(opts, i, ready, start):
     try:
         tm = transaction.TransactionManager()
         conn = db.open(transaction_manager=tm)
-        length = conn.root()[opts.key]
+        counter = conn.root()[opts.key]
+        change = counter.change if opts.workload == 'hot' else counter.inc
         ready()
         t0 = start() + opts.warmup
         t1 = t0 + opts.duration
@@ -204,7 +209,7 @@ def hot_client(opts, i, ready, start):
                 break
             try:
                 tm.begin()
-                length.change(1)
+                change(1)
                 tm.commit()
                 b = time.time()
                 if a >= t0 and b <= t1:
@@ -225,7 +230,8 @@ def hot_client(opts, i, ready, start):
         db.close()
 
 
-LOOPS = dict(commit=commit_client, load=load_client, watch=watch_client, hot=hot_client)
+LOOPS = dict(commit=commit_client, load=load_client, watch=watch_client, hot=hot_client,
+             hotpc=hot_client)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,17 +359,18 @@ def main():
                    writer_behind_s=rs[-1]['behind_s'], expected=len(finished) * opts.watchers,
                    missing=missing, before_finish=before, p50_ms=quantile(delays, 0.5),
                    p99_ms=quantile(delays, 0.99), max_ms=delays[-1] if delays else None)
-    elif w == 'hot':
+    elif w in ('hot', 'hotpc'):
         opts.key = 'hot-%d-%d' % (os.getpid(), int(time.time()))
         db = ZODB.DB(client(opts.addrs[0]))
         try:
             with db.transaction() as conn:
-                conn.root()[opts.key] = Length()
+                conn.root()[opts.key] = Length() if w == 'hot' else PCounter()
             rs = run_clients(opts, opts.clients)
             # The counter holds every commit that succeeded (warm-up ones too): none is lost.
             conn = db.open()
             conn.sync()
-            value = conn.root()[opts.key]()
+            counter = conn.root()[opts.key]
+            value = counter() if w == 'hot' else counter._value
             conn.close()
         finally:
             db.close()
