@@ -648,6 +648,19 @@ export class ObjectStore {
     return this.locks.get(lockKey(st, oid));
   }
 
+  /**
+   * Whether a voted transaction other than `txnId` holds the object: exclusively, or (unless
+   * `shared`, a store resolved on the server asking) by sharing it.
+   */
+  lockedForOthers(st: string, oid: Uint8Array, txnId: string, shared: boolean): boolean {
+    const k = lockKey(st, oid);
+    const holder = this.locks.get(k);
+    if (holder !== undefined && holder !== txnId) return true;
+    if (shared) return false;
+    const sharers = this.sharedLocks.get(k);
+    return sharers !== undefined && [...sharers].some((t) => t !== txnId);
+  }
+
   // ------------------------------------------------------------------------------------------
   // Apply
 

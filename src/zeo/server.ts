@@ -18,6 +18,7 @@ import type { StorageNode } from '../server/node';
 import { StorageError } from '../storage/errors';
 import { ZeoDisconnect, ZeoException, storageError } from './errors';
 import { FrameDecoder, frame } from './framing';
+import { LockQueue } from './lock-queue';
 import {
   FLAG_ERROR,
   FLAG_ONEWAY,
@@ -68,11 +69,12 @@ class ZeoConnection {
     private readonly node: StorageNode,
     private readonly socket: net.Socket,
     statsFor: (st: string) => ZeoStats,
+    lockQueue: LockQueue,
     private readonly onClosed: (c: ZeoConnection) => void,
   ) {
     this.label = `${socket.remoteAddress}:${socket.remotePort}`;
     this.decoder = new FrameDecoder(node.config.limits.maxMessageBytes, HANDSHAKE_MAX_BYTES);
-    this.session = new ZeoSession(node, this, statsFor);
+    this.session = new ZeoSession(node, this, statsFor, lockQueue);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', () => this.close('socket error'));
@@ -240,6 +242,12 @@ export async function startZeoServer(node: StorageNode, listen: string): Promise
     return s;
   };
   const connections = new Set<ZeoConnection>();
+  // Votes of this node's ZEO sessions waiting for locks, in arrival order, per storage.
+  const lockQueue = new LockQueue({
+    isFree: (n, txnId) => !node.store.lockedForOthers(n.storage, n.oid, txnId, n.shared),
+    holds: (n, txnId) => node.store.lockHolder(n.storage, n.oid) === txnId,
+    onApplied: (fn) => node.store.onApplied(fn),
+  });
   const maxConnections = node.config.limits.maxZeoConnections;
   const server = net.createServer((socket) => {
     if (!node.security.admitSocket('zeo', socket)) return;
@@ -254,7 +262,7 @@ export async function startZeoServer(node: StorageNode, listen: string): Promise
     }
     const gauge = (): void => node.metrics.connections.set({ listener: 'zeo' }, connections.size);
     connections.add(
-      new ZeoConnection(node, socket, statsFor, (c) => {
+      new ZeoConnection(node, socket, statsFor, lockQueue, (c) => {
         connections.delete(c);
         gauge();
       }),
@@ -282,6 +290,7 @@ export async function startZeoServer(node: StorageNode, listen: string): Promise
     port: bound,
     async close(): Promise<void> {
       unlistenReplaced();
+      lockQueue.close();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       for (const c of [...connections]) c.close('node stopping');
       await closed;

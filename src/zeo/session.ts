@@ -47,6 +47,7 @@ import {
   valueError,
 } from './errors';
 import { decodeValue, encodeValue } from './marshal';
+import { type LockNeed, type LockQueue, type LockTicket, lockNeed } from './lock-queue';
 import { InvalidationOutbox } from './outbox';
 import { PickleRefsError, pickleReferences } from './pickle-refs';
 
@@ -202,6 +203,7 @@ export class ZeoSession {
     private readonly node: StorageNode,
     private readonly peer: SessionPeer,
     private readonly statsFor: (storage: string) => ZeoStats,
+    private readonly lockQueue: LockQueue,
   ) {}
 
   get registered(): boolean {
@@ -1068,24 +1070,47 @@ export class ZeoSession {
       );
   }
 
-  /** Propose a prepare, waiting (bounded) while a voted transaction holds one of its objects. */
-  private async prepareWithLockWait(cmd: Command): Promise<ApplyResult> {
+  /**
+   * Propose a prepare, waiting (bounded) while a voted transaction holds one of its objects. Votes
+   * waiting on this node go in arrival order (lock-queue.ts): a newcomer queues behind earlier
+   * waiters for the same objects, and a waiter proposes again only when its turn comes.
+   */
+  private async prepareWithLockWait(
+    cmd: Extract<Command, { prepare: unknown }>,
+  ): Promise<ApplyResult> {
     const end = Date.now() + this.node.config.lockWaitMs;
-    for (;;) {
-      let r: ApplyResult;
-      try {
-        r = await this.node.replicator.propose(cmd, this.deadline());
-      } catch (e) {
-        // Outcome unknown: the prepare may still commit and hold locks. Abort it (best effort;
-        // the leader's transaction timeout is the backstop) and fail the vote.
-        const txnId = 'prepare' in cmd ? cmd.prepare.txnId : '';
-        this.node.replicator
-          .propose({ abort: { storage: this.st, txnId, reason: 'client' } }, this.deadline())
-          .catch(() => undefined);
-        throw storageError(`vote failed: ${e instanceof Error ? e.message : e}`);
+    const txnId = cmd.prepare.txnId;
+    const txn = cmd.prepare.txn;
+    const needs: LockNeed[] = [
+      ...(txn.stores ?? []).map((op) =>
+        lockNeed(txn.storage, op.oid, op.resolve === true && !cmd.prepare.reserve),
+      ),
+      ...(txn.checks ?? []).map((op) => lockNeed(txn.storage, op.oid, false)),
+    ];
+    let ticket: LockTicket | undefined;
+    try {
+      if (this.lockQueue.behindOthers(needs, txnId)) {
+        ticket = this.lockQueue.enter(needs, txnId);
+        await ticket.wait(end);
       }
-      if (r.ok || r.error.kind !== 'LOCKED' || Date.now() >= end) return r;
-      await this.node.waitForUnlock(end);
+      for (;;) {
+        let r: ApplyResult;
+        try {
+          r = await this.node.replicator.propose(cmd, this.deadline());
+        } catch (e) {
+          // Outcome unknown: the prepare may still commit and hold locks. Abort it (best effort;
+          // the leader's transaction timeout is the backstop) and fail the vote.
+          this.node.replicator
+            .propose({ abort: { storage: this.st, txnId, reason: 'client' } }, this.deadline())
+            .catch(() => undefined);
+          throw storageError(`vote failed: ${e instanceof Error ? e.message : e}`);
+        }
+        if (r.ok || r.error.kind !== 'LOCKED' || Date.now() >= end || this.closed) return r;
+        ticket ??= this.lockQueue.enter(needs, txnId);
+        await ticket.wait(end);
+      }
+    } finally {
+      ticket?.leave();
     }
   }
 
