@@ -193,7 +193,11 @@ export interface UndoPlan {
 interface SessionEntry {
   seq: number;
   usedIndex: number;
-  usedTid: Buffer;
+  /**
+   * The TID as a latin1 string: a small Buffer would be a view into a larger one (the command's
+   * entry, or a pool slab) and keep it alive; equal-length latin1 strings order as their bytes.
+   */
+  usedTid: string;
 }
 
 export interface PreparedSummary {
@@ -254,7 +258,7 @@ function votedDeadline(rec: PreparedRecord): number {
 
 /** Whether a session last used at `e.usedTid` has expired at the command time `now`. */
 function sessionExpired(e: SessionEntry, now: Buffer): boolean {
-  return tidToTime(now) - tidToTime(e.usedTid) > SESSION_EXPIRY_MS;
+  return tidToTime(now) - tidToTime(Buffer.from(e.usedTid, 'latin1')) > SESSION_EXPIRY_MS;
 }
 
 /** The answer a session record holds, as the commit first gave it (without conflict data). */
@@ -563,7 +567,11 @@ export class ObjectStore {
       const rec = sessionCodec.decode(value);
       loaded.push([
         key.subarray(1).toString('utf8'),
-        { seq: Number(rec.seq), usedIndex: Number(rec.usedIndex), usedTid: buf(rec.usedTid) },
+        {
+          seq: Number(rec.seq),
+          usedIndex: Number(rec.usedIndex),
+          usedTid: buf(rec.usedTid).toString('latin1'),
+        },
       ]);
     }
     loaded.sort((a, b) => a[1].usedIndex - b[1].usedIndex);
@@ -1047,16 +1055,21 @@ export class ObjectStore {
     assert(!prev || prev.usedIndex <= rec.usedIndex, `session ${id} used back in time`);
     ops.push({ type: 'put', key: K.sessionKey(id), value: sessionCodec.encode(rec) });
     this.sessions.delete(id);
-    this.sessions.set(id, { seq: rec.seq, usedIndex: rec.usedIndex, usedTid: buf(rec.usedTid) });
+    this.sessions.set(id, {
+      seq: rec.seq,
+      usedIndex: rec.usedIndex,
+      usedTid: buf(rec.usedTid).toString('latin1'),
+    });
   }
 
   /** Forget a session; the watermark then covers its used TID. */
   private forgetSession(id: string, e: SessionEntry, ops: BatchOp[]): void {
     this.sessions.delete(id);
     ops.push({ type: 'del', key: K.sessionKey(id) });
-    if (idCompare(e.usedTid, this.sessionWatermark) > 0) {
-      this.sessionWatermark = e.usedTid;
-      ops.push({ type: 'put', key: K.sessionWatermarkKey, value: e.usedTid });
+    const used = Buffer.from(e.usedTid, 'latin1');
+    if (idCompare(used, this.sessionWatermark) > 0) {
+      this.sessionWatermark = used;
+      ops.push({ type: 'put', key: K.sessionWatermarkKey, value: used });
     }
   }
 
@@ -1071,7 +1084,12 @@ export class ObjectStore {
 
   /** The sessions kept, least recently used first (for tests and status). */
   sessionTable(): Array<{ id: string; seq: number; usedIndex: number; usedTid: Buffer }> {
-    return [...this.sessions].map(([id, e]) => ({ id, ...e }));
+    return [...this.sessions].map(([id, e]) => ({
+      id,
+      seq: e.seq,
+      usedIndex: e.usedIndex,
+      usedTid: Buffer.from(e.usedTid, 'latin1'),
+    }));
   }
 
   /** The newest used TID of any forgotten session (z64 when none was). */
