@@ -27,17 +27,18 @@ export interface PeerSender extends HostPeerSender {
 }
 
 /**
- * The system clock and Node's timers. The ready loop runs as a microtask, once the code that made
- * a Ready (a proposal, a received envelope, a tick) has returned: at once, not after the event
- * loop's next turn. Proposals and messages that arrive while a Ready is being persisted are
- * batched into the next Ready by the loop itself.
+ * The system clock and Node's timers. The ready loop runs in setImmediate: right after the I/O
+ * callbacks of the current event-loop turn, so the proposals and envelopes that arrived together
+ * make one Ready (one log write, one message per peer). A microtask instead (the loop at once,
+ * after the code that made the Ready) measured 10-20% more CPU per commit at 16 and 64 clients
+ * (smaller batches) for no latency gain at one client, where the hop costs ~0.05 ms.
  */
 const systemTimers: Omit<HostClock, 'nowMs'> = {
   after: (ms, fn) => {
     const t = setTimeout(fn, ms);
     return () => clearTimeout(t);
   },
-  soon: (fn) => queueMicrotask(fn),
+  soon: (fn) => void setImmediate(fn),
 };
 
 /** A host refusal as the gRPC status a client acts on. */
