@@ -5,7 +5,14 @@
  */
 import * as assert from 'node:assert/strict';
 import { ClientStorage, ClientStorageOptions } from '../../src/client';
-import { ConflictError, ReadOnlyError, NotFoundError } from '../../src/client/errors';
+import {
+  ConflictError,
+  ReadOnlyError,
+  NotFoundError,
+  SessionExpiredError,
+} from '../../src/client/errors';
+import { StorageRpc } from '../../src/client/rpc';
+import { SESSIONS_MAX } from '../../src/storage/object-store';
 import { Z64, hex, idCompare } from '../../src/util/ids';
 import { rmDir, tmpDir } from '../harness';
 import { Standalone, text } from './helpers';
@@ -276,6 +283,50 @@ describe('ClientStorage on a standalone node', function () {
       stores: [{ oid: oids[0], serial: tid, data: Buffer.from('2') }],
     });
     assert.deepEqual((await c.load(oids[0])).serial, next);
+  });
+
+  it('starts a new session when the cluster forgot its own, and a retry in a forgotten session is refused', async function () {
+    this.timeout(300_000);
+    const rpcs = counter();
+    const c = await open({ testHooks: rpcs.hooks });
+    const oid = await c.newOid();
+    const t1 = await c.commit({ stores: [{ oid, data: Buffer.from('1') }] });
+    const raw = new StorageRpc(server.address, { timeoutMs: 30_000 });
+    try {
+      const early = { transaction: {}, sessionId: 'early', sequence: 1 };
+      await raw.call('Commit', early);
+      // More sessions than the cluster keeps: the client's and 'early' are forgotten (each new
+      // one begins after the newest TID its sender saw, so it is taken for new).
+      let next = 0;
+      let seen = t1;
+      await Promise.all(
+        Array.from({ length: 64 }, async () => {
+          while (next <= SESSIONS_MAX) {
+            const i = next++;
+            const r = await raw.call('Commit', {
+              transaction: {},
+              sessionId: `fill-${i}`,
+              sequence: 1,
+              sessionSinceTid: seen,
+            });
+            if (idCompare(r.tid, seen) > 0) seen = r.tid;
+          }
+        }),
+      );
+      await assert.rejects(raw.call('Commit', early), SessionExpiredError);
+      // The client's next commit is refused in its forgotten session before anything could have
+      // been applied, so it is sent again in a new one: applied once.
+      const before = rpcs.n('Commit');
+      const t2 = await c.commit({ stores: [{ oid, serial: t1, data: Buffer.from('2') }] });
+      assert.equal(rpcs.n('Commit') - before, 2, 'refused once, then committed');
+      assert.deepEqual(
+        (await c.history(oid, 10)).map((e) => hex(e.tid)),
+        [hex(t2), hex(t1)],
+      );
+      assert.equal(text((await c.load(oid)).data), '2');
+    } finally {
+      raw.close();
+    }
   });
 
   it('hands out new OIDs from batches of 100', async () => {
