@@ -25,6 +25,7 @@ import {
   ConflictError,
   DisconnectedError,
   InvalidArgumentError,
+  LockedError,
   NotFoundError,
   ReadOnlyError,
   SessionExpiredError,
@@ -169,6 +170,19 @@ interface CommitSession {
   id: string;
   seq: number;
   since: Buffer;
+}
+
+/**
+ * Whether an error is the cluster's answer to a session commit (the state machine's result,
+ * recorded for the session), which settles its outcome: it was not applied.
+ */
+function isSessionAnswer(e: ZeoRaftError): boolean {
+  return (
+    e instanceof ConflictError ||
+    e instanceof LockedError ||
+    e instanceof NotFoundError ||
+    e instanceof InvalidArgumentError
+  );
 }
 
 function sleep(ms: number): Promise<void> {
@@ -662,14 +676,13 @@ export class ClientStorage implements ViewSource {
             continue;
           }
           txn.state = 'failed';
-          if (e instanceof DisconnectedError && mayHaveApplied)
-            throw new CommitUnknownError(
-              `transaction ${txn.id} may or may not have committed: no node confirmed it within the retry window (${e.message})`,
-              e.grpcCode,
-              e.detail,
-              { cause: e },
-            );
-          if (e instanceof SessionExpiredError)
+          // After an attempt that may have been applied, only the cluster's answer for the
+          // session settles the outcome; anything else (no node in time, a limit, the session
+          // forgotten) leaves it unknown.
+          if (
+            e instanceof SessionExpiredError ||
+            (mayHaveApplied && e instanceof ZeoRaftError && !isSessionAnswer(e))
+          )
             throw new CommitUnknownError(
               `transaction ${txn.id} may or may not have committed: ${e.message}`,
               e.grpcCode,
