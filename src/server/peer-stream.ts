@@ -168,9 +168,12 @@ export class StreamLink {
     s.on('error', (e) =>
       this.o.log.debug({ peer: this.o.peer, error: String(e) }, 'Raft stream error'),
     );
-    s.on('close', () => {
+    s.on('close', (hadError) => {
       if (this.socket !== s) return;
       this.socket = undefined;
+      // An orderly close of an accepted stream with nothing left unsent (the receiver's idle
+      // timeout) loses nothing: the next send reconnects at once.
+      if (this.accepted && !hadError && s.writableLength === 0) return;
       this.failedConnection(this.accepted ? 'connection closed' : 'connection failed');
     });
   }

@@ -94,6 +94,11 @@ class Receiver {
     await new Promise<void>((resolve) => this.server!.listen(this.port, '127.0.0.1', resolve));
   }
 
+  /** Close every connection in order, as a receiver's idle timeout does. */
+  endAll(): void {
+    for (const s of this.sockets) s.end();
+  }
+
   async stop(): Promise<void> {
     for (const s of this.sockets) s.destroy();
     await new Promise<void>((resolve) =>
@@ -260,6 +265,25 @@ describe('the Raft stream', function () {
         20_000,
         'an envelope after the cut-off',
       );
+    });
+
+    it('reconnects without a failure after an orderly close (a receiver idle timeout)', async () => {
+      const failures: string[] = [];
+      const l = link(receiver.port, { failures });
+      links.push(l);
+      l.send(heartbeat(1));
+      await eventually(() => receiver.envelopes.length === 1, 10_000, 'the first envelope');
+      receiver.endAll();
+      await eventually(() => receiver.connections === 1 && l.waitingBytes === 0, 10_000, 'closed');
+      await sleep(200);
+      l.send(heartbeat(2));
+      await eventually(
+        () => receiver.envelopes.length === 2,
+        10_000,
+        'an envelope after the close',
+      );
+      assert.equal(receiver.connections, 2, 'a new connection');
+      assert.deepEqual(failures, [], 'nothing was lost, nothing counted');
     });
 
     it('reconnects after the receiver restarts', async () => {
