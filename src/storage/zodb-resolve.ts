@@ -245,8 +245,18 @@ export function readLengthRecord(record: Uint8Array): LengthRecord {
   return { classPickle: Buffer.from(data.subarray(0, statePos)), proto, value };
 }
 
+/** The most a Length record can take: its class pickle and the longest int read. */
+const LENGTH_RECORD_BYTES_MAX = 64 + INT_BYTES_MAX + 16;
+const LENGTH_MARK = Buffer.from(LENGTH_MODULE, 'latin1');
+
 /** Whether a record is a BTrees.Length record this module can resolve. */
 export function isLengthRecord(record: Uint8Array): boolean {
+  // Most records are not: they are told apart without parsing (this runs for every ZEO store).
+  if (record.length > LENGTH_RECORD_BYTES_MAX) return false;
+  const view = Buffer.isBuffer(record)
+    ? record
+    : Buffer.from(record.buffer, record.byteOffset, record.byteLength);
+  if (view.indexOf(LENGTH_MARK) < 0) return false;
   try {
     readLengthRecord(record);
     return true;

@@ -983,7 +983,16 @@ export class ZeoSession {
           const e = r.error;
           const c = e.conflict;
           const op = c ? t.stores.get(hex(c.oid)) : undefined;
-          if (e.kind !== 'CONFLICT' || !c || !op || op.delete || attempt >= VOTE_ATTEMPTS_MAX) {
+          // A store the server was to resolve conflicts only when its apply could not resolve
+          // it: that is final, the client resolves it.
+          if (
+            e.kind !== 'CONFLICT' ||
+            !c ||
+            !op ||
+            op.delete ||
+            op.resolve ||
+            attempt >= VOTE_ATTEMPTS_MAX
+          ) {
             this.countConflicts(1);
             if (e.kind === 'CONFLICT' && c && op && !op.delete)
               return [this.conflictDict(op, c.actual)];

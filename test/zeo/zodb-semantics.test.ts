@@ -366,6 +366,20 @@ describe('ZEO door: what the ZODB and ZEO storage suites expect', function () {
       assert.equal(readLengthRecord(buf(data)).value, 5n + 1n + 3n + 10n);
       assert.equal(u64(buf(start)), u64(after) - 1n);
     }
+    // A Length change the server cannot resolve (the revision it was based on is not a Length)
+    // goes back to the client at once, as any other conflict.
+    const l = await newOid(cs[0]);
+    const l1 = await commit(cs[0], [[l, Z64, leaf(1)]]);
+    const id2 = begin(cs[0]);
+    cs[0].oneWay('storea', l, l1, lengthRecord(1), id2);
+    assert.deepEqual((await cs[0].call('vote', id2)).map(buf), [l]);
+    const l2 = buf(await cs[0].call('tpc_finish', id2));
+    const lid = begin(cs[0]);
+    cs[0].oneWay('storea', l, l1, lengthRecord(2), lid);
+    const lc = await cs[0].call('vote', lid);
+    assert.equal(lc.length, 1);
+    assert.deepEqual(lc[0].serials.map(buf), [l2, l1]);
+    await cs[0].call('tpc_abort', lid);
     // Anything else that conflicts still goes back to the client.
     const m = await newOid(cs[0]);
     const s1 = await commit(cs[0], [[m, Z64, leaf(1)]]);
