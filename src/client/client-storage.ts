@@ -6,7 +6,10 @@
  * Cache correctness, in one place (MISSION §2.4-2.6, §3):
  * - The client's last TID L means: every invalidation with TID <= L has been applied to both
  *   caches. It advances only in the stream's handler, after the invalidations of the event
- *   (commit: its OIDs; progress: none pending; reset: the caches were dropped).
+ *   (commit: its OIDs; progress: none pending; reset: the caches were dropped), and for the
+ *   client's own commit T when the node's answer names the storage's transaction before T and L
+ *   is at or past it (then T's own OIDs are all there is to invalidate up to T; its event, when it
+ *   comes, is behind L and skipped).
  * - The stream handler is synchronous, and so are the cache decisions; the only awaits are for
  *   network replies and disk reads, and every decision taken after one re-checks what it relies on.
  * - A cached current revision is current as of L. A load reply is placed on the timeline with
@@ -85,6 +88,8 @@ export interface ClientTestHooks {
   beforeLoadReply?: (oid: Buffer) => Promise<void>;
   /** Called before every unary RPC attempt. */
   onRpc?: (method: string, address: string) => void;
+  /** Awaited before each stream event is handled (events stay in order): holds the stream back. */
+  beforeStreamEvent?: (ev: SubscribeEvent__Output) => Promise<void>;
 }
 
 export interface ClientStorageOptions {
@@ -223,6 +228,13 @@ export class ClientStorage implements ViewSource {
   private readOnlyNow: boolean;
   private oidPool: Buffer[] = [];
   private oidFetch: Promise<void> | undefined;
+  /**
+   * The client's own commits answered and not yet reflected by the caches, by TID: at most one per
+   * commit in flight (removed when its commit() returns).
+   */
+  private readonly ownCommits = new Map<string, { tid: Buffer; prev: Buffer; oids: Buffer[] }>();
+  /** Stream events held back by the beforeStreamEvent test hook, in order. */
+  private heldEvents: Promise<void> = Promise.resolve();
   /** Idle commit sessions, the most recently used last. */
   private readonly sessionPool: CommitSession[] = [];
 
@@ -585,6 +597,7 @@ export class ClientStorage implements ViewSource {
       txn.state = 'finished';
       txn.tid = tid;
       if (idCompare(tid, this.seen) > 0) this.seen = tid;
+      this.applyOwnCommits();
       // Read-your-writes: the next view must include this transaction.
       if (await this.waitForTid(tid, this.retryWindowMs)) {
         for (const { s, t } of trackers) this.cacheReply(s.oid, tid, undefined, s.data, t);
@@ -592,6 +605,7 @@ export class ClientStorage implements ViewSource {
       return tid;
     } finally {
       for (const { t } of trackers) this.tracker.end(t);
+      this.ownCommits.delete(hex(txn.tid ?? Z64));
     }
   }
 
@@ -665,6 +679,12 @@ export class ClientStorage implements ViewSource {
             (e) => (mayHaveApplied ||= e.detail?.kind !== 'NOT_LEADER'),
           );
           tid = r.tid;
+          if (r.previousTid.length === 8)
+            this.ownCommits.set(hex(tid), {
+              tid,
+              prev: r.previousTid,
+              oids: [...txn.stores.map((s) => s.oid), ...txn.deletes.map((d) => d.oid)],
+            });
           break;
         } catch (e) {
           // The session was forgotten (idle too long): with no earlier attempt of this commit
@@ -695,6 +715,7 @@ export class ClientStorage implements ViewSource {
       txn.state = 'finished';
       txn.tid = tid;
       if (idCompare(tid, this.seen) > 0) this.seen = tid;
+      this.applyOwnCommits();
       // Read-your-writes: the next view must include this transaction.
       if (await this.waitForTid(tid, this.retryWindowMs)) {
         for (const { s, t } of trackers) this.cacheReply(s.oid, tid, undefined, s.data, t);
@@ -702,6 +723,7 @@ export class ClientStorage implements ViewSource {
       return tid;
     } finally {
       for (const { t } of trackers) this.tracker.end(t);
+      this.ownCommits.delete(hex(txn.tid ?? Z64));
       // A later commit in the session gets the next number: an attempt of this one still in
       // flight somewhere is then refused (SEQUENCE_OLD), never applied after it.
       if (this.sessionPool.length < SESSION_POOL_MAX) this.sessionPool.push(session);
@@ -944,10 +966,15 @@ export class ClientStorage implements ViewSource {
         Math.max(3000, 10 * this.progressIntervalMs),
         {
           onEvent: (ev) => {
-            if (conn.dead) return;
-            this.onEvent(conn, ev);
-            if (ev.reset) finish();
-            else check();
+            const handle = (): void => {
+              if (conn.dead) return;
+              this.onEvent(conn, ev);
+              if (ev.reset) finish();
+              else check();
+            };
+            const hold = this.hooks.beforeStreamEvent;
+            if (hold) this.heldEvents = this.heldEvents.then(() => hold(ev)).then(handle);
+            else handle();
           },
           onEnd: (e) => {
             if (!settled) finish(e);
@@ -986,6 +1013,27 @@ export class ClientStorage implements ViewSource {
     else if (ev.progress) this.advance(ev.progress.tid);
     else if (ev.reset) this.applyReset(ev.reset.tid);
     else if (ev.leaderLost) this.onLeaderLost(conn);
+    this.applyOwnCommits();
+  }
+
+  /**
+   * Apply the client's own answered commits that directly follow what the caches reflect (the
+   * storage's transaction before one is at or before the last TID): their own OIDs are then the
+   * only invalidations up to their TID. Others wait for the stream; those it brought are dropped.
+   */
+  private applyOwnCommits(): void {
+    for (let progress = true; progress && this.last;) {
+      progress = false;
+      for (const [k, c] of this.ownCommits) {
+        if (idCompare(c.tid, this.last) <= 0) {
+          this.ownCommits.delete(k);
+        } else if (idCompare(c.prev, this.last) <= 0) {
+          this.ownCommits.delete(k);
+          this.applyCommit(c.tid, c.oids);
+          progress = true;
+        }
+      }
+    }
   }
 
   private applyCommit(tid: Buffer, oids: Buffer[]): void {

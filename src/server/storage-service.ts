@@ -311,7 +311,8 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       const cmd: Command = { commit: { tid: Z64, txn, ...session(call) } };
       const r = unwrap(await withTxnMemory(cmd, 'Commit', () => commitWithLockWait(call, cmd)));
       node.metrics.observeCommit(Date.now() - started);
-      return { tid: r.tid };
+      // Answered once this node applied the commit: its history holds the transaction before it.
+      return { tid: r.tid, previousTid: await node.store.previousTid(txn.storage, r.tid!) };
     }),
 
     Vote: unary('Vote', async (call) => {

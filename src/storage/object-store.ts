@@ -1854,6 +1854,21 @@ export class ObjectStore {
     });
   }
 
+  /** The TID of the storage's transaction just before `tid` (z64 when none): one seek. */
+  previousTid(st: string, tid: Buffer): Promise<Buffer> {
+    return this.guarded(async () => {
+      const tp = K.txnPrefix(st);
+      for await (const [key] of this.db.iterator({
+        gte: tp,
+        lt: K.txnKey(st, tid),
+        reverse: true,
+        limit: 1,
+      }))
+        return Buffer.from(key.subarray(key.length - ID_BYTES));
+      return Z64;
+    });
+  }
+
   /** The oldest committed TID of a storage still on record (z64 when none). */
   async oldestTid(st: string): Promise<Buffer> {
     await this.readable();

@@ -14,7 +14,7 @@ import {
 import { StorageRpc } from '../../src/client/rpc';
 import { SESSIONS_MAX } from '../../src/storage/object-store';
 import { Z64, hex, idCompare } from '../../src/util/ids';
-import { rmDir, tmpDir } from '../harness';
+import { rmDir, sleep, tmpDir } from '../harness';
 import { Standalone, text } from './helpers';
 
 describe('ClientStorage on a standalone node', function () {
@@ -327,6 +327,50 @@ describe('ClientStorage on a standalone node', function () {
     } finally {
       raw.close();
     }
+  });
+
+  it('sees its own commit without its stream only when nothing else committed before it', async () => {
+    let held = false;
+    let release: () => void = () => undefined;
+    let gate = Promise.resolve();
+    const a = await open({
+      testHooks: { beforeStreamEvent: () => (held ? gate : Promise.resolve()) },
+    });
+    const b = await open();
+    const [x, y] = [await a.newOid(), await a.newOid()];
+    const tx = await a.commit({ stores: [{ oid: x, data: Buffer.from('x1') }] });
+    const ty = await a.commit({ stores: [{ oid: y, data: Buffer.from('y1') }] });
+    assert.equal(text((await a.load(x)).data), 'x1');
+    const hold = (): void => {
+      held = true;
+      gate = new Promise<void>((r) => (release = r));
+    };
+    // Its stream held back, a client whose caches are current still sees its own next commit: the
+    // answer names the transaction before it, which the client has.
+    hold();
+    const ty2 = await a.commit({ stores: [{ oid: y, serial: ty, data: Buffer.from('y2') }] });
+    assert.deepEqual(a.lastTransaction(), ty2);
+    assert.equal(text((await a.load(y)).data), 'y2');
+    held = false;
+    release();
+    await b.sync();
+    // Another client's commit comes first: the answer's previous transaction is one the client has
+    // not seen, so commit() returns only once the stream brought it (and its invalidation).
+    hold();
+    const tb = await b.commit({ stores: [{ oid: x, serial: tx, data: Buffer.from('x2') }] });
+    let done = false;
+    const mine = a
+      .commit({ stores: [{ oid: y, serial: ty2, data: Buffer.from('y3') }] })
+      .then((t) => ((done = true), t));
+    await sleep(300);
+    assert.equal(done, false, 'commit() waits for the stream');
+    assert.ok(idCompare(a.lastTransaction(), tb) < 0);
+    held = false;
+    release();
+    const ty3 = await mine;
+    assert.ok(idCompare(a.lastTransaction(), ty3) >= 0);
+    assert.equal(text((await a.load(x)).data), 'x2', 'the other commit was invalidated first');
+    assert.equal(text((await a.load(y)).data), 'y3');
   });
 
   it('hands out new OIDs from batches of 100', async () => {
