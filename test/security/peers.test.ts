@@ -755,6 +755,32 @@ describe('security: the peer port', function () {
       }
     });
 
+    it('refuses a peer outside the allow-list, on the Raft stream and on gRPC calls', async () => {
+      const [client, peerPort] = [await freePort(), await freePort()];
+      const node = await NodeProcess.start({
+        ZEORAFT_NODE_ID: 'n1',
+        ZEORAFT_DATA_DIR: path.join(dir, 'allow-list'),
+        ZEORAFT_LISTEN: `127.0.0.1:${client}`,
+        ZEORAFT_PEER_LISTEN: `127.0.0.1:${peerPort}`,
+        ZEORAFT_PEERS: `n1=127.0.0.1:${peerPort}=127.0.0.1:${client}`,
+        ZEORAFT_CLUSTER_KEY: TEST_CLUSTER_KEY,
+        ZEORAFT_ALLOW_PEERS: '10.0.0.0/8',
+      });
+      const r = raftClient(peerPort);
+      try {
+        const md = (): grpc.Metadata => peerCallMetadata('n2', TEST_CLUSTER_KEY);
+        const s = await stream({ port: peerPort, id: 'n1' }, md(), [{ from: 'n2', messages: [] }]);
+        assert.equal(s.code, grpc.status.PERMISSION_DENIED, s.details);
+        assert.match(s.details, /not allowed on the peer listener/);
+        const f = await forward(r, md(), { command: commitCommand('1', 1, 'x'), from: 'n2' });
+        assert.equal(f.code, grpc.status.PERMISSION_DENIED, f.details);
+        assert.match(f.details, /not allowed on the peer listener/);
+      } finally {
+        r.close();
+        await node.kill('SIGTERM');
+      }
+    });
+
     it('runs a member with the --insecure-peers flag, and says so', async () => {
       const [client, peerPort] = [await freePort(), await freePort()];
       const child = spawn(process.execPath, [CLI, 'server', '--insecure-peers'], {
