@@ -81,6 +81,7 @@ export class ZeoRaftTarget implements Target {
       ZEORAFT_PEER_LISTEN: `127.0.0.1:${m.peerPort}`,
       ZEORAFT_HTTP_LISTEN: `127.0.0.1:${m.httpPort}`,
       ZEORAFT_PEERS: peers,
+      ZEORAFT_INITIAL_CLUSTER_STATE: 'new',
       ZEORAFT_CLUSTER_KEY: this.clusterKey,
       ZEORAFT_LOG_LEVEL: process.env.ZEORAFT_LOG_LEVEL ?? 'warn',
       ...(m.zeoPort ? { ZEORAFT_ZEO_LISTEN: `127.0.0.1:${m.zeoPort}` } : {}),

@@ -20,6 +20,11 @@ export interface ClusterOptions {
   tls?: boolean;
   /** The peers' shared secret (clusterKey() makes one). */
   clusterKey?: string;
+  /**
+   * new (default): a node with an empty data directory bootstraps the cluster; existing: it joins
+   * (runCluster says existing once any node has a log: a lost directory is then a lost disk).
+   */
+  initialClusterState?: 'new' | 'existing';
 }
 
 /** The cluster key in dataDir/cluster.key, made (256 random bits, hex, mode 0600) when absent. */
@@ -51,6 +56,7 @@ export function clusterEnv(opts: ClusterOptions, i: number): Record<string, stri
     ZEORAFT_HTTP_LISTEN: `127.0.0.1:${opts.basePort + 200 + i}`,
     ZEORAFT_ZEO_LISTEN: `127.0.0.1:${opts.basePort + 1000 + i}`,
     ZEORAFT_PEERS: opts.nodes > 1 ? peers : '',
+    ZEORAFT_INITIAL_CLUSTER_STATE: opts.initialClusterState ?? 'new',
     ZEORAFT_CLUSTER_KEY: opts.clusterKey ?? '',
     ZEORAFT_LOG_LEVEL: opts.logLevel,
     ...(opts.tls ? tlsEnv(path.join(opts.dataDir, 'certs'), `n${i}`) : {}),
@@ -61,7 +67,11 @@ export async function runCluster(opts: ClusterOptions): Promise<void> {
   const main = path.join(__dirname, 'main.js');
   const children: ChildProcess[] = [];
   const ck = clusterKey(opts.dataDir);
-  opts = { ...opts, clusterKey: ck.key };
+  // A brand-new cluster bootstraps; once any node has a Raft log, a node without one lost its
+  // data directory and must join (receive a snapshot) rather than vote with an empty log.
+  const ids = Array.from({ length: opts.nodes }, (_, k) => k + 1);
+  const started = ids.some((i) => fs.existsSync(path.join(opts.dataDir, `node-${i}`, 'raft')));
+  opts = { ...opts, clusterKey: ck.key, initialClusterState: started ? 'existing' : 'new' };
   process.stdout.write(
     `peers authenticate with the cluster key in ${ck.file}${ck.created ? ' (new)' : ''}\n`,
   );

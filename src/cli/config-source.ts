@@ -18,6 +18,7 @@ export const SETTINGS = {
   'zeo-listen': 'ZEORAFT_ZEO_LISTEN',
   peers: 'ZEORAFT_PEERS',
   join: 'ZEORAFT_JOIN',
+  'initial-cluster-state': 'ZEORAFT_INITIAL_CLUSTER_STATE',
   storages: 'ZEORAFT_STORAGES',
   'read-only': 'ZEORAFT_READ_ONLY',
   'log-level': 'ZEORAFT_LOG_LEVEL',
@@ -97,6 +98,11 @@ export function buildConfig(
   set('zeo-listen', 'zeoListen', (s) => s);
   set('peers', 'peers', parsePeers);
   set('join', 'join', bool);
+  set('initial-cluster-state', 'initialClusterState', (s) => {
+    if (s !== '' && s !== 'new' && s !== 'existing')
+      throw new Error(`initial-cluster-state must be new or existing, got ${JSON.stringify(s)}`);
+    return s;
+  });
   set('storages', 'storages', parseStorages);
   set('read-only', 'readOnly', bool);
   set('log-level', 'logLevel', (s) => s as LogLevel);

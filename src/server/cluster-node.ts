@@ -24,14 +24,6 @@ import { internalClientCredentials } from './tls';
 const PROBE_MS = 700;
 
 /**
- * A node starting with an empty data directory while its peers already run a cluster must join
- * (receive a snapshot, not vote until then) instead of bootstrapping a fresh log: a fresh empty
- * log that votes could elect a leader missing committed entries. A peer answering Status says
- * so; one that refuses Status for want of a key (security keys on, peers authenticated by mTLS
- * alone, so this node has no key to present) is asked the keyless health service instead:
- * SERVING means it knows a leader.
- */
-/**
  * Whether anything accepts a TCP connection at `address` (host:port) within PROBE_MS. Checked
  * before a gRPC probe: a gRPC channel closed while its connection attempt to a port that is not
  * listening yet is in backoff may still connect later and leave an idle connection on the peer.
@@ -52,6 +44,13 @@ function listening(address: string): Promise<boolean> {
   });
 }
 
+/**
+ * Whether a peer already runs the cluster this node was told to bootstrap (a second line of
+ * defence behind the explicit initial cluster state). A peer answering Status says so; one that
+ * refuses Status for want of a key (security keys on, peers authenticated by mTLS alone, so this
+ * node has no key to present) is asked the keyless health service instead: SERVING means it
+ * knows a leader.
+ */
 async function clusterAlreadyRunning(config: NodeConfig): Promise<boolean> {
   const Storage = storagePackage().zeoraft.v1.Storage;
   const sec = config.security;
@@ -93,10 +92,40 @@ async function clusterAlreadyRunning(config: NodeConfig): Promise<boolean> {
   return (await Promise.all(probes)).some(Boolean);
 }
 
+/**
+ * Whether a node whose data directory holds no Raft log joins (waits for a snapshot, never votes
+ * before it has one) or bootstraps the cluster from its peer list. Bootstrapping is explicit
+ * (`--initial-cluster-state new`): a voter that lost its disk and bootstrapped again would vote
+ * with an empty log, and with one lagging peer elect a leader missing committed entries. Even
+ * when told "new", a node whose peers already run a cluster joins. A single-voter cluster
+ * bootstraps: nobody else holds its data.
+ */
+async function joinsAtStart(
+  config: NodeConfig,
+  logDir: string,
+): Promise<{ join: boolean; why?: string }> {
+  if (config.join) return { join: true, why: '--join' };
+  if (fs.existsSync(logDir) || config.peers.length <= 1) return { join: false };
+  switch (config.initialClusterState) {
+    case 'existing':
+      return { join: true, why: 'initial cluster state existing' };
+    case 'new':
+      return (await clusterAlreadyRunning(config))
+        ? { join: true, why: 'told to bootstrap a new cluster, but a peer already runs one' }
+        : { join: false };
+    default:
+      throw new Error(
+        `${logDir} holds no Raft log: start this member with --initial-cluster-state new ` +
+          '(ZEORAFT_INITIAL_CLUSTER_STATE=new) to bootstrap a new cluster together with its peers, ' +
+          'or existing to join the running cluster (it receives a snapshot and does not vote ' +
+          'before it has one; the way back for a member that lost its disk)',
+      );
+  }
+}
+
 export async function startClusterNode(config: NodeConfig): Promise<StorageNode> {
   const logDir = path.join(config.dataDir, 'raft');
-  let join = config.join;
-  if (!join && !fs.existsSync(logDir) && (await clusterAlreadyRunning(config))) join = true;
+  const { join, why } = await joinsAtStart(config, logDir);
   let replicator: RaftReplicator | undefined;
   const node = await StorageNode.start(config, async (n) => {
     // A snapshot install interrupted by a crash is rolled back or forward when the store opens;
@@ -121,7 +150,7 @@ export async function startClusterNode(config: NodeConfig): Promise<StorageNode>
       `${problem}: the state directory was lost; wipe ${config.dataDir} and restart with --join`,
     );
     if (join && log.isNew)
-      n.log.info('joining an existing cluster: waiting for a snapshot from the leader');
+      n.log.info({ why }, 'joining an existing cluster: waiting for a snapshot from the leader');
     const sec = config.security;
     // Said at every start, not once: an open peer port must not be forgotten.
     if (!sec?.clusterKey && !sec?.peerTls)

@@ -39,6 +39,15 @@ export interface NodeConfig {
   peers: PeerConfig[];
   /** Join an existing cluster as a learner instead of bootstrapping (the leader adds us). */
   join: boolean;
+  /**
+   * What a member of a multi-voter cluster does when its data directory holds no Raft log (like
+   * etcd's --initial-cluster-state): 'new' bootstraps the cluster from `peers` (a first start);
+   * 'existing' joins the running cluster, receiving a snapshot and never voting before it has
+   * one (a restart after losing the disk). Unset, such a node refuses to start: a member that
+   * lost its disk and bootstrapped again would vote with an empty log and could elect a leader
+   * missing committed entries.
+   */
+  initialClusterState: '' | 'new' | 'existing';
   storages: StorageConfig[];
   readOnly: boolean;
   logLevel: LogLevel;
@@ -126,6 +135,7 @@ export function defaultConfig(overrides: Partial<NodeConfig> = {}): NodeConfig {
     zeoListen: '',
     peers: [],
     join: false,
+    initialClusterState: '',
     storages: [{ name: '1', readOnly: false }],
     readOnly: false,
     logLevel: 'info',
@@ -176,6 +186,10 @@ export function validateConfig(c: NodeConfig): void {
       fail(`the peer list must include this node (${c.nodeId})`);
     if (new Set(c.peers.map((p) => p.id)).size !== c.peers.length) fail('peer ids must be unique');
   }
+  if (!['', 'new', 'existing'].includes(c.initialClusterState))
+    fail(
+      `initial cluster state must be new or existing, got ${JSON.stringify(c.initialClusterState)}`,
+    );
   const sec = c.security ?? {};
   if (sec.clusterKey !== undefined && sec.clusterKey.length < CLUSTER_KEY_CHARS_MIN)
     fail(

@@ -69,7 +69,7 @@ const LEADER_CHANGE_WAIT_MS = 200;
 export interface HostLog {
   /** The RaftStorage the core reads: everything persisted after the last compaction. */
   readonly mem: MemoryStorage;
-  /** True while a joining node has not yet received its first snapshot (it must not vote). */
+  /** True while a joining node does not yet hold every entry that may be committed (no vote). */
   readonly joining: boolean;
   /** Data bytes of the entries held after the snapshot. */
   readonly entryBytes: number;
@@ -385,7 +385,10 @@ export class RaftHost {
   /** One tick of the logical clock (the adapter calls this every tickMs). */
   tick(): void {
     if (this.closed) return;
-    this.raw.tick();
+    // A joining node neither votes nor campaigns until it holds everything that may have been
+    // committed (DurableLog.joining): its election timer stands still. Its followers' role needs
+    // no ticks.
+    if (!this.log.joining) this.raw.tick();
     if (
       !this.leader &&
       !this.leaderLostSent &&
@@ -397,7 +400,10 @@ export class RaftHost {
     this.schedule();
   }
 
-  /** A message from a peer. A joining node (no snapshot yet) does not vote: its empty log must not elect anyone. */
+  /**
+   * A message from a peer. A joining node does not vote: until it holds a committed entry of its
+   * leader's term, its log may lack entries its lost state helped commit (DurableLog.joining).
+   */
   step(m: Message): void {
     if (this.closed) return;
     if (this.log.joining && (m.type === MessageType.Vote || m.type === MessageType.PreVote)) return;
@@ -922,7 +928,11 @@ export class RaftHost {
   > {
     return this.lock.run(async () => {
       await this.applyTail; // the state and this.conf describe the same index only between batches
-      if (this.sm.appliedIndex !== this.processed) return undefined; // replaying after a restart
+      // After a restart the store may be ahead of what the log knows is committed (it applied
+      // entries whose commit record was not yet synced). Its state is still committed state, and
+      // this.conf describes it unless a membership change lies in between. Refusing would
+      // deadlock a leader whose followers need a snapshot to commit anything.
+      if (!this.confUnchangedThrough(this.sm.appliedIndex)) return undefined;
       const snap = this.sm.snapshot();
       const term = this.raw.termAt(snap.index);
       if (term === undefined) {
@@ -938,6 +948,16 @@ export class RaftHost {
         chunks: snap.chunks,
       };
     });
+  }
+
+  /** No membership change in the log between what this host processed and `index`. */
+  private confUnchangedThrough(index: number): boolean {
+    if (index <= this.processed) return index === this.processed;
+    const m = this.log.mem;
+    if (this.processed + 1 < m.firstIndex() || index > m.lastIndex()) return false;
+    return m
+      .entries(this.processed + 1, index + 1, Infinity)
+      .every((e) => e.type !== EntryType.ConfChange);
   }
 
   reportSnapshot(id: string, ok: boolean): void {

@@ -195,7 +195,32 @@ export class DurableLog {
     return new DurableLog(db, mem, joining, false, opts.fsync, onFsync);
   }
 
-  /** True while a joining node has not yet received its first snapshot (it must not vote). */
+  /**
+   * Whether, once rd is written, this log holds a committed entry of its current term. A joining
+   * node (a new member, or one back after losing its disk or state) votes only from then on: its
+   * acknowledgements from before the loss may have been part of the majority that committed
+   * entries it no longer holds, and a snapshot alone does not bring those back (the leader that
+   * sends it may not even know they were committed). A committed entry of the leader's own term
+   * does: that leader was elected by a majority of voters that held their state, its log holds
+   * every committed entry, and ours now matches it up to there.
+   */
+  private holdsCommittedEntryOfItsTerm(rd: Ready): boolean {
+    const hs = rd.hardState ?? this.mem.hardState();
+    const n = rd.entries.length;
+    const last = n ? rd.entries[n - 1].index : (rd.snapshot?.index ?? this.mem.lastIndex());
+    const c = Math.min(hs.commit, last);
+    if (c < 1) return false;
+    let term: number | undefined;
+    if (n && c >= rd.entries[0].index) term = rd.entries[c - rd.entries[0].index].term;
+    else if (rd.snapshot) term = c === rd.snapshot.index ? rd.snapshot.term : undefined;
+    else if (c >= this.mem.firstIndex() - 1) term = this.mem.term(c);
+    return term === hs.term;
+  }
+
+  /**
+   * True while a joining node does not yet hold every entry that may have been committed (see
+   * holdsCommittedEntryOfItsTerm): it must not vote or campaign.
+   */
   get joining(): boolean {
     return this.joiningFlag;
   }
@@ -208,7 +233,6 @@ export class DurableLog {
       for (let i = this.mem.firstIndex(); i <= this.mem.lastIndex(); i++)
         ops.push({ type: 'del', key: entryKey(i) });
       ops.push({ type: 'put', key: K_SNAP, value: enc(SnapshotMetaT, rd.snapshot) });
-      if (this.joiningFlag) ops.push({ type: 'del', key: K_JOIN });
     }
     if (rd.entries.length) {
       const first = rd.entries[0].index;
@@ -223,17 +247,21 @@ export class DurableLog {
       );
     }
     if (rd.hardState) ops.push({ type: 'put', key: K_HARD, value: enc(HardStateT, rd.hardState) });
+    const caughtUp = this.joiningFlag && this.holdsCommittedEntryOfItsTerm(rd);
+    if (caughtUp) ops.push({ type: 'del', key: K_JOIN });
     if (ops.length) {
-      const sync = rd.mustSync && this.fsync;
+      // The end of joining is synced even when the Ready needs no sync: once counted as a voter,
+      // a node must not come back joining (with another voter down, no majority could vote).
+      const sync = (rd.mustSync || caughtUp) && this.fsync;
       const started = process.hrtime.bigint();
       await this.db.batch(ops, { sync });
       if (sync) this.onFsync(Number(process.hrtime.bigint() - started) / 1e9);
     }
     if (rd.snapshot) {
       this.mem.applySnapshot(rd.snapshot);
-      this.joiningFlag = false;
       this.bytes = 0;
     }
+    if (caughtUp) this.joiningFlag = false;
     if (rd.entries.length) {
       const first = rd.entries[0].index;
       if (first <= this.mem.lastIndex())

@@ -52,7 +52,12 @@ describe('cluster: three real nodes replicating through Raft', function () {
     await cluster.kill(victim);
     cluster.wipe(victim);
     await w.progress(120); // enough for the leader to compact past what the victim had
-    await cluster.startNode(victim);
+    // A member that lost its disk is not bootstrapped again unless told which way to go.
+    const refused = cluster.spawnNode(victim, { ZEORAFT_INITIAL_CLUSTER_STATE: '' });
+    const exit = await refused.exit();
+    assert.notEqual(exit.code, 0, 'a wiped member started without an initial cluster state');
+    assert.match(refused.output, /--initial-cluster-state new .* or existing/);
+    await cluster.startNode(victim); // existing: joins, receives a snapshot, votes only then
     await w.progress(20);
     await w.stop();
     await w.check(cluster.alive());

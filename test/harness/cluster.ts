@@ -78,6 +78,8 @@ export class TestCluster {
   readonly proxies = new Map<string, LinkProxy>();
   private readonly rpcs = new Map<string, StorageRpc>();
   private readonly pastOutput = new Map<string, string>();
+  /** Members whose data directory was wiped: they come back as `existing` (join, no vote). */
+  private readonly wiped = new Set<string>();
 
   constructor(readonly extraEnv: Record<string, string> = {}) {}
 
@@ -137,6 +139,7 @@ export class TestCluster {
       ),
       ZEORAFT_TICK_MS: '50',
       ZEORAFT_ELECTION_TICKS: '10',
+      ZEORAFT_INITIAL_CLUSTER_STATE: this.wiped.has(id) ? 'existing' : 'new',
       ...this.extraEnv,
       ...extra,
     };
@@ -210,6 +213,7 @@ export class TestCluster {
 
   wipe(id: string): void {
     fs.rmSync(this.dataDir(id), { recursive: true, force: true });
+    this.wiped.add(id);
   }
 
   /** Cut every link between `id` and the others (both directions). */

@@ -85,6 +85,17 @@ export function withPeerAuth(env: Record<string, string>): Record<string, string
   return member && !chosen ? { ...env, ZEORAFT_CLUSTER_KEY: TEST_CLUSTER_KEY } : env;
 }
 
+/**
+ * A member of a multi-voter cluster starts with `--initial-cluster-state new` (the tests start
+ * fresh clusters) unless the test chose (ZEORAFT_INITIAL_CLUSTER_STATE, even '' for unset).
+ */
+export function withInitialState(env: Record<string, string>): Record<string, string> {
+  const voters = (env.ZEORAFT_PEERS ?? '').split(',').filter((p) => p.trim()).length;
+  return voters > 1 && !('ZEORAFT_INITIAL_CLUSTER_STATE' in env)
+    ? { ...env, ZEORAFT_INITIAL_CLUSTER_STATE: 'new' }
+    : env;
+}
+
 /** Every node process the tests started; any still running when the test process exits is killed. */
 const started = new Set<ChildProcess>();
 process.on('exit', () => {
@@ -114,10 +125,11 @@ export class NodeProcess {
 
   /**
    * Start `zeoraft server` without waiting for it to be ready (for a node expected to die). A
-   * cluster member gets the run's cluster key unless the test chose its peer authentication.
+   * cluster member gets the run's cluster key unless the test chose its peer authentication, and
+   * `--initial-cluster-state new` unless the test chose one.
    */
   static spawn(settings: Record<string, string>): NodeProcess {
-    const env = withPeerAuth(settings);
+    const env = withInitialState(withPeerAuth(settings));
     const child = spawn(process.execPath, [CLI, 'server'], {
       env: { ...process.env, ZEORAFT_LOG_LEVEL: process.env.ZEORAFT_LOG_LEVEL ?? 'warn', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -42,4 +42,13 @@ describe('storage simulator (Raft + ObjectStore)', function () {
       if (!(await runStorageSeed(seed, { inject: 'no-flush' })).ok) caught++;
     assert.ok(caught > 0, 'no seed caught the injected bug');
   });
+
+  it('catches a voter that lost its disk and bootstrapped again instead of joining', async () => {
+    let caught = 0;
+    for (let seed = 1; seed <= SEEDS && caught === 0; seed++) {
+      const res = await runStorageSeed(seed, { inject: 'wipe-bootstraps' });
+      if (!res.ok) caught++;
+    }
+    assert.ok(caught > 0, 'no seed caught a wiped voter voting with an empty log');
+  });
 });

@@ -57,7 +57,7 @@ import {
 import { Model, cmdKind, objKey, resultKey } from './model';
 
 /** Faults of the simulated environment that `--inject` can switch on (never in production code). */
-export const STORAGE_SIM_FAULTS = ['no-flush'] as const;
+export const STORAGE_SIM_FAULTS = ['no-flush', 'wipe-bootstraps'] as const;
 
 export interface StorageSimOptions {
   /** Ticks of the fault phase. */
@@ -69,7 +69,8 @@ export interface StorageSimOptions {
   /**
    * A fault of the environment, to show the checker catches it: 'no-flush' makes the store's
    * flush() a no-op (a disk that ignores fsync), so a compaction can drop log entries whose
-   * effects the store then loses in a crash.
+   * effects the store then loses in a crash; 'wipe-bootstraps' restarts a voter whose disks were
+   * wiped as a new cluster member (`--initial-cluster-state new`) instead of a joining one.
    */
   inject?: (typeof STORAGE_SIM_FAULTS)[number];
 }
@@ -106,6 +107,8 @@ export interface StorageSimStats {
   confChangesApplied: number;
   /** Seeds ending with a voter's lost state leaving no quorum (unrecoverable without an operator). */
   quorumLost: number;
+  /** Voters whose disks were wiped (restarted as `existing`: joining, no vote before a snapshot). */
+  wipes: number;
 }
 
 export interface StorageSimResult {
@@ -137,6 +140,20 @@ const FSYNC_STALL_MS_MAX = 400;
 // ------------------------------------------------------------------------------------------
 // Nodes, clients, messages
 
+/** Enough of a log to say whether it holds an entry, and whether its node may vote. */
+interface LogView {
+  joining: boolean;
+  snapIndex: number;
+  terms: Map<number, number>;
+}
+
+function logView(log: DurableLog): LogView {
+  const m = log.mem;
+  const terms = new Map<number, number>();
+  for (let i = m.firstIndex(); i <= m.lastIndex(); i++) terms.set(i, m.term(i));
+  return { joining: log.joining, snapIndex: m.snapshot().index, terms };
+}
+
 interface SNode {
   id: string;
   /** The Raft log's disk and the object store's disk (two LevelDB databases, as in production). */
@@ -159,6 +176,8 @@ interface SNode {
   host?: RaftHost;
   /** The durable log: its `mem` holds only what was written (synced when the Ready said so). */
   log?: DurableLog;
+  /** What the log on disk holds while the node is down (taken at the crash; empty once wiped). */
+  diskLog?: LogView;
   store?: ObjectStore;
   db?: MemoryLevel<Buffer, Buffer>;
   /** Client operations proposed through this node's host and not yet answered. */
@@ -269,6 +288,7 @@ class StorageSim {
     compactions: 0,
     confChangesApplied: 0,
     quorumLost: 0,
+    wipes: 0,
   };
   private readonly time = new SimTime();
   private readonly nodes = new Map<string, SNode>();
@@ -296,6 +316,9 @@ class StorageSim {
   private readonly opRate: number;
   private readonly readRate: number;
   private readonly maxSizePerMsg: number;
+  /** Wiped disks come from their own stream, so seeds without wipes replay as before. */
+  private readonly wipeRng: Mulberry32;
+  private readonly wipeRate: number;
 
   // Checker state.
   private readonly leaderOfTerm = new Map<number, string>();
@@ -316,6 +339,12 @@ class StorageSim {
   private readonly retireAt = new Map<string, { at: number; index: number }>();
   /** Nodes that discarded their store's state (an interrupted snapshot install) and rejoined. */
   private readonly lostState = new Set<string>();
+  /** Members whose removal was proposed (it may still be applied). */
+  private readonly removalsProposed = new Set<string>();
+  /** Voters wiped and not yet caught up (they cannot vote). */
+  private readonly wiped = new Set<string>();
+  /** The newest entry applied anywhere (so committed). */
+  private newestApplied: { index: number; term: number } | undefined;
   /** Highest commit index any node's core has reached. */
   private maxCommitSeen = 0;
 
@@ -338,6 +367,8 @@ class StorageSim {
     this.opRate = 0.1 + r.nextFloat() * 0.4;
     this.readRate = r.nextFloat() * 0.3;
     this.maxSizePerMsg = [1, 64, 1024, 1 << 20][r.nextInt(4)];
+    this.wipeRng = new Mulberry32((seed * 2654435761) >>> 0 || 1);
+    this.wipeRate = this.wipeRng.nextFloat() < 0.5 ? this.wipeRng.nextFloat() * 0.008 : 0;
     const n = r.nextFloat() < 0.5 ? 3 : 3 + r.nextInt(3);
     const voters: string[] = [];
     for (let i = 0; i < n; i++) voters.push(`n${this.nextNodeNo++}`);
@@ -648,6 +679,8 @@ class StorageSim {
     n.state = 'down';
     n.voteInFlight = false;
     n.host = undefined;
+    if (n.log) n.diskLog = logView(n.log);
+    n.log = undefined;
     n.store = undefined;
     n.db = undefined;
     for (const op of n.ops) this.unknown(op, `${n.id} crashed`);
@@ -706,7 +739,7 @@ class StorageSim {
             const s = n.host!.raw.basicStatus();
             return `${n.id}:${s.role}/t${s.term}/c${s.commit}/p${n.host!.processedIndex}/s${n.store!.appliedIndex}`;
           })
-          .join(' ')})`,
+          .join(' ')}${l ? `, progress=${JSON.stringify(l.host!.raw.status().progress)}` : ''})`,
     );
   }
 
@@ -768,6 +801,54 @@ class StorageSim {
     this.check();
   }
 
+  /**
+   * A voter's disks are wiped (a replaced drive, an operator's rm -rf) and it comes back the way
+   * cluster-node.ts brings back a member with an empty data directory told `existing`: joining,
+   * not voting before a leader sent it a snapshot. Only while the other voters with their state
+   * still form a majority (else nothing could be elected until an operator steps in).
+   */
+  /** Forget wiped nodes that caught up (they vote again). */
+  private refreshWiped(): void {
+    for (const id of this.wiped) {
+      const m = this.nodes.get(id)!;
+      if (m.retired || (this.up(m) && !m.log!.joining)) this.wiped.delete(id);
+    }
+  }
+
+  private wipeVoter(): void {
+    const conf = this.confAtIndex(Number.MAX_SAFE_INTEGER)!;
+    this.refreshWiped();
+    // Only while the membership is settled: every voter up and using the newest configuration,
+    // no removal pending (a lagging voter still counting a retired member needs more votes).
+    const same = (a: string[], b: string[]): boolean =>
+      a.length === b.length && a.every((x) => b.includes(x));
+    for (const id of conf.voters) {
+      const m = this.nodes.get(id)!;
+      if (!this.up(m) || !same(m.host!.confState.voters, conf.voters)) return;
+      if (this.removalsProposed.has(id)) return;
+    }
+    const intact = conf.voters.filter((v) => !this.lostState.has(v) && !this.wiped.has(v));
+    if (intact.length - 1 < Math.floor(conf.voters.length / 2) + 1) return;
+    // Most often the voter with the longest log: the one whose acknowledgements a commit is most
+    // likely to have needed, so that its loss leaves committed entries on a minority.
+    const last = (id: string): number => this.nodes.get(id)!.log?.mem.lastIndex() ?? -1;
+    const id =
+      this.wipeRng.nextFloat() < 0.7
+        ? intact.reduce((a, b) => (last(b) > last(a) ? b : a))
+        : intact[this.wipeRng.nextInt(intact.length)];
+    const n = this.nodes.get(id)!;
+    if (n.retired || n.state === 'starting') return;
+    if (n.state === 'up') this.crash(n, 'disk replaced', true);
+    n.logDisk.wipe();
+    n.storeDisk.wipe();
+    n.join = this.opts.inject !== 'wipe-bootstraps';
+    n.diskLog = { joining: n.join, snapIndex: 0, terms: new Map() };
+    this.wiped.add(n.id);
+    this.stats.wipes++;
+    this.trace(`WIPE ${n.id}: restarts ${n.join ? 'joining' : 'bootstrapping a new log'}`);
+    n.downUntil = this.now + 1 + this.wipeRng.nextInt(20);
+  }
+
   private injectFaults(): void {
     const r = this.rng;
     for (const n of this.nodes.values()) {
@@ -798,6 +879,7 @@ class StorageSim {
         n.downUntil = this.now + 1 + r.nextInt(voting ? 2 : 25);
       }
     }
+    if (this.wipeRng.nextFloat() < this.wipeRate) this.wipeVoter();
     if (r.nextFloat() < this.outageRate) {
       // A power outage takes down every node at once (a rack, a site).
       this.trace('POWER OUTAGE');
@@ -859,7 +941,13 @@ class StorageSim {
         node: conf.learners[r.nextInt(conf.learners.length)],
       };
     } else if (choice === 2 && members > 2) {
-      const all = [...(conf.voters.length >= 3 ? conf.voters : []), ...conf.learners];
+      // No voter is removed while a wiped one catches up (it cannot vote yet): the rest could
+      // not elect anyone.
+      this.refreshWiped();
+      const all = [
+        ...(conf.voters.length >= 3 && this.wiped.size === 0 ? conf.voters : []),
+        ...conf.learners,
+      ];
       if (all.length > 0)
         cc = { type: ConfChangeType.RemoveNode, node: all[r.nextInt(all.length)] };
     }
@@ -872,6 +960,7 @@ class StorageSim {
       });
     if (host.raw.basicStatus().lastIndex === before) return; // refused by the core
     this.trace(`PROPOSE conf change ${ConfChangeType[cc.type]} ${cc.node} at ${leader.id}`);
+    if (cc.type === ConfChangeType.RemoveNode) this.removalsProposed.add(cc.node);
     if (fresh) {
       this.nextNodeNo++;
       // A joining node starts with empty disks and waits for a snapshot from the leader.
@@ -1008,6 +1097,8 @@ class StorageSim {
       if (e.index > 2 && !this.appliedAt.has(e.index - 1))
         fail(`${n.id} applied ${e.index} but no node ever applied ${e.index - 1}`);
       this.appliedAt.set(e.index, { entry, result: key, cmd, r });
+      if (e.index > (this.newestApplied?.index ?? 0))
+        this.newestApplied = { index: e.index, term: e.term };
       return;
     }
     if (seen.entry !== entry)
@@ -1047,7 +1138,40 @@ class StorageSim {
     }
   }
 
+  /**
+   * Quorum intersection for what is committed: every majority of the voters that may vote holds
+   * the newest entry applied anywhere, so whoever they elect has it. A voter may vote unless it
+   * is joining (a new member, or back after losing its disk, until it caught up); it holds the
+   * entry when its written log reaches it with the same term or its snapshot covers it; a node
+   * that is down counts with what its disk held when it went down.
+   */
+  private checkCommittedOnEveryElectableMajority(): void {
+    const top = this.newestApplied;
+    if (!top) return;
+    const conf = this.confAtIndex(Number.MAX_SAFE_INTEGER)!;
+    const lacking: string[] = [];
+    for (const id of conf.voters) {
+      const n = this.nodes.get(id)!;
+      if (n.log) {
+        const m = n.log.mem;
+        if (n.log.joining || m.snapshot().index >= top.index) continue;
+        if (top.index >= m.firstIndex() && top.index <= m.lastIndex())
+          if (m.term(top.index) === top.term) continue;
+      } else {
+        const v = n.diskLog;
+        if (!v || v.joining) continue;
+        if (v.snapIndex >= top.index || v.terms.get(top.index) === top.term) continue;
+      }
+      lacking.push(id);
+    }
+    if (lacking.length >= Math.floor(conf.voters.length / 2) + 1)
+      fail(
+        `committed entry ${top.index} (term ${top.term}) is on no member of the electable majority ${lacking} (voters ${conf.voters})`,
+      );
+  }
+
   private check(): void {
+    this.checkCommittedOnEveryElectableMajority();
     for (const n of this.nodes.values()) {
       if (!this.up(n)) continue;
       const s = n.host!.raw.basicStatus();

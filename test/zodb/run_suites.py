@@ -128,6 +128,7 @@ class Cluster:
                 ZEORAFT_HTTP_LISTEN='127.0.0.1:%d' % m['http'],
                 ZEORAFT_ZEO_LISTEN='127.0.0.1:%d' % m['zeo'],
                 ZEORAFT_PEERS=peers,
+                ZEORAFT_INITIAL_CLUSTER_STATE='new',
                 ZEORAFT_CLUSTER_KEY=key,
                 ZEORAFT_STORAGES=','.join(storages),
                 ZEORAFT_LOG_LEVEL=os.environ.get('ZEORAFT_LOG_LEVEL', 'warn'),
