@@ -8,7 +8,7 @@
  *   --objects N        objects loaded by the memory workload (default 1,000,000)
  *   --duration S       seconds per measured point (default 10; --quick: 2)
  *   --compare etcd     run the same workloads against etcd too (needs the `etcd` binary)
- *   --compare zeo      the ZEO door against a real ZEO server instead (commit,loads,watch,hot,hotpc;
+ *   --compare zeo      the ZEO door against a real ZEO server instead (commit,loads,watch,hot,hotset,hotpc;
  *                      needs .venv-zodb: `make zodb-venv`; --duration defaults to 3 s)
  *   --profile          run the ZeoRaft nodes under --cpu-prof and print their hottest functions
  */

@@ -20,7 +20,7 @@ const ZEO_START_TIMEOUT_MS = 30_000;
 /** A driver run may take this long beyond its measured time (set-up, connecting, grace). */
 const DRIVER_SLACK_MS = 120_000;
 
-export const ZEO_WORKLOADS = ['commit', 'loads', 'watch', 'hot', 'hotpc'] as const;
+export const ZEO_WORKLOADS = ['commit', 'loads', 'watch', 'hot', 'hotset', 'hotpc'] as const;
 export type ZeoWorkload = (typeof ZEO_WORKLOADS)[number];
 
 export interface ZeoSizes {
@@ -77,7 +77,7 @@ function points(only: ZeoWorkload[], s: ZeoSizes): Point[] {
       '--rate',
       String(s.watchRate),
     ]);
-  for (const kind of ['hot', 'hotpc'] as const)
+  for (const kind of ['hot', 'hotset', 'hotpc'] as const)
     if (only.includes(kind))
       for (const c of s.hotWriters)
         add(`${kind}:${c}`, ['--workload', kind, '--clients', String(c)]);
@@ -237,8 +237,9 @@ export function zeoRows(z: ZeoSystemResults, e: ZeoSystemResults | undefined): Z
       add(key, w, 'missing invalidations', 'missing', '', false);
       add(key, w, 'delay p50 after finish', 'p50_ms', 'ms', false);
       add(key, w, 'delay p99 after finish', 'p99_ms', 'ms', false);
-    } else if (kind === 'hot' || kind === 'hotpc') {
-      const w = `${kind === 'hot' ? 'hot Length' : 'hot PCounter'} W=${n}`;
+    } else if (kind === 'hot' || kind === 'hotset' || kind === 'hotpc') {
+      const name = { hot: 'hot Length', hotset: 'hot IITreeSet', hotpc: 'hot PCounter' }[kind];
+      const w = `${name} W=${n}`;
       add(key, w, 'commits/s', 'per_second', '/s', true);
       add(key, w, 'errors', 'errors', '', false);
       add(key, w, 'p50', 'p50_ms', 'ms', false);

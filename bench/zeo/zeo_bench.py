@@ -16,6 +16,8 @@ Workloads (--workload):
   hot     C writers, each with its own ZODB.DB over its own ClientStorage, incrementing one shared
           BTrees.Length (`length.change(1)`, commit) as fast as they can. Errors are exceptions
           from commit (no retry); at the end the counter must equal the successful commits.
+  hotset  the same, each writer inserting keys of its own into one shared BTrees.IIBTree.IITreeSet
+          of 1,000 keys (several buckets); at the end the set must hold every committed key.
   hotpc   the same with ZODB's test class ZODB.tests.ConflictResolution.PCounter, an application
           class with its own _p_resolveConflict: a ZEO server resolves it (it can import it), ZeoRaft
           sends the conflict back to the client, which resolves it and votes again.
@@ -39,6 +41,7 @@ import traceback
 import transaction
 import ZODB
 import ZEO.ClientStorage
+from BTrees.IIBTree import IITreeSet
 from BTrees.Length import Length
 from ZODB.tests.ConflictResolution import PCounter
 from ZODB.Connection import TransactionMetaData
@@ -196,12 +199,24 @@ def hot_client(opts, i, ready, start):
         tm = transaction.TransactionManager()
         conn = db.open(transaction_manager=tm)
         counter = conn.root()[opts.key]
-        change = counter.change if opts.workload == 'hot' else counter.inc
+        if opts.workload == 'hot':
+            change = counter.change
+        elif opts.workload == 'hotpc':
+            change = counter.inc
+        else:
+            # Keys of this writer only: 10**6 * (i + 1) + n; the set's first keys stay (0..999).
+            inserted = []
+
+            def change(_n, _next=iter(range(10**6 * (i + 1), 10**6 * (i + 2)))):
+                k = next(_next)
+                inserted.append(k)
+                counter.insert(k)
         ready()
         t0 = start() + opts.warmup
         t1 = t0 + opts.duration
         ok = errors = warm = 0
         kinds = {}
+        committed = []
         lat = []
         while True:
             a = time.time()
@@ -212,6 +227,9 @@ def hot_client(opts, i, ready, start):
                 change(1)
                 tm.commit()
                 b = time.time()
+                if opts.workload == 'hotset':
+                    committed.extend(inserted)
+                    del inserted[:]
                 if a >= t0 and b <= t1:
                     ok += 1
                     lat.append((b - a) * 1000)
@@ -219,19 +237,21 @@ def hot_client(opts, i, ready, start):
                     warm += 1
             except Exception as e:
                 tm.abort()
+                if opts.workload == 'hotset':
+                    del inserted[:]
                 if a >= t0:
                     errors += 1
                     kinds[type(e).__name__] = kinds.get(type(e).__name__, 0) + 1
                 else:
                     warm += 1  # may or may not have committed: counted in `total` below
         conn.close()
-        return dict(ok=ok, errors=errors, kinds=kinds, lat=lat, warm=warm)
+        return dict(ok=ok, errors=errors, kinds=kinds, lat=lat, warm=warm, keys=committed)
     finally:
         db.close()
 
 
 LOOPS = dict(commit=commit_client, load=load_client, watch=watch_client, hot=hot_client,
-             hotpc=hot_client)
+             hotpc=hot_client, hotset=hot_client)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -359,18 +379,25 @@ def main():
                    writer_behind_s=rs[-1]['behind_s'], expected=len(finished) * opts.watchers,
                    missing=missing, before_finish=before, p50_ms=quantile(delays, 0.5),
                    p99_ms=quantile(delays, 0.99), max_ms=delays[-1] if delays else None)
-    elif w in ('hot', 'hotpc'):
+    elif w in ('hot', 'hotpc', 'hotset'):
         opts.key = 'hot-%d-%d' % (os.getpid(), int(time.time()))
         db = ZODB.DB(client(opts.addrs[0]))
         try:
             with db.transaction() as conn:
-                conn.root()[opts.key] = Length() if w == 'hot' else PCounter()
+                conn.root()[opts.key] = (Length() if w == 'hot' else PCounter() if w == 'hotpc'
+                                         else IITreeSet(range(1000)))
             rs = run_clients(opts, opts.clients)
             # The counter holds every commit that succeeded (warm-up ones too): none is lost.
             conn = db.open()
             conn.sync()
             counter = conn.root()[opts.key]
-            value = counter() if w == 'hot' else counter._value
+            if w == 'hotset':
+                want = set(range(1000)).union(*(r['keys'] for r in rs))
+                value = len(counter)
+                missing = len(want - set(counter))
+                extra = len(set(counter) - want)
+            else:
+                value = counter() if w == 'hot' else counter._value
             conn.close()
         finally:
             db.close()
@@ -381,6 +408,12 @@ def main():
             for k, v in r['kinds'].items():
                 kinds[k] = kinds.get(k, 0) + v
         lat = sorted(x for r in rs for x in r['lat'])
+        if w == 'hotset':
+            # Every committed insert is in the set, and nothing else: (warm-up ones included).
+            out.update(set_missing=missing, set_extra=extra)
+            if missing or extra:
+                out['lost_or_extra'] = True
+            value = ok + sum(r['warm'] for r in rs)  # the bounds below do not apply to sets
         out.update(commits=ok, per_second=ok / opts.duration, errors=errors, error_kinds=kinds,
                    p50_ms=quantile(lat, 0.5), p99_ms=quantile(lat, 0.99), counter=value,
                    counter_at_least=ok, counter_at_most=ok + sum(r['warm'] for r in rs))
