@@ -94,13 +94,15 @@ export interface PreparedRecord {
   index?: number;
   reserve?: boolean;
   votedDeadlineMs?: number;
-  /** Stores resolved on the server: a shared lock, and `committed + delta` written at finish. */
+  /** Stores resolved on the server, written at finish as resolved (see ResolvedStore). */
   resolved?: ResolvedStore[];
 }
 export interface ResolvedStore {
   oid: Uint8Array;
-  /** Decimal. */
-  delta: string;
+  /** A Length store's change (decimal): shared lock, `committed + delta` written at finish. */
+  delta?: string;
+  /** A set store's merged record: exclusive lock, written at finish. */
+  data?: Uint8Array;
 }
 export interface StorageMeta {
   lastTid?: Uint8Array;

@@ -43,6 +43,7 @@ import {
   MemberRecord,
   StoreOp,
   PreparedRecord,
+  ResolvedStore,
   memberCodec,
   Revision,
   SessionRecord,
@@ -59,7 +60,14 @@ import {
 } from './codec';
 import { StorageError } from './errors';
 import * as K from './keys';
-import { PickleStateError, applyLengthDelta, lengthDelta, readLengthRecord } from './zodb-resolve';
+import {
+  PickleStateError,
+  applyLengthDelta,
+  isLengthRecord,
+  lengthDelta,
+  readLengthRecord,
+  resolveIntSet,
+} from './zodb-resolve';
 
 type Db = Level<Buffer, Buffer>;
 type BatchOp = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer };
@@ -291,6 +299,11 @@ function sameTxn(a: Txn, b: Txn): boolean {
 
 function emptyMeta(): StorageMeta {
   return { lastTid: Z64, nextOid: p64(1n), packTid: Z64, objectCount: 0 };
+}
+
+/** The hex OIDs of a vote's stores that share their lock (resolved Length stores, with a delta). */
+function sharedOf(rec: { txn: Txn; resolved?: ResolvedStore[] }): Set<string> {
+  return new Set((rec.resolved ?? []).filter((r) => r.delta).map((r) => hex(r.oid)));
 }
 
 function lockKey(storage: string, oid: Uint8Array): string {
@@ -579,11 +592,11 @@ export class ObjectStore {
   }
 
   private holdLocks(st: string, txnId: string, rec: PreparedRecord): void {
-    const resolved = new Set((rec.resolved ?? []).map((r) => hex(r.oid)));
+    const shared = sharedOf(rec);
     const all = [...(rec.txn.stores ?? []), ...(rec.txn.checks ?? [])].map((s) => buf(s.oid));
-    const oids = all.filter((oid) => !resolved.has(hex(oid)));
-    const sharedOids = all.filter((oid) => resolved.has(hex(oid)));
-    assert(sharedOids.length === resolved.size, `resolved stores of ${txnId} not in its stores`);
+    const oids = all.filter((oid) => !shared.has(hex(oid)));
+    const sharedOids = all.filter((oid) => shared.has(hex(oid)));
+    assert(sharedOids.length === shared.size, `resolved stores of ${txnId} not in its stores`);
     for (const oid of oids) {
       const k = lockKey(st, oid);
       assert(!this.locks.has(k), `object ${hex(oid)} locked twice`);
@@ -844,14 +857,15 @@ export class ObjectStore {
 
   /**
    * Conflict-check every store and check of `txn`; objects locked by another transaction fail with
-   * LOCKED. Stores in `resolved` (hex OIDs) share their lock with other resolved stores and are
-   * not serial-checked (they are resolved on the server at finish).
+   * LOCKED. Stores in `resolved` (hex OIDs) are resolved on the server, so not serial-checked;
+   * those also in `shared` share their lock with other shared stores of the object (Length).
    */
   private async checkTxn(
     txn: Txn,
     ownTxnId: string | undefined,
     locksOnly = false,
     resolved?: Set<string>,
+    shared?: Set<string>,
   ): Promise<Map<string, { serial: Buffer; deleted: boolean }>> {
     const current = new Map<string, { serial: Buffer; deleted: boolean }>();
     const st = txn.storage;
@@ -867,7 +881,7 @@ export class ObjectStore {
       }
       const isResolved = resolved?.has(hex(oid)) === true;
       const sharers = this.sharedLocks.get(lockKey(st, oid));
-      if (!isResolved && sharers && [...sharers].some((t) => t !== ownTxnId)) {
+      if (!shared?.has(hex(oid)) && sharers && [...sharers].some((t) => t !== ownTxnId)) {
         throw new StorageError('LOCKED', `object ${hex(oid)} is locked by a voted transaction`);
       }
       const cur = await this.read(K.currentKey(st, oid));
@@ -1137,6 +1151,7 @@ export class ObjectStore {
       again ? p.txnId : undefined,
       p.reserve === true,
       new Set(resolved.map((r) => hex(r.oid))),
+      sharedOf({ txn: p.txn, resolved }),
     );
     // Voting again keeps the first vote's deadline, so the locks are never renewed past it.
     const deadlineMs = earlier?.deadlineMs ? Number(earlier.deadlineMs) : (p.deadlineMs ?? 0);
@@ -1173,8 +1188,8 @@ export class ObjectStore {
       );
     const txn = rec.resolved?.length ? await this.resolveAtFinish(st, f.txnId, rec) : rec.txn;
     // Locked since the vote, so the conflict check cannot fail: a failure here is a bug.
-    const shared = new Set((rec.resolved ?? []).map((r) => hex(r.oid)));
-    const current = await this.checkTxn(txn, f.txnId, false, shared).catch((e: unknown) => {
+    const shared = sharedOf(rec);
+    const current = await this.checkTxn(txn, f.txnId, false, shared, shared).catch((e: unknown) => {
       throw new Error(
         `voted transaction ${f.txnId} no longer passes its conflict check: ${String(e)}`,
       );
@@ -1188,24 +1203,42 @@ export class ObjectStore {
   }
 
   /**
-   * The stores of a vote that are resolved on the server (StoreOp.resolve): those whose data, the
-   * revision they are based on and the object's current revision are all BTrees.Length records.
-   * Others stay ordinary stores (a conflict on them goes back to the client). Reads only
-   * replicated state, so every replica decides alike.
+   * The stores of a vote that are resolved on the server (StoreOp.resolve), deciding from
+   * replicated state only, so every replica decides alike:
+   * - those whose data, the revision they are based on and the object's current revision are all
+   *   BTrees.Length records: their change is kept (a lock shared with other Length stores of the
+   *   object), and finish writes the committed value plus it;
+   * - those based on an older revision than the current one whose three records are integer-key
+   *   BTrees sets that BTrees' merge resolves: the merged record, written at finish (the lock is
+   *   exclusive, so the committed record does not change before).
+   * Others stay ordinary stores (a conflict on them goes back to the client).
    */
-  private async resolvableStores(txn: Txn): Promise<{ oid: Buffer; delta: string }[]> {
-    const out: { oid: Buffer; delta: string }[] = [];
+  private async resolvableStores(txn: Txn): Promise<ResolvedStore[]> {
+    const out: ResolvedStore[] = [];
     for (const s of txn.stores ?? []) {
       if (!s.resolve || s.delete || !s.data || idEquals(serialOf(s.serial), Z64)) continue;
       const oid = buf(s.oid);
-      const base = await this.revisionData(txn.storage, oid, serialOf(s.serial));
       const cur = await this.read(K.currentKey(txn.storage, oid));
-      if (!base || !cur || parseCurrent(cur).deleted) continue;
-      const committed = await this.revisionData(txn.storage, oid, parseCurrent(cur).serial);
-      if (!committed) continue;
+      if (!cur || parseCurrent(cur).deleted) continue;
+      const currentSerial = parseCurrent(cur).serial;
+      const length = isLengthRecord(s.data);
+      // A set based on the current revision has nothing to resolve.
+      if (!length && idEquals(currentSerial, serialOf(s.serial))) continue;
+      const base = await this.revisionData(txn.storage, oid, serialOf(s.serial));
+      const committed = await this.revisionData(txn.storage, oid, currentSerial);
+      if (!base || !committed) continue;
+      if (length) {
+        try {
+          readLengthRecord(committed);
+          out.push({ oid, delta: lengthDelta(base, s.data).toString() });
+        } catch (e) {
+          if (!(e instanceof PickleStateError)) throw e;
+        }
+        continue;
+      }
       try {
-        readLengthRecord(committed);
-        out.push({ oid, delta: lengthDelta(base, s.data).toString() });
+        const merged = resolveIntSet(base, committed, s.data);
+        if (merged) out.push({ oid, data: merged });
       } catch (e) {
         if (!(e instanceof PickleStateError)) throw e;
       }
@@ -1219,11 +1252,11 @@ export class ObjectStore {
    * fail: only resolved stores (always Length records) change an object while it is shared.
    */
   private async resolveAtFinish(st: string, txnId: string, rec: PreparedRecord): Promise<Txn> {
-    const deltas = new Map((rec.resolved ?? []).map((r) => [hex(r.oid), BigInt(r.delta)]));
+    const resolved = new Map((rec.resolved ?? []).map((r) => [hex(r.oid), r]));
     const stores: StoreOp[] = [];
     for (const s of rec.txn.stores ?? []) {
-      const delta = deltas.get(hex(s.oid));
-      if (delta === undefined) {
+      const r = resolved.get(hex(s.oid));
+      if (r === undefined) {
         stores.push(s);
         continue;
       }
@@ -1231,8 +1264,14 @@ export class ObjectStore {
       const cur = await this.read(K.currentKey(st, oid));
       assert(cur && !parseCurrent(cur).deleted, `resolved object ${hex(oid)} of ${txnId} is gone`);
       const serial = parseCurrent(cur).serial;
+      if (r.data?.length) {
+        // A merged set: locked exclusively since the vote merged it with this very revision.
+        stores.push({ ...s, serial, data: buf(r.data) });
+        continue;
+      }
       const committed = await this.revisionData(st, oid, serial);
       assert(committed, `resolved object ${hex(oid)} of ${txnId} has no current data`);
+      const delta = BigInt(r.delta ?? '0');
       stores.push({ ...s, serial, data: applyLengthDelta(committed, buf(s.data), delta) });
     }
     return { ...rec.txn, stores };

@@ -3,7 +3,8 @@
  * Reads come from the node's applied state (after waiting for it to reach the client's view);
  * writes are replicated commands: tpc_begin/storea/... collect a transaction locally, `vote` is the
  * replicated prepare (the objects are then locked on every node), `tpc_finish` the replicated
- * finish. Conflicts on ZODB classes whose resolution rule is fixed (BTrees.Length) are resolved on
+ * finish. Conflicts on ZODB classes whose resolution rule is fixed (BTrees.Length, integer-key
+ * BTrees sets) are resolved on
  * the server as ZEO does in its default mode, by code of our own (storage/zodb-resolve.ts); other
  * conflicts found at vote are returned for client-side resolution, as ZEO 5 does with
  * `client-conflict-resolution` on: the server never runs application code.
@@ -14,7 +15,7 @@ import type { Command, StoreOp, CheckOp, Txn } from '../storage/codec';
 import type { ApplyResult, CommitEvent, TransactionInfo, UndoPlan } from '../storage/object-store';
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import { StorageError } from '../storage/errors';
-import { isLengthRecord } from '../storage/zodb-resolve';
+import { isIntSetRecord, isLengthRecord } from '../storage/zodb-resolve';
 import type { StorageNode } from '../server/node';
 import { Limits, type Reservation } from '../server/limits';
 import { VOTE_LEASE_MS } from '../server/config';
@@ -397,7 +398,7 @@ export class ZeoSession {
         this.charge(t, t.stores.get(hex(oid)), 16 + data.length);
         const op: StoreOp = { oid, serial: baseSerialArg(a[1]), data, ...references(data) };
         // Resolved on the server if it conflicts (a ZEO server's default mode), see vote().
-        if (isLengthRecord(data)) op.resolve = true;
+        if (isLengthRecord(data) || isIntSetRecord(data)) op.resolve = true;
         t.stores.set(hex(oid), op);
         this.stats.stores++;
       });

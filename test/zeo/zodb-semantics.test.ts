@@ -6,7 +6,7 @@
  * that outlive their client or node.
  */
 import * as assert from 'node:assert/strict';
-import { readLengthRecord } from '../../src/storage/zodb-resolve';
+import { readIntSetRecord, readLengthRecord } from '../../src/storage/zodb-resolve';
 import { Z64, hex, idCompare, p64, tidToTime, u64 } from '../../src/util/ids';
 import { NodeProcess, eventually, freePort, rmDir, sleep, tmpDir } from '../harness';
 import { ServerError, ZeoClient } from './zeo-client';
@@ -43,6 +43,15 @@ const leaf = (n: number): Buffer =>
 const lengthRecord = (n: number): Buffer =>
   Buffer.from(
     `8003634254726565732e4c656e6774680a4c656e6774680a71002e80034b${n.toString(16).padStart(2, '0')}2e`,
+    'hex',
+  );
+
+/** A BTrees.IIBTree.IISet record as ZODB 6 writes it, keys 0 <= k < 256 (at least four). */
+const iiSet = (keys: number[]): Buffer =>
+  Buffer.from(
+    '8003634254726565732e494942547265650a49495365740a71002e800328' +
+      keys.map((k) => `4b${k.toString(16).padStart(2, '0')}`).join('') +
+      '7471018571022e',
     'hex',
   );
 
@@ -389,6 +398,33 @@ describe('ZEO door: what the ZODB and ZEO storage suites expect', function () {
     const conflicts = await cs[0].call('vote', id);
     assert.deepEqual(conflicts[0].serials.map(buf), [s2, s1]);
     await cs[0].call('tpc_abort', id);
+  });
+
+  it('merges concurrent inserts into one BTrees set on the server, as a ZEO server by default', async () => {
+    const [c, d] = [await connect(members[1], 'hot'), await connect(members[2], 'hot')];
+    const oid = await newOid(c);
+    const t1 = await commit(c, [[oid, Z64, iiSet([1, 5, 9])]]);
+    const [ic, id] = [begin(c), begin(d)];
+    c.oneWay('storea', oid, t1, iiSet([1, 3, 5, 9]), ic);
+    d.oneWay('storea', oid, t1, iiSet([1, 5, 9, 12]), id);
+    // c votes first; d's vote waits for c's lock (a set's lock is exclusive), then is merged.
+    assert.deepEqual((await c.call('vote', ic)).map(buf), [oid]);
+    const dVote = d.call('vote', id);
+    const tc = await c.call('tpc_finish', ic);
+    assert.deepEqual((await dVote).map(buf), [oid]);
+    const tids = [tc, await d.call('tpc_finish', id)];
+    const after = p64(
+      [...tids].map((t: Uint8Array) => u64(buf(t))).reduce((x, y) => (x > y ? x : y)) + 1n,
+    );
+    const [data] = await c.call('loadBefore', oid, after);
+    assert.deepEqual(readIntSetRecord(buf(data)).keys, [1n, 3n, 5n, 9n, 12n]);
+    // The same key inserted by two clients is a conflict for the client, as in BTrees.
+    const last = buf((await c.call('loadBefore', oid, after))[1]);
+    const ie = begin(c);
+    c.oneWay('storea', oid, t1, iiSet([1, 5, 9, 12]), ie);
+    const conflicts = await c.call('vote', ie);
+    assert.deepEqual(conflicts[0].serials.map(buf), [last, t1]);
+    await c.call('tpc_abort', ie);
   });
 
   it('aborts on every node the vote of a client that went away', async () => {
