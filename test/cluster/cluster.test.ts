@@ -10,7 +10,7 @@ import { ZeoRaftError } from '../../src/client/errors';
 import { hex, idCompare, p64 } from '../../src/util/ids';
 import { TestCluster } from '../harness/cluster';
 import { Workload } from '../harness/history';
-import { eventually, freePort, sleep } from '../harness/index';
+import { NodeProcess, eventually, freePort, sleep } from '../harness/index';
 
 /** A generous liveness bound; the real failover time is measured by the benchmark. */
 const LIVENESS_MS = 10_000;
@@ -53,7 +53,8 @@ describe('cluster: three real nodes replicating through Raft', function () {
     cluster.wipe(victim);
     await w.progress(120); // enough for the leader to compact past what the victim had
     // A member that lost its disk is not bootstrapped again unless told which way to go.
-    const refused = cluster.spawnNode(victim, { ZEORAFT_INITIAL_CLUSTER_STATE: '' });
+    // (Not through the cluster: the workload must not count the refused process as a member.)
+    const refused = NodeProcess.spawn(cluster.env(victim, { ZEORAFT_INITIAL_CLUSTER_STATE: '' }));
     const exit = await refused.exit();
     assert.notEqual(exit.code, 0, 'a wiped member started without an initial cluster state');
     assert.match(refused.output, /--initial-cluster-state new .* or existing/);
