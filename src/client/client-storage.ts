@@ -42,6 +42,7 @@ import {
   LoadBeforeResult,
   LoadResult,
   SnapshotView,
+  StoreSpec,
   Transaction,
   TransactionMeta,
   ViewSource,
@@ -565,10 +566,30 @@ export class ClientStorage implements ViewSource {
   }
 
   /**
+   * A commit succeeded with `tid`: the transaction is finished, the client's view includes it
+   * (read-your-writes), and what it stored is cached at that TID (unless an invalidation raced).
+   */
+  private async settleCommitted(
+    txn: Transaction,
+    tid: Buffer,
+    trackers: { s: StoreSpec; t: Tracker }[],
+  ): Promise<void> {
+    txn.state = 'finished';
+    txn.tid = tid;
+    if (idCompare(tid, this.seen) > 0) this.seen = tid;
+    this.applyOwnCommits();
+    // Read-your-writes: the next view must include this transaction.
+    if (await this.waitForTid(tid, this.retryWindowMs)) {
+      for (const { s, t } of trackers) this.cacheReply(s.oid, tid, undefined, s.data, t);
+    }
+  }
+
+  /**
    * Phase two: commit a voted transaction (voting it first if needed) and return its TID, once
    * this client's caches reflect it. A successful vote guarantees the finish; if no node confirms
    * it within the retry window the outcome is unknown (CommitUnknownError).
    */
+
   async tpcFinish(txn: Transaction): Promise<Buffer> {
     if (txn.state === 'open') await this.tpcVote(txn);
     if (txn.state !== 'voted')
@@ -594,14 +615,7 @@ export class ClientStorage implements ViewSource {
           );
         throw e;
       }
-      txn.state = 'finished';
-      txn.tid = tid;
-      if (idCompare(tid, this.seen) > 0) this.seen = tid;
-      this.applyOwnCommits();
-      // Read-your-writes: the next view must include this transaction.
-      if (await this.waitForTid(tid, this.retryWindowMs)) {
-        for (const { s, t } of trackers) this.cacheReply(s.oid, tid, undefined, s.data, t);
-      }
+      await this.settleCommitted(txn, tid, trackers);
       return tid;
     } finally {
       for (const { t } of trackers) this.tracker.end(t);
@@ -712,14 +726,7 @@ export class ClientStorage implements ViewSource {
           throw e;
         }
       }
-      txn.state = 'finished';
-      txn.tid = tid;
-      if (idCompare(tid, this.seen) > 0) this.seen = tid;
-      this.applyOwnCommits();
-      // Read-your-writes: the next view must include this transaction.
-      if (await this.waitForTid(tid, this.retryWindowMs)) {
-        for (const { s, t } of trackers) this.cacheReply(s.oid, tid, undefined, s.data, t);
-      }
+      await this.settleCommitted(txn, tid, trackers);
       return tid;
     } finally {
       for (const { t } of trackers) this.tracker.end(t);
