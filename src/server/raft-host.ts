@@ -490,6 +490,7 @@ export class RaftHost {
     this.emit({ type: 'snapshot-installed', index: meta.index, term: meta.term, from: s.from });
     this.conf = meta.conf;
     this.processed = Math.max(this.processed, meta.index);
+    this.notify(); // reads and waits for "applied up to" that the snapshot satisfies
   }
 
   /** Stop: the node's state is unknown. */
