@@ -120,6 +120,17 @@ export class SimNetwork<T> {
     return true;
   }
 
+  /**
+   * Drop every message in flight on a link (as if every connection were reset); out-of-band
+   * items stay. Returns how many were dropped.
+   */
+  dropInFlight(): number {
+    const before = this.q.length;
+    this.q = this.q.filter((f) => f.link === undefined);
+    this.dropped += before - this.q.length;
+    return before - this.q.length;
+  }
+
   /** An out-of-band item (a report to a node), delivered at tick `at` whatever the links. */
   schedule(at: number, item: T): void {
     this.q.push({ at, item });

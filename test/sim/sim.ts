@@ -202,6 +202,11 @@ class Sim {
   private readonly leaderOfTerm = new Map<number, string>();
   /** index -> "term|key" of the entry applied there (state machine safety). */
   private readonly appliedAt = new Map<number, string>();
+  /**
+   * index -> the term of the node that first applied it: the entry was committed in that term or
+   * an earlier one (a node learns of a commit from a leader whose term it then has).
+   */
+  private readonly committedByTerm = new Map<number, number>();
   /** index -> state hash after applying it. */
   private readonly hashAt = new Map<number, number>();
   /** "index|term" -> key and previous term (log matching). */
@@ -401,6 +406,11 @@ class Sim {
     const cutId = others[this.rng.nextInt(others.length)];
     this.stats.partialPartitions++;
     this.trace(`=== CUT ${leader.id} <-> ${cutId}: partial partition, leader must stay ===`);
+    // Connections reset at the cut: nothing from before it (a pre-vote grant held by a long
+    // delay, answering a campaign of the same term) arrives during the phase. Such a stale grant
+    // lets the cut follower win its pre-vote and disrupt the leader, as in etcd; the phase checks
+    // the steady state.
+    this.net.dropInFlight();
     this.net.cut.add(`${leader.id}>${cutId}`);
     this.net.cut.add(`${cutId}>${leader.id}`);
     const proposed: number[] = [];
@@ -906,6 +916,7 @@ class Sim {
       fail(`state machine safety: ${n.id} state hash at ${e.index} differs`);
     if (prev === undefined) {
       this.appliedAt.set(e.index, rec);
+      this.committedByTerm.set(e.index, n.raw!.basicStatus().term);
       this.hashAt.set(e.index, n.sm.hash);
       const s = dec.decode(e.data);
       if (e.type === EntryType.Normal && s.startsWith('p')) this.stats.committedProposals++;
@@ -1011,10 +1022,16 @@ class Sim {
       );
   }
 
-  /** §5.4: a new leader's log holds every entry committed (applied anywhere) so far. */
+  /**
+   * §5.4: a new leader's log holds every entry committed in an earlier term. (A leader elected
+   * late, e.g. by votes that waited in a paused node's buffer, need not hold what a later term
+   * committed.)
+   */
   private checkLeaderCompleteness(n: SimNode, firstIndex: number): void {
+    const leaderTerm = n.raw!.basicStatus().term;
     for (const [index, rec] of this.appliedAt) {
       if (index < firstIndex) continue;
+      if (this.committedByTerm.get(index)! > leaderTerm) continue;
       const term = Number(rec.slice(0, rec.indexOf('|')));
       const t = n.raw!.termAt(index);
       if (t !== term)
