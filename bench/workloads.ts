@@ -72,6 +72,22 @@ class ErrorTally {
   };
 }
 
+/** A closed-loop run's throughput point. */
+function throughputPoint(
+  clients: number,
+  r: Awaited<ReturnType<typeof closedLoop>>,
+  errors: ErrorTally,
+): ThroughputPoint {
+  return {
+    clients,
+    perSecond: r.ok / r.seconds,
+    failed: r.failed,
+    errors: errors.count,
+    errorExamples: errors.examples,
+    ...summarize(r.latenciesMs),
+  };
+}
+
 async function populate(t: Target, conn: Conn, base: number, count: number): Promise<void> {
   const batch = Math.min(t.maxBatch, 1000);
   for (let k = 0; k < count; k += batch)
@@ -157,14 +173,7 @@ export async function commitWorkload(
       },
       errors.add,
     );
-    const p: ThroughputPoint = {
-      clients,
-      perSecond: r.ok / r.seconds,
-      failed: r.failed,
-      errors: errors.count,
-      errorExamples: errors.examples,
-      ...summarize(r.latenciesMs),
-    };
+    const p = throughputPoint(clients, r, errors);
     log(
       `${t.name} commit C=${clients}: ${p.perSecond.toFixed(0)}/s p50 ${p.p50Ms.toFixed(2)} ms p99 ${p.p99Ms.toFixed(2)} ms`,
     );
@@ -210,14 +219,7 @@ export async function clientCommitPoint(
       },
       errors.add,
     );
-    const p: ThroughputPoint = {
-      clients,
-      perSecond: r.ok / r.seconds,
-      failed: r.failed,
-      errors: errors.count,
-      errorExamples: errors.examples,
-      ...summarize(r.latenciesMs),
-    };
+    const p = throughputPoint(clients, r, errors);
     log(
       `${t.name} commit (ClientStorage) C=${clients}: ${p.perSecond.toFixed(0)}/s p50 ${p.p50Ms.toFixed(2)} ms p99 ${p.p99Ms.toFixed(2)} ms`,
     );

@@ -533,20 +533,7 @@ export class ClientStorage implements ViewSource {
         attempt++;
         return {
           transactionId: txn.id,
-          transaction: {
-            storage: this.storage,
-            user: txn.meta.user ?? '',
-            description: txn.meta.description ?? '',
-            extension: txn.meta.extension ?? Buffer.alloc(0),
-            stores: txn.stores.map((s) => ({
-              oid: s.oid,
-              serial: s.serial,
-              data: s.data,
-              refs: s.refs ?? [],
-            })),
-            checks: txn.checks,
-            deletes: txn.deletes,
-          },
+          transaction: this.transactionMessage(txn),
         };
       }).catch((e: unknown) => {
         // A retried vote of a transaction that a lost reply already finished: it is voted.
@@ -653,13 +640,9 @@ export class ClientStorage implements ViewSource {
     return this.commitOnce(txn);
   }
 
-  /** Commit an open transaction with one session `Commit` (see commit()). */
-  private async commitOnce(txn: Transaction): Promise<Buffer> {
-    this.writable();
-    if (txn.state !== 'open')
-      throw new ZeoRaftError(`transaction ${txn.id} is ${txn.state}; it cannot be committed`);
-    txn.state = 'finishing';
-    const transaction = {
+  /** The wire form of a transaction's metadata and changes (Vote and Commit carry it). */
+  private transactionMessage(txn: Transaction) {
+    return {
       storage: this.storage,
       user: txn.meta.user ?? '',
       description: txn.meta.description ?? '',
@@ -673,6 +656,15 @@ export class ClientStorage implements ViewSource {
       checks: txn.checks,
       deletes: txn.deletes,
     };
+  }
+
+  /** Commit an open transaction with one session `Commit` (see commit()). */
+  private async commitOnce(txn: Transaction): Promise<Buffer> {
+    this.writable();
+    if (txn.state !== 'open')
+      throw new ZeoRaftError(`transaction ${txn.id} is ${txn.state}; it cannot be committed`);
+    txn.state = 'finishing';
+    const transaction = this.transactionMessage(txn);
     const trackers = txn.stores.map((s) => ({ s, t: this.tracker.start(s.oid) }));
     let session = this.sessionPool.pop() ?? this.newSession();
     session.seq++;
