@@ -339,6 +339,8 @@ class StorageSim {
   private readonly retireAt = new Map<string, { at: number; index: number }>();
   /** Nodes that discarded their store's state (an interrupted snapshot install) and rejoined. */
   private readonly lostState = new Set<string>();
+  /** Log index of the last membership change proposed (wipes wait until every voter is past it). */
+  private confProposedIndex = 0;
   /** Members whose removal was proposed (it may still be applied). */
   private readonly removalsProposed = new Set<string>();
   /** Voters wiped and not yet caught up (they cannot vote). */
@@ -825,9 +827,17 @@ class StorageSim {
     for (const id of conf.voters) {
       const m = this.nodes.get(id)!;
       if (!this.up(m) || !same(m.host!.confState.voters, conf.voters)) return;
+      if (m.host!.processedIndex < this.confProposedIndex) return; // a change may be in flight
       if (this.removalsProposed.has(id)) return;
     }
-    const intact = conf.voters.filter((v) => !this.lostState.has(v) && !this.wiped.has(v));
+    // Joining voters (wiped, or learners promoted before they caught up) cannot vote either.
+    const joining = (id: string): boolean => {
+      const m = this.nodes.get(id)!;
+      return m.log ? m.log.joining : (m.diskLog?.joining ?? m.join);
+    };
+    const intact = conf.voters.filter(
+      (v) => !this.lostState.has(v) && !this.wiped.has(v) && !joining(v),
+    );
     if (intact.length - 1 < Math.floor(conf.voters.length / 2) + 1) return;
     // Most often the voter with the longest log: the one whose acknowledgements a commit is most
     // likely to have needed, so that its loss leaves committed entries on a minority.
@@ -961,6 +971,7 @@ class StorageSim {
     if (host.raw.basicStatus().lastIndex === before) return; // refused by the core
     this.trace(`PROPOSE conf change ${ConfChangeType[cc.type]} ${cc.node} at ${leader.id}`);
     if (cc.type === ConfChangeType.RemoveNode) this.removalsProposed.add(cc.node);
+    this.confProposedIndex = host.raw.basicStatus().lastIndex;
     if (fresh) {
       this.nextNodeNo++;
       // A joining node starts with empty disks and waits for a snapshot from the leader.
