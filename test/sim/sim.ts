@@ -413,6 +413,23 @@ class Sim {
     this.net.dropInFlight();
     this.net.cut.add(`${leader.id}>${cutId}`);
     this.net.cut.add(`${cutId}>${leader.id}`);
+    if (!this.checkQuorum) {
+      // A removed member still running (its removal applied during the heal, not yet retired)
+      // hears no more heartbeats and campaigns. Without check-quorum nothing stops it: pre-vote
+      // alone lets any member whose log is as long grant it (thesis §4.2.3, the production host
+      // runs with check-quorum on). Such a node is cut off for the phase; with check-quorum on it
+      // stays connected and must not disrupt either.
+      const members = new Set([...voters, ...s0.conf.learners]);
+      for (const n of this.nodes.values()) {
+        if (members.has(n.id) || n.retired) continue;
+        this.trace(`=== CUT ${n.id} from all: a removed member, and check-quorum is off ===`);
+        for (const m of this.nodes.keys())
+          if (m !== n.id) {
+            this.net.cut.add(`${n.id}>${m}`);
+            this.net.cut.add(`${m}>${n.id}`);
+          }
+      }
+    }
     const proposed: number[] = [];
     for (let i = 0; i < PARTIAL_PARTITION_TICKS; i++) {
       if (i % 5 === 0 && i < PARTIAL_PARTITION_TICKS - 2 * ELECTION_TICKS) {
