@@ -16,6 +16,8 @@ import type { ApplyResult, CommitEvent, TransactionInfo, UndoPlan } from '../sto
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import { StorageError } from '../storage/errors';
 import { isIntSetRecord, isLengthRecord } from '../storage/zodb-resolve';
+import { PickleStateError } from '../storage/pickle-reader';
+import { zodbReferences } from '../storage/zodb-refs';
 import type { StorageNode } from '../server/node';
 import { Limits, type Reservation } from '../server/limits';
 import { VOTE_LEASE_MS } from '../server/config';
@@ -50,7 +52,6 @@ import {
 import { decodeValue, encodeValue } from './marshal';
 import { type LockNeed, type LockQueue, type LockTicket, lockNeed } from './lock-queue';
 import { InvalidationOutbox } from './outbox';
-import { PickleRefsError, pickleReferences } from './pickle-refs';
 
 /** ZEO hands out at most this many OIDs per new_oids call. */
 const NEW_OIDS_MAX = 100;
@@ -179,9 +180,9 @@ function decodeExtension(b: Buffer): Record<string, unknown> {
  */
 function references(data: Buffer): { refs: Buffer[] } | { opaque: true } {
   try {
-    return { refs: pickleReferences(data) };
+    return { refs: zodbReferences(data) };
   } catch (e) {
-    if (e instanceof PickleRefsError) return { opaque: true };
+    if (e instanceof PickleStateError) return { opaque: true };
     throw e;
   }
 }
