@@ -124,9 +124,14 @@ export class SimNetwork<T> {
    * Drop every message in flight on a link (as if every connection were reset); out-of-band
    * items stay. Returns how many were dropped.
    */
-  dropInFlight(): number {
+  dropInFlight(onDrop?: (item: T) => void): number {
     const before = this.q.length;
-    this.q = this.q.filter((f) => f.link === undefined);
+    const kept: InFlight<T>[] = [];
+    for (const f of this.q) {
+      if (f.link === undefined) kept.push(f);
+      else onDrop?.(f.item);
+    }
+    this.q = kept;
     this.dropped += before - this.q.length;
     return before - this.q.length;
   }

@@ -4,15 +4,17 @@
  * durable log (`DurableLog`) and the real `ObjectStore`, both on memory-level over a simulated
  * disk, with a simulated clock and network, all driven by one seed (see kit.ts): drops, delays,
  * reordering, duplication, partitions, crashes that lose unsynced writes, fsyncs that take
- * varying time and sometimes stall, compaction and snapshot transfer, membership changes,
- * leadership transfers, clock drift, and a ZODB client workload.
+ * varying time and sometimes stall, process pauses, compaction and snapshot transfer, membership
+ * changes, leadership transfers, clock drift, and a ZODB client workload.
  *
  * Checked after every applied batch: every node that applies index i applies the same entry and
  * gets the same ApplyResult; the reference model (model.ts) predicts each result. Checked for
  * every entry a node writes to its log: no node logs a different entry at an index it considers
  * committed. Checked for every linearizable read: its read index covers everything committed
  * before it was issued. Checked at restart: the store never lost writes the log cannot replay.
- * Checked at compaction: the snapshot's membership is the one in force at its index. Checked at
+ * Checked at compaction: the snapshot's membership is the one in force at its index. Checked once
+ * converged: with its leader cut off from one follower voter for a while, the leader stays leader
+ * and the clients keep committing (pre-vote and check-quorum, as in production). Checked at
  * the end (liveness phase: heal, restart all, a leader commits pending work): every member's
  * database is byte-identical, the store agrees with the model object by object and transaction
  * by transaction, no transaction is left voted, every acknowledged commit is in every store.
@@ -109,6 +111,10 @@ export interface StorageSimStats {
   quorumLost: number;
   /** Voters whose disks were wiped (restarted as `existing`: joining, no vote before a snapshot). */
   wipes: number;
+  /** Processes paused (a GC pause, a stopped VM) during the fault phase. */
+  pauses: number;
+  /** Seeds that ran the partial-partition phase (the leader cut off from one voter). */
+  partialPartitions: number;
 }
 
 export interface StorageSimResult {
@@ -132,6 +138,8 @@ const OID_SPACE = 6;
 const CLIENTS = 4;
 /** A proposal's deadline, in ticks: after it the client hears "outcome unknown". */
 const OP_TIMEOUT_TICKS = 60;
+/** Ticks the converged cluster runs with its leader cut off from one follower voter. */
+const PARTIAL_PARTITION_TICKS = 80;
 /** Bound on OIDs one client keeps from newOids for later stores. */
 const CLIENT_NEW_OIDS_MAX = 8;
 /** A stalled fsync takes this long at most (ms): several election timeouts. */
@@ -188,6 +196,13 @@ interface SNode {
   voteInFlight: boolean;
   /** Snapshot installs in progress here: their senders hear "failed" if this node crashes. */
   installing: Set<{ from: string; incarnation: number }>;
+  /**
+   * The process is paused (a GC pause, a stopped VM) until this tick: it does not tick, its
+   * timers, disk completions and queued work wait, and what reaches it waits in its buffer.
+   */
+  pausedUntil: number;
+  /** Ticks of all its pauses so far: a proposal's answer may come that much later. */
+  pausedTicks: number;
 }
 
 type OpKind = 'commit' | 'prepare' | 'finish' | 'abort' | 'newOids' | 'undo' | 'pack' | 'final';
@@ -203,6 +218,8 @@ interface ClientOp {
   txn?: Txn;
   at: number;
   node?: string;
+  /** The proposing node's pausedTicks when proposed. */
+  pausedBase?: number;
   /** The obligation this operation discharges (put back if the operation is refused). */
   ob?: Obligation;
 }
@@ -289,6 +306,8 @@ class StorageSim {
     confChangesApplied: 0,
     quorumLost: 0,
     wipes: 0,
+    pauses: 0,
+    partialPartitions: 0,
   };
   private readonly time = new SimTime();
   private readonly nodes = new Map<string, SNode>();
@@ -319,6 +338,11 @@ class StorageSim {
   /** Wiped disks come from their own stream, so seeds without wipes replay as before. */
   private readonly wipeRng: Mulberry32;
   private readonly wipeRate: number;
+  /** Pauses are drawn from their own generator: the other faults keep their schedule. */
+  private readonly pauseRng: Mulberry32;
+  private readonly pauseRate: number;
+  /** Clients keep working without faults (the partial-partition phase). */
+  private workload = false;
 
   // Checker state.
   private readonly leaderOfTerm = new Map<number, string>();
@@ -371,6 +395,8 @@ class StorageSim {
     this.maxSizePerMsg = [1, 64, 1024, 1 << 20][r.nextInt(4)];
     this.wipeRng = new Mulberry32((seed * 2654435761) >>> 0 || 1);
     this.wipeRate = this.wipeRng.nextFloat() < 0.5 ? this.wipeRng.nextFloat() * 0.008 : 0;
+    this.pauseRng = new Mulberry32((seed * 2246822519) >>> 0 || 1);
+    this.pauseRate = this.pauseRng.nextFloat() < 0.5 ? 0.002 + this.pauseRng.nextFloat() * 0.01 : 0;
     const n = r.nextFloat() < 0.5 ? 3 : 3 + r.nextInt(3);
     const voters: string[] = [];
     for (let i = 0; i < n; i++) voters.push(`n${this.nextNodeNo++}`);
@@ -384,7 +410,7 @@ class StorageSim {
         `partition=${p.partitionRate.toFixed(3)} crash=${this.crashRate.toFixed(4)} leaderCrash=${this.leaderCrashRate.toFixed(3)} ` +
         `midWriteCrash=${this.midWriteCrashRate.toFixed(3)} outage=${this.outageRate.toFixed(4)} voteCrash=${this.voteCrashRate.toFixed(2)} powerLoss=${this.powerLossRate.toFixed(2)} ` +
         `fsync<=${this.fsyncMsMax}ms stall=${this.fsyncStallRate.toFixed(3)} ops=${this.opRate.toFixed(2)} ` +
-        `reads=${this.readRate.toFixed(2)} maxMsg=${this.maxSizePerMsg}`,
+        `reads=${this.readRate.toFixed(2)} maxMsg=${this.maxSizePerMsg} wipe=${this.wipeRate.toFixed(4)} pause=${this.pauseRate.toFixed(3)}`,
     );
   }
 
@@ -395,9 +421,10 @@ class StorageSim {
   private newNode(id: string, join: boolean, voters: string[]): SNode {
     const timing = {
       syncMs: () => this.fsyncMs(),
-      after: (ms: number, fn: () => void) => void this.time.at(this.time.nowMs + ms, fn),
+      after: (ms: number, fn: () => void) =>
+        void this.time.at(this.time.nowMs + ms, this.unlessPaused(node, fn)),
     };
-    return {
+    const node: SNode = {
       id,
       logDisk: new SimDisk(timing),
       storeDisk: new SimDisk(timing),
@@ -413,7 +440,30 @@ class StorageSim {
       snapshotTo: new Set(),
       installing: new Set(),
       voteInFlight: false,
+      pausedUntil: 0,
+      pausedTicks: 0,
     };
+    return node;
+  }
+
+  private paused(n: SNode): boolean {
+    return this.now < n.pausedUntil;
+  }
+
+  /** fn, run when due unless the node is paused then: it then runs when the pause ends. */
+  private unlessPaused(n: SNode, fn: () => void): () => void {
+    const run = (): void => {
+      if (this.paused(n)) this.time.at(n.pausedUntil * TICK_MS, run);
+      else fn();
+    };
+    return run;
+  }
+
+  private pause(n: SNode): void {
+    n.pausedUntil = this.now + 1 + this.pauseRng.nextInt(4 * ELECTION_TICKS);
+    n.pausedTicks += n.pausedUntil - this.now;
+    this.stats.pauses++;
+    this.trace(`PAUSE ${n.id} until t=${n.pausedUntil}`);
   }
 
   /** How long the next fsync takes: usually up to the seed's bound, now and then a stall. */
@@ -520,13 +570,18 @@ class StorageSim {
         clock: {
           nowMs: () => this.clockMs(n),
           after: (ms, fn) =>
-            this.time.at(this.time.nowMs + ms, () => {
-              if (alive()) fn();
-            }),
+            this.time.at(
+              this.time.nowMs + ms,
+              this.unlessPaused(n, () => {
+                if (alive()) fn();
+              }),
+            ),
           soon: (fn) =>
-            this.time.soon(() => {
-              if (alive()) fn();
-            }),
+            this.time.soon(
+              this.unlessPaused(n, () => {
+                if (alive()) fn();
+              }),
+            ),
         },
         events: (e) => {
           if (alive()) this.onEvent(n, e);
@@ -679,6 +734,7 @@ class StorageSim {
     this.stats.writesLost += lost;
     n.incarnation++;
     n.state = 'down';
+    n.pausedUntil = 0;
     n.voteInFlight = false;
     n.host = undefined;
     if (n.log) n.diskLog = logView(n.log);
@@ -710,11 +766,19 @@ class StorageSim {
     this.trace('=== HEAL: liveness phase ===');
     for (const n of this.nodes.values()) if (n.state === 'down' && !n.retired) this.start(n);
     this.clients[0].todo.push({ kind: 'final', st: STORAGES[0], txnId: '', notBefore: 0 });
+    let partialDone = false;
     for (let i = 0; i < livenessTicks; i++) {
       await this.step();
       const leader = this.leader();
       if (leader && this.converged(leader)) {
         this.trace(`converged after ${i} liveness ticks`);
+        if (!partialDone) {
+          partialDone = true;
+          if (await this.partialPartition(leader)) {
+            i = 0; // converge again, the cut follower catching up
+            continue;
+          }
+        }
         await this.finalChecks(leader);
         return;
       }
@@ -743,6 +807,55 @@ class StorageSim {
           })
           .join(' ')}${l ? `, progress=${JSON.stringify(l.host!.raw.status().progress)}` : ''})`,
     );
+  }
+
+  /**
+   * Liveness under a partial partition, with the production host's pre-vote and check-quorum: the
+   * converged cluster's leader loses its links to one follower voter while the clients keep
+   * committing. The cut follower must not depose a leader that still hears from a quorum (nor
+   * may a removed member still running), and commits must go on. False when the membership has
+   * fewer than three voters or the leader is not one.
+   */
+  private async partialPartition(leader: SNode): Promise<boolean> {
+    const s0 = leader.host!.raw.status();
+    const voters = s0.conf.voters;
+    if (voters.length < 3 || !voters.includes(leader.id)) return false;
+    const others = voters.filter((v) => v !== leader.id);
+    const cutId = others[this.pauseRng.nextInt(others.length)];
+    this.stats.partialPartitions++;
+    this.trace(`=== CUT ${leader.id} <-> ${cutId}: partial partition, leader must stay ===`);
+    // Connections reset at the cut: nothing sent before it arrives during the phase (a pre-vote
+    // grant held up long answering an older campaign could let the cut follower win, as in etcd;
+    // the phase checks the steady state). A dropped snapshot transfer fails at its sender.
+    this.net.dropInFlight((item) => {
+      if (item.kind === 'snap')
+        this.net.schedule(this.now + 1, {
+          kind: 'report',
+          node: item.m.from,
+          incarnation: item.incarnation,
+          peer: item.m.to,
+          ok: false,
+        });
+    });
+    this.net.cut.add(`${leader.id}>${cutId}`);
+    this.net.cut.add(`${cutId}>${leader.id}`);
+    const acked = this.stats.acked;
+    this.workload = true;
+    for (let i = 0; i < PARTIAL_PARTITION_TICKS; i++) {
+      await this.step();
+      const s = leader.host?.raw.basicStatus();
+      if (!s || s.role !== 'leader' || s.term !== s0.term)
+        fail(
+          `liveness: leader ${leader.id} of term ${s0.term}, cut off from ${cutId} only, lost its leadership (now ${s?.role ?? 'down'} in term ${s?.term ?? '-'})`,
+        );
+    }
+    this.workload = false;
+    if (this.stats.acked === acked)
+      fail(
+        `liveness: leader ${leader.id} cut off from ${cutId} only committed nothing for the clients in ${PARTIAL_PARTITION_TICKS} ticks`,
+      );
+    this.net.cut.clear();
+    return true;
   }
 
   private leader(): SNode | undefined {
@@ -786,7 +899,7 @@ class StorageSim {
     this.clientActions();
     this.clientReads();
     for (const n of this.nodes.values()) {
-      if (!this.up(n)) continue;
+      if (!this.up(n) || this.paused(n)) continue;
       if (this.faults && this.rng.nextFloat() < 0.02) continue; // a skipped tick
       if (this.faults && this.rng.nextFloat() < 0.01) {
         // Clock drift, also backwards: TIDs must still increase.
@@ -916,15 +1029,25 @@ class StorageSim {
     }
     const live = this.leader();
     this.net.partitionStep([...this.nodes.keys()], live?.id);
+    if (this.pauseRate > 0 && this.pauseRng.nextFloat() < this.pauseRate) {
+      // Most often the leader: a deposed leader resuming is where stale reads and late
+      // proposals hide.
+      const ups = [...this.nodes.values()].filter((n) => this.up(n) && !this.paused(n));
+      const n =
+        live && !this.paused(live) && this.pauseRng.nextFloat() < 0.6
+          ? live
+          : ups[this.pauseRng.nextInt(Math.max(1, ups.length))];
+      if (n) this.pause(n);
+    }
     if (r.nextFloat() < 0.03) {
-      const ups = [...this.nodes.values()].filter((n) => this.up(n));
+      const ups = [...this.nodes.values()].filter((n) => this.up(n) && !this.paused(n));
       if (ups.length) {
         const n = ups[r.nextInt(ups.length)];
         n.host!.compactNow().catch((e: unknown) => (this.failure ??= e));
       }
     }
-    if (live && r.nextFloat() < 0.012) this.confChange(live);
-    if (live && r.nextFloat() < 0.004) {
+    if (live && !this.paused(live) && r.nextFloat() < 0.012) this.confChange(live);
+    if (live && !this.paused(live) && r.nextFloat() < 0.004) {
       const voters = live.host!.raw.status().conf.voters.filter((v) => v !== live.id);
       if (voters.length > 0) {
         const to = voters[r.nextInt(voters.length)];
@@ -1030,12 +1153,20 @@ class StorageSim {
   }
 
   private deliver(): void {
-    for (const { item, ok } of this.net.takeDue(this.now, (id) => {
-      const n = this.nodes.get(id);
-      return n !== undefined && this.up(n);
-    })) {
+    for (const { item, ok } of this.net.takeDue(
+      this.now,
+      (id) => {
+        const n = this.nodes.get(id);
+        return n !== undefined && this.up(n);
+      },
+      (id) => this.paused(this.nodes.get(id)!),
+    )) {
       if (item.kind === 'report') {
         const n = this.nodes.get(item.node)!;
+        if (this.paused(n)) {
+          this.net.schedule(n.pausedUntil, item); // the sender hears it once it runs again
+          continue;
+        }
         if (this.up(n) && n.incarnation === item.incarnation) {
           n.snapshotTo.delete(item.peer);
           n.host!.reportSnapshot(item.peer, item.ok);
@@ -1226,6 +1357,18 @@ class StorageSim {
   private read(n: SNode): void {
     const required = this.maxCommitSeen;
     const issued = this.now;
+    if (this.paused(n)) {
+      // The request waits in the paused process's socket and is served when it resumes.
+      const inc = n.incarnation;
+      this.time.at(n.pausedUntil * TICK_MS, () => {
+        if (n.incarnation === inc && this.up(n)) this.readAt(n, required, issued);
+      });
+      return;
+    }
+    this.readAt(n, required, issued);
+  }
+
+  private readAt(n: SNode, required: number, issued: number): void {
     n.host!.linearizableRead(this.clockMs(n) + OP_TIMEOUT_TICKS * TICK_MS).then(
       (readIndex) => {
         this.stats.reads++;
@@ -1248,14 +1391,17 @@ class StorageSim {
       if (c.busy) {
         // The host answers every proposal by its deadline (or the node crashed: then the client
         // was told at once).
-        if (this.now - c.busy.at > OP_TIMEOUT_TICKS + 2 * ELECTION_TICKS)
+        const node = c.busy.node ? this.nodes.get(c.busy.node) : undefined;
+        const paused = node ? node.pausedTicks - (c.busy.pausedBase ?? 0) : 0;
+        if (this.now - c.busy.at > OP_TIMEOUT_TICKS + 2 * ELECTION_TICKS + paused)
           fail(`client${c.id}'s ${c.busy.kind} on ${c.busy.node} was never answered`);
         continue;
       }
       const ob = c.todo.find((o) => o.notBefore <= this.now);
       let op: ClientOp | undefined;
       if (ob) op = this.obligationOp(c, ob);
-      else if (this.faults && this.rng.nextFloat() < this.opRate) op = this.randomOp(c);
+      else if ((this.faults || this.workload) && this.rng.nextFloat() < this.opRate)
+        op = this.randomOp(c);
       if (!op) continue;
       if (ob) op.ob = ob;
       if (this.propose(op)) {
@@ -1382,9 +1528,10 @@ class StorageSim {
   /** Propose on the current leader through its host (as a forwarded command arrives there). */
   private propose(op: ClientOp): boolean {
     const leader = this.leader();
-    if (!leader || leader.host!.view().role !== 'leader') return false;
+    if (!leader || this.paused(leader) || leader.host!.view().role !== 'leader') return false;
     op.node = leader.id;
     op.at = this.now;
+    op.pausedBase = leader.pausedTicks;
     leader.ops.add(op);
     this.stats.proposed++;
     leader
