@@ -11,7 +11,7 @@ deps: node_modules/.package-lock.json
 build: deps
 	npm run build
 
-test: deps
+test: deps zodb-venv
 	npm test
 
 lint: deps

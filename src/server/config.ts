@@ -84,6 +84,8 @@ export interface LimitsConfig {
   maxTxnObjects: number;
   /** Data bytes in one transaction. */
   maxTxnBytes: number;
+  /** Bytes of one blob (blobs are uploaded in chunks beside the transaction, not in its bytes). */
+  maxBlobBytes: number;
   /** Open Subscribe streams on this node. */
   maxSubscribers: number;
   /** Events queued for one slow subscriber before it is cut off. */
@@ -112,6 +114,7 @@ export const DEFAULT_LIMITS: LimitsConfig = {
   maxMessageBytes: 64 << 20,
   maxTxnObjects: 100_000,
   maxTxnBytes: 32 << 20,
+  maxBlobBytes: 1 << 30,
   maxSubscribers: 10_000,
   subscriberBufferEvents: 10_000,
   maxPendingProposals: 10_000,

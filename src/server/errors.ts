@@ -63,6 +63,7 @@ const STORAGE_CODES: Record<StorageErrorKind, [grpc.status, ErrorKind]> = {
   UNAVAILABLE: [grpc.status.UNAVAILABLE, 'NOT_LEADER'],
   SESSION_EXPIRED: [grpc.status.FAILED_PRECONDITION, 'SESSION_EXPIRED'],
   SEQUENCE_OLD: [grpc.status.FAILED_PRECONDITION, 'SEQUENCE_OLD'],
+  LIMIT: [grpc.status.RESOURCE_EXHAUSTED, 'LIMIT'],
 };
 
 export function fromStorageError(e: StorageError): RpcError {

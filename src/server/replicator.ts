@@ -48,6 +48,7 @@ export function stampCommand(cmd: Command, nowMs: number): Command {
   if ('commit' in cmd && cmd.commit) return { commit: { ...cmd.commit, tid } };
   if ('finish' in cmd && cmd.finish) return { finish: { ...cmd.finish, tid } };
   if ('undo' in cmd && cmd.undo) return { undo: { ...cmd.undo, tid } };
+  if ('blobChunk' in cmd && cmd.blobChunk) return { blobChunk: { ...cmd.blobChunk, tid } };
   // Leases are measured on the leader's clock, the one that judges them (Node.abortExpired).
   if ('prepare' in cmd && cmd.prepare?.leaseMs)
     return { prepare: { ...cmd.prepare, deadlineMs: nowMs + cmd.prepare.leaseMs } };

@@ -20,6 +20,8 @@ export interface StoreOp {
   opaque?: boolean;
   /** Resolve a conflict on the server when `data` is a class with a fixed rule (zodb-resolve.ts). */
   resolve?: boolean;
+  /** The blob of this revision (16 bytes, blob-store.ts): a completed upload, or a restored revision's. */
+  blobId?: Uint8Array;
 }
 export interface CheckOp {
   oid: Uint8Array;
@@ -66,7 +68,17 @@ export type Command =
   | { newOids: { storage: string; count: number } }
   | { noop: Record<string, never> }
   | { renew: { storage: string; txnId: string; deadlineMs?: number; leaseMs?: number } }
-  | { member: MemberRecord };
+  | { member: MemberRecord }
+  | { blobChunk: BlobChunk };
+
+/** One chunk of a blob upload (log.proto BlobChunkCmd). */
+export interface BlobChunk {
+  storage: string;
+  blobId: Uint8Array;
+  offset: number;
+  data?: Uint8Array;
+  tid?: Uint8Array;
+}
 
 export interface MemberRecord {
   id: string;
@@ -81,6 +93,21 @@ export interface Revision {
   refs?: Uint8Array[];
   dataTid?: Uint8Array;
   opaque?: boolean;
+  blobId?: Uint8Array;
+  blobSize?: number;
+}
+/** A blob upload not committed yet (log.proto BlobUpload). */
+export interface BlobUpload {
+  size: number;
+  chunks: number;
+  usedIndex: number;
+  usedTid: Uint8Array;
+}
+/** A committed blob (log.proto BlobRecord). */
+export interface BlobRecord {
+  size: number;
+  chunks: number;
+  refs: number;
 }
 export interface TxnRecord {
   user?: string;
@@ -158,4 +185,6 @@ export const preparedCodec = codec<PreparedRecord>('zeoraft.v1.log.PreparedRecor
 export const storageMetaCodec = codec<StorageMeta>('zeoraft.v1.log.StorageMeta');
 export const memberCodec = codec<MemberRecord>('zeoraft.v1.log.MemberCmd');
 export const sessionCodec = codec<SessionRecord>('zeoraft.v1.log.SessionRecord');
+export const blobUploadCodec = codec<BlobUpload>('zeoraft.v1.log.BlobUpload');
+export const blobRecordCodec = codec<BlobRecord>('zeoraft.v1.log.BlobRecord');
 export const snapshotChunkCodec = codec<SnapshotChunk>('zeoraft.v1.log.SnapshotChunk');

@@ -15,7 +15,8 @@ export type StorageErrorKind =
   | 'DUPLICATE_ID' // a transaction id already voted with a different content
   | 'UNAVAILABLE' // the store is being replaced by a snapshot (or an install failed): retry
   | 'SESSION_EXPIRED' // a client session's record was forgotten: a retry's outcome is unknown
-  | 'SEQUENCE_OLD'; // a later commit of the client session was applied already
+  | 'SEQUENCE_OLD' // a later commit of the client session was applied already
+  | 'LIMIT'; // a replicated bound is reached (open blob uploads): retry later
 
 export interface ConflictInfo {
   oid: Buffer;
@@ -41,7 +42,8 @@ export class StorageError extends Error {
       this.kind === 'READ_CONFLICT' ||
       this.kind === 'UNDO_CONFLICT' ||
       this.kind === 'LOCKED' ||
-      this.kind === 'UNAVAILABLE'
+      this.kind === 'UNAVAILABLE' ||
+      this.kind === 'LIMIT'
     );
   }
 }

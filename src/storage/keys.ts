@@ -19,6 +19,9 @@
  *   E                          TID (8): the newest used-TID of any client session forgotten (the
  *                              session watermark; absent while none was)
  *   E <session id>             SessionRecord: a client session's last answer (exactly-once commits)
+ *   U <st> <blob id>           BlobUpload: a blob being uploaded, not committed yet
+ *   B <st> <blob id>           BlobRecord: a committed blob (its size, chunks, revisions naming it)
+ *   A <st> <blob id> <n>       the n-th chunk (u32, from 0) of a blob, uploaded or committed
  *   I                          a snapshot install in progress: applied index (8) of the snapshot
  *                              and phase (1): staging, switching or copied (see restore)
  *   X <key>                    a record of a snapshot being installed, staged beside the state
@@ -37,6 +40,9 @@ export const TAG = {
   expired: 0x58, // X
   member: 0x4d, // M
   session: 0x45, // E
+  blobUpload: 0x55, // U
+  blob: 0x42, // B
+  blobChunk: 0x41, // A
   install: 0x49, // I
   staged: 0x5a, // Z (sorts after every other tag; distinct from each, asserted below)
 } as const;
@@ -144,4 +150,22 @@ export function prefixEnd(prefix: Buffer): Buffer {
     }
   }
   return Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+}
+
+export function blobUploadKey(st: string, blobId: Uint8Array): Buffer {
+  return Buffer.concat([Buffer.from([TAG.blobUpload]), storagePart(st), blobId]);
+}
+
+export function blobKey(st: string, blobId: Uint8Array): Buffer {
+  return Buffer.concat([Buffer.from([TAG.blob]), storagePart(st), blobId]);
+}
+
+export function blobChunkPrefix(st: string, blobId: Uint8Array): Buffer {
+  return Buffer.concat([Buffer.from([TAG.blobChunk]), storagePart(st), blobId]);
+}
+
+export function blobChunkKey(st: string, blobId: Uint8Array, n: number): Buffer {
+  const num = Buffer.alloc(4);
+  num.writeUInt32BE(n);
+  return Buffer.concat([blobChunkPrefix(st, blobId), num]);
 }

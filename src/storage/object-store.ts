@@ -61,6 +61,15 @@ import {
 import { StorageError } from './errors';
 import * as K from './keys';
 import {
+  BlobUploads,
+  blobContext,
+  checkBlobRecord,
+  dropRevisionBlob,
+  isBlobId,
+  storeBlobId,
+} from './blob-store';
+import type { BlobChunk } from './codec';
+import {
   PickleStateError,
   applyLengthDelta,
   isLengthRecord,
@@ -332,6 +341,8 @@ export class ObjectStore {
   private readonly sharedLocks = new Map<string, Set<string>>();
   private readonly prepared = new Map<string, PreparedSummary>();
   private readonly memberMap = new Map<string, MemberRecord>();
+  /** Open blob uploads and the votes holding them (blob-store.ts). */
+  private readonly blobs = new BlobUploads();
   /**
    * Client sessions (E records) by id, in the order of their used index: least recently used
    * first. Invariant: the same entries in the same order on every replica at the same index (the
@@ -501,7 +512,15 @@ export class ObjectStore {
     this.sharedLocks.clear();
     this.prepared.clear();
     this.memberMap.clear();
+    this.blobs.clear();
     await this.loadSessions();
+    const uploads: Array<{ key: Buffer; value: Buffer }> = [];
+    for await (const [key, value] of this.db.iterator({
+      gte: Buffer.from([K.TAG.blobUpload]),
+      lt: Buffer.from([K.TAG.blobUpload + 1]),
+    }))
+      uploads.push({ key, value });
+    this.blobs.load(uploads);
     for await (const [key, value] of this.db.iterator({
       gte: Buffer.from([K.TAG.member]),
       lt: Buffer.from([K.TAG.member + 1]),
@@ -610,6 +629,7 @@ export class ObjectStore {
       holders.add(txnId);
       this.sharedLocks.set(k, holders);
     }
+    this.blobs.hold(st, txnId, rec.txn.stores ?? []);
     this.prepared.set(`${st}\0${txnId}`, {
       storage: st,
       txnId,
@@ -633,6 +653,7 @@ export class ObjectStore {
       assert(holders && holders.delete(txnId), `shared lock of ${hex(oid)} not held by ${txnId}`);
       if (holders.size === 0) this.sharedLocks.delete(k);
     }
+    this.blobs.release(st, txnId);
     this.prepared.delete(`${st}\0${txnId}`);
   }
 
@@ -829,6 +850,7 @@ export class ObjectStore {
     if ('newOids' in cmd && cmd.newOids)
       return Promise.resolve(this.applyNewOids(cmd.newOids, ops, after));
     if ('renew' in cmd && cmd.renew) return this.applyRenew(cmd.renew, ops);
+    if ('blobChunk' in cmd && cmd.blobChunk) return this.applyBlobChunk(index, cmd.blobChunk, ops);
     if ('noop' in cmd) return Promise.resolve({ ok: true });
     if ('member' in cmd && cmd.member)
       return Promise.resolve(this.applyMember(cmd.member, ops, after));
@@ -920,6 +942,9 @@ export class ObjectStore {
     this.validateTxn(txn);
     const st = txn.storage;
     const current = known ?? (await this.checkTxn(txn, undefined));
+    const blobCtx = blobContext((k) => this.read(k), ops);
+    // A finish (known serials) was checked at its vote, which holds its uploads since.
+    if (!known) await this.blobs.checkStores(st, txn.stores ?? [], undefined, blobCtx);
     const proposed = proposedTid && proposedTid.length === ID_BYTES ? buf(proposedTid) : Z64;
     const tid = idMax(proposed, idNext(this.lastTidGlobal));
     const meta = { ...this.meta(st) };
@@ -937,6 +962,13 @@ export class ObjectStore {
       if (s.opaque && !deleted) rev.opaque = true;
       const dataTid = dataTids?.get(hex(oid)) ?? (s.dataTid?.length ? buf(s.dataTid) : undefined);
       if (dataTid && !deleted) rev.dataTid = dataTid;
+      const blobId = storeBlobId(s);
+      if (blobId && !deleted) {
+        rev.blobId = blobId;
+        rev.blobSize = (
+          await this.blobs.commitStore(st, blobId, known !== undefined, blobCtx)
+        ).size;
+      }
       ops.push({ type: 'put', key: K.revisionKey(st, oid, tid), value: revisionCodec.encode(rev) });
       ops.push({ type: 'put', key: K.currentKey(st, oid), value: currentValue(tid, deleted) });
       if (existed && deleted) count--;
@@ -1145,6 +1177,14 @@ export class ObjectStore {
           `transaction id ${p.txnId} is already voted with a different content; a new transaction needs a new id`,
         );
     }
+    const blobCtx = blobContext((k) => this.read(k), ops);
+    if (!p.reserve)
+      await this.blobs.checkStores(
+        st,
+        p.txn.stores ?? [],
+        again ? `${st}\0${p.txnId}` : undefined,
+        blobCtx,
+      );
     const resolved = p.reserve ? [] : await this.resolvableStores(p.txn);
     await this.checkTxn(
       p.txn,
@@ -1159,6 +1199,10 @@ export class ObjectStore {
     const rec: PreparedRecord = { txn: p.txn, deadlineMs, votedDeadlineMs };
     if (p.reserve) rec.reserve = true;
     if (resolved.length) rec.resolved = resolved;
+    // Committed blobs the vote names (undo) are referenced by it until finish or abort.
+    if (!p.reserve) await this.blobs.holdCommitted(st, p.txn.stores ?? [], 1, blobCtx);
+    if (earlier && !earlier.reserve)
+      await this.blobs.holdCommitted(st, earlier.txn.stores ?? [], -1, blobCtx);
     ops.push({ type: 'put', key: K.preparedKey(st, p.txnId), value: preparedCodec.encode(rec) });
     // Locks are taken now (not after the write) so that the next command applied sees them.
     if (again) this.releaseLocks(st, p.txnId);
@@ -1315,6 +1359,13 @@ export class ObjectStore {
   ): Promise<ApplyResult> {
     const p = this.prepared.get(`${a.storage}\0${a.txnId}`);
     if (!p) return { ok: true };
+    // The transaction is over: uploads only its vote named go with it.
+    const voted = await this.read(K.preparedKey(a.storage, a.txnId));
+    assert(voted, `voted transaction ${a.txnId} has no record`);
+    const votedStores = preparedCodec.decode(voted).txn.stores ?? [];
+    const blobCtx = blobContext((k) => this.read(k), ops);
+    await this.blobs.holdCommitted(a.storage, votedStores, -1, blobCtx);
+    await this.blobs.dropUploads(a.storage, votedStores, blobCtx);
     ops.push({ type: 'del', key: K.preparedKey(a.storage, a.txnId) });
     if (a.reason === 'timeout') {
       const deadline = Buffer.alloc(8);
@@ -1463,6 +1514,8 @@ export class ObjectStore {
           ? { oid, serial: cur.committed, delete: true }
           : { oid, serial: cur.committed, data: buf(preRev.data), refs: preRev.refs };
         if (!restoreDeleted && preRev?.opaque) op.opaque = true;
+        // The restored revision's blob is named again (it gains a revision; nothing is copied).
+        if (!restoreDeleted && preRev?.blobId?.length) op.blobId = buf(preRev.blobId);
         const preDataTid =
           pre && preRev?.dataTid && preRev.dataTid.length ? buf(preRev.dataTid) : pre?.tid;
         if (preDataTid && !restoreDeleted) op.dataTid = preDataTid;
@@ -1513,6 +1566,7 @@ export class ObjectStore {
     );
     let removed = 0;
     let count = meta.objectCount ?? 0;
+    const blobCtx = blobContext((k) => this.read(k), ops);
     // Pass 1: per object, the revisions at or before packTid and whether any come later.
     interface Obj {
       oid: Buffer;
@@ -1580,7 +1634,10 @@ export class ObjectStore {
       const keepLast =
         !garbage && o.old.length > 0 && (held || !o.old[o.old.length - 1].rev.deleted);
       const drop = keepLast ? o.old.slice(0, -1) : o.old;
-      for (const d of drop) ops.push({ type: 'del', key: K.revisionKey(st, o.oid, d.tid) });
+      for (const d of drop) {
+        ops.push({ type: 'del', key: K.revisionKey(st, o.oid, d.tid) });
+        await dropRevisionBlob(st, d.rev, blobCtx);
+      }
       removed += drop.length;
       if (!o.hasLater && !keepLast && o.old.length > 0) {
         ops.push({ type: 'del', key: K.currentKey(st, o.oid) });
@@ -1591,6 +1648,15 @@ export class ObjectStore {
     ops.push({ type: 'put', key: K.storageKey(st), value: storageMetaCodec.encode(newMeta) });
     this.metas.set(st, newMeta);
     return { ok: true, removed };
+  }
+
+  /** One chunk of a blob upload (blob-store.ts); the result's `removed` is the upload's size. */
+  private async applyBlobChunk(index: number, c: BlobChunk, ops: BatchOp[]): Promise<ApplyResult> {
+    const proposed = c.tid && c.tid.length === ID_BYTES ? buf(c.tid) : Z64;
+    const now = idMax(proposed, this.lastTidGlobal);
+    const ctx = blobContext((k) => this.read(k), ops);
+    const { size } = await this.blobs.applyChunk(c, index, now, ctx);
+    return { ok: true, removed: size };
   }
 
   private applyNewOids(
@@ -1817,6 +1883,57 @@ export class ObjectStore {
     if (out.length === 0)
       throw new StorageError('NOT_FOUND', `no object ${hex(oid)} in storage ${st}`);
     return out;
+  }
+
+  /**
+   * The blob of revision `serial` of an object: its id and size. NOT_FOUND when the revision does
+   * not exist or has no blob.
+   */
+  blobOf(st: string, oid: Buffer, serial: Buffer): Promise<{ blobId: Buffer; size: number }> {
+    return this.guarded(async () => {
+      const r = await this.db.get(K.revisionKey(st, oid, serial));
+      const rev = r ? revisionCodec.decode(r) : undefined;
+      if (!rev || !isBlobId(rev.blobId))
+        throw new StorageError(
+          'NOT_FOUND',
+          `no blob for revision ${hex(serial)} of object ${hex(oid)} in storage ${st}`,
+        );
+      return { blobId: buf(rev.blobId), size: Number(rev.blobSize ?? 0) };
+    });
+  }
+
+  /**
+   * The chunks of a committed blob, in order, from one consistent view (a LevelDB iterator): one
+   * chunk (at most BLOB_CHUNK_BYTES_MAX) in memory at a time. Fails NOT_FOUND when the blob is gone
+   * (a pack removed it), UNAVAILABLE when a snapshot install replaced the state meanwhile.
+   */
+  async *blobChunks(st: string, blobId: Buffer, expectedSize: number): AsyncGenerator<Buffer> {
+    const gen = await this.readable();
+    const prefix = K.blobChunkPrefix(st, blobId);
+    let seen = 0;
+    let n = 0;
+    const it = this.db.iterator({ gte: prefix, lt: K.prefixEnd(prefix) });
+    try {
+      for await (const [key, value] of it) {
+        this.stillValid(gen);
+        assert(
+          key.readUInt32BE(key.length - 4) === n,
+          `blob ${hex(blobId)}: chunk ${n} is missing`,
+        );
+        n++;
+        seen += value.length;
+        if (value.length) yield value;
+      }
+    } finally {
+      await it.close();
+    }
+    this.stillValid(gen);
+    if (n === 0)
+      throw new StorageError('NOT_FOUND', `blob ${hex(blobId)} of storage ${st} is gone (packed)`);
+    assert(
+      seen === expectedSize,
+      `blob ${hex(blobId)} holds ${seen} bytes, its revision says ${expectedSize}`,
+    );
   }
 
   /** Committed transactions with start <= tid <= stop, in TID order. */
@@ -2202,6 +2319,11 @@ function checkRecord(key: Buffer, value: Buffer): void {
       return;
     case K.TAG.member:
       memberCodec.decode(value);
+      return;
+    case K.TAG.blobUpload:
+    case K.TAG.blob:
+    case K.TAG.blobChunk:
+      checkBlobRecord(key, value);
       return;
     case K.TAG.session:
       if (key.length === 1)

@@ -15,14 +15,9 @@
  * anything else is a PickleStateError. It writes the state pickle back as Python's pickler does
  * (`save_long`), keeping the class pickle's bytes as they were.
  */
+import { PickleReader as Reader, PickleStateError } from './pickle-reader';
 
-export class PickleStateError extends Error {
-  readonly code = 'ZODB_PICKLE_STATE';
-  constructor(message: string) {
-    super(message);
-    this.name = 'PickleStateError';
-  }
-}
+export { PickleStateError };
 
 /** Digits (text ints) or bytes (binary longs) of a Length value read at most. */
 const INT_BYTES_MAX = 512;
@@ -37,44 +32,6 @@ export interface LengthRecord {
   /** The state pickle's protocol (its PROTO opcode; 0 or 1 without one, by its int opcode). */
   proto: number;
   value: bigint;
-}
-
-class Reader {
-  pos: number;
-  constructor(
-    readonly data: Buffer,
-    start: number,
-  ) {
-    this.pos = start;
-  }
-  get done(): boolean {
-    return this.pos >= this.data.length;
-  }
-  peek(): number {
-    if (this.pos >= this.data.length) throw new PickleStateError('truncated pickle');
-    return this.data[this.pos];
-  }
-  u8(): number {
-    const v = this.peek();
-    this.pos++;
-    return v;
-  }
-  take(n: number): Buffer {
-    if (n < 0 || this.pos + n > this.data.length) throw new PickleStateError('truncated pickle');
-    const b = this.data.subarray(this.pos, this.pos + n);
-    this.pos += n;
-    return b;
-  }
-  u32(): number {
-    return this.take(4).readUInt32LE(0);
-  }
-  line(maxBytes: number): string {
-    const end = this.data.indexOf(0x0a, this.pos);
-    if (end < 0 || end - this.pos > maxBytes) throw new PickleStateError('unterminated line');
-    const s = this.data.toString('latin1', this.pos, end);
-    this.pos = end + 1;
-    return s;
-  }
 }
 
 const PROTO = 0x80;

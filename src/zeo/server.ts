@@ -36,6 +36,8 @@ import { ReplyThen, ZeoSession, ZeoStats } from './session';
 const INFLIGHT_MAX = 1_000;
 /** Bytes queued for a slow client before it is cut off (it reconnects and verifies its cache). */
 const SEND_BUFFER_MAX_BYTES = 64 << 20;
+/** Large one-way data (a blob sent to the client) waits for the send buffer to drain past this. */
+const SEND_DRAIN_BYTES = 2 << 20;
 /** A client must answer the greeting within this time. */
 const HANDSHAKE_TIMEOUT_MS = 30_000;
 /**
@@ -96,6 +98,26 @@ class ZeoConnection {
 
   callAsync(method: string, args: unknown[]): void {
     this.write(encodeMessage(0, true, method, args));
+  }
+
+  async callAsyncDrained(method: string, args: unknown[]): Promise<void> {
+    this.write(encodeMessage(0, true, method, args));
+    if (this.state === 'closed' || this.socket.writableLength <= SEND_DRAIN_BYTES) return;
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.on('drain', done);
+      this.socket.on('close', done);
+    });
+  }
+
+  pauseReading(paused: boolean): void {
+    if (this.state === 'closed') return;
+    if (paused) this.socket.pause();
+    else this.socket.resume();
   }
 
   private write(payload: Buffer): void {

@@ -16,6 +16,8 @@ import type { ApplyResult, CommitEvent, TransactionInfo, UndoPlan } from '../sto
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import { StorageError } from '../storage/errors';
 import { isIntSetRecord, isLengthRecord } from '../storage/zodb-resolve';
+import { PickleStateError } from '../storage/pickle-reader';
+import { zodbReferences } from '../storage/zodb-refs';
 import type { StorageNode } from '../server/node';
 import { Limits, type Reservation } from '../server/limits';
 import { VOTE_LEASE_MS } from '../server/config';
@@ -50,7 +52,7 @@ import {
 import { decodeValue, encodeValue } from './marshal';
 import { type LockNeed, type LockQueue, type LockTicket, lockNeed } from './lock-queue';
 import { InvalidationOutbox } from './outbox';
-import { PickleRefsError, pickleReferences } from './pickle-refs';
+import { ZeoBlobUpload } from './blob-upload';
 
 /** ZEO hands out at most this many OIDs per new_oids call. */
 const NEW_OIDS_MAX = 100;
@@ -89,6 +91,10 @@ export interface SessionPeer {
   callAsync(method: string, args: unknown[]): void;
   /** Close the connection (the client reconnects and verifies its cache), logging why. */
   close(why: string): void;
+  /** A one-way call that resolves once the connection's send buffer has drained (large data). */
+  callAsyncDrained(method: string, args: unknown[]): Promise<void>;
+  /** Stop (true) or resume (false) reading the client's messages (backpressure). */
+  pauseReading(paused: boolean): void;
   readonly label: string;
 }
 
@@ -136,6 +142,8 @@ interface PendingTxn {
   renewer?: NodeJS.Timeout;
   /** Its objects are locked while the client resolves the conflicts its vote answered. */
   reserved?: boolean;
+  /** The blob uploads its stores name, settled before its vote (zeo/blob-upload.ts). */
+  blobs?: Promise<number>[];
 }
 
 interface TxnIterator {
@@ -179,9 +187,9 @@ function decodeExtension(b: Buffer): Record<string, unknown> {
  */
 function references(data: Buffer): { refs: Buffer[] } | { opaque: true } {
   try {
-    return { refs: pickleReferences(data) };
+    return { refs: zodbReferences(data) };
   } catch (e) {
-    if (e instanceof PickleRefsError) return { opaque: true };
+    if (e instanceof PickleStateError) return { opaque: true };
     throw e;
   }
 }
@@ -199,6 +207,8 @@ export class ZeoSession {
   private readonly outbox = new InvalidationOutbox();
   private label = '';
   private closed = false;
+  /** The blob between storeBlobStart and storeBlobEnd. */
+  private blobUpload: ZeoBlobUpload | undefined;
 
   constructor(
     private readonly node: StorageNode,
@@ -433,22 +443,49 @@ export class ZeoSession {
         t.error ??= unsupported('restore is not supported by ZeoRaft (it cannot set serials)');
       });
     },
+    storeBlobStart: function (a) {
+      arity(a, 'storeBlobStart', 0);
+      this.writable();
+      if (this.blobUpload) throw valueError('storeBlobStart before the previous storeBlobEnd');
+      this.blobUpload = this.startBlobUpload();
+    },
+    storeBlobChunk: function (a) {
+      arity(a, 'storeBlobChunk', 1);
+      if (!this.blobUpload) throw valueError('storeBlobChunk without storeBlobStart');
+      this.blobUpload.push(bytesArg(a[0], 'chunk'));
+    },
     storeBlobEnd: function (a) {
-      this.stage(a[a.length - 1], (t) => {
-        t.error ??= unsupported('blobs are not supported by ZeoRaft; do not set blob_dir');
+      arity(a, 'storeBlobEnd', 4);
+      const up = this.blobUpload;
+      this.blobUpload = undefined;
+      if (!up) throw valueError('storeBlobEnd without storeBlobStart');
+      const done = up.finish();
+      done.catch(() => undefined); // reported at vote
+      this.stage(a[3], (t) => {
+        const oid = idArg(a[0], 'oid');
+        const data = bytesArg(a[2], 'data');
+        this.charge(t, t.stores.get(hex(oid)), 16 + data.length);
+        // Replaces the storea of the same object the client sent before (ZEO's storeBlob).
+        t.stores.set(hex(oid), {
+          oid,
+          serial: baseSerialArg(a[1]),
+          data,
+          ...references(data),
+          blobId: up.blobId,
+        });
+        (t.blobs ??= []).push(done);
       });
     },
     storeBlobShared: function (a) {
       this.stage(a[a.length - 1], (t) => {
-        t.error ??= unsupported('blobs are not supported by ZeoRaft; do not set blob_dir');
+        t.error ??= unsupported(
+          'a shared blob directory is not supported by ZeoRaft: configure the client with shared_blob_dir false (blobs are sent to the server)',
+        );
       });
     },
-    storeBlobStart: function () {
-      // The chunks are dropped; storeBlobEnd fails the transaction at vote.
-    },
-    storeBlobChunk: function () {},
-    sendBlob: function () {
-      throw unsupported('blobs are not supported by ZeoRaft');
+    sendBlob: function (a) {
+      arity(a, 'sendBlob', 2);
+      return this.sendBlob(idArg(a[0], 'oid'), idArg(a[1], 'serial'));
     },
     vote: function (a) {
       arity(a, 'vote', 1);
@@ -558,6 +595,8 @@ export class ZeoSession {
         ['ZODB.interfaces', 'IStorageIteration'],
         ['ZODB.interfaces', 'IStorageUndoable'],
         ['ZODB.interfaces', 'IStorageCurrentRecordIteration'],
+        // Blobs in ZEO's non-shared mode (the client's blob_dir is its cache; see sendBlob).
+        ['ZODB.interfaces', 'IBlobStorage'],
       ],
     };
   }
@@ -935,6 +974,10 @@ export class ZeoSession {
     try {
       this.writable();
       if (t.error) throw t.error;
+      // Every blob the transaction names is replicated before its vote names it.
+      if (t.blobs?.length) await Promise.all(t.blobs);
+      if (this.txn !== t)
+        throw storageTransactionError(`transaction ${handle} ended during its vote`);
       const stores = new Map(t.stores);
       let undone: Buffer[] = [];
       if (t.undos.length) {
@@ -1185,6 +1228,47 @@ export class ZeoSession {
     return null;
   }
 
+  /** A blob upload of this connection (storeBlobStart): chunks replicated as they arrive. */
+  private startBlobUpload(): ZeoBlobUpload {
+    return new ZeoBlobUpload({
+      storage: this.st,
+      maxBlobBytes: this.node.config.limits.maxBlobBytes,
+      propose: (cmd) => this.node.replicator.propose(cmd, this.deadline()),
+      reserve: (bytes) => this.node.limits.reserveTxnMemory(bytes, 'a blob chunk'),
+      pressure: (paused) => this.peer.pauseReading(paused),
+      retryable: (e) => RETRYABLE.has((e as { code?: number }).code ?? -1),
+    });
+  }
+
+  /**
+   * ZEO's sendBlob: the blob of revision `serial` goes to the client as receiveBlobStart,
+   * receiveBlobChunk..., receiveBlobStop (one stored chunk per message, each written once the
+   * previous ones drained), then the reply. A revision without a blob is POSKeyError.
+   */
+  private async sendBlob(oid: Buffer, serial: Buffer): Promise<null> {
+    await this.caughtUp(serial);
+    const st = this.st;
+    let blob: { blobId: Buffer; size: number };
+    try {
+      blob = await this.node.store.blobOf(st, oid, serial);
+    } catch (e) {
+      return this.fromStorage(e, oid);
+    }
+    this.peer.callAsync('receiveBlobStart', [oid, serial]);
+    try {
+      for await (const chunk of this.node.store.blobChunks(st, blob.blobId, blob.size)) {
+        if (this.closed) throw new ZeoDisconnect('client left during sendBlob');
+        await this.peer.callAsyncDrained('receiveBlobChunk', [oid, serial, chunk]);
+      }
+    } catch (e) {
+      if (e instanceof ZeoDisconnect) throw e;
+      // The client holds a partial download it cannot discard by itself: it reconnects.
+      throw new ZeoDisconnect(`sendBlob failed part-way: ${e instanceof Error ? e.message : e}`);
+    }
+    this.peer.callAsync('receiveBlobStop', [oid, serial]);
+    return null;
+  }
+
   private async pack(time: number, wait: number): Promise<null> {
     this.writable();
     // As FileStorage's pack: revisions not needed to read at or after the pack time go, and so
@@ -1215,6 +1299,7 @@ export class ZeoSession {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.blobUpload?.stop();
     this.unsubscribe?.();
     this.outbox.clear();
     for (const iid of [...this.iterators.keys()]) this.closeIterator(iid);
