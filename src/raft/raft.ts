@@ -760,6 +760,11 @@ export class Raft {
   }
 
   /** Send batched proposals (called by RawNode before building a Ready). */
+  /** Appends wait to be sent by flush() (proposals batched into one message per follower). */
+  get hasPendingBroadcast(): boolean {
+    return this.needsBroadcast && this.state === 'leader';
+  }
+
   flush(): void {
     if (!this.needsBroadcast) return;
     this.needsBroadcast = false;

@@ -99,10 +99,11 @@ export class RawNode {
     return this.raft.applyConfChange(cc);
   }
 
+  /** Whether ready() has something to hand out. Changes nothing (etcd's HasReady). */
   hasReady(): boolean {
     if (this.outstanding) return false;
-    this.raft.flush();
     const r = this.raft;
+    if (r.hasPendingBroadcast) return true; // ready() flushes the batched appends
     const soft = r.softState();
     if (soft.leader !== this.prevSoft.leader || soft.role !== this.prevSoft.role) return true;
     if (!hardStateEqual(r.hardState(), this.prevHard)) return true;

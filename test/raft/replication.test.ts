@@ -24,6 +24,20 @@ describe('§5.3 log replication', () => {
     assert.equal(appends[0].entries.length, 10);
   });
 
+  it('hasReady() changes nothing: batched appends leave only with ready()', () => {
+    const net = new Network(['a', 'b', 'c']);
+    net.campaign('a');
+    const a = net.node('a').raw;
+    a.propose(text('p'));
+    const before = structuredClone(a.status());
+    assert.ok(a.hasReady());
+    assert.ok(a.hasReady());
+    assert.deepEqual(a.status(), before); // no Append sent, no follower's next index moved
+    const rd = a.ready();
+    assert.equal(rd.messages.filter((m) => m.type === MessageType.Append).length, 2);
+    assert.notDeepEqual(a.status().progress, before.progress);
+  });
+
   it('truncates a follower’s conflicting uncommitted suffix (Figure 7)', () => {
     const net = new Network(['a', 'b', 'c']);
     net.campaign('a');
