@@ -2,9 +2,13 @@
  * Snapshot install is all-or-nothing with real processes: a follower killed (SIGKILL, at each
  * durable step of the install, chosen with the test-only ZEORAFT_TEST_CRASH_AT) restarts with one
  * whole state (the one it had, or the snapshot's) and converges to the leader's state; a
- * malformed snapshot is refused and the state it would have replaced keeps serving.
+ * malformed snapshot is refused and the state it would have replaced keeps serving; a full disk
+ * while a snapshot arrives (ENOSPC from the kernel: the incoming file is on /dev/full) stops the
+ * node in order, and once there is room it installs the snapshot.
  */
 import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { peerCallMetadata } from '../../src/server/peer-auth';
 import { raftPackage, toProto } from '../../src/server/peer-transport';
@@ -219,5 +223,45 @@ describe('cluster: snapshot install is all-or-nothing', function () {
     }
     await w.commit(5);
     await assertSameState(cluster, victim);
+  });
+  it('stops in order on a full disk while receiving a snapshot, then installs it once there is room', async () => {
+    cluster = await TestCluster.start(3, { ZEORAFT_SNAPSHOT_ENTRIES: String(SNAPSHOT_ENTRIES) });
+    const w = new Writer(cluster);
+    await w.commit(OBJECTS);
+    const leader = await cluster.leader();
+    const victim = cluster.alive().find((id) => id !== leader) as string;
+    await assertSameState(cluster, victim);
+    await cluster.kill(victim);
+    const atKill = (await status(cluster, leader)).lastTid as Buffer;
+    // Enough entries for the leader to compact past everything the victim holds.
+    await w.commit(4 * SNAPSHOT_ENTRIES);
+    // Where the victim receives a snapshot (peer-transport.ts), every write fails with ENOSPC.
+    const incoming = path.join(cluster.dataDir(victim), 'snapshot-incoming.tmp');
+    fs.symlinkSync('/dev/full', incoming);
+    const p = cluster.spawnNode(victim);
+    const exit = await Promise.race([
+      p.exit(),
+      new Promise<never>((_, reject) =>
+        setTimeout(
+          () => reject(new Error(`${victim} kept running on a full disk: ${p.output}`)),
+          LIVENESS_MS,
+        ),
+      ),
+    ]);
+    // The orderly fatal exit (code 70, the reason logged), not a crash on an unhandled error.
+    assert.equal(exit.code, 70, `${victim} exit ${JSON.stringify(exit)}: ${p.output}`);
+    assert.match(p.output, /ENOSPC/);
+    assert.match(p.output, /raft loop failed; exiting/);
+    assert.doesNotMatch(p.output, /Unhandled 'error' event|uncaught/i);
+    // The disk has room again: the victim restarts with the state it had, then installs.
+    fs.rmSync(incoming);
+    cluster.isolate(victim);
+    await cluster.startNode(victim);
+    const held = (await status(cluster, victim)).lastTid as Buffer;
+    assert.equal(hex(held), hex(atKill), `${victim} restarted with the state it had`);
+    cluster.healAll();
+    await w.commit(5);
+    await assertSameState(cluster, victim);
+    assert.ok(!fs.existsSync(incoming), 'the received snapshot file is removed after the install');
   });
 });
