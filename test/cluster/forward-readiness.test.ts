@@ -2,17 +2,21 @@
  * What a follower answers when it cannot reach a leader, and what /readyz says about a node that
  * cannot serve, with real processes: a write forwarded to a leader that is gone (the call never
  * left the follower) is retried with the next leader instead of being answered "outcome unknown";
+ * a write over a size limit sent through a follower is refused with RESOURCE_EXHAUSTED naming the
+ * limit (not UNAVAILABLE), and a large one inside the limits is forwarded and committed;
  * /readyz is 503 with a reason on a node without a leader and on a node whose stored state
  * breaks an invariant.
  */
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
 import { Level } from 'level';
 import { ZeoRaftError } from '../../src/client/errors';
 import * as K from '../../src/storage/keys';
 import { Z64, p64 } from '../../src/util/ids';
 import { TestCluster } from '../harness/cluster';
 import { eventually, sleep } from '../harness/index';
+import { rejectsWith } from '../security/helpers';
 
 const LIVENESS_MS = 15_000;
 
@@ -61,6 +65,72 @@ describe('cluster: forwarding without a leader, and readiness', function () {
       ),
     );
     assert.deepEqual(outcomes, ['ok', 'ok', 'ok', 'ok']);
+  });
+
+  it('refuses a write over a size limit sent through a follower with RESOURCE_EXHAUSTED naming the limit, and forwards one inside the limits', async () => {
+    cluster = await TestCluster.start(3);
+    const leader = await cluster.leader();
+    const follower = cluster.alive().find((id) => id !== leader) as string;
+    const rpc = cluster.rpc(follower);
+    const MiB = 1 << 20;
+    // Inside the limits (ZEORAFT_MAX_TXN_BYTES, 32 MiB): forwarded to the leader and committed.
+    const large = Buffer.alloc(24 * MiB, 7);
+    const { tid } = await rpc.call(
+      'Commit',
+      { transaction: { stores: [{ oid: p64(1n), data: large }] } },
+      LIVENESS_MS,
+    );
+    const loaded = await cluster.rpc(leader).call('Load', { oid: p64(1n) }, LIVENESS_MS);
+    assert.deepEqual(loaded.serial, tid);
+    assert.ok(Buffer.from(loaded.data).equals(large), 'the forwarded data committed whole');
+    // Past a limit, by data, by extension or by objects, in a Commit or a Vote: refused with the
+    // limit's name, whatever node the client sent it to.
+    const small = [{ oid: p64(2n), data: Buffer.from('x') }];
+    const over: Array<[string, object, RegExp]> = [
+      [
+        'data',
+        { stores: [{ oid: p64(2n), data: Buffer.alloc(40 * MiB, 1) }] },
+        /limit max_txn_bytes exceeded/,
+      ],
+      [
+        'extension',
+        { extension: Buffer.alloc(40 * MiB, 2), stores: small },
+        /limit max_txn_bytes exceeded/,
+      ],
+      [
+        'objects',
+        {
+          stores: Array.from({ length: 100_001 }, (_, i) => ({
+            oid: p64(BigInt(0x10000 + i)),
+            data: Buffer.from('o'),
+          })),
+        },
+        /limit max_txn_objects exceeded/,
+      ],
+    ];
+    for (const [what, transaction, message] of over) {
+      for (const node of [follower, leader]) {
+        await rejectsWith(
+          cluster.rpc(node).call('Commit', { transaction }, LIVENESS_MS),
+          grpc.status.RESOURCE_EXHAUSTED,
+          message,
+        ).catch((e: Error) => assert.fail(`Commit over ${what} on ${node}: ${e.message}`));
+        await rejectsWith(
+          cluster
+            .rpc(node)
+            .call('Vote', { transactionId: `${what}-${node}`, transaction }, LIVENESS_MS),
+          grpc.status.RESOURCE_EXHAUSTED,
+          message,
+        ).catch((e: Error) => assert.fail(`Vote over ${what} on ${node}: ${e.message}`));
+      }
+    }
+    // Nothing of the refused writes committed, and the follower keeps forwarding.
+    await rejectsWith(cluster.rpc(leader).call('Load', { oid: p64(2n) }), grpc.status.NOT_FOUND);
+    await rpc.call('Commit', { transaction: { stores: small } }, LIVENESS_MS);
+    assert.deepEqual(
+      Buffer.from((await cluster.rpc(leader).call('Load', { oid: p64(2n) })).data),
+      Buffer.from('x'),
+    );
   });
 
   it('answers /readyz 503 with a reason on a node without a leader', async () => {
