@@ -4,7 +4,8 @@
  * whole state (the one it had, or the snapshot's) and converges to the leader's state; a
  * malformed snapshot is refused and the state it would have replaced keeps serving; a full disk
  * while a snapshot arrives (ENOSPC from the kernel: the incoming file is on /dev/full) stops the
- * node in order, and once there is room it installs the snapshot.
+ * node in order, and once there is room it installs the snapshot; while an install runs the node
+ * answers /readyz 503 saying so, and its loads never see a cleared or half-restored state.
  */
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -17,7 +18,7 @@ import { snapshotChunkCodec } from '../../src/storage/codec';
 import { INSTALL_STEPS } from '../../src/storage/object-store';
 import { Z64, hex, idCompare, p64 } from '../../src/util/ids';
 import { TestCluster } from '../harness/cluster';
-import { TEST_CLUSTER_KEY, eventually } from '../harness/index';
+import { TEST_CLUSTER_KEY, eventually, sleep } from '../harness/index';
 
 const LIVENESS_MS = 20_000;
 /** Objects written; each is OBJECT_BYTES, so the state spans several 1 MiB snapshot chunks. */
@@ -263,5 +264,69 @@ describe('cluster: snapshot install is all-or-nothing', function () {
     await w.commit(5);
     await assertSameState(cluster, victim);
     assert.ok(!fs.existsSync(incoming), 'the received snapshot file is removed after the install');
+  });
+  it('answers /readyz 503 while it installs a snapshot, and its loads never see a cleared or partial state', async () => {
+    cluster = await TestCluster.start(3, { ZEORAFT_SNAPSHOT_ENTRIES: String(SNAPSHOT_ENTRIES) });
+    // A state of about 32 MiB, so an install spans many /readyz polls.
+    const LARGE = 32;
+    const large = (i: number): Buffer => Buffer.alloc(1 << 20, i);
+    const leader = await cluster.leader();
+    for (let i = 0; i < LARGE; i++)
+      await cluster
+        .rpc(leader)
+        .call(
+          'Commit',
+          { transaction: { stores: [{ oid: p64(BigInt(1000 + i)), data: large(i) }] } },
+          LIVENESS_MS,
+        );
+    const w = new Writer(cluster);
+    await w.commit(OBJECTS);
+    const victim = cluster.alive().find((id) => id !== leader) as string;
+    await assertSameState(cluster, victim);
+    await cluster.kill(victim);
+    await w.commit(4 * SNAPSHOT_ENTRIES);
+    cluster.isolate(victim);
+    await cluster.startNode(victim);
+    // Watch it from the moment the snapshot can arrive until it holds the leader's state.
+    const reasons = new Map<string, number>();
+    const loads = new Map<string, number>();
+    let watching = true;
+    const polls = (async () => {
+      while (watching) {
+        const r = await readyz(cluster, victim).catch((e: Error) => ({ code: 0, body: e.message }));
+        const key = `${r.code} ${r.body.trim().replace(/[0-9]+/g, 'N')}`;
+        reasons.set(key, (reasons.get(key) ?? 0) + 1);
+        await sleep(5);
+      }
+    })();
+    const reads = (async () => {
+      for (let n = 0; watching; n++) {
+        const i = n % LARGE;
+        const got = await cluster
+          .rpc(victim)
+          .call('Load', { oid: p64(BigInt(1000 + i)) }, LIVENESS_MS)
+          .then(
+            (l) => (Buffer.from(l.data).equals(large(i)) ? 'whole' : 'changed data'),
+            (e: { grpcCode?: number }) => `status ${grpc.status[e.grpcCode ?? -1] ?? 'none'}`,
+          );
+        loads.set(got, (loads.get(got) ?? 0) + 1);
+        await sleep(5);
+      }
+    })();
+    cluster.healAll();
+    await w.commit(5);
+    await assertSameState(cluster, victim);
+    watching = false;
+    await Promise.all([polls, reads]);
+    const seen = JSON.stringify([...reasons]);
+    assert.ok(reasons.has('503 not ready: installing a snapshot'), `/readyz answers: ${seen}`);
+    // Loads wait for the switch (or fail UNAVAILABLE, transient, when they overlapped it): none
+    // finds an object missing or changed.
+    for (const k of loads.keys())
+      assert.ok(
+        ['whole', 'status UNAVAILABLE'].includes(k),
+        `loads: ${JSON.stringify([...loads])}`,
+      );
+    assert.ok((loads.get('whole') ?? 0) > 0);
   });
 });
