@@ -9,6 +9,7 @@ import type { StorageInfo } from '../generated/zeoraft/v1/StorageInfo';
 import type { CommitRequest__Output } from '../generated/zeoraft/v1/CommitRequest';
 import type { Command, CommitSession, Txn } from '../storage/codec';
 import type { ApplyResult } from '../storage/object-store';
+import { StorageError } from '../storage/errors';
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import { Z64, idCompare, tidFromTime, tidToTime } from '../util/ids';
 import {
@@ -20,6 +21,7 @@ import {
   unavailable,
 } from './errors';
 import { txnBytes } from './limits';
+import { packStorage } from './pack';
 import type { StorageNode } from './node';
 import { type Caller, Security, txnIdScope } from './security';
 import { count, optionalId, requireId, serialOrZ64, text, txnId } from './validate';
@@ -401,14 +403,15 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
         // A time after now packs as of now (nothing newer exists), as ZODB's pack does.
         packTid = tidFromTime(Math.min(t * 1000, Date.now()));
       }
-      const r = unwrap(
-        await node.replicator.propose(
-          { pack: { storage: st, packTid, gc: call.request.gc } },
-          deadline(call),
-          callerOf(call),
-        ),
-      );
-      return { removed: r.removed ?? 0 };
+      // In bounded steps (storage/pack-gc.ts), each replicated; a failed step is the call's error.
+      const dl = deadline(call);
+      const caller = callerOf(call);
+      const r = await packStorage(node, st, packTid, call.request.gc, (cmd) =>
+        node.replicator.propose(cmd, dl, caller),
+      ).catch((e: unknown) => {
+        throw e instanceof StorageError ? fromStorageError(e) : e;
+      });
+      return { removed: r.removed };
     }),
 
     Iterate: serverStream('Iterate', async (call) => {

@@ -64,7 +64,18 @@ export type Command =
         description?: string;
       };
     }
-  | { pack: { storage: string; packTid: Uint8Array; gc?: boolean } }
+  | {
+      pack: {
+        storage: string;
+        packTid: Uint8Array;
+        gc?: boolean;
+        /** A step of a pack in steps (pack-steps.ts PackStep); absent: the whole pack at once. */
+        step?: number;
+        packId?: number;
+        oids?: Uint8Array[];
+        fromOid?: Uint8Array;
+      };
+    }
   | { newOids: { storage: string; count: number } }
   | { noop: Record<string, never> }
   | { renew: { storage: string; txnId: string; deadlineMs?: number; leaseMs?: number } }
@@ -138,6 +149,17 @@ export interface StorageMeta {
   objectCount?: number;
   /** Transactions on record (T records); the n-th oldest is at key N <st> <n>. */
   txnCount?: number;
+  /** A pack in steps that has started and not finished (log.proto PackState). */
+  packing?: PackState;
+}
+export interface PackState {
+  id: number;
+  packTid?: Uint8Array;
+  gc?: boolean;
+  sweeping?: boolean;
+  cancelled?: string;
+  doomed?: number;
+  collected?: number;
 }
 /** The last answer of a client session (log.proto SessionRecord). */
 export interface SessionRecord {

@@ -22,6 +22,8 @@
  *   U <st> <blob id>           BlobUpload: a blob being uploaded, not committed yet
  *   B <st> <blob id>           BlobRecord: a committed blob (its size, chunks, revisions naming it)
  *   A <st> <blob id> <n>       the n-th chunk (u32, from 0) of a blob, uploaded or committed
+ *   Q <st> <oid>               a pack's mark on an object (pack-steps.ts): touched since the pack
+ *                              began, or doomed (found unreachable), with the pack's id
  *   I                          a snapshot install in progress: applied index (8) of the snapshot
  *                              and phase (1): staging, switching or copied (see restore)
  *   X <key>                    a record of a snapshot being installed, staged beside the state
@@ -44,6 +46,7 @@ export const TAG = {
   blob: 0x42, // B
   blobChunk: 0x41, // A
   install: 0x49, // I
+  packMark: 0x51, // Q
   staged: 0x5a, // Z (sorts after every other tag; distinct from each, asserted below)
 } as const;
 
@@ -62,7 +65,7 @@ export function memberKey(id: string): Buffer {
 
 export const MAX_STORAGE_NAME_BYTES = 64;
 
-function storagePart(storage: string): Buffer {
+export function storagePart(storage: string): Buffer {
   const name = Buffer.from(storage, 'utf8');
   if (name.length === 0 || name.length > MAX_STORAGE_NAME_BYTES) {
     throw new RangeError(`storage name must be 1..${MAX_STORAGE_NAME_BYTES} bytes`);
@@ -102,6 +105,14 @@ export function revisionKey(st: string, oid: Uint8Array, tid: Uint8Array): Buffe
 /** The TID at the end of a revision key. */
 export function revisionKeyTid(key: Buffer): Buffer {
   return key.subarray(key.length - ID_BYTES);
+}
+
+export function packMarkPrefix(st: string): Buffer {
+  return Buffer.concat([Buffer.from([TAG.packMark]), storagePart(st)]);
+}
+
+export function packMarkKey(st: string, oid: Uint8Array): Buffer {
+  return Buffer.concat([packMarkPrefix(st), oid]);
 }
 
 export function txnPrefix(st: string): Buffer {

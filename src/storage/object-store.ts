@@ -59,6 +59,14 @@ import {
   txnRecordCodec,
 } from './codec';
 import { StorageError } from './errors';
+import {
+  PackApplyContext,
+  PackStep,
+  applyPackDoom,
+  applyPackStart,
+  applyPackSweep,
+  packBarrier,
+} from './pack-steps';
 import * as K from './keys';
 import {
   BlobUploads,
@@ -846,7 +854,10 @@ export class ObjectStore {
     if ('finish' in cmd && cmd.finish) return this.applyFinish(cmd.finish, ops, after);
     if ('abort' in cmd && cmd.abort) return this.applyAbort(cmd.abort, ops, after);
     if ('undo' in cmd && cmd.undo) return this.applyUndo(cmd.undo, ops, after);
-    if ('pack' in cmd && cmd.pack) return this.applyPack(cmd.pack, ops, after);
+    if ('pack' in cmd && cmd.pack)
+      return cmd.pack.step
+        ? this.applyPackStep(index, cmd.pack, ops)
+        : this.applyPack(cmd.pack, ops, after);
     if ('newOids' in cmd && cmd.newOids)
       return Promise.resolve(this.applyNewOids(cmd.newOids, ops, after));
     if ('renew' in cmd && cmd.renew) return this.applyRenew(cmd.renew, ops);
@@ -945,6 +956,7 @@ export class ObjectStore {
     const blobCtx = blobContext((k) => this.read(k), ops);
     // A finish (known serials) was checked at its vote, which holds its uploads since.
     if (!known) await this.blobs.checkStores(st, txn.stores ?? [], undefined, blobCtx);
+    await packBarrier(this.packCtx, txn, ops, known !== undefined);
     const proposed = proposedTid && proposedTid.length === ID_BYTES ? buf(proposedTid) : Z64;
     const tid = idMax(proposed, idNext(this.lastTidGlobal));
     const meta = { ...this.meta(st) };
@@ -1193,6 +1205,7 @@ export class ObjectStore {
       new Set(resolved.map((r) => hex(r.oid))),
       sharedOf({ txn: p.txn, resolved }),
     );
+    if (!p.reserve) await packBarrier(this.packCtx, p.txn, ops, false);
     // Voting again keeps the first vote's deadline, so the locks are never renewed past it.
     const deadlineMs = earlier?.deadlineMs ? Number(earlier.deadlineMs) : (p.deadlineMs ?? 0);
     const votedDeadlineMs = earlier ? votedDeadline(earlier) : deadlineMs;
@@ -1634,13 +1647,10 @@ export class ObjectStore {
       const keepLast =
         !garbage && o.old.length > 0 && (held || !o.old[o.old.length - 1].rev.deleted);
       const drop = keepLast ? o.old.slice(0, -1) : o.old;
-      for (const d of drop) {
-        ops.push({ type: 'del', key: K.revisionKey(st, o.oid, d.tid) });
-        await dropRevisionBlob(st, d.rev, blobCtx);
-      }
+      for (const d of drop) await this.dropRevision(st, o.oid, d.tid, ops, d.rev, blobCtx);
       removed += drop.length;
       if (!o.hasLater && !keepLast && o.old.length > 0) {
-        ops.push({ type: 'del', key: K.currentKey(st, o.oid) });
+        this.dropCurrent(st, o.oid, ops);
         if (!o.old[o.old.length - 1].rev.deleted) count--;
       }
     }
@@ -1657,6 +1667,152 @@ export class ObjectStore {
     const ctx = blobContext((k) => this.read(k), ops);
     const { size } = await this.blobs.applyChunk(c, index, now, ctx);
     return { ok: true, removed: size };
+  }
+
+  /**
+   * Remove one revision and release its blob: the one routine through which pack drops revisions.
+   * `rev` is the revision when the caller has read it (otherwise it is read here).
+   */
+  private async dropRevision(
+    st: string,
+    oid: Buffer,
+    tid: Buffer,
+    ops: BatchOp[],
+    rev: Revision | undefined,
+    blobCtx: ReturnType<typeof blobContext>,
+  ): Promise<void> {
+    const key = K.revisionKey(st, oid, tid);
+    if (!rev) {
+      const raw = await this.read(key);
+      assert(raw, `pack drops revision ${hex(tid)} of ${hex(oid)}, which does not exist`);
+      rev = revisionCodec.decode(raw);
+    }
+    ops.push({ type: 'del', key });
+    await dropRevisionBlob(st, rev, blobCtx);
+  }
+
+  /** The blob context of the command whose writes go to `ops` (one per command). */
+  private readonly packBlobCtx = new WeakMap<BatchOp[], ReturnType<typeof blobContext>>();
+
+  /** Remove an object's current record (pack, once no revision of it is left). */
+  private dropCurrent(st: string, oid: Buffer, ops: BatchOp[]): void {
+    ops.push({ type: 'del', key: K.currentKey(st, oid) });
+  }
+
+  /** What the steps of a pack in steps (pack-steps.ts) use of the store while it applies. */
+  private readonly packCtx: PackApplyContext = {
+    read: (key) => this.read(key),
+    range: async ({ gte, lt, limit, values }) => {
+      const out: Array<[Buffer, Buffer | undefined]> = [];
+      for await (const [k, v] of this.db.iterator({ gte, lt, limit, values } as any))
+        out.push([k as Buffer, values ? (v as Buffer) : undefined]);
+      return out;
+    },
+    meta: (st) => this.meta(st),
+    setMeta: (st, meta, ops) => {
+      ops.push({ type: 'put', key: K.storageKey(st), value: storageMetaCodec.encode(meta) });
+      this.metas.set(st, meta);
+    },
+    held: (st, oid) => {
+      const k = lockKey(st, oid);
+      return this.locks.has(k) || (this.sharedLocks.get(k)?.size ?? 0) > 0;
+    },
+    dropRevision: (st, oid, tid, ops) => {
+      let ctx = this.packBlobCtx.get(ops);
+      if (!ctx) this.packBlobCtx.set(ops, (ctx = blobContext((k) => this.read(k), ops)));
+      return this.dropRevision(st, oid, tid, ops, undefined, ctx);
+    },
+    dropCurrent: (st, oid, ops) => this.dropCurrent(st, oid, ops),
+    current: (v) => parseCurrent(v),
+    isDeletion: (v) => revisionCodec.decode(v).deleted === true,
+  };
+
+  /** One step of a pack in steps (log.proto PackCmd.step; pack-steps.ts). */
+  private async applyPackStep(
+    index: number,
+    p: {
+      storage: string;
+      packTid: Uint8Array;
+      gc?: boolean;
+      step?: number;
+      packId?: number;
+      oids?: Uint8Array[];
+      fromOid?: Uint8Array;
+    },
+    ops: BatchOp[],
+  ): Promise<ApplyResult> {
+    const st = p.storage;
+    if (!st) throw new StorageError('INVALID', 'pack without a storage name');
+    switch (p.step) {
+      case PackStep.START: {
+        if (!isId(p.packTid)) throw new StorageError('INVALID', 'pack needs an 8-byte TID');
+        const meta = this.meta(st);
+        // Never pack past the newest transaction: readers at the current state need its revisions.
+        const packTid = idMax(
+          serialOf(meta.packTid),
+          idCompare(buf(p.packTid), this.lastTidGlobal) > 0 ? this.lastTidGlobal : buf(p.packTid),
+        );
+        applyPackStart(this.packCtx, index, st, packTid, p.gc === true, ops);
+        return { ok: true, tid: packTid };
+      }
+      case PackStep.DOOM: {
+        const n = await applyPackDoom(this.packCtx, st, Number(p.packId ?? 0), p.oids ?? [], ops);
+        return { ok: true, removed: n };
+      }
+      case PackStep.SWEEP: {
+        const r = await applyPackSweep(
+          this.packCtx,
+          st,
+          Number(p.packId ?? 0),
+          serialOf(p.fromOid),
+          ops,
+        );
+        return { ok: true, removed: r.removed, oids: r.next ? [r.next] : [] };
+      }
+      default:
+        throw new StorageError('INVALID', `unknown pack step ${p.step}`);
+    }
+  }
+
+  /** The pack in steps running on `st` (as applied and published), if any. */
+  packState(st: string): StorageMeta['packing'] {
+    return this.pubMetas.get(st)?.packing;
+  }
+
+  /**
+   * Every revision of `st` in key order (OID, then TID), read from one LevelDB snapshot in batches:
+   * the walk of a pack (pack-gc.ts) reads the storage's object graph with it.
+   */
+  async *packScanRevisions(
+    st: string,
+    batch: number,
+  ): AsyncGenerator<Array<{ oid: Buffer; tid: Buffer; value: Buffer }>> {
+    const gen = await this.readable();
+    const prefix = Buffer.concat([Buffer.from([K.TAG.revision]), K.storagePart(st)]);
+    const it = this.db.iterator({ gte: prefix, lt: K.prefixEnd(prefix) });
+    try {
+      for (;;) {
+        const entries = await it.nextv(batch);
+        this.stillValid(gen);
+        if (entries.length === 0) return;
+        yield entries.map(([k, v]) => ({
+          oid: k.subarray(prefix.length, prefix.length + ID_BYTES),
+          tid: k.subarray(prefix.length + ID_BYTES),
+          value: v,
+        }));
+      }
+    } finally {
+      await it.close();
+    }
+  }
+
+  /** The voted transactions of `st`: the walk of a pack keeps what they write and reference. */
+  async packPreparedTxns(st: string): Promise<Txn[]> {
+    const out: Txn[] = [];
+    const pp = K.preparedPrefix(st);
+    for await (const [, v] of this.db.iterator({ gte: pp, lt: K.prefixEnd(pp) }))
+      out.push(preparedCodec.decode(v).txn);
+    return out;
   }
 
   private applyNewOids(

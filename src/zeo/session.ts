@@ -17,6 +17,7 @@ import { MAX_NEW_OIDS } from '../storage/object-store';
 import { StorageError } from '../storage/errors';
 import { isIntSetRecord, isLengthRecord } from '../storage/zodb-resolve';
 import { PickleStateError } from '../storage/pickle-reader';
+import { packMetrics, packStorage } from '../server/pack';
 import { zodbReferences } from '../storage/zodb-refs';
 import type { StorageNode } from '../server/node';
 import { Limits, type Reservation } from '../server/limits';
@@ -407,6 +408,7 @@ export class ZeoSession {
         const data = bytesArg(a[2], 'data');
         this.charge(t, t.stores.get(hex(oid)), 16 + data.length);
         const op: StoreOp = { oid, serial: baseSerialArg(a[1]), data, ...references(data) };
+        if (op.opaque) packMetrics(this.node).unreadableStored.inc();
         // Resolved on the server if it conflicts (a ZEO server's default mode), see vote().
         if (isLengthRecord(data) || isIntSetRecord(data)) op.resolve = true;
         t.stores.set(hex(oid), op);
@@ -1273,17 +1275,15 @@ export class ZeoSession {
     this.writable();
     // As FileStorage's pack: revisions not needed to read at or after the pack time go, and so
     // do objects unreachable from the root then (references read from the ZODB pickles at
-    // store time; a storage holding any other data collects no garbage).
+    // store time; an unreadable record reachable then stops the collection).
     const run = async (): Promise<void> => {
-      const r = await this.propose({
-        // A time after now packs as of now (nothing newer exists).
-        pack: {
-          storage: this.st,
-          packTid: tidFromTime(Math.min(time * 1000, Date.now())),
-          gc: true,
-        },
-      });
-      if (!r.ok) this.fromStorage(r.error);
+      // A time after now packs as of now (nothing newer exists); in bounded steps (pack-gc.ts).
+      const packTid = tidFromTime(Math.min(time * 1000, Date.now()));
+      try {
+        await packStorage(this.node, this.st, packTid, true, (cmd) => this.propose(cmd));
+      } catch (e) {
+        this.fromStorage(e);
+      }
       const s = this.node.store.storageSummary(this.st);
       this.peer.callAsync('info', [{ length: s.objectCount, size: 0 }]);
     };
