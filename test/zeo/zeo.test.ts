@@ -385,6 +385,25 @@ describe('ZEO 5 protocol on a three-node cluster', function () {
     assert.equal(await c.call('pack', Date.now() / 1000 - 3600, 1), null);
   });
 
+  it('packs at a time before every transaction (ZODB testPackYesterday) and keeps every revision and undo', async () => {
+    const { c } = await connect(members[1]);
+    const oid = await newOid(c);
+    const t1 = await commit(c, [[oid, Z64, b('y1')]]);
+    const t2 = await commit(c, [[oid, t1, b('y2')]]);
+    assert.equal(await c.call('pack', Date.now() / 1000 - 10_000, 1), null);
+    assert.deepEqual(buf(await c.call('loadSerial', oid, t1)), b('y1'));
+    const old = await c.call('loadBefore', oid, t2);
+    assert.deepEqual([buf(old[0]), buf(old[1]), buf(old[2])], [b('y1'), t1, t2]);
+    const cur = await c.call('loadBefore', oid, p64(u64(t2) + 1n));
+    assert.deepEqual([buf(cur[0]), buf(cur[1]), cur[2]], [b('y2'), t2, null]);
+    assert.deepEqual(
+      (await c.call('history', oid, 5)).map((h: any) => buf(h.tid)),
+      [t2, t1],
+    );
+    const undoable = (await c.call('undoLog', 0, -20)).map((d: any) => hex(buf(d.id)));
+    assert.ok(undoable.includes(hex(t1)) && undoable.includes(hex(t2)), 'both still undoable');
+  });
+
   it('closes connections on malformed input and keeps serving everyone else', async () => {
     const port = members[0].zeo;
     // A wrong handshake.
