@@ -24,7 +24,8 @@ cluster: deps
 	npm run cluster
 
 # ZODB's and ZEO's own storage test suites through the ZEO door of a three-node cluster, with the
-# real Python ZEO client from a virtual environment of pinned packages (created when missing).
+# real Python ZEO client from a virtual environment of pinned packages (created when missing), then
+# the tests that need that environment (test/zodb/*.test.ts: moving a FileStorage in with zodbconvert).
 # Debian's Python (python3-venv): the one CI installs packages for.
 ZODB_VENV := .venv-zodb
 ZODB_PYTHON ?= /usr/bin/python3
@@ -39,6 +40,7 @@ zodb-venv: $(ZODB_VENV)/.installed
 
 zodb-suites: build $(ZODB_VENV)/.installed
 	$(ZODB_VENV)/bin/python test/zodb/run_suites.py
+	npx mocha --no-config --timeout 300000 --exit dist/test/zodb/*.test.js
 
 bench: deps
 	npm run bench

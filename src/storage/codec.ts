@@ -22,6 +22,8 @@ export interface StoreOp {
   resolve?: boolean;
   /** The blob of this revision (16 bytes, blob-store.ts): a completed upload, or a restored revision's. */
   blobId?: Uint8Array;
+  /** A record restored as given (ZODB's restore): no serial check; with `delete`, no data. */
+  restore?: boolean;
 }
 export interface CheckOp {
   oid: Uint8Array;
@@ -34,6 +36,8 @@ export interface Txn {
   extension?: Uint8Array;
   stores?: StoreOp[];
   checks?: CheckOp[];
+  /** The status ZODB's iterator reports ('' = ' '), kept by a restore. */
+  status?: string;
 }
 /** A client session's commit: its id (scoped to the caller's key), number and since-TID (log.proto). */
 export interface CommitSession {
@@ -51,6 +55,8 @@ export type Command =
         leaseMs?: number;
         reserve?: boolean;
         retryOnly?: boolean;
+        /** Commit at this TID (ZODB's tpc_begin with a TID): see PrepareCmd.tid in log.proto. */
+        tid?: Uint8Array;
       };
     }
   | { finish: { storage: string; txnId: string; tid: Uint8Array } }
@@ -125,6 +131,7 @@ export interface TxnRecord {
   description?: string;
   extension?: Uint8Array;
   oids?: Uint8Array[];
+  status?: string;
 }
 export interface PreparedRecord {
   txn: Txn;
@@ -134,6 +141,8 @@ export interface PreparedRecord {
   votedDeadlineMs?: number;
   /** Stores resolved on the server, written at finish as resolved (see ResolvedStore). */
   resolved?: ResolvedStore[];
+  /** The TID its finish commits at (PrepareCmd.tid). */
+  tid?: Uint8Array;
 }
 export interface ResolvedStore {
   oid: Uint8Array;

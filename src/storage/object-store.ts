@@ -35,6 +35,7 @@ import {
   idNext,
   isId,
   p64,
+  tidToIso,
   tidToTime,
   u64,
 } from '../util/ids';
@@ -185,6 +186,8 @@ export interface TransactionInfo {
   user: string;
   description: string;
   extension: Buffer;
+  /** ZODB's transaction status: ' ', or what a restore gave ('p', 'u'). */
+  status: string;
   records: { oid: Buffer; data: Buffer; deleted: boolean; dataTid: Buffer }[];
 }
 export interface StorageSummary {
@@ -323,6 +326,15 @@ function sharedOf(rec: { txn: Txn; resolved?: ResolvedStore[] }): Set<string> {
   return new Set((rec.resolved ?? []).filter((r) => r.delta).map((r) => hex(r.oid)));
 }
 
+/** A TID as a time for messages; any 8 bytes (a TID may name no valid date). */
+function tidTime(tid: Uint8Array): string {
+  try {
+    return tidToIso(tid);
+  } catch {
+    return 'not a time';
+  }
+}
+
 function lockKey(storage: string, oid: Uint8Array): string {
   return `${storage}\0${hex(oid)}`;
 }
@@ -348,6 +360,11 @@ export class ObjectStore {
   /** lockKey(storage, oid) -> voted transactions sharing it (resolved stores); never empty. */
   private readonly sharedLocks = new Map<string, Set<string>>();
   private readonly prepared = new Map<string, PreparedSummary>();
+  /**
+   * The vote at a given TID (PrepareCmd.tid), as `storage\0txnId`, if any. Invariant: while it is
+   * set, it is the only voted transaction and nothing else commits, so its TID stays above the last.
+   */
+  private votedAtTid: string | undefined;
   private readonly memberMap = new Map<string, MemberRecord>();
   /** Open blob uploads and the votes holding them (blob-store.ts). */
   private readonly blobs = new BlobUploads();
@@ -519,6 +536,7 @@ export class ObjectStore {
     this.locks.clear();
     this.sharedLocks.clear();
     this.prepared.clear();
+    this.votedAtTid = undefined;
     this.memberMap.clear();
     this.blobs.clear();
     await this.loadSessions();
@@ -638,6 +656,10 @@ export class ObjectStore {
       this.sharedLocks.set(k, holders);
     }
     this.blobs.hold(st, txnId, rec.txn.stores ?? []);
+    if (rec.tid?.length) {
+      assert(this.votedAtTid === undefined, `${txnId} voted at a TID beside ${this.votedAtTid}`);
+      this.votedAtTid = `${st}\0${txnId}`;
+    }
     this.prepared.set(`${st}\0${txnId}`, {
       storage: st,
       txnId,
@@ -662,6 +684,7 @@ export class ObjectStore {
       if (holders.size === 0) this.sharedLocks.delete(k);
     }
     this.blobs.release(st, txnId);
+    if (this.votedAtTid === `${st}\0${txnId}`) this.votedAtTid = undefined;
     this.prepared.delete(`${st}\0${txnId}`);
   }
 
@@ -703,6 +726,7 @@ export class ObjectStore {
    * `shared`, a store resolved on the server asking) by sharing it.
    */
   lockedForOthers(st: string, oid: Uint8Array, txnId: string, shared: boolean): boolean {
+    if (this.votedAtTid !== undefined && this.votedAtTid !== `${st}\0${txnId}`) return true;
     const k = lockKey(st, oid);
     const holder = this.locks.get(k);
     if (holder !== undefined && holder !== txnId) return true;
@@ -846,6 +870,7 @@ export class ObjectStore {
         `a storage name must be 1..${K.MAX_STORAGE_NAME_BYTES} bytes`,
       );
     }
+    this.checkVotedAtTid(cmd);
     if ('commit' in cmd && cmd.commit)
       return cmd.commit.sessionId
         ? this.applySessionCommit(index, cmd.commit, ops, after)
@@ -866,6 +891,26 @@ export class ObjectStore {
     if ('member' in cmd && cmd.member)
       return Promise.resolve(this.applyMember(cmd.member, ops, after));
     throw new StorageError('INVALID', 'empty command');
+  }
+
+  /**
+   * While a transaction is voted at a given TID, its finish must be the next commit (TIDs strictly
+   * increase): other commits, undos and votes wait (LOCKED, transient), as behind a ZEO server's
+   * commit lock.
+   */
+  private checkVotedAtTid(cmd: Command): void {
+    const held = this.votedAtTid;
+    if (held === undefined) return;
+    const c = cmd as Record<string, any>;
+    const other =
+      !!c.commit ||
+      !!c.undo ||
+      (!!c.prepare && `${c.prepare.txn?.storage}\0${c.prepare.txnId}` !== held);
+    if (other)
+      throw new StorageError(
+        'LOCKED',
+        `a transaction at a given TID (a restore) is voted in storage ${JSON.stringify(held.split('\0')[0])}: nothing else commits before its finish`,
+      );
   }
 
   private validateTxn(txn: Txn | undefined): asserts txn is Txn {
@@ -912,7 +957,8 @@ export class ObjectStore {
       if (holder !== undefined && holder !== ownTxnId) {
         throw new StorageError('LOCKED', `object ${hex(oid)} is locked by a voted transaction`);
       }
-      const isResolved = resolved?.has(hex(oid)) === true;
+      // A restored record is written as given (ZODB's restore skips the consistency checks).
+      const isResolved = resolved?.has(hex(oid)) === true || (op as StoreOp).restore === true;
       const sharers = this.sharedLocks.get(lockKey(st, oid));
       if (!shared?.has(hex(oid)) && sharers && [...sharers].some((t) => t !== ownTxnId)) {
         throw new StorageError('LOCKED', `object ${hex(oid)} is locked by a voted transaction`);
@@ -939,6 +985,20 @@ export class ObjectStore {
       ? this.read(K.revisionKey(st, oid, serial))
       : this.db.get(K.revisionKey(st, oid, serial)));
     return r ? buf(revisionCodec.decode(r).data) : undefined;
+  }
+
+  /**
+   * The backpointer a restored record keeps: the source's data_tid when that transaction wrote the
+   * same data for the object here, otherwise none (a hint only, as in FileStorage's restore: it may
+   * be packed away). It is kept as given, so the copy's iterator reports what the source's does.
+   */
+  private async restoredDataTid(st: string, oid: Buffer, s: StoreOp): Promise<Buffer | undefined> {
+    if (!s.dataTid?.length || s.delete) return undefined;
+    const raw = await this.read(K.revisionKey(st, oid, buf(s.dataTid)));
+    if (!raw) return undefined;
+    const prev = revisionCodec.decode(raw);
+    if (prev.deleted || !buf(prev.data).equals(buf(s.data))) return undefined;
+    return buf(s.dataTid);
   }
 
   /** Write a transaction's revisions and records into `ops`; the TID is max(proposed, last + 1). */
@@ -972,7 +1032,9 @@ export class ObjectStore {
       const deleted = s.delete === true;
       const rev: Revision = deleted ? { deleted: true } : { data: buf(s.data), refs: s.refs };
       if (s.opaque && !deleted) rev.opaque = true;
-      const dataTid = dataTids?.get(hex(oid)) ?? (s.dataTid?.length ? buf(s.dataTid) : undefined);
+      const dataTid = s.restore
+        ? await this.restoredDataTid(st, oid, s)
+        : (dataTids?.get(hex(oid)) ?? (s.dataTid?.length ? buf(s.dataTid) : undefined));
       if (dataTid && !deleted) rev.dataTid = dataTid;
       const blobId = storeBlobId(s);
       if (blobId && !deleted) {
@@ -994,6 +1056,7 @@ export class ObjectStore {
       extension: buf(txn.extension),
       oids: records.map((r) => r.oid),
     };
+    if (txn.status && txn.status !== ' ') rec.status = txn.status;
     ops.push({ type: 'put', key: K.txnKey(st, tid), value: txnRecordCodec.encode(rec) });
     const txnCount = (meta.txnCount ?? 0) + 1;
     ops.push({ type: 'put', key: K.txnNumberKey(st, txnCount), value: tid });
@@ -1156,7 +1219,14 @@ export class ObjectStore {
   }
 
   private async applyPrepare(
-    p: { txnId: string; txn: Txn; deadlineMs?: number; reserve?: boolean; retryOnly?: boolean },
+    p: {
+      txnId: string;
+      txn: Txn;
+      deadlineMs?: number;
+      reserve?: boolean;
+      retryOnly?: boolean;
+      tid?: Uint8Array;
+    },
     ops: BatchOp[],
     _after: Array<() => void>,
   ): Promise<ApplyResult> {
@@ -1189,6 +1259,8 @@ export class ObjectStore {
           `transaction id ${p.txnId} is already voted with a different content; a new transaction needs a new id`,
         );
     }
+    const atTid = p.tid?.length ? buf(p.tid) : undefined;
+    if (atTid) this.checkVoteAtTid(st, p.txnId, atTid, again, p.reserve === true);
     const blobCtx = blobContext((k) => this.read(k), ops);
     if (!p.reserve)
       await this.blobs.checkStores(
@@ -1197,7 +1269,7 @@ export class ObjectStore {
         again ? `${st}\0${p.txnId}` : undefined,
         blobCtx,
       );
-    const resolved = p.reserve ? [] : await this.resolvableStores(p.txn);
+    const resolved = p.reserve || atTid ? [] : await this.resolvableStores(p.txn);
     await this.checkTxn(
       p.txn,
       again ? p.txnId : undefined,
@@ -1216,11 +1288,39 @@ export class ObjectStore {
     if (!p.reserve) await this.blobs.holdCommitted(st, p.txn.stores ?? [], 1, blobCtx);
     if (earlier && !earlier.reserve)
       await this.blobs.holdCommitted(st, earlier.txn.stores ?? [], -1, blobCtx);
+    if (atTid) rec.tid = atTid;
     ops.push({ type: 'put', key: K.preparedKey(st, p.txnId), value: preparedCodec.encode(rec) });
     // Locks are taken now (not after the write) so that the next command applied sees them.
     if (again) this.releaseLocks(st, p.txnId);
     this.holdLocks(st, p.txnId, rec);
     return { ok: true };
+  }
+
+  /** A vote at a given TID: above every TID, alone, and not a reservation. */
+  private checkVoteAtTid(
+    st: string,
+    txnId: string,
+    tid: Buffer,
+    again: boolean,
+    reserve: boolean,
+  ): void {
+    if (tid.length !== ID_BYTES) throw new StorageError('INVALID', 'a TID must be 8 bytes');
+    if (reserve) throw new StorageError('INVALID', 'a reservation cannot name a TID');
+    if (isLastOid(tid))
+      throw new StorageError('INVALID', `TID ${hex(tid)} is the largest: nothing could follow it`);
+    if (idCompare(tid, this.lastTidGlobal) <= 0) {
+      const stLast = serialOf(this.meta(st).lastTid);
+      throw new StorageError(
+        'INVALID',
+        `TID ${hex(tid)} (${tidTime(tid)}) is not above the last TID ${hex(this.lastTidGlobal)} (${tidTime(this.lastTidGlobal)}; storage ${JSON.stringify(st)}'s last is ${hex(stLast)}): TIDs strictly increase across every storage of the cluster, so a restore goes into a storage before anything newer is committed in the cluster`,
+      );
+    }
+    const others = this.prepared.size - (again ? 1 : 0);
+    if (others > 0)
+      throw new StorageError(
+        'LOCKED',
+        `${others} other transaction(s) voted: a transaction at a given TID votes when nothing else is voted`,
+      );
   }
 
   private async applyFinish(
@@ -1251,8 +1351,10 @@ export class ObjectStore {
         `voted transaction ${f.txnId} no longer passes its conflict check: ${String(e)}`,
       );
     });
-    const result = await this.applyCommit(txn, f.tid, ops, after, current);
+    const atTid = rec.tid?.length ? buf(rec.tid) : undefined;
+    const result = await this.applyCommit(txn, atTid ?? f.tid, ops, after, current);
     assert(result.ok && result.tid, 'finish of a voted transaction must commit');
+    assert(!atTid || idEquals(result.tid, atTid), `${f.txnId} committed beside its given TID`);
     ops.push({ type: 'del', key: K.preparedKey(st, f.txnId) });
     ops.push({ type: 'put', key: K.finishedKey(st, f.txnId), value: result.tid });
     this.releaseLocks(st, f.txnId);
@@ -2122,6 +2224,7 @@ export class ObjectStore {
         user: rec.user ?? '',
         description: rec.description ?? '',
         extension: buf(rec.extension),
+        status: rec.status || ' ',
         records,
       };
     }

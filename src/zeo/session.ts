@@ -76,6 +76,13 @@ const OUTBOX_EVENTS_MAX = 100_000;
 const VOTE_ATTEMPTS_MAX = 3;
 /** A voted transaction's lease is renewed this often while its session lives (see VOTE_LEASE_MS). */
 const VOTE_RENEW_MS = 250;
+/** A vote at a given TID that met other votes looks again after the next apply, or this long. */
+const AT_TID_RETRY_MS = 50;
+/**
+ * A TID given to tpc_begin this far past the node's clock is refused: it names no time a source
+ * database can have reached, and every later commit of the cluster would have to follow it.
+ */
+const GIVEN_TID_FUTURE_MAX_MS = 3_600_000;
 /** How long tpc_finish retries a finish whose outcome is unknown (leader change) before giving up. */
 const FINISH_RETRY_MS = 20_000;
 const FINISH_RETRY_PAUSE_MS = 100;
@@ -145,6 +152,10 @@ interface PendingTxn {
   reserved?: boolean;
   /** The blob uploads its stores name, settled before its vote (zeo/blob-upload.ts). */
   blobs?: Promise<number>[];
+  /** The TID it commits at (tpc_begin with a TID: a restore), instead of one the cluster assigns. */
+  tid?: Buffer;
+  /** ZODB's transaction status (' ', or 'p' / 'u' given by a restore). */
+  status: string;
 }
 
 interface TxnIterator {
@@ -167,6 +178,51 @@ function encodeExtension(ext: unknown): Buffer {
   if (typeof ext !== 'object' || Array.isArray(ext) || ext instanceof Uint8Array)
     throw typeError('the transaction extension must be a dict');
   return Object.keys(ext).length ? encodeValue(ext) : Buffer.alloc(0);
+}
+
+/** Text that must be kept exactly (a restore's user and description): UTF-8, as it is stored. */
+function exactText(v: unknown, name: string): void {
+  if (v instanceof Uint8Array) {
+    const b = toBuffer(v);
+    if (!Buffer.from(b.toString('utf8'), 'utf8').equals(b))
+      throw storageError(
+        `the ${name} of a restored transaction is not UTF-8 (${b.subarray(0, 64).toString('hex')}): ZeoRaft keeps transaction metadata as text and would change it`,
+      );
+  }
+}
+
+/** ZODB's transaction statuses a restore may give (FileStorage's fsck accepts these). */
+const STATUSES = new Set([' ', 'p', 'u']);
+
+/**
+ * The TID and status of tpc_begin(txn, tid, status): the TID is 8 bytes, not too far past the
+ * clock; the status one of STATUSES. With a TID, user and description must be kept exactly.
+ */
+function restoreAt(
+  tidArg: unknown,
+  statusArg: unknown,
+  user: unknown,
+  description: unknown,
+): { tid?: Buffer; status: string } {
+  const tid = optionalIdArg(tidArg, 'tid');
+  let status = ' ';
+  if (statusArg instanceof Uint8Array) status = toBuffer(statusArg).toString('latin1');
+  else if (typeof statusArg === 'string') status = statusArg;
+  else if (statusArg !== null && statusArg !== undefined)
+    throw typeError('status must be a one-character str');
+  if (!STATUSES.has(status))
+    throw storageError(
+      `transaction status ${JSON.stringify(status.slice(0, 8))} is not one of ' ', 'p', 'u'`,
+    );
+  if (tid) {
+    if (idCompare(tid, tidFromTime(Date.now() + GIVEN_TID_FUTURE_MAX_MS)) > 0)
+      throw storageError(
+        `TID ${hex(tid)} is more than ${GIVEN_TID_FUTURE_MAX_MS / 60_000} minutes past this node's clock`,
+      );
+    exactText(user, 'user');
+    exactText(description, 'description');
+  }
+  return { tid, status };
 }
 
 /** The ext dict back; extensions written by other clients (opaque bytes) read as {}. */
@@ -406,6 +462,8 @@ export class ZeoSession {
       this.stage(a[3], (t) => {
         const oid = idArg(a[0], 'oid');
         const data = bytesArg(a[2], 'data');
+        if ([...t.stores.values()].some((op) => op.restore))
+          throw storageTransactionError('restore and store or undo in one transaction');
         this.charge(t, t.stores.get(hex(oid)), 16 + data.length);
         const op: StoreOp = { oid, serial: baseSerialArg(a[1]), data, ...references(data) };
         if (op.opaque) packMetrics(this.node).unreadableStored.inc();
@@ -441,9 +499,8 @@ export class ZeoSession {
       this.stage(a[1], (t) => t.undos.push(this.undoId(a[0])));
     },
     restorea: function (a) {
-      this.stage(a[a.length - 1], (t) => {
-        t.error ??= unsupported('restore is not supported by ZeoRaft (it cannot set serials)');
-      });
+      arity(a, 'restorea', 5);
+      this.stage(a[4], (t) => this.restore(t, a));
     },
     storeBlobStart: function (a) {
       arity(a, 'storeBlobStart', 0);
@@ -776,7 +833,7 @@ export class ZeoSession {
     }
     it.last = r.value;
     const t = r.value;
-    return [t.tid, ' ', bytes(t.user), bytes(t.description), decodeExtension(t.extension)];
+    return [t.tid, t.status, bytes(t.user), bytes(t.description), decodeExtension(t.extension)];
   }
 
   private iteratorRecordStart(txnIid: number, tid: Buffer): number {
@@ -844,6 +901,15 @@ export class ZeoSession {
     const user = textArg(a[1], 'user');
     const description = textArg(a[2], 'description');
     const extension = encodeExtension(a[3]);
+    // A given TID and status (copyTransactionsFrom's restore) are checked now and any error is
+    // raised at vote, as one-way calls cannot answer.
+    let at: { tid?: Buffer; status: string } | ZeoException;
+    try {
+      at = restoreAt(a[4], a[5], a[1], a[2]);
+    } catch (e) {
+      if (!(e instanceof ZeoException)) throw e;
+      at = e;
+    }
     this.txn = {
       handle,
       txnId: `${ZEO_TXN_ID_PREFIX}${this.connectionId}:${++this.txnCounter}`,
@@ -856,11 +922,13 @@ export class ZeoSession {
       dataBytes: Buffer.byteLength(user) + Buffer.byteLength(description) + extension.length,
       voted: false,
       finishing: false,
+      status: ' ',
     };
-    // Restoring with a given TID (copyTransactionsFrom) is refused at vote, as one-way calls
-    // cannot answer.
-    if (a[4] !== undefined && a[4] !== null)
-      this.txn.error = unsupported('tpc_begin with a given TID (restore) is not supported');
+    if (at instanceof ZeoException) this.txn.error = at;
+    else {
+      this.txn.tid = at.tid;
+      this.txn.status = at.status;
+    }
     this.stats.active_txns++;
   }
 
@@ -877,6 +945,31 @@ export class ZeoSession {
       if (e instanceof ZeoException) t.error ??= e;
       else throw e;
     }
+  }
+
+  /**
+   * ZODB's restore(oid, serial, data, prev_txn): a record copied from another storage, written as
+   * given at the transaction's TID (the serial, the source's TID of the record, is that TID in a
+   * copy and is not used), without a conflict check. `data` None is a record without data (an
+   * undone creation); `prev_txn` is the source's backpointer, kept when it holds the same data here.
+   */
+  private restore(t: PendingTxn, a: unknown[]): void {
+    const oid = idArg(a[0], 'oid');
+    optionalIdArg(a[1], 'serial');
+    const prev = optionalIdArg(a[3], 'prev_txn');
+    if (t.undos.length || [...t.stores.values()].some((op) => !op.restore))
+      throw storageTransactionError('restore and store or undo in one transaction');
+    if (a[2] === null || a[2] === undefined) {
+      this.charge(t, t.stores.get(hex(oid)), 16);
+      t.stores.set(hex(oid), { oid, delete: true, restore: true });
+    } else {
+      const data = bytesArg(a[2], 'data');
+      this.charge(t, t.stores.get(hex(oid)), 16 + data.length);
+      const op: StoreOp = { oid, data, restore: true, ...references(data) };
+      if (prev) op.dataTid = prev;
+      t.stores.set(hex(oid), op);
+    }
+    this.stats.stores++;
   }
 
   /**
@@ -1008,6 +1101,18 @@ export class ZeoSession {
         stores: [...stores.values()],
         checks,
       };
+      if (t.status !== ' ') txn.status = t.status;
+      if (t.tid) {
+        // One vote at the given TID: it waits until nothing else is voted, then holds the cluster's
+        // commits until its finish. A conflict (a store at a given TID) is the client's error.
+        const r = await this.prepareAtTid({
+          prepare: { txnId: t.txnId, txn, leaseMs: VOTE_LEASE_MS, tid: t.tid },
+        });
+        if (!r.ok) return this.fromStorage(r.error);
+        t.voted = true;
+        this.renewLease(t);
+        return undone;
+      }
       const oids = [...txn.stores!, ...checks].map((x) => x.oid as Buffer);
       for (let attempt = 1; ; attempt++) {
         // Conflicts visible in the applied state are all answered at once (with their objects
@@ -1089,7 +1194,7 @@ export class ZeoSession {
   private async conflicts(t: PendingTxn): Promise<Record<string, unknown>[]> {
     const out: Record<string, unknown>[] = [];
     for (const op of t.stores.values()) {
-      if (op.delete || op.resolve) continue;
+      if (op.delete || op.resolve || op.restore) continue;
       const cur = await this.node.store.currentSerial(this.st, op.oid as Buffer);
       if (idCompare(cur, op.serial ?? Z64) > 0) out.push(this.conflictDict(op, cur));
     }
@@ -1166,6 +1271,38 @@ export class ZeoSession {
       }
     } finally {
       ticket?.leave();
+    }
+  }
+
+  /**
+   * Propose a vote at a given TID, waiting (up to ZEORAFT_LOCK_WAIT_MS) while other transactions
+   * are voted: it is accepted only when it is the one voted transaction.
+   */
+  private async prepareAtTid(cmd: Extract<Command, { prepare: unknown }>): Promise<ApplyResult> {
+    const end = Date.now() + this.node.config.lockWaitMs;
+    for (;;) {
+      let r: ApplyResult;
+      try {
+        r = await this.node.replicator.propose(cmd, this.deadline());
+      } catch (e) {
+        this.node.replicator
+          .propose(
+            { abort: { storage: this.st, txnId: cmd.prepare.txnId, reason: 'client' } },
+            this.deadline(),
+          )
+          .catch(() => undefined);
+        throw storageError(`vote failed: ${e instanceof Error ? e.message : e}`);
+      }
+      if (r.ok || r.error.kind !== 'LOCKED' || Date.now() >= end || this.closed) return r;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, AT_TID_RETRY_MS);
+        const unlisten = this.node.store.onApplied(done);
+        function done(): void {
+          clearTimeout(timer);
+          unlisten();
+          resolve();
+        }
+      });
     }
   }
 

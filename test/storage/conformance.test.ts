@@ -558,6 +558,121 @@ describe('ObjectStore conformance', function () {
       assert.equal(e.transient, false);
     });
 
+    describe('at a given TID (restore)', function () {
+      const at = (txnId: string, tid: Buffer, stores: any[], status?: string, storage = ST) =>
+        t.apply({
+          prepare: { txnId, txn: { storage, stores, status }, deadlineMs: 1234, tid },
+        });
+
+      it('commits at the TID with its status, restored records as given, and backpointers that hold', async function () {
+        const [t1, t2, t3] = [tidOf(10), tidOf(20), tidOf(30)];
+        assert.deepEqual(
+          await at('r1', t1, [
+            { oid: oid(1), data: data('a'), restore: true },
+            { oid: oid(2), data: data('b'), restore: true },
+          ]),
+          { ok: true },
+        );
+        assert.deepEqual(
+          mustTid(await t.apply({ finish: { storage: ST, txnId: 'r1', tid: tidOf(99) } })),
+          t1,
+        );
+        // No serial check; a record without data; a backpointer to the same data is kept, one to
+        // other data (or to a transaction that did not write the object) is dropped.
+        assert.ok(
+          (
+            await at(
+              'r2',
+              t2,
+              [
+                { oid: oid(1), data: data('a'), dataTid: t1, restore: true },
+                { oid: oid(2), delete: true, dataTid: t1, restore: true },
+                { oid: oid(3), data: data('c'), dataTid: t1, restore: true },
+              ],
+              'p',
+            )
+          ).ok,
+        );
+        mustTid(await t.apply({ finish: { storage: ST, txnId: 'r2', tid: Z64 } }));
+        assert.ok(
+          (await at('r3', t3, [{ oid: oid(1), data: data('x'), dataTid: t1, restore: true }])).ok,
+        );
+        mustTid(await t.apply({ finish: { storage: ST, txnId: 'r3', tid: Z64 } }));
+        const all = await collect(t.store.iterate(ST));
+        assert.deepEqual(
+          all.map((x) => [x.tid, x.status]),
+          [
+            [t1, ' '],
+            [t2, 'p'],
+            [t3, ' '],
+          ],
+        );
+        assert.deepEqual(all[1].records, [
+          { oid: oid(1), data: data('a'), deleted: false, dataTid: t1 },
+          { oid: oid(2), data: Buffer.alloc(0), deleted: true, dataTid: Z64 },
+          { oid: oid(3), data: data('c'), deleted: false, dataTid: Z64 },
+        ]);
+        assert.deepEqual(all[2].records[0].dataTid, Z64);
+        await rejectsWith(t.store.load(ST, oid(2)), 'NOT_FOUND');
+        assert.deepEqual(t.store.lastTid, t3);
+        // Afterwards an ordinary store: later TIDs, conflict checks against the restored serials.
+        expectError(await t.commit([{ oid: oid(1), serial: t2, data: data('y') }]), 'CONFLICT');
+        assert.ok(idCompare(await t.put(oid(1), t3, 'y'), t3) > 0);
+      });
+
+      it('refuses a TID not above the last of every storage (INVALID, naming both)', async function () {
+        await t.put(oid(1), Z64, 'a', { storage: 'other' });
+        const last = t.store.lastTid;
+        for (const tid of [last, tidOf(1), Buffer.alloc(8, 0xff)]) {
+          const e = expectError(
+            await at('r', tid, [{ oid: oid(5), data: data('x'), restore: true }]),
+            'INVALID',
+          );
+          assert.match(e.message, /is not above the last TID|is the largest/);
+        }
+        assert.deepEqual(t.store.preparedTransactions(), []);
+      });
+
+      it('holds every other commit and vote until its finish or abort, also across reopen', async function () {
+        const s1 = await t.put(oid(1), Z64, 'a');
+        // Votes only when nothing else is voted.
+        assert.ok((await prepare('t1', [{ oid: oid(1), serial: s1, data: data('b') }])).ok);
+        const tid = p64(u64(t.store.lastTid) + 100n);
+        expectError(
+          await at('r1', tid, [{ oid: oid(9), data: data('r'), restore: true }]),
+          'LOCKED',
+        );
+        mustTid(await t.apply({ finish: { storage: ST, txnId: 't1', tid: Z64 } }));
+        const at2 = p64(u64(t.store.lastTid) + 100n);
+        assert.ok((await at('r1', at2, [{ oid: oid(9), data: data('r'), restore: true }])).ok);
+        await t.reopen();
+        // Nothing else commits or votes, in any storage, nor undoes; the lock is everyone's.
+        expectError(await t.commit([{ oid: oid(2), serial: Z64, data: data('c') }]), 'LOCKED');
+        expectError(
+          await t.commit([{ oid: oid(2), serial: Z64, data: data('c') }], { storage: 'other' }),
+          'LOCKED',
+        );
+        expectError(await prepare('t2', [{ oid: oid(3), serial: Z64, data: data('d') }]), 'LOCKED');
+        expectError(await t.apply({ undo: { tid: Z64, storage: ST, undoTid: s1 } }), 'LOCKED');
+        assert.equal(t.store.lockedForOthers('other', oid(4), 't2', false), true);
+        assert.equal(t.store.lockedForOthers(ST, oid(4), 'r1', false), false);
+        // Its own vote again is a retry, not another vote.
+        assert.ok((await at('r1', at2, [{ oid: oid(9), data: data('r'), restore: true }])).ok);
+        assert.deepEqual(
+          mustTid(await t.apply({ finish: { storage: ST, txnId: 'r1', tid: Z64 } })),
+          at2,
+        );
+        assert.ok(idCompare(await t.put(oid(2), Z64, 'c'), at2) > 0);
+        // An abort releases it too.
+        const at3 = p64(u64(t.store.lastTid) + 100n);
+        assert.ok((await at('r2', at3, [{ oid: oid(8), data: data('q'), restore: true }])).ok);
+        expectError(await t.commit([{ oid: oid(3), serial: Z64, data: data('d') }]), 'LOCKED');
+        assert.ok((await t.apply({ abort: { storage: ST, txnId: 'r2' } })).ok);
+        mustTid(await t.commit([{ oid: oid(3), serial: Z64, data: data('d') }]));
+        await rejectsWith(t.store.load(ST, oid(8)), 'NOT_FOUND');
+      });
+    });
+
     it('voted transactions and their locks survive close and reopen', async function () {
       const s1 = await t.put(oid(1), Z64, 'a');
       await prepare(
@@ -1007,6 +1122,7 @@ describe('ObjectStore conformance', function () {
         user: 'u1',
         description: 'd1',
         extension: data('e'),
+        status: ' ',
         records: [{ oid: oid(1), data: data('a'), deleted: false, dataTid: Z64 }],
       });
       assert.deepEqual(all[1].records, [

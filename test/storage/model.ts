@@ -544,6 +544,8 @@ export class Model {
         user: t.user,
         description: t.description,
         extension: t.extension.toString('hex'),
+        // The model has no restores, which alone give another status.
+        status: ' ',
         records: t.oids.flatMap((oid) => {
           const r = s.revs.get(oid)?.find((x) => x.tid === tid);
           if (!r) return [];

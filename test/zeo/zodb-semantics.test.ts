@@ -192,14 +192,15 @@ describe('ZEO door: what the ZODB and ZEO storage suites expect', function () {
     assert.equal(await c.call('tpc_abort', id2), null);
   });
 
-  it('fails tpc_begin with a TID at vote (Unsupported) and keeps the connection', async () => {
+  it('fails tpc_begin with a TID not above the last at vote (StorageError) and keeps the connection', async () => {
     const c = await connect(members[2], 'misc');
     const oid = await newOid(c);
     const id = begin(c, { tid: p64(1n) });
     c.oneWay('storea', oid, Z64, b('restored'), id);
     const e = await c.call('vote', id).catch((x) => x);
     assert.ok(e instanceof ServerError);
-    assert.equal(e.pyClass, 'ZODB.POSException.Unsupported');
+    assert.equal(e.pyClass, 'ZODB.POSException.StorageError');
+    assert.match(String(e.pyArgs[0]), /is not above the last TID/);
     assert.equal(await c.call('tpc_abort', id), null);
     assert.equal(await c.call('ping'), null);
   });

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Moving a FileStorage site into ZeoRaft with zodbconvert, verified transaction by transaction.
+
+1. Builds a FileStorage (Data.fs) with the real ZODB: a few hundred transactions over persistent
+   mappings and a BTree, with users, descriptions (some not ASCII) and extensions, undos (some
+   undoing object creations, which leave records without data; some undoing undos), and a pack in
+   the middle (its transactions get status 'p').
+2. Runs RelStorage's `zodbconvert` (pinned in requirements.txt) from that FileStorage into storage
+   `1` of a running cluster through its ZEO port, and times it.
+3. Compares the two with their iterators through another node: the same TIDs, statuses, users,
+   descriptions, extensions and records (OID, TID, data, data_txn) in the same order, and the
+   same current state of every object.
+4. Opens the copy with ZODB and commits to it, as the site would after moving in.
+
+Prints one JSON line with the counts and the speed; exits non-zero on any difference.
+
+Usage: python migrate.py --zeo HOST:PORT,HOST:PORT,... --workdir DIR [--transactions N]
+"""
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+import transaction
+import ZODB
+import ZODB.FileStorage
+import ZODB.POSException
+from BTrees.OOBTree import OOBTree
+from persistent.mapping import PersistentMapping
+from ZODB.TimeStamp import TimeStamp
+
+import ZEO.ClientStorage
+
+#: Containers whose contents the transactions change (several, so undos do not conflict).
+CONTAINERS = 20
+
+
+def build_source(path, n_txns, seed=17):
+    """A FileStorage with history: returns facts about what it holds, for the checks."""
+    rnd = random.Random(seed)
+    storage = ZODB.FileStorage.FileStorage(path, create=True)
+    db = ZODB.DB(storage)
+    conn = db.open()
+    root = conn.root()
+    root['tree'] = OOBTree()
+    for c in range(CONTAINERS):
+        root['c%d' % c] = PersistentMapping()
+    transaction.get().note('set up')
+    transaction.commit()
+
+    def commit(i, container, description):
+        t = transaction.get()
+        t.setUser('user%d' % (i % 5), '/site')
+        t.note(description)
+        t.setExtendedInfo('i', i)
+        if i % 7 == 0:
+            t.setExtendedInfo('request', {'path': '/edit/%d' % i, 'agent': 'zodb'})
+        transaction.commit()
+        return storage.lastTransaction()
+
+    pack_tid = None
+    undo_last = None
+    for i in range(n_txns):
+        c = root['c%d' % (i % CONTAINERS)]
+        kind = i % 10
+        if kind == 3:
+            # A creation to undo: a new object in the container, undone next.
+            c['new%d' % i] = PersistentMapping({'payload': rnd.randbytes(64)})
+            commit(i, c, 'create %d' % i)
+            undo_last = 'create %d' % i
+        elif kind == 4 and undo_last:
+            undo(db, undo_last)
+            commit(i, c, 'undo (%s) \u2013 caf\u00e9' % undo_last)
+            undo_last = 'undo (%s) \u2013 caf\u00e9' % undo_last if i % 20 == 4 else None
+        elif kind == 5 and undo_last:
+            # An undo of an undo: the creation comes back.
+            undo(db, undo_last)
+            commit(i, c, 'redo %d' % i)
+            undo_last = None
+        else:
+            c['k%d' % (i % 13)] = rnd.randbytes(rnd.randrange(16, 300))
+            root['tree'][i] = 'value %d' % i
+            commit(i, c, 'change %d' % i)
+        if i == n_txns // 3:
+            pack_tid = storage.lastTransaction()
+    # Pack as of a third of the way: FileStorage drops the transactions left without records and
+    # marks the ones it rewrote with status 'p'.
+    db.pack(TimeStamp(pack_tid).timeTime() + 1e-6)
+    conn.close()
+    db.close()
+
+
+def undo(db, description):
+    for d in db.undoLog(0, 50):
+        if d['description'] == description.encode('utf-8') or d['description'] == description:
+            db.undo(d['id'])
+            return
+    raise AssertionError('no transaction %r to undo' % description)
+
+
+def convert(source_path, zeo, workdir):
+    """zodbconvert from the FileStorage into storage 1 through the first node's ZEO port."""
+    config = os.path.join(workdir, 'convert.conf')
+    host, port = zeo[0]
+    with open(config, 'w') as f:
+        f.write('<filestorage source>\n  path %s\n  read-only true\n</filestorage>\n'
+                '<zeoclient destination>\n  server %s:%d\n  storage 1\n  wait true\n'
+                '</zeoclient>\n' % (source_path, host, port))
+    zodbconvert = os.path.join(os.path.dirname(sys.executable), 'zodbconvert')
+    started = time.monotonic()
+    subprocess.run([zodbconvert, config], check=True)
+    return time.monotonic() - started
+
+
+def records(txn):
+    return [(r.oid, r.tid, r.data, r.data_txn) for r in txn]
+
+
+def compare(source, dest):
+    """Transaction by transaction; returns counts. Raises AssertionError on a difference."""
+    counts = {'transactions': 0, 'records': 0, 'without_data': 0, 'backpointers': 0,
+              'statuses': {}}
+    oids = set()
+    it1, it2 = source.iterator(), dest.iterator()
+    for t1 in it1:
+        t2 = next(it2, None)
+        assert t2 is not None, 'the copy ends before %s' % t1.tid.hex()
+        where = 'transaction %s' % t1.tid.hex()
+        assert t1.tid == t2.tid, '%s: the copy has %s' % (where, t2.tid.hex())
+        for attr in ('status', 'user', 'description', 'extension', 'extension_bytes'):
+            a, b = getattr(t1, attr), getattr(t2, attr)
+            assert a == b, '%s: %s %r in the source, %r in the copy' % (where, attr, a, b)
+        r1, r2 = records(t1), records(t2)
+        assert r1 == r2, '%s: records differ:\n%r\n%r' % (where, r1, r2)
+        counts['transactions'] += 1
+        counts['records'] += len(r1)
+        counts['without_data'] += sum(1 for r in r1 if r[2] is None)
+        counts['backpointers'] += sum(1 for r in r1 if r[3] is not None)
+        counts['statuses'][t1.status] = counts['statuses'].get(t1.status, 0) + 1
+        oids.update(r[0] for r in r1)
+    extra = next(it2, None)
+    assert extra is None, 'the copy has an extra transaction %s' % extra.tid.hex()
+    for oid in sorted(oids):
+        try:
+            expected = source.load(oid)
+        except ZODB.POSException.POSKeyError:
+            try:
+                got = dest.load(oid)
+            except ZODB.POSException.POSKeyError:
+                continue
+            raise AssertionError('object %s: none in the source, %r in the copy' % (oid.hex(), got))
+        assert dest.load(oid) == expected, 'object %s: current state differs' % oid.hex()
+    counts['objects'] = len(oids)
+    return counts
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--zeo', required=True, help='the nodes\' ZEO addresses, comma-separated')
+    parser.add_argument('--workdir', required=True)
+    parser.add_argument('--transactions', type=int, default=300)
+    args = parser.parse_args()
+    zeo = [(a.rsplit(':', 1)[0], int(a.rsplit(':', 1)[1])) for a in args.zeo.split(',')]
+    source_path = os.path.join(args.workdir, 'Data.fs')
+    build_source(source_path, args.transactions)
+
+    seconds = convert(source_path, zeo, args.workdir)
+
+    source = ZODB.FileStorage.FileStorage(source_path, read_only=True)
+    dest = ZEO.ClientStorage.ClientStorage(zeo[1 % len(zeo)], storage='1', wait=True,
+                                           read_only=True)
+    try:
+        counts = compare(source, dest)
+    finally:
+        dest.close()
+
+    # The site moved in: open it with ZODB through another node and carry on.
+    db = ZODB.DB(ZEO.ClientStorage.ClientStorage(zeo[2 % len(zeo)], storage='1', wait=True))
+    with db.transaction() as conn:
+        root = conn.root()
+        assert sorted(root)[:2] == ['c0', 'c1'] and len(root['tree']) > 0
+        root['c0']['after'] = 'moved in'
+    last = db.storage.lastTransaction()
+    db.close()
+    assert last > source.lastTransaction(), 'a commit after the copy follows its TIDs'
+    source.close()
+
+    counts['seconds'] = round(seconds, 3)
+    counts['transactions_per_second'] = round(counts['transactions'] / seconds, 1)
+    print(json.dumps(counts, sort_keys=True))
+
+
+if __name__ == '__main__':
+    main()
