@@ -462,8 +462,6 @@ export class ZeoSession {
       this.stage(a[3], (t) => {
         const oid = idArg(a[0], 'oid');
         const data = bytesArg(a[2], 'data');
-        if ([...t.stores.values()].some((op) => op.restore))
-          throw storageTransactionError('restore and store or undo in one transaction');
         this.charge(t, t.stores.get(hex(oid)), 16 + data.length);
         const op: StoreOp = { oid, serial: baseSerialArg(a[1]), data, ...references(data) };
         if (op.opaque) packMetrics(this.node).unreadableStored.inc();
@@ -957,8 +955,6 @@ export class ZeoSession {
     const oid = idArg(a[0], 'oid');
     optionalIdArg(a[1], 'serial');
     const prev = optionalIdArg(a[3], 'prev_txn');
-    if (t.undos.length || [...t.stores.values()].some((op) => !op.restore))
-      throw storageTransactionError('restore and store or undo in one transaction');
     if (a[2] === null || a[2] === undefined) {
       this.charge(t, t.stores.get(hex(oid)), 16);
       t.stores.set(hex(oid), { oid, delete: true, restore: true });

@@ -11,6 +11,10 @@
    descriptions, extensions and records (OID, TID, data, data_txn) in the same order, and the
    same current state of every object.
 4. Opens the copy with ZODB and commits to it, as the site would after moving in.
+5. Does the same for a second FileStorage with blobs (created, changed, their changes undone,
+   their creation undone), copied into storage `blobs` with examples/python/zodb_import.py
+   (zodbconvert cannot copy blobs through ZEO: ZEO's client has no restoreBlob), and compares the
+   blob files as well.
 
 Prints one JSON line with the counts and the speed; exits non-zero on any difference.
 
@@ -33,6 +37,11 @@ from persistent.mapping import PersistentMapping
 from ZODB.TimeStamp import TimeStamp
 
 import ZEO.ClientStorage
+import ZODB.blob
+from ZODB.blob import Blob
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+IMPORT = os.path.join(REPO, 'examples', 'python', 'zodb_import.py')
 
 #: Containers whose contents the transactions change (several, so undos do not conflict).
 CONTAINERS = 20
@@ -93,6 +102,42 @@ def build_source(path, n_txns, seed=17):
     db.close()
 
 
+def build_blob_source(path, blob_dir, n_txns, seed=23):
+    """A FileStorage with blobs and their history, in cycles of eight transactions."""
+    rnd = random.Random(seed)
+    db = ZODB.DB(ZODB.FileStorage.FileStorage(path, create=True, blob_dir=blob_dir))
+    conn = db.open()
+    root = conn.root()
+    root['files'] = PersistentMapping()
+    transaction.commit()
+    for i in range(n_txns):
+        files = root['files']
+        c, step = divmod(i, 8)
+        if step == 0:
+            files['f%d' % c] = Blob(rnd.randbytes(rnd.randrange(1, 300_000)))
+            note = 'add f%d' % c
+        elif step in (1, 2):
+            with files['f%d' % c].open('w') as f:
+                f.write(rnd.randbytes(rnd.randrange(1, 100_000)))
+            note = 'change f%d %d' % (c, step)
+        elif step == 3:
+            undo(db, 'change f%d 2' % c)  # the blob goes back to its first change
+            note = 'undo change f%d' % c
+        elif step == 4:
+            files['g%d' % c] = Blob(b'short-lived %d' % c)
+            note = 'add g%d' % c
+        elif step == 5:
+            undo(db, 'add g%d' % c)  # a blob whose creation is undone: a record without data
+            note = 'undo add g%d' % c
+        else:
+            files['n%d' % i] = i
+            note = 'misc %d' % i
+        transaction.get().note(note)
+        transaction.commit()
+    conn.close()
+    db.close()
+
+
 def undo(db, description):
     for d in db.undoLog(0, 50):
         if d['description'] == description.encode('utf-8') or d['description'] == description:
@@ -119,10 +164,14 @@ def records(txn):
     return [(r.oid, r.tid, r.data, r.data_txn) for r in txn]
 
 
-def compare(source, dest):
-    """Transaction by transaction; returns counts. Raises AssertionError on a difference."""
+def compare(source, dest, blobs=False):
+    """Transaction by transaction; returns counts. Raises AssertionError on a difference.
+
+    With `blobs`: a blob record is copied with storeBlob (a new blob file, no backpointer), so
+    its data_txn is not compared; its blob file is, byte for byte.
+    """
     counts = {'transactions': 0, 'records': 0, 'without_data': 0, 'backpointers': 0,
-              'statuses': {}}
+              'statuses': {}, 'blobs': 0}
     oids = set()
     it1, it2 = source.iterator(), dest.iterator()
     for t1 in it1:
@@ -134,6 +183,12 @@ def compare(source, dest):
             a, b = getattr(t1, attr), getattr(t2, attr)
             assert a == b, '%s: %s %r in the source, %r in the copy' % (where, attr, a, b)
         r1, r2 = records(t1), records(t2)
+        if blobs:
+            for i, r in enumerate(r1):
+                if r[2] is not None and ZODB.blob.is_blob_record(r[2]) and i < len(r2):
+                    r2[i] = r2[i][:3] + (r[3],)
+                    if same_blob(source, dest, r[0], r[1]):
+                        counts['blobs'] += 1
         assert r1 == r2, '%s: records differ:\n%r\n%r' % (where, r1, r2)
         counts['transactions'] += 1
         counts['records'] += len(r1)
@@ -157,11 +212,28 @@ def compare(source, dest):
     return counts
 
 
+def same_blob(source, dest, oid, tid):
+    """Whether both have the same blob file for the revision (True), or neither has one (False)."""
+    try:
+        path = source.loadBlob(oid, tid)
+    except ZODB.POSException.POSKeyError:
+        try:
+            dest.loadBlob(oid, tid)
+        except ZODB.POSException.POSKeyError:
+            return False
+        raise AssertionError('blob %s@%s: none in the source, one in the copy' % (
+            oid.hex(), tid.hex()))
+    with open(path, 'rb') as f1, open(dest.loadBlob(oid, tid), 'rb') as f2:
+        assert f1.read() == f2.read(), 'blob %s@%s differs' % (oid.hex(), tid.hex())
+    return True
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--zeo', required=True, help='the nodes\' ZEO addresses, comma-separated')
     parser.add_argument('--workdir', required=True)
     parser.add_argument('--transactions', type=int, default=300)
+    parser.add_argument('--blob-transactions', type=int, default=40)
     args = parser.parse_args()
     zeo = [(a.rsplit(':', 1)[0], int(a.rsplit(':', 1)[1])) for a in args.zeo.split(',')]
     source_path = os.path.join(args.workdir, 'Data.fs')
@@ -190,6 +262,26 @@ def main():
 
     counts['seconds'] = round(seconds, 3)
     counts['transactions_per_second'] = round(counts['transactions'] / seconds, 1)
+
+    # A site with blobs, through examples/python/zodb_import.py into storage `blobs`.
+    blob_path = os.path.join(args.workdir, 'Blobs.fs')
+    blob_dir = os.path.join(args.workdir, 'blobs')
+    build_blob_source(blob_path, blob_dir, args.blob_transactions)
+    started = time.monotonic()
+    subprocess.run([sys.executable, IMPORT, '--source', blob_path, '--blob-dir', blob_dir,
+                    '--zeo', args.zeo, '--storage', 'blobs'], check=True)
+    blob_seconds = time.monotonic() - started
+    source = ZODB.FileStorage.FileStorage(blob_path, read_only=True, blob_dir=blob_dir)
+    cache = os.path.join(args.workdir, 'blob-cache')
+    dest = ZEO.ClientStorage.ClientStorage(zeo[1 % len(zeo)], storage='blobs', wait=True,
+                                           read_only=True, blob_dir=cache)
+    try:
+        blob_counts = compare(source, dest, blobs=True)
+    finally:
+        dest.close()
+        source.close()
+    blob_counts['seconds'] = round(blob_seconds, 3)
+    counts['blob_site'] = blob_counts
     print(json.dumps(counts, sort_keys=True))
 
 

@@ -17,6 +17,8 @@ const PYTHON = path.join(ROOT, '.venv-zodb/bin/python');
 const SCRIPT = path.join(ROOT, 'test/zodb/migrate.py');
 /** Transactions in the source FileStorage. */
 const SOURCE_TRANSACTIONS = 300;
+/** Transactions in the source FileStorage with blobs (cycles of eight). */
+const BLOB_SOURCE_TRANSACTIONS = 40;
 
 interface Member {
   id: string;
@@ -63,6 +65,7 @@ describe('moving a site in: zodbconvert from a FileStorage through the ZEO door'
           ZEORAFT_PEER_LISTEN: `127.0.0.1:${m.peer}`,
           ZEORAFT_ZEO_LISTEN: `127.0.0.1:${m.zeo}`,
           ZEORAFT_PEERS: peers,
+          ZEORAFT_STORAGES: '1,blobs',
         });
       }),
     );
@@ -84,6 +87,8 @@ describe('moving a site in: zodbconvert from a FileStorage through the ZEO door'
       work,
       '--transactions',
       String(SOURCE_TRANSACTIONS),
+      '--blob-transactions',
+      String(BLOB_SOURCE_TRANSACTIONS),
     ]);
     assert.equal(r.code, 0, `migrate.py failed:\n${r.out}`);
     const line = r.out.split('\n').find((l) => l.startsWith('{'));
@@ -95,5 +100,11 @@ describe('moving a site in: zodbconvert from a FileStorage through the ZEO door'
     assert.ok(counts.without_data > 0, 'undone creations (records without data) were copied');
     assert.ok(counts.backpointers > 0, 'undo records (backpointers) were copied');
     assert.ok(counts.statuses.p > 0 && counts.statuses[' '] > 0, 'packed and ordinary statuses');
+    // The site with blobs: every blob revision compared, undone blob creations copied.
+    const blobs = counts.blob_site;
+    // ZODB.DB's root creation, the set-up, then one per step (this source is not packed).
+    assert.equal(blobs.transactions, BLOB_SOURCE_TRANSACTIONS + 2);
+    assert.ok(blobs.blobs >= BLOB_SOURCE_TRANSACTIONS / 2, `${blobs.blobs} blob files compared`);
+    assert.ok(blobs.without_data > 0, 'undone blob creations were copied');
   });
 });
