@@ -38,8 +38,14 @@ import time
 import traceback
 import unittest
 
+import BTrees.OOBTree
+import persistent
+import persistent.wref
 import transaction
 import ZODB
+import ZODB.FileStorage
+import ZODB.MappingStorage
+import ZODB.POSException
 import ZODB.tests.testZODB
 import ZODB.tests.testblob
 import ZODB.tests.util
@@ -485,8 +491,119 @@ class ZeoRaftBlobWorkload(unittest.TestCase):
             self.assertEqual(f.read(), b'replaced')
 
 
+class GCThing(persistent.Persistent):
+    """An object of the garbage collection test, known by its name."""
+
+    def __init__(self, name):
+        self.name = name
+        self.refs = []
+
+
+class ZeoRaftPackGCTests(ZeoRaftClients, StorageTestBase.StorageTestBase):
+    """Pack with garbage collection through the ZEO door, against FileStorage's own pack: the same
+    transactions on a FileStorage and on ZeoRaft, both packed, must keep the same objects."""
+
+    def setUp(self):
+        StorageTestBase.StorageTestBase.setUp(self)
+        self._fresh_storage()
+        self._storage = self._client()
+
+    def tearDown(self):
+        self._storage.close()
+        StorageTestBase.StorageTestBase.tearDown(self)
+
+    def _history(self, storage):
+        """Build, unlink and pack; returns {name: loadable} for every object ever created."""
+        databases = {}
+        db = ZODB.DB(storage, databases=databases, database_name='main')
+        far_db = ZODB.DB(ZODB.MappingStorage.MappingStorage(), databases=databases,
+                         database_name='far')
+        conn = db.open()
+        root = conn.root()
+        made = {}
+
+        def thing(name):
+            t = GCThing(name)
+            made[name] = t
+            return t
+
+        far = conn.get_connection('far').root()
+        far['x'] = GCThing('far x')
+        transaction.commit()
+        tree = BTrees.OOBTree.OOBTree()
+        for i in range(1500):  # splits into buckets: references among the tree's own objects
+            tree['k%05d' % i] = thing('tree %d' % i)
+        root['tree'] = tree
+        # An unlinked subgraph with cycles, one kept alive from outside it, one only weakly held.
+        ring = [thing('ring %d' % i) for i in range(300)]
+        for i, t in enumerate(ring):
+            t.refs = [ring[(i + 1) % len(ring)], ring[(i * 7) % len(ring)]]
+        root['ring'] = ring[0]
+        survivor = thing('survivor')
+        ring[150].refs.append(survivor)
+        root['survivor_holder'] = thing('holder')
+        root['survivor_holder'].refs = [survivor]
+        weak_only = thing('weak only')
+        root['weak'] = thing('weak holder')
+        root['weak'].w = persistent.wref.WeakRef(weak_only)
+        root['far'] = thing('far holder')
+        root['far'].refs = [far['x']]  # a cross-database reference: kept, never followed
+        root['tuple'] = thing('tuple holder')
+        root['tuple'].t = (thing('in a tuple'), {'k': thing('in a dict')}, [thing('in a list')])
+        transaction.commit()
+        # Unlink: the ring, most of the tree's values, the holder of the tuple's contents.
+        del root['ring']
+        for i in range(0, 1500, 3):
+            del tree['k%05d' % i]
+        root['tuple'].t = ()
+        transaction.commit()
+        # After the pack time: an object written later, referencing one unreachable at the pack
+        # time (written after, so kept with what it references).
+        pack_time = time.time()
+        while time.time() <= pack_time:
+            time.sleep(0.01)
+        later = thing('later')
+        root['tree']['k00001'].refs = [later]
+        transaction.commit()
+        db.pack(pack_time)
+        conn.close()
+        if hasattr(storage, '_cache'):  # a ZEO client: load from the server, not its cache
+            storage._cache.clear()
+        loadable = {}
+        for name, t in made.items():
+            try:
+                storage.load(t._p_oid, '')
+                loadable[name] = True
+            except ZODB.POSException.POSKeyError:
+                loadable[name] = False
+        size = len(storage)
+        db.close()
+        far_db.close()
+        return loadable, size
+
+    def test_pack_collects_what_filestorage_collects(self):
+        here = tempfile.mkdtemp(prefix='zodb-gc-')
+        try:
+            fs = ZODB.FileStorage.FileStorage(os.path.join(here, 'Data.fs'))
+            want, want_size = self._history(fs)
+        finally:
+            shutil.rmtree(here, ignore_errors=True)
+        got, got_size = self._history(self._storage)
+        self.assertEqual(sorted(k for k, v in want.items() if not v),
+                         sorted(k for k, v in got.items() if not v))
+        self.assertEqual(want, got)
+        self.assertEqual(want_size, got_size)
+        # The scenario collects something and keeps something of each kind.
+        self.assertFalse(got['ring 0'])
+        self.assertFalse(got['weak only'])
+        self.assertFalse(got['in a tuple'])
+        self.assertTrue(got['survivor'])
+        self.assertTrue(got['later'])
+        self.assertTrue(got['tree 1'])
+
+
 CLASSES = [ZeoRaftGenericTests, ZeoRaftInvalidationTests, ZeoRaftZODBTests,
-           ZeoRaftBlobCacheTests, ZeoRaftBlobWorkload]
+           ZeoRaftBlobCacheTests, ZeoRaftBlobWorkload, ZeoRaftPackGCTests]
 
 
 def flatten(suite):
