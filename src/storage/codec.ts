@@ -169,6 +169,7 @@ export interface PackState {
   cancelled?: string;
   doomed?: number;
   collected?: number;
+  startedTid?: Uint8Array;
 }
 /** The last answer of a client session (log.proto SessionRecord). */
 export interface SessionRecord {

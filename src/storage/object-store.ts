@@ -110,6 +110,8 @@ const SESSION_EXPIRIES_PER_COMMAND_MAX = 64;
 export const SESSION_ID_BYTES_MAX = 512;
 /** Current-serial records cached in memory (about 150 bytes each). */
 const CURRENT_CACHE_ENTRIES = 100_000;
+/** Bytes one read of a pack's walk holds at most (beyond its last record: LevelDB's highWaterMarkBytes). */
+const PACK_SCAN_BATCH_BYTES = 1 << 20;
 /** N records written per batch when numbering the transactions of a store written without them. */
 const TXN_NUMBER_BATCH_KEYS = 10_000;
 /** Bytes of raw key/value data per snapshot chunk. */
@@ -1811,6 +1813,7 @@ export class ObjectStore {
       return out;
     },
     meta: (st) => this.meta(st),
+    lastTid: () => this.lastTidGlobal,
     setMeta: (st, meta, ops) => {
       ops.push({ type: 'put', key: K.storageKey(st), value: storageMetaCodec.encode(meta) });
       this.metas.set(st, meta);
@@ -1891,7 +1894,11 @@ export class ObjectStore {
   ): AsyncGenerator<Array<{ oid: Buffer; tid: Buffer; value: Buffer }>> {
     const gen = await this.readable();
     const prefix = Buffer.concat([Buffer.from([K.TAG.revision]), K.storagePart(st)]);
-    const it = this.db.iterator({ gte: prefix, lt: K.prefixEnd(prefix) });
+    const it = this.db.iterator({
+      gte: prefix,
+      lt: K.prefixEnd(prefix),
+      highWaterMarkBytes: PACK_SCAN_BATCH_BYTES,
+    } as any);
     try {
       for (;;) {
         const entries = await it.nextv(batch);
@@ -2170,7 +2177,11 @@ export class ObjectStore {
     const prefix = K.blobChunkPrefix(st, blobId);
     let seen = 0;
     let n = 0;
-    const it = this.db.iterator({ gte: prefix, lt: K.prefixEnd(prefix) });
+    const it = this.db.iterator({
+      gte: prefix,
+      lt: K.prefixEnd(prefix),
+      highWaterMarkBytes: PACK_SCAN_BATCH_BYTES,
+    } as any);
     try {
       for await (const [key, value] of it) {
         this.stillValid(gen);

@@ -15,7 +15,7 @@
  * not reference it), and one whose references are unknown (an opaque record) cancels the rest of
  * the collection. Finish never fails: its vote passed the barrier.
  */
-import { Z64, hex, idCompare } from '../util/ids';
+import { Z64, hex, idCompare, tidToTime } from '../util/ids';
 import type { StorageMeta, Txn } from './codec';
 import { StorageError } from './errors';
 import * as K from './keys';
@@ -26,6 +26,14 @@ export const PACK_STEP_OBJECTS_MAX = 2000;
 export const PACK_STEP_REVISIONS_MAX = 20_000;
 
 export const PackStep = { WHOLE: 0, START: 1, DOOM: 2, SWEEP: 3 } as const;
+
+/**
+ * A pack not finished this long after it started (measured by the TIDs the log assigns, so every
+ * replica decides at the same command) was abandoned by its driver (its node died, or its walk
+ * failed): it collects nothing more, and commits stop paying for its barrier. Its marks stay until
+ * the next pack sweeps them.
+ */
+export const PACK_ABANDONED_AFTER_MS = 60 * 60 * 1000;
 
 /** A mark's kinds (the first byte of a Q record; the pack id follows, 8 bytes big-endian). */
 const TOUCHED = 1;
@@ -45,6 +53,8 @@ export interface PackApplyContext {
     values: boolean;
   }): Promise<Array<[Buffer, Buffer | undefined]>>;
   meta(st: string): StorageMeta;
+  /** The newest TID applied (of any storage). */
+  lastTid(): Buffer;
   setMeta(st: string, meta: StorageMeta, ops: BatchOp[]): void;
   /** Whether a voted transaction holds the object (exclusively or shared). */
   held(st: string, oid: Buffer): boolean;
@@ -108,7 +118,16 @@ export function applyPackStart(
     {
       ...meta,
       packTid,
-      packing: { id: index, packTid, gc, sweeping: false, cancelled: '', doomed: 0, collected: 0 },
+      packing: {
+        id: index,
+        packTid,
+        gc,
+        sweeping: false,
+        cancelled: '',
+        doomed: 0,
+        collected: 0,
+        startedTid: ctx.lastTid(),
+      },
     },
     ops,
   );
@@ -304,6 +323,16 @@ export async function packBarrier(
   const st = txn.storage;
   const p = ctx.meta(st).packing;
   if (!p || p.cancelled || !p.gc) return;
+  const started = tidToTime(p.startedTid && p.startedTid.length === 8 ? p.startedTid : Z64);
+  if (tidToTime(ctx.lastTid()) - started > PACK_ABANDONED_AFTER_MS) {
+    cancel(
+      ctx,
+      st,
+      `abandoned: not finished ${PACK_ABANDONED_AFTER_MS / 60000} minutes after it began`,
+      ops,
+    );
+    return;
+  }
   const id = Number(p.id);
   const seen = new Set<string>();
   const objects: Buffer[] = [];

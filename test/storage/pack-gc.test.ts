@@ -11,11 +11,12 @@ import { snapshotChunkCodec } from '../../src/storage/codec';
 import type { ApplyResult } from '../../src/storage/object-store';
 import { packWalk, runPack } from '../../src/storage/pack-gc';
 import {
+  PACK_ABANDONED_AFTER_MS,
   PACK_STEP_OBJECTS_MAX,
   PACK_STEP_REVISIONS_MAX,
   PackStep,
 } from '../../src/storage/pack-steps';
-import { Z64, hex, p64, u64 } from '../../src/util/ids';
+import { Z64, hex, p64, tidFromTime, tidToTime, u64 } from '../../src/util/ids';
 import { Mulberry32 } from '../../src/util/prng';
 import { ST, TestStore, expectError, mustTid, oid, rejectsWith } from './helpers';
 
@@ -345,6 +346,33 @@ describe('pack with garbage collection in steps', function () {
       assert.match(r.walk?.abandoned ?? '', /references are unknown/);
       assert.equal(r.collected, 0);
       assert.ok(await exists(t, 4));
+    });
+
+    it('a pack left unfinished stops collecting an hour (of TIDs) after it began', async function () {
+      const t = await fresh();
+      const s = await graph(t);
+      // More objects than one sweep step takes, after 2 and 3 (so a step from 4 does not end).
+      const many = Array.from({ length: PACK_STEP_OBJECTS_MAX + 10 }, (_, i) => 10 + i);
+      await t.mustCommit(many.map((o) => obj(o, [])));
+      await t.mustCommit([obj(0, [1, ...many], s.get(0))]);
+      const { packId, packTid } = await start(t);
+      const walk = await packWalk(t.store, ST, packTid);
+      assert.deepEqual(walk.garbage.map(hex), [hex(oid(2)), hex(oid(3))]);
+      await t.apply({
+        pack: { storage: ST, packTid, packId, step: PackStep.DOOM, oids: walk.garbage },
+      });
+      await t.apply({
+        pack: { storage: ST, packTid, packId, step: PackStep.SWEEP, fromOid: oid(4) },
+      });
+      // Its driver went away. Within the hour a reference to a marked object is refused...
+      expectError(await t.commit([obj(1, [2], s.get(1))]), 'CONFLICT');
+      // ...after it (the log's TIDs say so), the pack is abandoned and the commit goes through.
+      const later = tidFromTime(tidToTime(t.store.lastTid) + PACK_ABANDONED_AFTER_MS + 1000);
+      const s1 = mustTid(await t.commit([obj(1, [], s.get(1))], { tid: later }));
+      mustTid(await t.commit([obj(1, [2], s1)]));
+      assert.match(t.store.packState(ST)!.cancelled ?? '', /abandoned/);
+      await sweepAll(t, packId, packTid);
+      for (const o of [2, 3]) assert.ok(await exists(t, o), `object ${o} kept`);
     });
 
     it('a pack started again replaces an unfinished one; steps of the old one are refused', async function () {
