@@ -3,7 +3,9 @@
  * cannot serve, with real processes: a write forwarded to a leader that is gone (the call never
  * left the follower) is retried with the next leader instead of being answered "outcome unknown";
  * a write over a size limit sent through a follower is refused with RESOURCE_EXHAUSTED naming the
- * limit (not UNAVAILABLE), and a large one inside the limits is forwarded and committed;
+ * limit (not UNAVAILABLE), and a large one inside the limits is forwarded and committed; the
+ * leader's own refusal of forwarded writes past its memory budget reaches the client as the same
+ * transient RESOURCE_EXHAUSTED, and nothing refused is committed;
  * /readyz is 503 with a reason on a node without a leader and on a node whose stored state
  * breaks an invariant.
  */
@@ -12,6 +14,7 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { Level } from 'level';
 import { ZeoRaftError } from '../../src/client/errors';
+import { StorageRpc } from '../../src/client/rpc';
 import * as K from '../../src/storage/keys';
 import { Z64, p64 } from '../../src/util/ids';
 import { TestCluster } from '../harness/cluster';
@@ -131,6 +134,68 @@ describe('cluster: forwarding without a leader, and readiness', function () {
       Buffer.from((await cluster.rpc(leader).call('Load', { oid: p64(2n) })).data),
       Buffer.from('x'),
     );
+  });
+
+  it("answers the leader's refusal of forwarded writes past its memory budget as the transient RESOURCE_EXHAUSTED, committing none of them", async () => {
+    const MiB = 1 << 20;
+    // Every node has a 16 MiB budget, except one follower that admits far more: what it forwards
+    // is refused by the leader's own budget.
+    cluster = await TestCluster.start(3, { ZEORAFT_MAX_TXN_MEMORY_BYTES: String(16 * MiB) });
+    const leader = await cluster.leader();
+    const follower = cluster.alive().find((id) => id !== leader) as string;
+    await cluster.kill(follower);
+    await cluster.startNode(follower, { ZEORAFT_MAX_TXN_MEMORY_BYTES: String(1024 * MiB) });
+    assert.equal(await cluster.leader(), leader);
+    const txnOf = (k: number): { stores: { oid: Buffer; data: Buffer }[] } => ({
+      stores: Array.from({ length: 5_000 }, (_, i) => ({
+        oid: p64(BigInt((k + 1) * 0x100000 + i)),
+        data: Buffer.alloc(100, i),
+      })),
+    });
+    // Twelve concurrent 5000-object commits (each charged ~11 MiB) through the follower.
+    const rpcs: StorageRpc[] = [];
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: 12 }, (_, k) => {
+        const r = new StorageRpc(`127.0.0.1:${cluster.member(follower).client}`, {
+          timeoutMs: 60_000,
+          channelOptions: { 'grpc.use_local_subchannel_pool': 1 },
+        });
+        rpcs.push(r);
+        return r.call('Commit', { transaction: txnOf(k) });
+      }),
+    );
+    for (const r of rpcs) r.close();
+    const refused = outcomes.flatMap((o, k) =>
+      o.status === 'rejected' ? [{ k, e: o.reason }] : [],
+    );
+    assert.ok(refused.length >= 1, 'the leader refused some of them at its budget');
+    assert.ok(refused.length < 12, 'the leader admitted at least one');
+    for (const { e } of refused) {
+      assert.ok(e instanceof ZeoRaftError, String(e));
+      assert.equal(e.grpcCode, grpc.status.RESOURCE_EXHAUSTED, e.message);
+      // Refused by the leader (the follower's own budget admits them all).
+      assert.match(
+        e.message,
+        /forwarding to leader .* failed: .*max_txn_memory_bytes.*retry later/,
+      );
+      assert.equal(e.detail?.transient, true, e.message);
+    }
+    // Refused ones committed nothing; sent again one by one, they commit.
+    const rpc = cluster.rpc(follower);
+    for (let k = 0; k < 12; k++) {
+      const last = txnOf(k).stores[4_999];
+      if (refused.some((r) => r.k === k)) {
+        await rejectsWith(
+          cluster.rpc(leader).call('Load', { oid: last.oid }),
+          grpc.status.NOT_FOUND,
+        );
+        await rpc.call('Commit', { transaction: txnOf(k) }, LIVENESS_MS);
+      }
+      assert.deepEqual(
+        Buffer.from((await cluster.rpc(leader).call('Load', { oid: last.oid })).data),
+        last.data,
+      );
+    }
   });
 
   it('answers /readyz 503 with a reason on a node without a leader', async () => {
