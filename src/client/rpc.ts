@@ -14,7 +14,10 @@ import { fromGrpcError } from './errors';
 import type { StorageDefinition } from '../generated/zeoraft/v1/Storage';
 import type { MethodDefinition } from '@grpc/proto-loader';
 
-export type UnaryMethod = Exclude<keyof StorageDefinition, 'Iterate' | 'Subscribe'>;
+export type UnaryMethod = Exclude<
+  keyof StorageDefinition,
+  'Iterate' | 'Subscribe' | 'UploadBlob' | 'DownloadBlob'
+>;
 export type ReqOf<K extends UnaryMethod> =
   StorageDefinition[K] extends MethodDefinition<infer R, any, any, any> ? R : never;
 export type ResOf<K extends UnaryMethod> =

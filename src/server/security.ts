@@ -232,7 +232,16 @@ export class AllowList {
   }
 }
 
-const WRITE_METHODS = new Set(['NewOids', 'Commit', 'Vote', 'Finish', 'Abort', 'Undo', 'Pack']);
+const WRITE_METHODS = new Set([
+  'NewOids',
+  'Commit',
+  'Vote',
+  'Finish',
+  'Abort',
+  'Undo',
+  'Pack',
+  'UploadBlob',
+]);
 const KEYLESS_SERVICES = /^(grpc\.health\.v1\.|grpc\.reflection\.)/;
 /** At most one warning per listener and reason in this window; the rest are counted in it. */
 const LOG_WINDOW_MS = 5_000;

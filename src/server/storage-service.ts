@@ -11,6 +11,8 @@ import type { Command, CommitSession, Txn } from '../storage/codec';
 import type { ApplyResult } from '../storage/object-store';
 import { StorageError } from '../storage/errors';
 import { MAX_NEW_OIDS } from '../storage/object-store';
+import { BLOB_ID_BYTES } from '../storage/blob-store';
+import { blobHandlers } from './blob-service';
 import { Z64, idCompare, tidFromTime, tidToTime } from '../util/ids';
 import {
   RpcError,
@@ -163,6 +165,12 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
     return r;
   }
 
+  function blobIdOf(b: Buffer, i: number): Buffer {
+    if (b.length !== BLOB_ID_BYTES)
+      throw invalid(`transaction.stores[${i}].blob_id must be ${BLOB_ID_BYTES} bytes`);
+    return b;
+  }
+
   function txnFrom(t: Transaction__Output | null): Txn {
     if (!t) throw invalid('transaction is required');
     const st = storageName(t.storage);
@@ -174,6 +182,7 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
         serial: serialOrZ64(s.serial, `transaction.stores[${i}].serial`),
         data: s.data,
         refs: s.refs.map((r, j) => requireId(r, `transaction.stores[${i}].refs[${j}]`)),
+        ...(s.blobId?.length ? { blobId: blobIdOf(s.blobId, i) } : {}),
       });
     });
     t.deletes.forEach((d, i) => {
@@ -481,6 +490,16 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
           node.config.storages.filter((s) => Security.mayUse(p, s.name)).map((s) => info(s.name)),
         ),
       };
+    }),
+
+    ...blobHandlers(node, {
+      storageName,
+      writable,
+      deadline,
+      callerOf,
+      fresh,
+      unary,
+      serverStream,
     }),
   };
 }

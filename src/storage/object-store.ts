@@ -77,7 +77,7 @@ import {
   isBlobId,
   storeBlobId,
 } from './blob-store';
-import type { BlobChunk } from './codec';
+import { type BlobChunk, blobUploadCodec } from './codec';
 import {
   PickleStateError,
   applyLengthDelta,
@@ -2164,6 +2164,14 @@ export class ObjectStore {
           `no blob for revision ${hex(serial)} of object ${hex(oid)} in storage ${st}`,
         );
       return { blobId: buf(rev.blobId), size: Number(rev.blobSize ?? 0) };
+    });
+  }
+
+  /** The bytes an open upload holds so far; undefined when it is committed, expired or unknown. */
+  blobUploadSize(st: string, blobId: Buffer): Promise<number | undefined> {
+    return this.guarded(async () => {
+      const raw = await this.db.get(K.blobUploadKey(st, blobId));
+      return raw ? Number(blobUploadCodec.decode(raw).size) : undefined;
     });
   }
 

@@ -20,7 +20,7 @@ import { protoRoot, rawStream, rawUnary } from './helpers';
 const RUNS = Number(process.env.FUZZ_RUNS ?? 200);
 /** The writer's objects live far from the small OIDs fast-check favours. */
 const WRITER_OID_BASE = 0x7a00_0000_0000_0000n;
-const STREAMS = new Set(['Iterate', 'Subscribe']);
+const STREAMS = new Set(['Iterate', 'Subscribe', 'DownloadBlob']);
 
 function fieldArb(f: protobuf.Field, depth: number): fc.Arbitrary<unknown> {
   let one: fc.Arbitrary<unknown>;
