@@ -140,7 +140,7 @@ async function measure(objects: number, whole: boolean): Promise<void> {
         `longest apply ${applyMaxMs.toFixed(0)} ms (by step: ${[...stepMaxMs.entries()]
           .map(([k, v]) => `${['whole', 'start', 'doom', 'sweep'][k]} ${v.toFixed(0)}`)
           .join(', ')}); event-loop delay max ${(loop.max / 1e6).toFixed(0)} ms; ` +
-        `heap +${((peakHeap - heap0.heapUsed) / 2 ** 20).toFixed(0)} MiB, RSS peak ${(peakRss / 2 ** 20).toFixed(0)} MiB; ` +
+        `heap +${((peakHeap - heap0.heapUsed) / 2 ** 20).toFixed(0)} MiB, RSS ${(heap0.rss / 2 ** 20).toFixed(0)} MiB before, peak ${(peakRss / 2 ** 20).toFixed(0)} MiB; ` +
         `objects ${before} -> ${after}`,
     );
     await store.close();

@@ -1795,9 +1795,6 @@ export class ObjectStore {
     await dropRevisionBlob(st, rev, blobCtx);
   }
 
-  /** The blob context of the command whose writes go to `ops` (one per command). */
-  private readonly packBlobCtx = new WeakMap<BatchOp[], ReturnType<typeof blobContext>>();
-
   /** Remove an object's current record (pack, once no revision of it is left). */
   private dropCurrent(st: string, oid: Buffer, ops: BatchOp[]): void {
     ops.push({ type: 'del', key: K.currentKey(st, oid) });
@@ -1807,11 +1804,12 @@ export class ObjectStore {
   private readonly packCtx: PackApplyContext = {
     read: (key) => this.read(key),
     range: async ({ gte, lt, limit, values }) => {
-      const out: Array<[Buffer, Buffer | undefined]> = [];
-      for await (const [k, v] of this.db.iterator({ gte, lt, limit, values } as any))
-        out.push([k as Buffer, values ? (v as Buffer) : undefined]);
-      return out;
+      if (values)
+        return (await this.db.iterator({ gte, lt, limit }).all()) as Array<[Buffer, Buffer]>;
+      const keys = await this.db.keys({ gte, lt, limit }).all();
+      return keys.map((k): [Buffer, undefined] => [k, undefined]);
     },
+    getMany: (keys) => this.db.getMany(keys),
     meta: (st) => this.meta(st),
     lastTid: () => this.lastTidGlobal,
     setMeta: (st, meta, ops) => {
@@ -1822,10 +1820,19 @@ export class ObjectStore {
       const k = lockKey(st, oid);
       return this.locks.has(k) || (this.sharedLocks.get(k)?.size ?? 0) > 0;
     },
-    dropRevision: (st, oid, tid, ops) => {
-      let ctx = this.packBlobCtx.get(ops);
-      if (!ctx) this.packBlobCtx.set(ops, (ctx = blobContext((k) => this.read(k), ops)));
-      return this.dropRevision(st, oid, tid, ops, undefined, ctx);
+    dropRevisions: async (st, revisions, ops) => {
+      const blobCtx = blobContext((k) => this.read(k), ops);
+      const keys = revisions.map(({ oid, tid }) => K.revisionKey(st, oid, tid));
+      const values = await this.db.getMany(keys);
+      for (let i = 0; i < revisions.length; i++) {
+        const raw = values[i];
+        assert(
+          raw,
+          `pack drops revision ${hex(revisions[i].tid)} of ${hex(revisions[i].oid)}, which does not exist`,
+        );
+        const { oid, tid } = revisions[i];
+        await this.dropRevision(st, oid, tid, ops, revisionCodec.decode(raw), blobCtx);
+      }
     },
     dropCurrent: (st, oid, ops) => this.dropCurrent(st, oid, ops),
     current: (v) => parseCurrent(v),

@@ -17,7 +17,8 @@
  */
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { ID_BYTES, Z64, hex } from '../util/ids';
-import { Command, revisionCodec } from './codec';
+import * as protobuf from 'protobufjs';
+import type { Command } from './codec';
 import type { ApplyResult, ObjectStore } from './object-store';
 import { PACK_STEP_OBJECTS_MAX, PackStep } from './pack-steps';
 
@@ -66,6 +67,41 @@ const LATER = 1; // a revision after the pack time: a root
 const OPAQUE = 2; // the revision current at the pack time has unknown references
 const GONE = 4; // no revision current at the pack time, or it is a deletion
 const MARKED = 8;
+
+/**
+ * The walk's reading of a Revision record (log.proto): whether it is a deletion, whether its
+ * references are unknown, and its references; the data is skipped, not copied (a full decode of
+ * every revision was most of the walk's time).
+ */
+function revisionRefs(value: Uint8Array): {
+  deleted: boolean;
+  opaque: boolean;
+  refs: Uint8Array[];
+} {
+  const r = protobuf.Reader.create(value);
+  const out = { deleted: false, opaque: false, refs: [] as Uint8Array[] };
+  while (r.pos < r.len) {
+    const tag = r.uint32();
+    switch (tag >>> 3) {
+      case REVISION_DELETED:
+        out.deleted = r.bool();
+        break;
+      case REVISION_REFS:
+        out.refs.push(r.bytes());
+        break;
+      case REVISION_OPAQUE:
+        out.opaque = r.bool();
+        break;
+      default:
+        r.skipType(tag & 7);
+    }
+  }
+  return out;
+}
+/** Field numbers of log.proto's Revision that the walk reads. */
+const REVISION_DELETED = 2;
+const REVISION_REFS = 3;
+const REVISION_OPAQUE = 5;
 
 export interface PackWalkResult {
   /** Unreachable at the pack time: to be collected, in OID order. */
@@ -118,7 +154,7 @@ export async function packWalk(
         keepRefs = undefined;
         keepFlags = GONE;
       }
-      const rev = revisionCodec.decode(value);
+      const rev = revisionRefs(value);
       if (tid.compare(packTid) <= 0) {
         // The newest revision at or before the pack time wins (keys ascend by TID).
         keepRefs = rev.deleted ? undefined : rev.refs;

@@ -58,8 +58,17 @@ export interface PackApplyContext {
   setMeta(st: string, meta: StorageMeta, ops: BatchOp[]): void;
   /** Whether a voted transaction holds the object (exclusively or shared). */
   held(st: string, oid: Buffer): boolean;
-  /** Remove one revision and what only it holds, such as its blob (the store's one routine). */
-  dropRevision(st: string, oid: Buffer, tid: Buffer, ops: BatchOp[]): Promise<void>;
+  /** Point reads of the landed state, in one call. */
+  getMany(keys: Buffer[]): Promise<Array<Buffer | undefined>>;
+  /**
+   * Remove revisions and what only they hold, such as their blobs (through the store's one
+   * revision-removal routine).
+   */
+  dropRevisions(
+    st: string,
+    revisions: Array<{ oid: Buffer; tid: Buffer }>,
+    ops: BatchOp[],
+  ): Promise<void>;
   /** Remove an object's current record. */
   dropCurrent(st: string, oid: Buffer, ops: BatchOp[]): void;
   /** The current record: serial and whether it is a deletion; undefined when none. */
@@ -148,15 +157,20 @@ export async function applyPackDoom(
   if (p.cancelled || !p.gc) return 0;
   const packTid = Buffer.from(p.packTid ?? Z64);
   let doomed = 0;
-  for (const o of oids) {
-    const oid = Buffer.from(o);
-    if (oid.length !== 8) throw new StorageError('INVALID', 'an OID must be exactly 8 bytes');
-    const key = K.packMarkKey(st, oid);
-    if (markOf(await ctx.read(key), Number(p.id)) === TOUCHED) {
+  for (const o of oids)
+    if (o.length !== 8) throw new StorageError('INVALID', 'an OID must be exactly 8 bytes');
+  // Two reads for the whole step: the marks and the current records (this step writes neither
+  // before it has read them all: it runs in a batch of its own).
+  const markKeys = oids.map((o) => K.packMarkKey(st, o));
+  const marks = await ctx.getMany(markKeys);
+  const currents = await ctx.getMany(oids.map((o) => K.currentKey(st, o)));
+  for (let i = 0; i < oids.length; i++) {
+    const oid = Buffer.from(oids[i]);
+    if (markOf(marks[i], Number(p.id)) === TOUCHED) {
       cancel(ctx, st, `object ${hex(oid)} was written or referenced after the pack began`, ops);
       return doomed;
     }
-    const cur = await ctx.read(K.currentKey(st, oid));
+    const cur = currents[i];
     if (!cur) continue; // gone already
     const c = ctx.current(cur);
     if (c.deleted) continue; // the sweep removes it as a deletion
@@ -164,7 +178,7 @@ export async function applyPackDoom(
       cancel(ctx, st, `object ${hex(oid)} was written after the pack time`, ops);
       return doomed;
     }
-    ops.push({ type: 'put', key, value: markValue(DOOMED, Number(p.id)) });
+    ops.push({ type: 'put', key: markKeys[i], value: markValue(DOOMED, Number(p.id)) });
     doomed++;
   }
   const meta = ctx.meta(st);
@@ -252,6 +266,7 @@ export async function applyPackSweep(
   let removed = 0;
   let collected = 0;
   let r = 0; // revs[r] is the next revision key to look at
+  const dropping: Array<{ oid: Buffer; tid: Buffer }> = [];
   for (const [ckey, cval] of currents) {
     const oid = Buffer.from(ckey.subarray(cPrefix.length));
     if (stop && oid.compare(stop) >= 0) break;
@@ -283,8 +298,7 @@ export async function applyPackSweep(
       keepLast = !garbage && (held || !lastDeleted);
       drop = keepLast ? old.slice(0, -1) : old;
     }
-    for (const key of drop)
-      await ctx.dropRevision(st, oid, Buffer.from(K.revisionKeyTid(key)), ops);
+    for (const key of drop) dropping.push({ oid, tid: Buffer.from(K.revisionKeyTid(key)) });
     removed += drop.length;
     if (partial) break; // `end` is this object: the next step continues it
     if (!later && !keepLast) {
@@ -293,6 +307,7 @@ export async function applyPackSweep(
       if (garbage) collected++;
     }
   }
+  await ctx.dropRevisions(st, dropping, ops);
   meta = ctx.meta(st);
   const state = meta.packing!;
   const done = end === undefined;
