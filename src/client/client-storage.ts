@@ -18,7 +18,8 @@
  *   waits or times out; on reconnect Open and Subscribe carry L, and the stream resumes after L
  *   (or the node says Reset and both caches are dropped).
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
+import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { DiskCache, DiskCacheStats } from './cache-disk';
 import { MemoryCache } from './cache-memory';
@@ -36,6 +37,8 @@ import {
   isTransient,
 } from './errors';
 import { LoadTracker, Tracker } from './load-tracker';
+import { BlobCache } from './blob-cache';
+import { downloadOnce, uploadOnce } from './blob-transfer';
 import { StorageRpc, type ReqOf, type ResOf, type UnaryMethod } from './rpc';
 import { Subscription } from './subscription';
 import {
@@ -59,6 +62,7 @@ export const DEFAULT_DISK_CACHE_BYTES = 256 << 20;
 export const OID_BATCH = 100;
 const DEFAULT_TIMEOUT_MS = 10_000;
 const DEFAULT_PROGRESS_INTERVAL_MS = 200;
+const DEFAULT_BLOB_TIMEOUT_MS = 10 * 60_000;
 const BACKOFF_BASE_MS = 25;
 const BACKOFF_MAX_MS = 1000;
 /**
@@ -118,6 +122,13 @@ export interface ClientStorageOptions {
   /** How often an idle node sends a progress event (default 200 ms). */
   progressIntervalMs?: number;
   clientName?: string;
+  /**
+   * The blob cache (blob-cache.ts): a directory of downloaded blobs, bounded in bytes (default
+   * 1 GiB). loadBlob needs it.
+   */
+  blobCache?: { dir: string; bytes?: number };
+  /** Deadline of one blob upload or download stream attempt, in milliseconds (default 10 min). */
+  blobTimeoutMs?: number;
   /** Background failures (disk cache, listener exceptions). */
   onError?: (e: unknown) => void;
   testHooks?: ClientTestHooks;
@@ -242,6 +253,7 @@ export class ClientStorage implements ViewSource {
   private constructor(
     private readonly options: ClientStorageOptions,
     private readonly disk: DiskCache | undefined,
+    private readonly blobs: BlobCache | undefined,
   ) {
     if (options.addresses.length === 0) throw new InvalidArgumentError('addresses is empty');
     this.addresses = [...options.addresses];
@@ -271,7 +283,10 @@ export class ClientStorage implements ViewSource {
           (e) => options.onError?.(e),
         )
       : undefined;
-    const client = new ClientStorage(options, disk);
+    const blobs = options.blobCache
+      ? await BlobCache.open(options.blobCache.dir, options.blobCache.bytes)
+      : undefined;
+    const client = new ClientStorage(options, disk, blobs);
     try {
       await client.connectInitial(options.openTimeoutMs ?? client.retryWindowMs);
     } catch (e) {
@@ -652,6 +667,7 @@ export class ClientStorage implements ViewSource {
         serial: s.serial,
         data: s.data,
         refs: s.refs ?? [],
+        blobId: s.blobId ?? Buffer.alloc(0),
       })),
       checks: txn.checks,
       deletes: txn.deletes,
@@ -1112,6 +1128,116 @@ export class ClientStorage implements ViewSource {
   }
 
   /** Close the connection and the persistent cache (flushing it). */
+  // -------------------------------------------------------------------------------------------
+  // Blobs
+
+  /**
+   * Upload a blob (a Buffer, or the path of a file read in 1 MiB pieces) for a transaction to name
+   * (Transaction.storeWithBlob). Across failover the upload resumes at the size that landed (the
+   * id is chosen here, so even a first attempt that broke is resumed). Returns the upload's id.
+   */
+  async uploadBlob(source: Buffer | string): Promise<Buffer> {
+    this.writable();
+    const blobId = randomBytes(16);
+    const end = Date.now() + this.retryWindowMs;
+    const total = Buffer.isBuffer(source) ? source.length : (await fs.promises.stat(source)).size;
+    for (let attempt = 0; ; attempt++) {
+      const conn = await this.connection(end);
+      try {
+        let offset = 0;
+        if (attempt > 0)
+          offset = await conn.rpc
+            .call('BlobUploadStatus', { storage: this.storage, blobId }, this.timeoutMs)
+            .then(
+              (r) => Number(r.size),
+              (e: unknown) => {
+                if (e instanceof NotFoundError) return 0; // nothing landed
+                throw e;
+              },
+            );
+        const size = await uploadOnce(
+          conn.rpc,
+          this.storage,
+          blobId,
+          source,
+          offset,
+          Date.now() + (this.options.blobTimeoutMs ?? DEFAULT_BLOB_TIMEOUT_MS),
+        );
+        if (size !== total)
+          throw new ZeoRaftError(`blob upload holds ${size} bytes, the source ${total}`);
+        return blobId;
+      } catch (e) {
+        if (!(e instanceof DisconnectedError) || this.closed) throw e;
+        const wait = backoffMs(attempt);
+        if (Date.now() + wait >= end) throw e;
+        this.connectionLost(conn, e);
+        await sleep(wait);
+      }
+    }
+  }
+
+  /** Upload `blob` and store it with `data` as the new revision of `oid` in `txn`. */
+  async storeBlob(
+    txn: Transaction,
+    oid: Buffer,
+    serial: Buffer | undefined,
+    data: Buffer,
+    blob: Buffer | string,
+    refs?: Buffer[],
+  ): Promise<void> {
+    checkOid(oid);
+    const blobId = await this.uploadBlob(blob);
+    txn.storeWithBlob(oid, serial, data, blobId, refs);
+  }
+
+  /**
+   * The path of a read-only file holding the blob of revision `serial` of `oid`, from the blob
+   * cache or downloaded into it (resumed at the bytes received across failover). NotFoundError
+   * when the revision has no blob or was packed away.
+   */
+  async loadBlob(oid: Buffer, serial: Buffer): Promise<string> {
+    checkOid(oid);
+    if (!isId(serial)) throw new InvalidArgumentError('a serial must be 8 bytes');
+    const cache = this.blobs;
+    if (!cache) throw new InvalidArgumentError('loadBlob needs the blobCache option');
+    const hit = cache.lookup(oid, serial);
+    if (hit) return hit;
+    const part = cache.partPath(oid, serial);
+    const fd = await fs.promises.open(part, 'w');
+    let done = false;
+    try {
+      const end = Date.now() + this.retryWindowMs;
+      for (let attempt = 0; ; attempt++) {
+        const conn = await this.connection(end);
+        try {
+          const offset = (await fd.stat()).size;
+          const r = await downloadOnce(
+            conn.rpc,
+            { storage: this.storage, oid, serial, seenTid: this.seen },
+            fd,
+            offset,
+            Date.now() + (this.options.blobTimeoutMs ?? DEFAULT_BLOB_TIMEOUT_MS),
+          );
+          if (r.size >= 0 && r.written !== r.size)
+            throw new ZeoRaftError(`blob download ended at ${r.written} of ${r.size} bytes`);
+          break;
+        } catch (e) {
+          if (!(e instanceof DisconnectedError) || this.closed) throw e;
+          const wait = backoffMs(attempt);
+          if (Date.now() + wait >= end) throw e;
+          this.connectionLost(conn, e);
+          await sleep(wait);
+        }
+      }
+      await fd.close();
+      done = true;
+      return await cache.add(oid, serial, part);
+    } finally {
+      if (!done) await fd.close().catch(() => undefined);
+      await fs.promises.rm(part, { force: true });
+    }
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

@@ -28,6 +28,7 @@ export type {
 } from './transaction';
 export { MemoryCache } from './cache-memory';
 export { DiskCache } from './cache-disk';
+export { BlobCache, DEFAULT_BLOB_CACHE_BYTES } from './blob-cache';
 export { StorageRpc } from './rpc';
 export type { RpcOptions } from './rpc';
 export * from './errors';

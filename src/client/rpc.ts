@@ -52,6 +52,11 @@ export class StorageRpc {
     for (const [k, v] of Object.entries(options.metadata ?? {})) this.md.set(k, v);
   }
 
+  /** The metadata every call carries (the security key), for streaming calls made on `raw`. */
+  metadata(): grpc.Metadata {
+    return this.md.clone();
+  }
+
   /** Call a unary method; rejects with a ZeoRaftError subclass. */
   call<K extends UnaryMethod>(
     method: K,

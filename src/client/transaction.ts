@@ -71,6 +71,8 @@ export interface StoreSpec {
   serial: Buffer;
   data: Buffer;
   refs?: Buffer[];
+  /** The revision's blob: an upload's id (ClientStorage.uploadBlob / storeBlob). */
+  blobId?: Buffer;
 }
 
 export class Transaction {
@@ -109,6 +111,24 @@ export class Transaction {
     const base = serial && serial.length > 0 ? serial : Z64;
     checkId(base, 'serial');
     this.stores.push({ oid, serial: base, data, refs });
+    return this;
+  }
+
+  /**
+   * Like store(), with a blob: `blobId` names a completed upload (ClientStorage.uploadBlob), which
+   * becomes this revision's blob when the transaction commits.
+   */
+  storeWithBlob(
+    oid: Buffer,
+    serial: Buffer | undefined,
+    data: Buffer,
+    blobId: Buffer,
+    refs?: Buffer[],
+  ): this {
+    if (!Buffer.isBuffer(blobId) || blobId.length !== 16)
+      throw new TypeError('blobId must be 16 bytes (an upload id)');
+    this.store(oid, serial, data, refs);
+    this.stores[this.stores.length - 1].blobId = blobId;
     return this;
   }
 

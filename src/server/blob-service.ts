@@ -105,16 +105,20 @@ export function blobHandlers(node: StorageNode, ctx: BlobServiceContext) {
           if (st === undefined) {
             st = ctx.storageName(m.storage);
             ctx.writable(st);
-            if (m.blobId.length) {
-              blobId = blobIdArg(m.blobId, 'blob_id');
-              const have = await node.store.blobUploadSize(st, blobId);
+            const offset = Number(m.offset);
+            if (m.blobId.length) blobId = blobIdArg(m.blobId, 'blob_id');
+            const have = blobId ? await node.store.blobUploadSize(st, blobId) : undefined;
+            if (blobId && have === undefined && offset === 0) {
+              // A new upload under an id the client chose (so it can resume a first stream that
+              // broke before its answer arrived).
+              start = true;
+            } else if (blobId) {
               if (have === undefined)
                 throw new RpcError(
                   grpc.status.NOT_FOUND,
                   `no open upload ${blobId.toString('hex')} (committed, expired or never started)`,
                   { kind: 'NOT_FOUND' },
                 );
-              const offset = Number(m.offset);
               if (offset !== have)
                 throw new RpcError(
                   grpc.status.FAILED_PRECONDITION,
@@ -123,7 +127,7 @@ export function blobHandlers(node: StorageNode, ctx: BlobServiceContext) {
                 );
               size = have;
             } else {
-              if (Number(m.offset) !== 0) throw invalid('a new upload starts at offset 0');
+              if (offset !== 0) throw invalid('a new upload starts at offset 0');
               blobId = randomBytes(BLOB_ID_BYTES);
               start = true;
             }

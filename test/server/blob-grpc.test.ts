@@ -175,9 +175,14 @@ describe('Storage API: blobs over gRPC', function () {
       /not an open upload/,
     );
     await assert.rejects(
-      upload([Buffer.from('x')], { blobId: randomBytes(16), offset: 0 }),
+      upload([Buffer.from('x')], { blobId: randomBytes(16), offset: 5 }),
       code(grpc.status.NOT_FOUND, /no open upload/),
     );
+    // A new upload under an id the client chose.
+    const mine = randomBytes(16);
+    const up = await upload([Buffer.from('chosen')], { blobId: mine, offset: 0 });
+    assert.deepEqual(up.blobId, mine);
+    assert.equal(up.size, 6);
     const plain = await rpc.call('Commit', {
       transaction: { stores: [{ oid: p64(6n), data: Buffer.from('no blob') }] },
     });
