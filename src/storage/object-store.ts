@@ -2610,6 +2610,9 @@ function checkRecord(key: Buffer, value: Buffer): void {
     case K.TAG.blobChunk:
       checkBlobRecord(key, value);
       return;
+    case K.TAG.packMark:
+      assert(value.length === 9, 'pack mark of the wrong size');
+      return;
     case K.TAG.session:
       if (key.length === 1)
         assert(value.length === ID_BYTES, 'session watermark of the wrong size');

@@ -188,6 +188,39 @@ describe('pack with garbage collection in steps', function () {
     assert.deepEqual(await objectRecords(follower), await objectRecords(leader));
   });
 
+  it('goes on after a snapshot taken in the middle of it, on the store that installed it', async function () {
+    const t = await fresh();
+    await t.mustCommit([obj(0, [1]), obj(1, []), obj(2, [3]), obj(3, [])]);
+    const r = await t.apply({
+      pack: { storage: ST, packTid: t.store.lastTid, gc: true, step: PackStep.START },
+    });
+    const packId = Number(t.store.packState(ST)!.id);
+    const walk = await packWalk(t.store, ST, r.ok ? r.tid! : Z64);
+    await t.apply({
+      pack: { storage: ST, packTid: Z64, packId, step: PackStep.DOOM, oids: walk.garbage },
+    });
+    const chunks: Buffer[] = [];
+    for await (const c of t.store.snapshot().chunks) chunks.push(c);
+    const other = await fresh();
+    other.index = await other.store.restore(async function* () {
+      yield* chunks;
+    });
+    const state = (x: TestStore) => {
+      const p = x.store.packState(ST)!;
+      return [Number(p.id), hex(p.packTid!), Number(p.doomed ?? 0), p.cancelled || '', !!p.gc];
+    };
+    assert.deepEqual(state(other), state(t));
+    assert.equal(state(other)[2], 2);
+    for (const s of [t, other]) {
+      const done = await s.apply({
+        pack: { storage: ST, packTid: Z64, packId, step: PackStep.SWEEP, fromOid: Z64 },
+      });
+      assert.ok(done.ok && done.oids?.length === 0);
+    }
+    assert.deepEqual(await objectRecords(other), await objectRecords(t));
+    assert.ok(!(await exists(other, 2)) && !(await exists(other, 3)) && (await exists(other, 1)));
+  });
+
   it('sweeps an object with more revisions than one step removes over several steps', async function () {
     const t = await fresh();
     let serial = mustTid(await t.commit([obj(0, [1]), obj(1, [])]));
