@@ -21,7 +21,7 @@ const bytes = (n: number): Buffer => Buffer.alloc(n, 7);
 /** A placeholder replaced by invalid UTF-8 of the same length once encoded. */
 const BAD = 'XXXX';
 
-const STREAMS = new Set(['Iterate', 'Subscribe']);
+const STREAMS = new Set(['Iterate', 'Subscribe', 'DownloadBlob']);
 const MAX_MESSAGE_BYTES = 1 << 20;
 
 interface Case {
@@ -326,6 +326,73 @@ const storageCases: Case[] = [
   },
   { method: 'Subscribe', what: 'unknown storage', req: { storage: 'nope' }, codes: [S.NOT_FOUND] },
   { method: 'Sync', what: 'unknown storage', req: { storage: 'nope' }, codes: [S.NOT_FOUND] },
+  // UploadBlob is client-streaming: a raw call sends its one message and half-closes.
+  {
+    method: 'UploadBlob',
+    what: 'unknown storage',
+    req: { storage: 'nope', data: bytes(3) },
+    codes: [S.NOT_FOUND],
+  },
+  {
+    method: 'UploadBlob',
+    what: 'read-only storage',
+    req: { storage: 'archive', data: bytes(3) },
+    codes: [S.PERMISSION_DENIED],
+  },
+  {
+    method: 'UploadBlob',
+    what: '5-byte blob_id',
+    req: { blobId: bytes(5), data: bytes(3) },
+    codes: [S.INVALID_ARGUMENT],
+  },
+  {
+    method: 'UploadBlob',
+    what: 'resume of an upload that never started',
+    req: { blobId: bytes(16), offset: 5, data: bytes(3) },
+    codes: [S.NOT_FOUND],
+  },
+  {
+    method: 'BlobUploadStatus',
+    what: 'unknown storage',
+    req: { storage: 'nope', blobId: bytes(16) },
+    codes: [S.NOT_FOUND],
+  },
+  {
+    method: 'BlobUploadStatus',
+    what: '5-byte blob_id',
+    req: { blobId: bytes(5) },
+    codes: [S.INVALID_ARGUMENT],
+  },
+  {
+    method: 'BlobUploadStatus',
+    what: 'upload that never started',
+    req: { blobId: bytes(16) },
+    codes: [S.NOT_FOUND],
+  },
+  {
+    method: 'DownloadBlob',
+    what: 'short oid',
+    req: { oid: bytes(3), serial: bytes(8) },
+    codes: [S.INVALID_ARGUMENT],
+  },
+  {
+    method: 'DownloadBlob',
+    what: '7-byte serial',
+    req: { oid: oid(1), serial: bytes(7) },
+    codes: [S.INVALID_ARGUMENT],
+  },
+  {
+    method: 'DownloadBlob',
+    what: 'unknown oid',
+    req: { oid: oid(424242), serial: bytes(8) },
+    codes: [S.NOT_FOUND],
+  },
+  {
+    method: 'DownloadBlob',
+    what: 'unknown storage',
+    req: { storage: 'nope', oid: oid(1), serial: bytes(8) },
+    codes: [S.NOT_FOUND],
+  },
   {
     method: 'Status',
     what: 'unknown fields only',
