@@ -16,6 +16,7 @@ export const SETTINGS = {
   'peer-listen': 'ZEORAFT_PEER_LISTEN',
   'http-listen': 'ZEORAFT_HTTP_LISTEN',
   'zeo-listen': 'ZEORAFT_ZEO_LISTEN',
+  'zeo-encoding': 'ZEORAFT_ZEO_ENCODING',
   peers: 'ZEORAFT_PEERS',
   join: 'ZEORAFT_JOIN',
   'initial-cluster-state': 'ZEORAFT_INITIAL_CLUSTER_STATE',
@@ -96,6 +97,11 @@ export function buildConfig(
   set('peer-listen', 'peerListen', (s) => s);
   set('http-listen', 'httpListen', (s) => s);
   set('zeo-listen', 'zeoListen', (s) => s);
+  set('zeo-encoding', 'zeoEncoding', (s) => {
+    if (s !== 'msgpack' && s !== 'pickle')
+      throw new Error(`zeo-encoding must be msgpack or pickle, got ${JSON.stringify(s)}`);
+    return s;
+  });
   set('peers', 'peers', parsePeers);
   set('join', 'join', bool);
   set('initial-cluster-state', 'initialClusterState', (s) => {

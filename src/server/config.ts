@@ -35,6 +35,13 @@ export interface NodeConfig {
   httpListen: string;
   /** host:port for the ZEO 5 protocol listener (ZODB ClientStorage); '' to disable. */
   zeoListen: string;
+  /**
+   * The ZEO encoding the listener greets with: 'msgpack' (M5; a client answering anything else is
+   * refused) or 'pickle' (Z5, ZEO's default, for clients without the msgpack package; a client
+   * answering M5 is served in msgpack). Pickles are read by a decoder of plain values only
+   * (zeo/pickle-marshal.ts).
+   */
+  zeoEncoding: 'msgpack' | 'pickle';
   /** The initial voters (including this node) when bootstrapping a new cluster; empty when standalone. */
   peers: PeerConfig[];
   /** Join an existing cluster as a learner instead of bootstrapping (the leader adds us). */
@@ -136,6 +143,7 @@ export function defaultConfig(overrides: Partial<NodeConfig> = {}): NodeConfig {
     peerListen: '',
     httpListen: '',
     zeoListen: '',
+    zeoEncoding: 'msgpack',
     peers: [],
     join: false,
     initialClusterState: '',
@@ -177,6 +185,8 @@ export function validateConfig(c: NodeConfig): void {
     fail(`http listen address ${JSON.stringify(c.httpListen)} is not host:port`);
   if (c.zeoListen && !HOST_PORT.test(c.zeoListen))
     fail(`zeo listen address ${JSON.stringify(c.zeoListen)} is not host:port`);
+  if (c.zeoEncoding !== 'msgpack' && c.zeoEncoding !== 'pickle')
+    fail(`zeo encoding ${JSON.stringify(c.zeoEncoding)} is not msgpack or pickle`);
   if (c.storages.length === 0) fail('at least one storage is required');
   for (const s of c.storages)
     if (!/^[A-Za-z0-9_.-]{1,64}$/.test(s.name))

@@ -56,9 +56,39 @@ export function decodeMessage(bytes: Uint8Array): Message {
   } catch (e) {
     throw new MarshalError(`undecodable message: ${e instanceof Error ? e.message : String(e)}`);
   }
+  return shapeMessage(v);
+}
+
+/** The longest bytes or str a message id may hold (an OID or TID is 8 bytes). */
+const MSGID_SCALAR_BYTES_MAX = 64;
+/** The most elements of a tuple message id. */
+const MSGID_ELEMENTS_MAX = 4;
+
+function isScalarId(v: unknown): boolean {
+  if (v === null || typeof v === 'number' || typeof v === 'bigint' || typeof v === 'boolean')
+    return true;
+  if (typeof v === 'string') return v.length <= MSGID_SCALAR_BYTES_MAX;
+  return v instanceof Uint8Array && v.length <= MSGID_SCALAR_BYTES_MAX;
+}
+
+/**
+ * ZEO clients number their messages, except loadBefore, whose id is (oid, tid). The id is echoed
+ * in the reply, so anything else (a deep or large structure) is refused as a bad message.
+ */
+function isMessageId(v: unknown): boolean {
+  if (Array.isArray(v)) return v.length <= MSGID_ELEMENTS_MAX && v.every(isScalarId);
+  return isScalarId(v);
+}
+
+/** A decoded message (of either encoding) checked to be `[msgid, flag, name, args]`. */
+export function shapeMessage(v: unknown): Message {
   if (!Array.isArray(v) || v.length !== 4)
     throw new MarshalError('a message must be a 4-element array [msgid, flag, method, args]');
   const [msgid, rawFlag, method, args] = v as unknown[];
+  if (!isMessageId(msgid))
+    throw new MarshalError(
+      'a message id must be an integer, or a tuple of at most 4 scalars (loadBefore sends (oid, tid))',
+    );
   const flag = rawFlag === true ? 1 : rawFlag === false ? 0 : rawFlag;
   if (typeof flag !== 'number' || !Number.isInteger(flag))
     throw new MarshalError('the message flag must be an integer or boolean');

@@ -2,10 +2,12 @@
  * The ZEO 5 listener of a node: lets ZODB's ClientStorage (Python) use a ZeoRaft cluster.
  *
  * Wire protocol (ZEO docs/protocol.rst, ZEO.asyncio.server): 4-byte big-endian sized messages.
- * The server speaks first with its protocol greeting, "M5" (msgpack encoding, version 5); the
- * client answers with the protocol it will use (a ZEO client echoes the server's encoding letter)
- * or with "ruok", a status probe answered with one JSON message before the connection closes.
- * Then messages are `[msgid, flag, method, args]`; see marshal.ts and session.ts.
+ * The server speaks first with its protocol greeting, "M5" (msgpack encoding, version 5) or, with
+ * ZEORAFT_ZEO_ENCODING=pickle, "Z5" (pickle, ZEO's default); the client answers with the protocol it
+ * will use (a ZEO client echoes the server's encoding letter) or with "ruok", a status probe
+ * answered with one JSON message before the connection closes. A server greeting Z5 also serves a
+ * client answering M5; one greeting M5 serves only M5. Then messages are
+ * `[msgid, flag, method, args]`; see marshal.ts, pickle-marshal.ts and session.ts.
  *
  * Failure handling follows ZEO: an undecodable message, an unknown method, a bad handshake, or an
  * error in a one-way call closes the connection (the client reconnects and verifies its cache);
@@ -30,7 +32,16 @@ import {
   decodeMessage,
   encodeMessage,
 } from './marshal';
+import { PROTOCOL_Z5, decodePickledMessage, encodePickledMessage } from './pickle-marshal';
 import { ReplyThen, ZeoSession, ZeoStats } from './session';
+
+/** One encoding of ZEO messages: msgpack (M5) or restricted pickle (Z5). */
+interface Codec {
+  decode(bytes: Uint8Array): ReturnType<typeof decodeMessage>;
+  encode: typeof encodeMessage;
+}
+const MSGPACK: Codec = { decode: decodeMessage, encode: encodeMessage };
+const PICKLE: Codec = { decode: decodePickledMessage, encode: encodePickledMessage };
 
 /** Requests of one connection being served at once; a client exceeding it is cut off. */
 const INFLIGHT_MAX = 1_000;
@@ -65,6 +76,8 @@ class ZeoConnection {
   private readonly handshakeTimer: NodeJS.Timeout;
   /** The budget share of the large message being received, if any. */
   private frameMemory: Reservation | undefined;
+  /** The encoding the client chose in its handshake. */
+  private codec: Codec = MSGPACK;
   readonly label: string;
 
   constructor(
@@ -93,15 +106,15 @@ class ZeoConnection {
       this.close('idle');
     });
     this.handshakeTimer = setTimeout(() => this.close('no handshake'), HANDSHAKE_TIMEOUT_MS);
-    this.write(Buffer.from(PROTOCOL_M5, 'latin1'));
+    this.write(Buffer.from(greeting(node), 'latin1'));
   }
 
   callAsync(method: string, args: unknown[]): void {
-    this.write(encodeMessage(0, true, method, args));
+    this.write(this.codec.encode(0, true, method, args));
   }
 
   async callAsyncDrained(method: string, args: unknown[]): Promise<void> {
-    this.write(encodeMessage(0, true, method, args));
+    this.write(this.codec.encode(0, true, method, args));
     if (this.state === 'closed' || this.socket.writableLength <= SEND_DRAIN_BYTES) return;
     await new Promise<void>((resolve) => {
       const done = (): void => {
@@ -176,20 +189,24 @@ class ZeoConnection {
       this.write(Buffer.from(JSON.stringify(status), 'utf8'));
       return this.close('ruok answered');
     }
-    if (proto !== PROTOCOL_M5) {
+    const pickle = this.node.config.zeoEncoding === 'pickle';
+    if (proto !== PROTOCOL_M5 && !(pickle && proto === PROTOCOL_Z5)) {
       this.node.log.warn(
         { client: this.label, handshake: m.subarray(0, HANDSHAKE_MAX_BYTES).toString('hex') },
-        'zeo: bad handshake (this server speaks M5: msgpack, ZEO 5)',
+        pickle
+          ? 'zeo: bad handshake (this server speaks Z5 and M5: pickle or msgpack, ZEO 5)'
+          : 'zeo: bad handshake (this server speaks M5: msgpack, ZEO 5; ZEORAFT_ZEO_ENCODING=pickle adds Z5)',
       );
       return this.close('bad handshake');
     }
+    this.codec = proto === PROTOCOL_Z5 ? PICKLE : MSGPACK;
     this.state = 'open';
   }
 
   private onMessage(bytes: Buffer): void {
     let msg;
     try {
-      msg = decodeMessage(bytes);
+      msg = this.codec.decode(bytes);
     } catch (e) {
       if (!(e instanceof MarshalError)) throw e;
       this.node.log.warn({ client: this.label, error: e.message }, 'zeo: bad message');
@@ -229,9 +246,9 @@ class ZeoConnection {
 
   private reply(msgid: unknown, result: unknown): void {
     if (result instanceof ReplyThen) {
-      this.write(encodeMessage(msgid, 0, REPLY, result.result));
+      this.write(this.codec.encode(msgid, 0, REPLY, result.result));
       result.after();
-    } else this.write(encodeMessage(msgid, 0, REPLY, result ?? null));
+    } else this.write(this.codec.encode(msgid, 0, REPLY, result ?? null));
   }
 
   private fail(msgid: unknown, oneWay: boolean, method: string, e: unknown): void {
@@ -252,8 +269,13 @@ class ZeoConnection {
     }
     // One-way calls cannot answer: ZEO closes the connection ("no way to cry for help").
     if (oneWay) return this.close(`${method} failed: ${exc.message}`);
-    this.write(encodeMessage(msgid, FLAG_ERROR, REPLY, exc.reduce()));
+    this.write(this.codec.encode(msgid, FLAG_ERROR, REPLY, exc.reduce()));
   }
+}
+
+/** The greeting: the configured encoding's protocol. */
+function greeting(node: StorageNode): string {
+  return node.config.zeoEncoding === 'pickle' ? PROTOCOL_Z5 : PROTOCOL_M5;
 }
 
 export async function startZeoServer(node: StorageNode, listen: string): Promise<ZeoServer> {
@@ -302,7 +324,7 @@ export async function startZeoServer(node: StorageNode, listen: string): Promise
     });
   });
   const bound = (server.address() as net.AddressInfo).port;
-  node.log.info({ zeo: `${host}:${bound}` }, 'zeo: listening (protocol M5)');
+  node.log.info({ zeo: `${host}:${bound}` }, `zeo: listening (protocol ${greeting(node)})`);
   // A snapshot replaced the state: its transactions were never sent as invalidations, so every
   // client reconnects and verifies its cache (ZEO's cache verification) instead of missing them.
   const unlistenReplaced = node.store.onReplaced(() => {
