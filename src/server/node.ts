@@ -26,6 +26,7 @@ import type { Replicator } from './replicator';
 import { storageHandlers } from './storage-service';
 import { SubscriptionHub } from './subscriptions';
 import { ZeoServer, startZeoServer } from '../zeo/server';
+import { Waiters, systemWaitClock } from '../util/waiters';
 
 /** How often the leader looks for voted transactions past their timeout. */
 const TXN_SWEEP_MS = 250;
@@ -61,7 +62,8 @@ export class StorageNode {
   private httpServer: http.Server | undefined;
   private sweeper: NodeJS.Timeout | undefined;
   private zeoServer: ZeoServer | undefined;
-  private readonly appliedWaiters = new Set<() => void>();
+  /** Waits for "applied up to ..." (deadlines are gRPC deadlines: the system clock). */
+  private readonly appliedWaiters = new Waiters(systemWaitClock);
   private stopping = false;
   /** When this node last became leader (its clock), while it is leader. */
   private leaderSinceMs: number | undefined;
@@ -105,7 +107,7 @@ export class StorageNode {
     this.metrics.countSubscribers(() => this.subscriptions.count);
     store.onApplied((index) => {
       this.metrics.appliedIndex.set(index);
-      for (const w of [...this.appliedWaiters]) w();
+      this.appliedWaiters.notify();
     });
   }
 
@@ -221,27 +223,11 @@ export class StorageNode {
 
   /** Resolve once `cond()` holds after some apply, or reject at the deadline. */
   waitApplied(cond: () => boolean, deadlineMs: number, what: () => string): Promise<void> {
-    if (cond()) return Promise.resolve();
-    return new Promise<void>((resolve, reject) => {
-      const check = (): void => {
-        if (cond()) {
-          cleanup();
-          resolve();
-        }
-      };
-      const timer = setTimeout(
-        () => {
-          cleanup();
-          reject(new RpcError(grpc.status.DEADLINE_EXCEEDED, what()));
-        },
-        Math.max(0, deadlineMs - Date.now()),
-      );
-      const cleanup = (): void => {
-        clearTimeout(timer);
-        this.appliedWaiters.delete(check);
-      };
-      this.appliedWaiters.add(check);
-    });
+    return this.appliedWaiters.until(
+      cond,
+      deadlineMs,
+      () => new RpcError(grpc.status.DEADLINE_EXCEEDED, what()),
+    );
   }
 
   /** Wait until this node has applied `tid` (MISSION §2.6: never serve a client older state than it saw). */

@@ -44,6 +44,7 @@ import { Command, commandCodec } from '../storage/codec';
 import type { ApplyResult } from '../storage/object-store';
 import { assert } from '../util/assert';
 import { Mulberry32 } from '../util/prng';
+import { Waiters } from '../util/waiters';
 import { Mutex } from './mutex';
 import { ReplicaView, Role, stampCommand } from './replicator';
 import type { Caller } from './security';
@@ -332,7 +333,7 @@ export class RaftHost {
   private leader = '';
   private term = 0;
   private commit = 0;
-  private readonly waiters = new Set<() => void>();
+  private readonly waiters: Waiters;
   private readonly lock = new Mutex();
   /** The apply worker: committed entries are applied in order, one batch after another. */
   private applyTail: Promise<void> = Promise.resolve();
@@ -353,6 +354,7 @@ export class RaftHost {
     this.log = deps.log;
     this.sm = deps.stateMachine;
     this.clock = deps.clock;
+    this.waiters = new Waiters(deps.clock);
     this.emit = deps.events;
     const snap = this.log.mem.snapshot();
     this.conf = this.log.mem.initialState().conf;
@@ -634,29 +636,12 @@ export class RaftHost {
   }
 
   private notify(): void {
-    for (const w of [...this.waiters]) w();
+    this.waiters.notify();
   }
 
   /** Resolve when cond() holds (checked after state changes), reject at the deadline. */
   private waitFor(cond: () => boolean, deadlineMs: number, onTimeout: () => Error): Promise<void> {
-    if (cond()) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const check = (): void => {
-        if (cond()) {
-          done();
-          resolve();
-        }
-      };
-      const cancel = this.clock.after(Math.max(0, deadlineMs - this.clock.nowMs()), () => {
-        done();
-        reject(onTimeout());
-      });
-      const done = (): void => {
-        cancel();
-        this.waiters.delete(check);
-      };
-      this.waiters.add(check);
-    });
+    return this.waiters.until(cond, deadlineMs, onTimeout);
   }
 
   // ------------------------------------------------------------------------------------------
