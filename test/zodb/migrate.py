@@ -10,7 +10,9 @@
 3. Compares the two with their iterators through another node: the same TIDs, statuses, users,
    descriptions, extensions and records (OID, TID, data, data_txn) in the same order, and the
    same current state of every object.
-4. Opens the copy with ZODB and commits to it, as the site would after moving in.
+4. Opens the copy with ZODB and commits to it, as the site would after moving in, then packs it
+   with garbage collection: everything reachable from the root stays, byte for byte, and an object
+   that became unreachable after the source's pack goes.
 5. Does the same for a second FileStorage with blobs (created, changed, their changes undone,
    their creation undone), copied into storage `blobs` with examples/python/zodb_import.py
    (zodbconvert cannot copy blobs through ZEO: ZEO's client has no restoreBlob), and compares the
@@ -38,6 +40,8 @@ from ZODB.TimeStamp import TimeStamp
 
 import ZEO.ClientStorage
 import ZODB.blob
+import ZODB.serialize
+import ZODB.utils
 from ZODB.blob import Blob
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -95,6 +99,11 @@ def build_source(path, n_txns, seed=17):
             commit(i, c, 'change %d' % i)
         if i == n_txns // 3:
             pack_tid = storage.lastTransaction()
+    # An object that becomes unreachable after the pack time below: the copy's pack collects it.
+    root['c0']['orphan'] = PersistentMapping({'n': 1})
+    commit(n_txns, root['c0'], 'orphan')
+    del root['c0']['orphan']
+    commit(n_txns + 1, root['c0'], 'orphaned')
     # Pack as of a third of the way: FileStorage drops the transactions left without records and
     # marks the ones it rewrote with status 'p'.
     db.pack(TimeStamp(pack_tid).timeTime() + 1e-6)
@@ -212,6 +221,24 @@ def compare(source, dest, blobs=False):
     return counts
 
 
+def reachable(storage):
+    """The OIDs reachable from the root, by the references in the current records."""
+    seen, todo = set(), [ZODB.utils.z64]
+    while todo:
+        oid = todo.pop()
+        if oid in seen:
+            continue
+        seen.add(oid)
+        data, _ = storage.load(oid)
+        todo.extend(ZODB.serialize.referencesf(data))
+    return seen
+
+
+def oids_of(storage):
+    """Every OID a storage's transactions wrote."""
+    return {r.oid for t in storage.iterator() for r in t}
+
+
 def same_blob(source, dest, oid, tid):
     """Whether both have the same blob file for the revision (True), or neither has one (False)."""
     try:
@@ -256,8 +283,34 @@ def main():
         assert sorted(root)[:2] == ['c0', 'c1'] and len(root['tree']) > 0
         root['c0']['after'] = 'moved in'
     last = db.storage.lastTransaction()
-    db.close()
     assert last > source.lastTransaction(), 'a commit after the copy follows its TIDs'
+    # Pack with garbage collection works on the copy: the references of restored records were
+    # read when they were stored, so everything reachable from the root stays, byte for byte, and
+    # what is not reachable goes.
+    live = reachable(db.storage)
+    before = {oid: db.storage.load(oid) for oid in live}
+    unreachable = set()
+    for oid in oids_of(source) - live:
+        try:
+            db.storage.load(oid)
+        except ZODB.POSException.POSKeyError:
+            continue  # deleted already (an undone creation)
+        unreachable.add(oid)
+    assert unreachable, 'the source has an unreachable object for the pack to collect'
+    db.pack(time.time() + 1)
+    db.close()
+    # Read back through a client without a cache (ZEO sends no invalidation for a collected object).
+    fresh = ZEO.ClientStorage.ClientStorage(zeo[0], storage='1', wait=True, read_only=True)
+    for oid, state in before.items():
+        assert fresh.load(oid) == state, 'object %s changed by pack' % oid.hex()
+    for oid in unreachable:
+        try:
+            fresh.load(oid)
+        except ZODB.POSException.POSKeyError:
+            continue
+        raise AssertionError('unreachable object %s survived the pack' % oid.hex())
+    fresh.close()
+    counts['after_pack'] = {'reachable': len(live), 'collected': len(unreachable)}
     source.close()
 
     counts['seconds'] = round(seconds, 3)

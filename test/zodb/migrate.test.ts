@@ -1,7 +1,8 @@
 /**
  * Moving a site in: test/zodb/migrate.py builds a FileStorage with history, undo records and a pack
  * with the real ZODB, runs zodbconvert from it into storage 1 of a three-node cluster through a ZEO
- * port, and compares the copy with the source transaction by transaction through another node.
+ * port, and compares the copy with the source transaction by transaction through another node;
+ * then packs the copy with garbage collection (what is reachable stays, an orphan goes).
  *
  * Needs the pinned Python environment (`make zodb-venv`); `make zodb-suites` builds it and runs this
  * file, so CI always runs it. Without the environment (a plain `make test`) it is skipped, saying so.
@@ -100,6 +101,8 @@ describe('moving a site in: zodbconvert from a FileStorage through the ZEO door'
     assert.ok(counts.without_data > 0, 'undone creations (records without data) were copied');
     assert.ok(counts.backpointers > 0, 'undo records (backpointers) were copied');
     assert.ok(counts.statuses.p > 0 && counts.statuses[' '] > 0, 'packed and ordinary statuses');
+    // Pack with garbage collection on the copy kept what is reachable and collected the orphan.
+    assert.ok(counts.after_pack.reachable > 0 && counts.after_pack.collected >= 1);
     // The site with blobs: every blob revision compared, undone blob creations copied.
     const blobs = counts.blob_site;
     // ZODB.DB's root creation, the set-up, then one per step (this source is not packed).
