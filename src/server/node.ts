@@ -270,7 +270,14 @@ export class StorageNode {
         );
         this.replicator
           .propose(
-            { abort: { storage: p.storage, txnId: p.txnId, reason: 'timeout' } },
+            {
+              abort: {
+                storage: p.storage,
+                txnId: p.txnId,
+                reason: 'timeout',
+                expiredDeadlineMs: p.deadlineMs,
+              },
+            },
             Date.now() + 5000,
             { kind: 'node' },
           )

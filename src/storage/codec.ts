@@ -60,7 +60,9 @@ export type Command =
       };
     }
   | { finish: { storage: string; txnId: string; tid: Uint8Array } }
-  | { abort: { storage: string; txnId: string; reason?: string } }
+  | {
+      abort: { storage: string; txnId: string; reason?: string; expiredDeadlineMs?: number };
+    }
   | {
       undo: {
         tid: Uint8Array;

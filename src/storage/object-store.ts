@@ -1470,12 +1470,16 @@ export class ObjectStore {
   }
 
   private async applyAbort(
-    a: { storage: string; txnId: string; reason?: string },
+    a: { storage: string; txnId: string; reason?: string; expiredDeadlineMs?: number },
     ops: BatchOp[],
     _after: Array<() => void>,
   ): Promise<ApplyResult> {
     const p = this.prepared.get(`${a.storage}\0${a.txnId}`);
     if (!p) return { ok: true };
+    // A timeout abort decided on a deadline that a renewal has since moved: the owner renewed in
+    // time (its renewal was applied first), so the vote stays and can be finished.
+    if (a.reason === 'timeout' && a.expiredDeadlineMs && p.deadlineMs !== a.expiredDeadlineMs)
+      return { ok: true };
     // The transaction is over: uploads only its vote named go with it.
     const voted = await this.read(K.preparedKey(a.storage, a.txnId));
     assert(voted, `voted transaction ${a.txnId} has no record`);

@@ -550,6 +550,34 @@ describe('ObjectStore conformance', function () {
       assert.deepEqual(await t.apply({ abort: { storage: ST, txnId: 'never' } }), { ok: true });
     });
 
+    it('a timeout abort decided before a renewal was applied leaves the vote finishable', async function () {
+      const s1 = await t.put(oid(1), Z64, 'a');
+      await prepare('t1', [{ oid: oid(1), serial: s1, data: data('b') }]); // deadline 1234
+      // The leader saw deadline 1234 pass and proposed the abort; the owner's renewal got in first.
+      await t.apply({ renew: { storage: ST, txnId: 't1', deadlineMs: 2000 } });
+      const late = { storage: ST, txnId: 't1', reason: 'timeout', expiredDeadlineMs: 1234 };
+      assert.deepEqual(await t.apply({ abort: late }), { ok: true });
+      assert.equal(t.store.lockHolder(ST, oid(1)), 't1');
+      // An abort decided on the current deadline (no renewal since) does abort.
+      await t.apply({ abort: { ...late, expiredDeadlineMs: 2000 } });
+      assert.equal(t.store.lockHolder(ST, oid(1)), undefined);
+      expectError(
+        await t.apply({ finish: { storage: ST, txnId: 't1', tid: Z64 } }),
+        'UNKNOWN_TRANSACTION',
+      );
+    });
+
+    it('a vote renewed after the leader saw it expire is finished with its data', async function () {
+      const s1 = await t.put(oid(1), Z64, 'a');
+      await prepare('t1', [{ oid: oid(1), serial: s1, data: data('b') }]);
+      await t.apply({ renew: { storage: ST, txnId: 't1', deadlineMs: 2000 } });
+      await t.apply({
+        abort: { storage: ST, txnId: 't1', reason: 'timeout', expiredDeadlineMs: 1234 },
+      });
+      mustTid(await t.apply({ finish: { storage: ST, txnId: 't1', tid: Z64 } }));
+      assert.deepEqual((await t.store.load(ST, oid(1))).data, data('b'));
+    });
+
     it('finish of a transaction that was never voted is UNKNOWN_TRANSACTION', async function () {
       const e = expectError(
         await t.apply({ finish: { storage: ST, txnId: 'nope', tid: Z64 } }),
