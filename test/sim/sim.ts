@@ -114,6 +114,10 @@ interface SimNode {
   pausedUntil: number;
   incarnation: number;
   downUntil: number;
+  /** Ticks this node's clock has run (all incarnations; pauses and skipped ticks excluded). */
+  ticks: number;
+  /** Peer -> `ticks` when a message from it was last delivered here (this incarnation). */
+  heardAt: Map<string, number>;
 }
 
 type NetItem =
@@ -224,6 +228,27 @@ class Sim {
   private readonly lastLeaderSeen = new Map<string, number>();
   /** Removed node -> earliest tick to shut it down and the index of its removal. */
   private readonly retireAt = new Map<string, { at: number; index: number }>();
+  /** Leader -> term, commit index and voters at the last check of its commits against disks. */
+  private readonly leaderCommitChecked = new Map<
+    string,
+    { term: number; commit: number; voters: string[] }
+  >();
+  /** "index|term" of every membership change the simulator's clients got into a leader's log. */
+  private readonly confProposedAt = new Set<string>();
+  /**
+   * Node -> "term|target" pairs for which, since its last ready(), a call into its core left it
+   * leading term `term` with a transfer to `target` in flight and `target` known to hold its
+   * whole log: the moments a TimeoutNow to `target` may be sent.
+   */
+  private readonly timeoutNowAllowed = new Map<string, Set<string>>();
+  /**
+   * Check-quorum leader -> since when (its own `ticks`) it has led in this term with the same
+   * membership and no leadership transfer in flight.
+   */
+  private readonly quorumWatch = new Map<
+    string,
+    { term: number; incarnation: number; since: number; members: string }
+  >();
 
   constructor(
     readonly seed: number,
@@ -286,6 +311,8 @@ class Sim {
       downUntil: 0,
       pausedFrom: 0,
       pausedUntil: 0,
+      ticks: 0,
+      heardAt: new Map(),
     };
     this.nodes.set(id, node);
     this.start(node);
@@ -295,6 +322,8 @@ class Sim {
     node.sm = copySm(node.snapData);
     node.staged = new Map();
     node.pending = undefined;
+    node.heardAt = new Map();
+    this.timeoutNowAllowed.delete(node.id);
     node.incarnation++;
     node.raw = new RawNode({
       id: node.id,
@@ -350,7 +379,7 @@ class Sim {
         // Propose a final entry (again, if the previous attempt was lost with its leader).
         try {
           const id = this.nextProposalId++;
-          const index = raw.propose(enc.encode(`p${id}`));
+          const index = this.propose(leader, enc.encode(`p${id}`));
           finalAt = { index, term: raw.basicStatus().term };
           finalId = id;
           this.pendingProposals.set(id, finalAt);
@@ -435,7 +464,7 @@ class Sim {
       if (i % 5 === 0 && i < PARTIAL_PARTITION_TICKS - 2 * ELECTION_TICKS) {
         const id = this.nextProposalId++;
         try {
-          const index = raw.propose(enc.encode(`p${id}`));
+          const index = this.propose(leader, enc.encode(`p${id}`));
           this.pendingProposals.set(id, { index, term: s0.term });
           proposed.push(id);
         } catch (e) {
@@ -514,7 +543,9 @@ class Sim {
       if (!n.up || this.paused(n)) continue;
       if (this.faults && this.rng.nextFloat() < 0.02) continue; // clock drift: a skipped tick
       const before = n.raw!.basicStatus().role;
+      n.ticks++;
       n.raw!.tick();
+      if (before === 'leader') this.noteTransfer(n); // a removed leader hands off on a tick
       this.checkCampaign(n, before);
     }
     this.deliver();
@@ -609,7 +640,7 @@ class Sim {
         for (let i = 0; i < count; i++) {
           const id = this.nextProposalId++;
           try {
-            const idx = n.raw!.propose(enc.encode(`p${id}`));
+            const idx = this.propose(n, enc.encode(`p${id}`));
             this.pendingProposals.set(id, { index: idx, term: n.raw!.basicStatus().term });
             this.stats.proposed++;
           } catch (e) {
@@ -640,6 +671,7 @@ class Sim {
         this.trace(`TRANSFER leadership ${leader.id} -> ${to}`);
         this.stats.transfers++;
         leader.raw!.transferLeadership(to);
+        this.noteTransfer(leader);
       }
     }
   }
@@ -671,6 +703,59 @@ class Sim {
       this.pause(n, this.now + 1);
   }
 
+  /**
+   * n.propose(data), checking §3.10: a leader that is transferring leadership accepts no
+   * proposal (it would keep the target behind, and what the target has not received when it
+   * campaigns is lost). Throws what propose() throws.
+   */
+  private propose(n: SimNode, data: Uint8Array): number {
+    const transferee = n.raw!.status().leadTransferee;
+    const index = n.raw!.propose(data);
+    if (transferee !== '')
+      fail(
+        `${n.id} accepted a proposal (at ${index}) while transferring leadership to ${transferee} (§3.10)`,
+      );
+    return index;
+  }
+
+  /**
+   * leader.proposeConfChange(cc), checking the rules that keep single-server membership changes
+   * safe when they take effect as they are applied (as in etcd). A leader accepts a change only
+   * - once an entry of its own term is committed (Ongaro's 2015 correction to thesis §4.1:
+   *   until then its log may end in an earlier leader's uncommitted change, and a second change
+   *   on top of it can make two disjoint majorities);
+   * - when every membership change in its log is applied (one change at a time: its own view of
+   *   the voters, and so the change it validates, is current);
+   * - not while it transfers leadership (§3.10).
+   * Throws what proposeConfChange() throws.
+   */
+  private proposeConfChange(n: SimNode, cc: { type: ConfChangeType; node: string }): number {
+    const raw = n.raw!;
+    const s = raw.status();
+    const ownTermCommitted = raw.termAt(s.commit) === s.term;
+    let unapplied: number | undefined;
+    for (let i = s.applied + 1; i <= s.lastIndex && unapplied === undefined; i++) {
+      const at = `${i}|${raw.termAt(i)}`;
+      if (
+        this.confProposedAt.has(at) ||
+        this.logAt.get(at)?.key.startsWith(`${EntryType.ConfChange}:`)
+      )
+        unapplied = i;
+    }
+    const index = raw.proposeConfChange(cc);
+    this.confProposedAt.add(`${index}|${s.term}`);
+    const what = `${n.id} accepted a membership change (at ${index}, term ${s.term})`;
+    if (s.leadTransferee !== '')
+      fail(`${what} while transferring leadership to ${s.leadTransferee} (§3.10)`);
+    if (!ownTermCommitted)
+      fail(`${what} before an entry of its own term is committed (commit ${s.commit})`);
+    if (unapplied !== undefined)
+      fail(
+        `${what} with the membership change at ${unapplied} in its log not yet applied (applied ${s.applied}): two changes in flight`,
+      );
+    return index;
+  }
+
   private confChange(leader: SimNode): void {
     const r = this.rng;
     const conf = leader.raw!.status().conf;
@@ -697,7 +782,7 @@ class Sim {
     }
     if (!cc) return;
     try {
-      leader.raw!.proposeConfChange(cc);
+      this.proposeConfChange(leader, cc);
     } catch (e) {
       if (!(e instanceof RaftError)) throw e;
       return;
@@ -751,7 +836,10 @@ class Sim {
       if (this.opts.trace) this.trace(fmtMsg(m));
       if (m.type === MessageType.Snapshot && snap) to.staged.set(snap.index, copySm(snap));
       const before = to.raw!.basicStatus();
+      to.heardAt.set(m.from, to.ticks);
       to.raw!.step({ ...m });
+      if (m.type === MessageType.AppendResp || m.type === MessageType.TransferLeader)
+        this.noteTransfer(to);
       if (m.type === MessageType.TimeoutNow) this.checkCampaign(to, before.role);
       if (m.type === MessageType.Append) this.checkAppendCommit(to, before.commit, m);
     }
@@ -771,6 +859,7 @@ class Sim {
         if (!raw.hasReady()) return;
         n.pending = raw.ready();
         this.checkNewEntries(n, n.pending);
+        this.checkTimeoutNow(n, n.pending);
         // Half the time rd.messages leave at once and the Ready is persisted later, with
         // answers (votes, acknowledgements) stepped in meanwhile, as in the production host.
         n.pendingSent = this.faults && this.rng.nextFloat() < 0.5;
@@ -943,6 +1032,7 @@ class Sim {
     if (e.type === EntryType.ConfChange) {
       const cc = decodeConfChange(e.data);
       n.sm.conf = n.raw!.applyConfChange(cc);
+      this.noteTransfer(n); // a removed leader hands off
       if (prev === undefined) {
         this.stats.confChangesApplied++;
         this.trace(
@@ -980,6 +1070,8 @@ class Sim {
         this.lastLeaderSeen.set(n.id, s.term);
         this.checkLeaderCompleteness(n, s.firstIndex);
       }
+      this.checkCommitDurable(n, s.term, s.commit);
+      this.checkQuorumLease(n, s.term);
     }
   }
 
@@ -1021,6 +1113,98 @@ class Sim {
           `${n.id} campaigns (${s.role}, term ${s.term}) with the membership change at ${i} committed but not applied (applied ${s.applied})`,
         );
     }
+  }
+
+  /**
+   * After a call into n's core that can start a transfer or send TimeoutNow (a step of an
+   * AppendResp or TransferLeader, a leader's tick, a transfer request, a membership change
+   * applied): note whether it leaves n leading with the transfer's target caught up.
+   */
+  private noteTransfer(n: SimNode): void {
+    if (n.raw!.basicStatus().role !== 'leader') return;
+    const s = n.raw!.status();
+    if (s.leadTransferee === '' || s.progress[s.leadTransferee]?.match !== s.lastIndex) return;
+    let allowed = this.timeoutNowAllowed.get(n.id);
+    if (allowed === undefined) this.timeoutNowAllowed.set(n.id, (allowed = new Set()));
+    allowed.add(`${s.term}|${s.leadTransferee}`);
+  }
+
+  /**
+   * §3.10: a leader sends TimeoutNow only to a target it knows holds its whole log (match equal
+   * to its last index): a lagging target campaigns without the leader's newest entries (and
+   * loses, or wins and drops them). The message was made by one of the calls since n's
+   * previous ready(); one of them must have left n leading in the message's term with the
+   * target caught up (noteTransfer).
+   */
+  private checkTimeoutNow(n: SimNode, rd: Ready): void {
+    const allowed = this.timeoutNowAllowed.get(n.id);
+    this.timeoutNowAllowed.delete(n.id);
+    for (const m of rd.messages) {
+      if (m.type !== MessageType.TimeoutNow) continue;
+      if (allowed?.has(`${m.term}|${m.to}`)) continue;
+      fail(
+        `${n.id} sends TimeoutNow (term ${m.term}) to ${m.to} although no step since its previous Ready left it leading with ${m.to} holding its whole log (§3.10)`,
+      );
+    }
+  }
+
+  /**
+   * §5.3 and §4 (the quorum is of voters): an entry a leader considers committed is on the disks
+   * of a majority of the voters in its configuration (learners do not count). Once acknowledged
+   * it stays there: only a leader lacking it could overwrite it, and none can be elected by a
+   * majority of its holders. Checked on every move of a leader's commit index in its term.
+   */
+  private checkCommitDurable(n: SimNode, term: number, commit: number): void {
+    const seen = this.leaderCommitChecked.get(n.id);
+    const voters = n.raw!.status().conf.voters;
+    this.leaderCommitChecked.set(n.id, { term, commit, voters });
+    if (seen === undefined || seen.term !== term || commit <= seen.commit) return;
+    const t = n.raw!.termAt(commit);
+    if (t === undefined) return;
+    const holds = (v: string): boolean => {
+      const d = this.nodes.get(v)?.storage;
+      if (!d) return false;
+      return commit < d.firstIndex() || (commit <= d.lastIndex() && d.term(commit) === t);
+    };
+    // The commit may have moved before a membership change the leader applied in this step.
+    const majority = (vs: string[]) => vs.filter(holds).length >= Math.floor(vs.length / 2) + 1;
+    if (!majority(voters) && !majority(seen.voters))
+      fail(
+        `${n.id} (term ${term}) commits ${commit}/${t}, which only ${voters.filter(holds).join(',') || 'no voter'} of its voters ${voters.join(',')} (before this step ${seen.voters.join(',')}) hold on disk`,
+      );
+  }
+
+  /**
+   * Check-quorum (thesis §6.2): a leader steps down when an election timeout passes without it
+   * hearing from a majority of the voters. Its timer counts its own ticks and restarts with a
+   * leadership transfer (as in etcd), and a new member counts as heard; so the check applies
+   * once the leader has led for three election timeouts with the same membership and no
+   * transfer in flight, and then requires that it heard from a majority (itself included) within
+   * the last two. Any message delivered counts as heard (the core counts only answers in its
+   * term), so the check errs on the side of the leader.
+   */
+  private checkQuorumLease(n: SimNode, term: number): void {
+    if (!this.checkQuorum) return;
+    const s = n.raw!.status();
+    const members = `${s.conf.voters.join(',')}|${s.conf.learners.join(',')}`;
+    let w = this.quorumWatch.get(n.id);
+    if (w === undefined || w.term !== term || w.incarnation !== n.incarnation) {
+      w = { term, incarnation: n.incarnation, since: n.ticks, members };
+      this.quorumWatch.set(n.id, w);
+    }
+    if (w.members !== members || s.leadTransferee !== '') {
+      w.members = members;
+      w.since = n.ticks;
+    }
+    if (n.ticks - w.since < 3 * ELECTION_TICKS) return;
+    const from = n.ticks - 2 * ELECTION_TICKS + 1;
+    const heard = s.conf.voters.filter(
+      (v) => v === n.id || (n.heardAt.get(v) ?? -Infinity) >= from,
+    );
+    if (heard.length < Math.floor(s.conf.voters.length / 2) + 1)
+      fail(
+        `check-quorum: ${n.id} still leads term ${term} having heard from only ${heard.join(',') || 'no voter'} of ${s.conf.voters.join(',')} in ${2 * ELECTION_TICKS} of its ticks`,
+      );
   }
 
   /**
