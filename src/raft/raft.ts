@@ -713,7 +713,9 @@ export class Raft {
       // so free one slot to keep making progress.
       pr.inflights.freeFirstOne();
     }
-    if (pr.match < this.log.lastIndex()) this.sendAppend(m.from, true);
+    // A follower in probe (unreachable for a while, perhaps restarted without its log) gets an
+    // Append even when it was thought to hold everything: its answer says where it really is.
+    if (pr.match < this.log.lastIndex() || pr.state === 'probe') this.sendAppend(m.from, true);
     if (m.context !== undefined && m.context.length > 0) this.ackRead(m.from, m.context);
   }
 

@@ -72,6 +72,32 @@ describe('cluster: three real nodes replicating through Raft', function () {
     );
   });
 
+  it('brings a wiped follower of an idle cluster back without waiting for a write', async () => {
+    cluster = await TestCluster.start(3, { ZEORAFT_SNAPSHOT_ENTRIES: '20' });
+    const w = new Workload(cluster, { writers: 2, objects: 10 });
+    w.start();
+    await w.progress(60);
+    await w.stop();
+    const leader = await cluster.leader();
+    const victim = cluster.alive().find((id) => id !== leader) as string;
+    await cluster.kill(victim);
+    cluster.wipe(victim);
+    await sleep(1000); // the leader's sends to it fail meanwhile
+    await cluster.startNode(victim);
+    // Nothing is written from here on: the leader, which thought the victim held everything,
+    // must find out from the victim's answer to a probe and send it the state.
+    const ready = await eventually(
+      async () => {
+        const r = await fetch(`http://127.0.0.1:${cluster.member(victim).http}/readyz`);
+        return r.status === 200 ? await r.text() : undefined;
+      },
+      30_000,
+      'the wiped follower ready without a write',
+    );
+    assert.ok(ready);
+    await w.check(cluster.alive());
+  });
+
   it('adds a learner, promotes it, removes another member, and keeps committing throughout', async () => {
     cluster = await TestCluster.start(3);
     const w = new Workload(cluster, {
