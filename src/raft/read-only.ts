@@ -52,6 +52,10 @@ export class ReadOnly {
 
   /** Start confirming a request at `index`. False if the queue is full. */
   add(index: number, from: NodeId, context: Uint8Array, self: NodeId): boolean {
+    // A request already pending (the network delivered it twice) is not queued again: a copy
+    // behind newer requests would let acknowledgements of heartbeats sent for the first one,
+    // before those newer requests existed, confirm them (etcd's addRequest ignores it too).
+    if (this.pending.some((r) => bytesEqual(r.context, context))) return true;
     if (this.pending.length >= MAX_PENDING_READS) return false;
     this.pending.push({ index, from, context, acks: new Set([self]) });
     return true;

@@ -12,6 +12,7 @@ import {
   encodeConfChange,
 } from '../../src/raft';
 import { Inflights } from '../../src/raft/inflights';
+import { ReadOnly } from '../../src/raft/read-only';
 import { committedIndex, voteResult } from '../../src/raft/quorum';
 
 const ent = (index: number, term: number, bytes = 1) => ({
@@ -74,6 +75,28 @@ describe('inflights', () => {
     f.freeFirstOne();
     assert.equal(f.count, 2);
     assert.throws(() => f.add(9, 1)); // indices must increase
+  });
+});
+
+describe('ReadIndex requests (ReadOnly)', () => {
+  const ctx = (s: string) => new TextEncoder().encode(s);
+  const voters = ['a', 'b', 'c'];
+
+  it('confirms a request with acknowledgements of its own heartbeats only, even when it arrives twice', () => {
+    const ro = new ReadOnly();
+    assert.ok(ro.add(10, 'b', ctx('r1'), 'a'));
+    assert.ok(ro.add(20, 'c', ctx('r2'), 'a'));
+    assert.ok(ro.add(10, 'b', ctx('r1'), 'a')); // the network delivered r1 again
+    assert.deepEqual(
+      ro.ack('b', ctx('r1'), voters).map((r) => r.index),
+      [10],
+    );
+    // A late acknowledgement of r1's heartbeats (sent before r2 existed) confirms nothing more.
+    assert.deepEqual(ro.ack('c', ctx('r1'), voters), []);
+    assert.deepEqual(
+      ro.ack('c', ctx('r2'), voters).map((r) => r.index),
+      [20],
+    );
   });
 });
 
