@@ -456,7 +456,7 @@ class ZeoRaftBlobWorkload(unittest.TestCase):
 
         # The killed node comes back with an empty data directory. Meanwhile the site goes on: a
         # new revision of the big blob, and the small one made unreachable. (The leader learns
-        # that the node lost its log from its answer to the next append, so a write must follow.)
+        # that the node lost its log from its answer to a probe, with or without writes.)
         self.cluster.restart(0, wipe=True)
         root = conn3.root()
         with root['file'].open('w') as f:
