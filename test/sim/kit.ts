@@ -159,6 +159,7 @@ export class SimNetwork<T> {
     now: number,
     isUp: (id: string) => boolean,
     held?: (id: string) => boolean,
+    onHeldDrop?: (item: T) => void,
   ): { item: T; ok: boolean }[] {
     const due: InFlight<T>[] = [];
     const later: InFlight<T>[] = [];
@@ -168,7 +169,10 @@ export class SimNetwork<T> {
         // The receiver is paused: what reaches it waits in its buffer (no cut stops it then).
         if (isUp(f.link.to) && (f.arrived || !this.blocked(f.link.from, f.link.to)))
           later.push({ ...f, arrived: true });
-        else this.dropped++;
+        else {
+          this.dropped++;
+          onHeldDrop?.(f.item);
+        }
       } else due.push(f);
     }
     this.q = later;

@@ -1173,6 +1173,18 @@ class StorageSim {
         return n !== undefined && this.up(n);
       },
       (id) => this.paused(this.nodes.get(id)!),
+      // A snapshot transfer lost on its way to a paused node fails at its sender, as any other
+      // lost transfer does (else the sender waits for its outcome for ever: seed 156579).
+      (item) => {
+        if (item.kind === 'snap')
+          this.net.schedule(this.now + 1, {
+            kind: 'report',
+            node: item.m.from,
+            incarnation: item.incarnation,
+            peer: item.m.to,
+            ok: false,
+          });
+      },
     )) {
       if (item.kind === 'report') {
         const n = this.nodes.get(item.node)!;
