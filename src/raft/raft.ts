@@ -438,12 +438,12 @@ export class Raft {
         this.becomeFollower(m.term, '');
       }
     } else if (m.term < this.term) {
-      if (
-        (this.checkQuorum || this.preVote) &&
-        (m.type === MessageType.Heartbeat || m.type === MessageType.Append)
-      ) {
-        // A stale leader (e.g. behind a healed partition) learns our term and steps down;
-        // without this, pre-vote/check-quorum could leave it isolated forever.
+      if (m.type === MessageType.Heartbeat || m.type === MessageType.Append) {
+        // A stale leader (e.g. behind a healed partition) learns our term and steps down, as
+        // the Raft paper's AppendEntries reply does. etcd answers only with pre-vote or
+        // check-quorum on, counting otherwise on our higher-term votes reaching the leader;
+        // but a voter whose log predates the leader's membership does not know the leader
+        // and never sends it a vote, so that leader, needing this voter, would wait for ever.
         this.send({ ...emptyMessage(MessageType.AppendResp, this.id, m.from) });
       } else if (m.type === MessageType.PreVote) {
         const r = emptyMessage(MessageType.PreVoteResp, this.id, m.from);

@@ -106,6 +106,26 @@ describe('§9.6 pre-vote', () => {
     net.tick(50, ['c']);
     assert.ok(net.node('c').raw.status().term > term);
   });
+
+  it('a leader hearing a higher term in the answer to its append steps down (§5.1), votes or not', () => {
+    // c's term grows while it is cut off; c's vote requests never reach the leader (as for a
+    // voter whose log predates the leader's membership and who does not know the leader).
+    const net = new Network(['a', 'b', 'c'], { preVote: false, checkQuorum: false });
+    net.campaign('a');
+    net.isolate('c');
+    net.tick(50, ['c']);
+    const cTerm = net.node('c').raw.status().term;
+    net.heal();
+    net.filter = (m) => !(m.from === 'c' && m.type === MessageType.Vote);
+    net.tick(1, ['a']); // a heartbeat to c, answered with c's term
+    net.stabilize();
+    assert.ok(net.node('a').raw.status().term >= cTerm, 'the stale leader adopted the higher term');
+    assert.notEqual(net.node('a').raw.status().role, 'leader');
+    net.filter = () => true;
+    net.tick(40);
+    assert.equal(net.leaders().length, 1);
+    assert.equal(net.node('c').raw.status().leader, net.leaders()[0]);
+  });
 });
 
 describe('§9 check-quorum and leader lease', () => {
