@@ -1,11 +1,14 @@
 /**
- * One attempt of a blob upload or download over a node's Storage service (storage.proto "Blobs").
- * ClientStorage retries them across failover, resuming at the offset that landed. Memory: one
- * chunk of BLOB_TRANSFER_CHUNK_BYTES in flight per call, writes wait for the stream to drain.
+ * One attempt of a blob upload or download over a node's Storage service (storage.proto "Blobs"),
+ * and the whole transfer that retries them across failover, resuming at the offset that landed.
+ * Memory: one chunk of BLOB_TRANSFER_CHUNK_BYTES in flight per call, writes wait for the stream to
+ * drain.
  */
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
-import { fromGrpcError } from './errors';
+import type { ConnectionManager } from './connection-manager';
+import { NotFoundError, ZeoRaftError, fromGrpcError } from './errors';
 import type { StorageRpc } from './rpc';
 
 /** Bytes per message sent (and the read size of a blob file). */
@@ -108,5 +111,72 @@ export function downloadOnce(
         if (!failed) resolve({ size, written });
       });
     });
+  });
+}
+
+/** What a resuming transfer needs of the client's connections (connection-manager.ts). */
+type Nodes = Pick<ConnectionManager, 'withFailover' | 'timeoutMs' | 'retryWindowMs'>;
+
+/**
+ * Upload a blob (a Buffer, or the path of a file read in 1 MiB pieces) under a new id. Across
+ * failover the upload resumes at the size that landed (the id is chosen here, so even a first
+ * attempt that broke is resumed). Resolves with the upload's id.
+ */
+export async function uploadResuming(
+  nodes: Nodes,
+  storage: string,
+  source: Buffer | string,
+  attemptTimeoutMs: number,
+): Promise<Buffer> {
+  const blobId = randomBytes(16);
+  const end = Date.now() + nodes.retryWindowMs;
+  const total = Buffer.isBuffer(source) ? source.length : (await fs.promises.stat(source)).size;
+  return nodes.withFailover(end, async (conn, attempt) => {
+    let offset = 0;
+    if (attempt > 0)
+      offset = await conn.rpc.call('BlobUploadStatus', { storage, blobId }, nodes.timeoutMs).then(
+        (r) => Number(r.size),
+        (e: unknown) => {
+          if (e instanceof NotFoundError) return 0; // nothing landed
+          throw e;
+        },
+      );
+    const size = await uploadOnce(
+      conn.rpc,
+      storage,
+      blobId,
+      source,
+      offset,
+      Date.now() + attemptTimeoutMs,
+    );
+    if (size !== total)
+      throw new ZeoRaftError(`blob upload holds ${size} bytes, the source ${total}`);
+    return blobId;
+  });
+}
+
+/**
+ * Download the blob of (oid, serial) into the empty file `fd`, resumed at the bytes received
+ * across failover; `seenTid` is read at each attempt.
+ */
+export async function downloadResuming(
+  nodes: Nodes,
+  req: { storage: string; oid: Buffer; serial: Buffer; seenTid: () => Buffer },
+  fd: fs.promises.FileHandle,
+  attemptTimeoutMs: number,
+): Promise<void> {
+  const end = Date.now() + nodes.retryWindowMs;
+  const { storage, oid, serial } = req;
+  await nodes.withFailover(end, async (conn) => {
+    const offset = (await fd.stat()).size;
+    const r = await downloadOnce(
+      conn.rpc,
+      { storage, oid, serial, seenTid: req.seenTid() },
+      fd,
+      offset,
+      Date.now() + attemptTimeoutMs,
+    );
+    if (r.size >= 0 && r.written !== r.size)
+      throw new ZeoRaftError(`blob download ended at ${r.written} of ${r.size} bytes`);
   });
 }
