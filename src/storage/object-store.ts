@@ -48,14 +48,12 @@ import {
   memberCodec,
   Revision,
   SessionRecord,
-  SnapshotChunk,
   StorageMeta,
   Txn,
   TxnRecord,
   preparedCodec,
   revisionCodec,
   sessionCodec,
-  snapshotChunkCodec,
   storageMetaCodec,
   txnRecordCodec,
 } from './codec';
@@ -69,15 +67,8 @@ import {
   packBarrier,
 } from './pack-steps';
 import * as K from './keys';
-import {
-  BlobUploads,
-  blobContext,
-  checkBlobRecord,
-  dropRevisionBlob,
-  isBlobId,
-  storeBlobId,
-} from './blob-store';
-import { type BlobChunk, blobUploadCodec } from './codec';
+import { BlobUploads, blobContext, dropRevisionBlob, storeBlobId } from './blob-store';
+import { type BlobChunk } from './codec';
 import {
   PickleStateError,
   applyLengthDelta,
@@ -86,9 +77,62 @@ import {
   readLengthRecord,
   resolveIntSet,
 } from './zodb-resolve';
+import { CurrentSerialCache } from './current-cache';
+import { ReadGate } from './read-gate';
+import {
+  type InstallStep,
+  discardPartialInstall,
+  snapshotChunks,
+  stageSnapshot,
+  switchToStaged,
+  validateSnapshot,
+} from './snapshot-stream';
+import {
+  type BatchOp,
+  type Db,
+  type Get,
+  LAST_OID,
+  buf,
+  currentValue,
+  emptyMeta,
+  isLastOid,
+  parseCurrent,
+  revisionBefore,
+  revisionData,
+  serialOf,
+} from './store-records';
+import { StoreReader } from './store-reader';
+import type {
+  ApplyResult,
+  CommitEvent,
+  CommittedRecord,
+  HistoryEntry,
+  LoadBeforeResult,
+  LoadResult,
+  PreparedSummary,
+  ReplacedEvent,
+  StorageSummary,
+  TransactionInfo,
+  UndoPlan,
+  UndoResolution,
+} from './store-types';
 
-type Db = Level<Buffer, Buffer>;
-type BatchOp = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer };
+export type {
+  ApplyResult,
+  CommitEvent,
+  CommittedRecord,
+  HistoryEntry,
+  LoadBeforeResult,
+  LoadResult,
+  PreparedSummary,
+  ReplacedEvent,
+  StorageSummary,
+  TransactionInfo,
+  UndoPlan,
+  UndoResolution,
+} from './store-types';
+export { INSTALL_STEPS, SNAPSHOT_CHUNK_BYTES, validateSnapshot } from './snapshot-stream';
+export type { InstallStep } from './snapshot-stream';
 
 export const MAX_NEW_OIDS = 10_000;
 /**
@@ -109,25 +153,8 @@ const SESSION_EXPIRIES_PER_COMMAND_MAX = 64;
 /** A session id with its key scope (the service allows 64 bytes plus the scope). */
 export const SESSION_ID_BYTES_MAX = 512;
 /** Current-serial records cached in memory (about 150 bytes each). */
-const CURRENT_CACHE_ENTRIES = 100_000;
-/** Bytes one read of a pack's walk holds at most (beyond its last record: LevelDB's highWaterMarkBytes). */
-const PACK_SCAN_BATCH_BYTES = 1 << 20;
 /** N records written per batch when numbering the transactions of a store written without them. */
 const TXN_NUMBER_BATCH_KEYS = 10_000;
-/** Bytes of raw key/value data per snapshot chunk. */
-export const SNAPSHOT_CHUNK_BYTES = 1 << 20;
-
-/** The durable steps of a snapshot install, in order (see `restore`). */
-export const INSTALL_STEPS = [
-  'marked',
-  'chunk',
-  'staged',
-  'switching',
-  'cleared',
-  'copied',
-  'installed',
-] as const;
-export type InstallStep = (typeof INSTALL_STEPS)[number];
 
 export interface ObjectStoreOptions {
   /** fsync every applied batch. A Raft replica does not need it (the log is durable); a standalone node does. */
@@ -139,86 +166,6 @@ export interface ObjectStoreOptions {
   onInstallStep?: (step: InstallStep) => void;
 }
 
-export interface CommittedRecord {
-  oid: Buffer;
-  data?: Buffer;
-  deleted: boolean;
-}
-
-/**
- * Emitted after a snapshot replaced the whole state: the transactions it brought were not
- * emitted as CommitEvents, so listeners resynchronise (re-read from their position, or reset).
- */
-export interface ReplacedEvent {
-  index: number;
-  lastTid: Buffer;
-}
-
-/** Emitted after a transaction is durably applied, in TID order. */
-export interface CommitEvent {
-  index: number;
-  storage: string;
-  tid: Buffer;
-  records: CommittedRecord[];
-}
-
-export type ApplyResult =
-  | { ok: true; tid?: Buffer; oids?: Buffer[]; removed?: number }
-  | { ok: false; error: StorageError };
-
-export interface LoadResult {
-  data: Buffer;
-  serial: Buffer;
-}
-export interface LoadBeforeResult {
-  found: boolean;
-  data?: Buffer;
-  start?: Buffer;
-  end?: Buffer;
-}
-export interface HistoryEntry {
-  tid: Buffer;
-  user: string;
-  description: string;
-  extension: Buffer;
-  size: number;
-}
-export interface TransactionInfo {
-  tid: Buffer;
-  user: string;
-  description: string;
-  extension: Buffer;
-  /** ZODB's transaction status: ' ', or what a restore gave ('p', 'u'). */
-  status: string;
-  records: { oid: Buffer; data: Buffer; deleted: boolean; dataTid: Buffer }[];
-}
-export interface StorageSummary {
-  name: string;
-  lastTid: Buffer;
-  objectCount: number;
-  packTid: Buffer;
-  nextOid: Buffer;
-}
-/** An object whose undo needs application-level conflict resolution (the server runs none). */
-export interface UndoResolution {
-  oid: Buffer;
-  /** Its current serial. */
-  committed: Buffer;
-  /** The transaction being undone. */
-  undone: Buffer;
-  /** The data to restore (the revision before `undone`), to be merged with the current data. */
-  data: Buffer;
-}
-
-/** The stores that undo a list of transactions (ZODB's transactional undo, as FileStorage does it). */
-export interface UndoPlan {
-  /** One per object, based on its current serial; data restored from a revision carries dataTid. */
-  stores: StoreOp[];
-  /** Every object the undone transactions wrote, in order, without duplicates. */
-  oids: Buffer[];
-  conflicts: UndoResolution[];
-}
-
 /** A client session in memory: its last sequence number and when it was last used. */
 interface SessionEntry {
   seq: number;
@@ -228,41 +175,6 @@ interface SessionEntry {
    * entry, or a pool slab) and keep it alive; equal-length latin1 strings order as their bytes.
    */
   usedTid: string;
-}
-
-export interface PreparedSummary {
-  storage: string;
-  txnId: string;
-  deadlineMs: number;
-  /** Objects it locks exclusively. */
-  oids: Buffer[];
-  /** Objects whose lock it shares with other resolved stores of them (PreparedRecord.resolved). */
-  sharedOids?: Buffer[];
-}
-
-/** The C-record value: the current serial and whether the current revision is a deletion. */
-function currentValue(serial: Buffer, deleted: boolean): Buffer {
-  return Buffer.concat([serial, Buffer.from([deleted ? 1 : 0])]);
-}
-
-function parseCurrent(v: Buffer): { serial: Buffer; deleted: boolean } {
-  return { serial: v.subarray(0, ID_BYTES), deleted: v[ID_BYTES] === 1 };
-}
-
-function buf(b: Uint8Array | undefined): Buffer {
-  if (!b) return Buffer.alloc(0);
-  return Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-}
-
-/** A serial as sent by a client: empty means "new object" (z64). */
-function serialOf(b: Uint8Array | undefined): Buffer {
-  return b && b.length > 0 ? buf(b) : Z64;
-}
-
-const LAST_OID = (1n << 64n) - 1n;
-
-function isLastOid(oid: Uint8Array): boolean {
-  return u64(oid) === LAST_OID;
 }
 
 function isStorageName(st: unknown): boolean {
@@ -319,10 +231,6 @@ function sameTxn(a: Txn, b: Txn): boolean {
   return preparedCodec.encode({ txn: a }).equals(preparedCodec.encode({ txn: b }));
 }
 
-function emptyMeta(): StorageMeta {
-  return { lastTid: Z64, nextOid: p64(1n), packTid: Z64, objectCount: 0 };
-}
-
 /** The hex OIDs of a vote's stores that share their lock (resolved Length stores, with a delta). */
 function sharedOf(rec: { txn: Txn; resolved?: ResolvedStore[] }): Set<string> {
   return new Set((rec.resolved ?? []).filter((r) => r.delta).map((r) => hex(r.oid)));
@@ -350,13 +258,10 @@ export class ObjectStore {
   private pubMetas = new Map<string, StorageMeta>();
   /** Writes of the batch being applied, by key (latin1), for reads by later commands in it. */
   private readonly overlay = new Map<string, Buffer | null>();
-  /** Current-serial records by key (latin1); null = known absent. Oldest first (evicted first). */
-  /**
-   * Values are kept as latin1 strings, not Buffers: a small Buffer is a view into a shared 8 KiB
-   * pool slab and would keep the whole slab alive (measured: ~1.2 KiB of RSS per cached entry).
-   */
-  private readonly currentCache = new Map<string, string | null>();
-  private batchesLanded = 0;
+  private readonly cache: CurrentSerialCache;
+  /** Reads against snapshot installs, and why the store cannot serve. */
+  private readonly gate = new ReadGate();
+  private readonly reader: StoreReader;
   /** lockKey(storage, oid) -> voted transaction id holding it. */
   private readonly locks = new Map<string, string>();
   /** lockKey(storage, oid) -> voted transactions sharing it (resolved stores); never empty. */
@@ -383,20 +288,19 @@ export class ObjectStore {
   private readonly applyListeners = new Set<(index: number) => void>();
   private readonly replacedListeners = new Set<(ev: ReplacedEvent) => void>();
   /** Set while a snapshot install switches to the new state; readers wait for it. */
-  private installRunning: Promise<void> | undefined;
   private restoring = false;
-  /** Counts installs started: a read that saw it change read from a state being replaced. */
-  private generation = 0;
-  /** Why the store cannot serve (an install failed after clearing the old state); undefined when fine. */
-  private brokenReason: string | undefined;
-  /** A read found the stored state inconsistent (a broken invariant): the node must not be ready. */
-  private corruptionSeen: string | undefined;
   private interrupted = false;
 
   private constructor(
     private readonly db: Db,
     private readonly options: ObjectStoreOptions,
-  ) {}
+  ) {
+    this.cache = new CurrentSerialCache(db);
+    this.reader = new StoreReader(db, this.gate, this.cache, {
+      published: () => this.pubMetas,
+      readState: this.readState,
+    });
+  }
 
   static async open(dir: string, options: ObjectStoreOptions): Promise<ObjectStore> {
     const db: Db = new Level<Buffer, Buffer>(dir, {
@@ -405,7 +309,7 @@ export class ObjectStore {
     });
     await db.open();
     const store = new ObjectStore(db, options);
-    await store.discardPartialInstall();
+    store.interrupted = await discardPartialInstall(store.db);
     await store.loadState();
     return store;
   }
@@ -421,7 +325,7 @@ export class ObjectStore {
   ): Promise<ObjectStore> {
     if (db.status !== 'open') await db.open();
     const store = new ObjectStore(db as unknown as Db, options);
-    await store.discardPartialInstall();
+    store.interrupted = await discardPartialInstall(store.db);
     await store.loadState();
     return store;
   }
@@ -433,29 +337,6 @@ export class ObjectStore {
    * earlier version): the partial state is deleted (the record stays, so a crash before the owner
    * has dealt with it repeats this), and `interruptedInstall` tells the owner to obtain a new
    * snapshot, then call `installRecovered()`.
-   */
-  private async discardPartialInstall(): Promise<void> {
-    const record = await this.db.get(K.installKey);
-    if (record === undefined) return;
-    if (record.length === INSTALL_RECORD_BYTES) {
-      const phase = record[8];
-      if (phase === PHASE_STAGING) {
-        await this.db.clear(STAGED_RANGE);
-        await this.db.del(K.installKey, { sync: true });
-      } else if (phase === PHASE_SWITCHING) {
-        await this.switchToStaged(record.readBigUInt64BE(0), () => undefined);
-      } else {
-        assert(phase === PHASE_COPIED, `unknown snapshot install phase ${phase}`);
-        await this.db.clear(STAGED_RANGE);
-        await this.db.del(K.installKey, { sync: true });
-      }
-      return;
-    }
-    this.interrupted = true;
-    await this.db.clear({ lt: K.installKey });
-    await this.db.clear({ gt: K.installKey });
-    await this.db.put(K.installKey, Buffer.alloc(8), { sync: true });
-  }
 
   /** True when open found (and discarded) the partial state of an interrupted snapshot install. */
   get interruptedInstall(): boolean {
@@ -480,24 +361,7 @@ export class ObjectStore {
 
   /** Why this store cannot serve (a failed install, a broken invariant), or undefined. */
   get unhealthy(): string | undefined {
-    return this.brokenReason ?? this.corruptionSeen;
-  }
-
-  /** Wait out a running install; returns the generation a read starts in. */
-  private async readable(): Promise<number> {
-    while (this.installRunning) await this.installRunning;
-    if (this.brokenReason) throw new StorageError('UNAVAILABLE', this.brokenReason);
-    return this.generation;
-  }
-
-  /** Throw UNAVAILABLE when an install started since the read began (its result may mix states). */
-  private stillValid(gen: number): void {
-    if (this.brokenReason) throw new StorageError('UNAVAILABLE', this.brokenReason);
-    if (gen !== this.generation || this.installRunning)
-      throw new StorageError(
-        'UNAVAILABLE',
-        'the node replaced its state with a snapshot during the read; retry',
-      );
+    return this.gate.unhealthy;
   }
 
   async close(): Promise<void> {
@@ -698,20 +562,12 @@ export class ObjectStore {
     this.pubLastTid = this.lastTidGlobal;
     this.pubMetas = new Map(this.metas);
   }
-
   storageSummary(st: string): StorageSummary {
-    const m = this.pubMetas.get(st) ?? emptyMeta();
-    return {
-      name: st,
-      lastTid: serialOf(m.lastTid),
-      objectCount: m.objectCount ?? 0,
-      packTid: serialOf(m.packTid),
-      nextOid: m.nextOid && m.nextOid.length ? buf(m.nextOid) : p64(1n),
-    };
+    return this.reader.storageSummary(st);
   }
 
   storageNames(): string[] {
-    return [...this.pubMetas.keys()].sort();
+    return this.reader.storageNames();
   }
 
   preparedTransactions(): PreparedSummary[] {
@@ -808,10 +664,7 @@ export class ObjectStore {
   private async write(ops: BatchOp[], after: Array<() => void>, index: number): Promise<void> {
     ops.push({ type: 'put', key: K.globalKey, value: this.globalValue(index) });
     await this.db.batch(ops, { sync: this.options.sync });
-    this.batchesLanded++;
-    for (const op of ops)
-      if (op.key[0] === K.TAG.current)
-        this.rememberCurrent(op.key, op.type === 'put' ? op.value : null);
+    this.cache.landed(ops);
     this.overlay.clear();
     this.appliedIdx = index;
     this.publish();
@@ -823,32 +676,11 @@ export class ObjectStore {
   private read(key: Buffer): Promise<Buffer | undefined> {
     const k = key.toString('latin1');
     if (this.overlay.has(k)) return Promise.resolve(this.overlay.get(k) ?? undefined);
-    return key[0] === K.TAG.current ? this.readCurrent(key) : this.db.get(key);
+    return key[0] === K.TAG.current ? this.cache.read(key) : this.db.get(key);
   }
 
-  /**
-   * The C record (current serial) of an object, through a bounded cache of written values: every
-   * commit conflict-checks each object it touches, and most touch recently written ones. The cache
-   * only ever holds values whose batch has landed, so readers may use it too.
-   */
-  private async readCurrent(key: Buffer): Promise<Buffer | undefined> {
-    const k = key.toString('latin1');
-    const hit = this.currentCache.get(k);
-    if (hit !== undefined) return hit === null ? undefined : Buffer.from(hit, 'latin1');
-    // A batch landing while this read was out may have written the key: then the value read is
-    // stale and must not be cached (write() has cached the new one).
-    const landed = this.batchesLanded;
-    const v = await this.db.get(key);
-    if (landed === this.batchesLanded) this.rememberCurrent(key, v ?? null, k);
-    return v;
-  }
-
-  private rememberCurrent(key: Buffer, value: Buffer | null, k = key.toString('latin1')): void {
-    this.currentCache.delete(k);
-    this.currentCache.set(k, value === null ? null : value.toString('latin1'));
-    if (this.currentCache.size > CURRENT_CACHE_ENTRIES)
-      this.currentCache.delete(this.currentCache.keys().next().value as string);
-  }
+  /** A read of the applied state; during an apply, of the batch's state (as apply reads). */
+  private readonly readState: Get = (key) => (this.applying ? this.read(key) : this.db.get(key));
 
   private globalValue(index = this.appliedIdx): Buffer {
     const g = Buffer.alloc(16);
@@ -982,11 +814,8 @@ export class ObjectStore {
     return current;
   }
 
-  private async revisionData(st: string, oid: Buffer, serial: Buffer): Promise<Buffer | undefined> {
-    const r = await (this.applying
-      ? this.read(K.revisionKey(st, oid, serial))
-      : this.db.get(K.revisionKey(st, oid, serial)));
-    return r ? buf(revisionCodec.decode(r).data) : undefined;
+  private revisionData(st: string, oid: Buffer, serial: Buffer): Promise<Buffer | undefined> {
+    return revisionData(this.readState, st, oid, serial);
   }
 
   /**
@@ -1546,7 +1375,7 @@ export class ObjectStore {
    * the stores are based on current serials, so committing them re-checks that nothing moved.
    */
   planUndo(st: string, undoTids: Buffer[]): Promise<UndoPlan> {
-    return this.guarded(() => this.planUndoOn(st, undoTids));
+    return this.gate.guarded(() => this.planUndoOn(st, undoTids));
   }
 
   /** planUndo, reading the applied state (or, during apply, the batch's state). */
@@ -1602,7 +1431,7 @@ export class ObjectStore {
         const same =
           cur.dataTid.equals(undoneDataTid) ||
           (cur.deleted === (undone.deleted === true) && cur.data.equals(buf(undone.data)));
-        const pre = await this.revisionBefore(st, oid, undoTid);
+        const pre = await revisionBefore(this.db, st, oid, undoTid);
         const preRev = pre ? revisionCodec.decode(pre.value) : undefined;
         const conflict = {
           oid,
@@ -1654,22 +1483,6 @@ export class ObjectStore {
       oids: [...oids.values()],
       conflicts: [...conflicts.values()],
     };
-  }
-
-  private async revisionBefore(
-    st: string,
-    oid: Buffer,
-    tid: Buffer,
-  ): Promise<{ tid: Buffer; value: Buffer } | undefined> {
-    for await (const [key, value] of this.db.iterator({
-      gte: K.revisionPrefix(st, oid),
-      lt: K.revisionKey(st, oid, tid),
-      reverse: true,
-      limit: 1,
-    })) {
-      return { tid: Buffer.from(K.revisionKeyTid(key)), value };
-    }
-    return undefined;
   }
 
   private async applyPack(
@@ -1892,47 +1705,20 @@ export class ObjectStore {
 
   /** The pack in steps running on `st` (as applied and published), if any. */
   packState(st: string): StorageMeta['packing'] {
-    return this.pubMetas.get(st)?.packing;
+    return this.reader.packState(st);
   }
 
-  /**
-   * Every revision of `st` in key order (OID, then TID), read from one LevelDB snapshot in batches:
-   * the walk of a pack (pack-gc.ts) reads the storage's object graph with it.
-   */
-  async *packScanRevisions(
+  /** Every revision of `st` in key order, in batches (the walk of a pack; StoreReader). */
+  packScanRevisions(
     st: string,
     batch: number,
   ): AsyncGenerator<Array<{ oid: Buffer; tid: Buffer; value: Buffer }>> {
-    const gen = await this.readable();
-    const prefix = Buffer.concat([Buffer.from([K.TAG.revision]), K.storagePart(st)]);
-    const it = this.db.iterator({
-      gte: prefix,
-      lt: K.prefixEnd(prefix),
-      highWaterMarkBytes: PACK_SCAN_BATCH_BYTES,
-    } as any);
-    try {
-      for (;;) {
-        const entries = await it.nextv(batch);
-        this.stillValid(gen);
-        if (entries.length === 0) return;
-        yield entries.map(([k, v]) => ({
-          oid: k.subarray(prefix.length, prefix.length + ID_BYTES),
-          tid: k.subarray(prefix.length + ID_BYTES),
-          value: v,
-        }));
-      }
-    } finally {
-      await it.close();
-    }
+    return this.reader.packScanRevisions(st, batch);
   }
 
   /** The voted transactions of `st`: the walk of a pack keeps what they write and reference. */
-  async packPreparedTxns(st: string): Promise<Txn[]> {
-    const out: Txn[] = [];
-    const pp = K.preparedPrefix(st);
-    for await (const [, v] of this.db.iterator({ gte: pp, lt: K.prefixEnd(pp) }))
-      out.push(preparedCodec.decode(v).txn);
-    return out;
+  packPreparedTxns(st: string): Promise<Txn[]> {
+    return this.reader.packPreparedTxns(st);
   }
 
   private applyNewOids(
@@ -1989,372 +1775,80 @@ export class ObjectStore {
     assert(!this.applying, 'flush during apply');
     await this.db.put(K.globalKey, this.globalValue(), { sync: true });
   }
-
-  /** Whether history at or before `tid` may have been removed by a pack of this storage. */
-  private packedAway(st: string, tid: Buffer): boolean {
-    const packTid = this.storageSummary(st).packTid;
-    return !idEquals(packTid, Z64) && idCompare(tid, packTid) <= 0;
-  }
-
   // ------------------------------------------------------------------------------------------
-  // Reads
+  // Reads (store-reader.ts)
 
-  /**
-   * Run a read of the database: after any running install, and failing UNAVAILABLE (never with a
-   * mixed or half-restored answer) when an install started while it ran.
-   */
-  private async guarded<T>(fn: () => Promise<T>): Promise<T> {
-    const gen = await this.readable();
-    let r: T;
-    try {
-      r = await fn();
-    } catch (e) {
-      this.stillValid(gen);
-      throw e;
-    }
-    this.stillValid(gen);
-    return r;
+  load(st: string, oid: Buffer): Promise<LoadResult> {
+    return this.reader.load(st, oid);
   }
 
-  async load(st: string, oid: Buffer): Promise<LoadResult> {
-    const gen = await this.readable();
-    const cur = await this.readCurrent(K.currentKey(st, oid));
-    this.stillValid(gen);
-    if (!cur) throw new StorageError('NOT_FOUND', `no object ${hex(oid)} in storage ${st}`);
-    const c = parseCurrent(cur);
-    if (c.deleted)
-      throw new StorageError('NOT_FOUND', `object ${hex(oid)} was deleted by ${hex(c.serial)}`);
-    const data = await this.revisionData(st, oid, c.serial);
-    this.stillValid(gen);
-    if (data === undefined) {
-      this.corruptionSeen ??= `current revision ${hex(c.serial)} of ${hex(oid)} in storage ${st} is missing`;
-      assert(false, this.corruptionSeen);
-    }
-    return { data, serial: Buffer.from(c.serial) };
-  }
-
-  /**
-   * Existing objects of a storage in OID order from `from` on (inclusive): at most `n`, reading at
-   * most `scanMaxRecords` current records (a deleted object keeps one until a pack). The read seeks
-   * to `from`, so gaps in the OID space cost nothing. `exhausted` is true when the scan stopped at
-   * its bound before finding `n` (more objects may follow `resumeAt`); it stops early, with what it
-   * has, once `stop()` returns true.
-   */
-  async currentObjects(
+  currentObjects(
     st: string,
     from: Buffer,
     n: number,
     scanMaxRecords: number,
     stop: () => boolean = () => false,
   ): Promise<{ oids: Buffer[]; exhausted: boolean; resumeAt?: Buffer }> {
-    const cp = K.currentPrefix(st);
-    const oids: Buffer[] = [];
-    let scanned = 0;
-    let last: Buffer | undefined;
-    for await (const [key, value] of this.db.iterator({
-      gte: K.currentKey(st, from),
-      lt: K.prefixEnd(cp),
-      limit: scanMaxRecords,
-    })) {
-      scanned++;
-      last = Buffer.from(key.subarray(cp.length));
-      if (!parseCurrent(value).deleted) oids.push(last);
-      if (oids.length >= n || stop()) return { oids, exhausted: false };
-    }
-    const exhausted = scanned >= scanMaxRecords;
-    return { oids, exhausted, resumeAt: exhausted && last ? idNext(last) : undefined };
+    return this.reader.currentObjects(st, from, n, scanMaxRecords, stop);
   }
 
-  /** The serial a store of `oid` must be based on: its current serial, z64 when it has none. */
-  async currentSerial(st: string, oid: Buffer): Promise<Buffer> {
-    const gen = await this.readable();
-    const cur = await this.readCurrent(K.currentKey(st, oid));
-    this.stillValid(gen);
-    return cur ? Buffer.from(parseCurrent(cur).serial) : Z64;
+  currentSerial(st: string, oid: Buffer): Promise<Buffer> {
+    return this.reader.currentSerial(st, oid);
   }
 
-  /** The revision with start < before <= end; `found: false` when the object has none before `before`. */
   loadBefore(st: string, oid: Buffer, before: Buffer): Promise<LoadBeforeResult> {
-    return this.guarded(() => this.loadBeforeUnguarded(st, oid, before));
-  }
-
-  private async loadBeforeUnguarded(
-    st: string,
-    oid: Buffer,
-    before: Buffer,
-  ): Promise<LoadBeforeResult> {
-    const cur = await this.db.get(K.currentKey(st, oid));
-    if (!cur) throw new StorageError('NOT_FOUND', `no object ${hex(oid)} in storage ${st}`);
-    const prev = await this.revisionBefore(st, oid, before);
-    if (!prev) {
-      if (this.packedAway(st, before)) {
-        throw new StorageError(
-          'HISTORY_PACKED',
-          `history of ${hex(oid)} before ${hex(before)} was packed away`,
-        );
-      }
-      return { found: false };
-    }
-    const rev = revisionCodec.decode(prev.value);
-    if (rev.deleted)
-      throw new StorageError('NOT_FOUND', `object ${hex(oid)} did not exist before ${hex(before)}`);
-    let end: Buffer | undefined;
-    const rp = K.revisionPrefix(st, oid);
-    for await (const [key] of this.db.iterator({
-      gte: K.revisionKey(st, oid, before),
-      lt: K.prefixEnd(rp),
-      limit: 1,
-    })) {
-      end = Buffer.from(K.revisionKeyTid(key));
-    }
-    return { found: true, data: buf(rev.data), start: prev.tid, end };
+    return this.reader.loadBefore(st, oid, before);
   }
 
   loadSerial(st: string, oid: Buffer, serial: Buffer): Promise<Buffer> {
-    return this.guarded(() => this.loadSerialUnguarded(st, oid, serial));
-  }
-
-  private async loadSerialUnguarded(st: string, oid: Buffer, serial: Buffer): Promise<Buffer> {
-    const r = await this.db.get(K.revisionKey(st, oid, serial));
-    if (!r) {
-      if (this.packedAway(st, serial) && (await this.db.get(K.currentKey(st, oid)))) {
-        throw new StorageError(
-          'HISTORY_PACKED',
-          `revision ${hex(serial)} of ${hex(oid)} was packed away`,
-        );
-      }
-      throw new StorageError('NOT_FOUND', `no revision ${hex(serial)} of object ${hex(oid)}`);
-    }
-    const rev = revisionCodec.decode(r);
-    if (rev.deleted)
-      throw new StorageError('NOT_FOUND', `revision ${hex(serial)} of ${hex(oid)} is a deletion`);
-    return buf(rev.data);
+    return this.reader.loadSerial(st, oid, serial);
   }
 
   history(st: string, oid: Buffer, size: number): Promise<HistoryEntry[]> {
-    return this.guarded(() => this.historyUnguarded(st, oid, size));
+    return this.reader.history(st, oid, size);
   }
 
-  private async historyUnguarded(st: string, oid: Buffer, size: number): Promise<HistoryEntry[]> {
-    const rp = K.revisionPrefix(st, oid);
-    const out: HistoryEntry[] = [];
-    for await (const [key, value] of this.db.iterator({
-      gte: rp,
-      lt: K.prefixEnd(rp),
-      reverse: true,
-      limit: size,
-    })) {
-      const tid = Buffer.from(K.revisionKeyTid(key));
-      const t = await this.db.get(K.txnKey(st, tid));
-      const rec = t ? txnRecordCodec.decode(t) : {};
-      const rev = revisionCodec.decode(value);
-      out.push({
-        tid,
-        user: rec.user ?? '',
-        description: rec.description ?? '',
-        extension: buf(rec.extension),
-        size: rev.data?.length ?? 0,
-      });
-    }
-    if (out.length === 0)
-      throw new StorageError('NOT_FOUND', `no object ${hex(oid)} in storage ${st}`);
-    return out;
-  }
-
-  /**
-   * The blob of revision `serial` of an object: its id and size. NOT_FOUND when the revision does
-   * not exist or has no blob.
-   */
   blobOf(st: string, oid: Buffer, serial: Buffer): Promise<{ blobId: Buffer; size: number }> {
-    return this.guarded(async () => {
-      const r = await this.db.get(K.revisionKey(st, oid, serial));
-      const rev = r ? revisionCodec.decode(r) : undefined;
-      if (!rev || !isBlobId(rev.blobId))
-        throw new StorageError(
-          'NOT_FOUND',
-          `no blob for revision ${hex(serial)} of object ${hex(oid)} in storage ${st}`,
-        );
-      return { blobId: buf(rev.blobId), size: Number(rev.blobSize ?? 0) };
-    });
+    return this.reader.blobOf(st, oid, serial);
   }
 
-  /** The bytes an open upload holds so far; undefined when it is committed, expired or unknown. */
   blobUploadSize(st: string, blobId: Buffer): Promise<number | undefined> {
-    return this.guarded(async () => {
-      const raw = await this.db.get(K.blobUploadKey(st, blobId));
-      return raw ? Number(blobUploadCodec.decode(raw).size) : undefined;
-    });
+    return this.reader.blobUploadSize(st, blobId);
   }
 
-  /**
-   * The chunks of a committed blob, in order, from one consistent view (a LevelDB iterator): one
-   * chunk (at most BLOB_CHUNK_BYTES_MAX) in memory at a time. Fails NOT_FOUND when the blob is gone
-   * (a pack removed it), UNAVAILABLE when a snapshot install replaced the state meanwhile.
-   */
-  async *blobChunks(st: string, blobId: Buffer, expectedSize: number): AsyncGenerator<Buffer> {
-    const gen = await this.readable();
-    const prefix = K.blobChunkPrefix(st, blobId);
-    let seen = 0;
-    let n = 0;
-    const it = this.db.iterator({
-      gte: prefix,
-      lt: K.prefixEnd(prefix),
-      highWaterMarkBytes: PACK_SCAN_BATCH_BYTES,
-    } as any);
-    try {
-      for await (const [key, value] of it) {
-        this.stillValid(gen);
-        assert(
-          key.readUInt32BE(key.length - 4) === n,
-          `blob ${hex(blobId)}: chunk ${n} is missing`,
-        );
-        n++;
-        seen += value.length;
-        if (value.length) yield value;
-      }
-    } finally {
-      await it.close();
-    }
-    this.stillValid(gen);
-    if (n === 0)
-      throw new StorageError('NOT_FOUND', `blob ${hex(blobId)} of storage ${st} is gone (packed)`);
-    assert(
-      seen === expectedSize,
-      `blob ${hex(blobId)} holds ${seen} bytes, its revision says ${expectedSize}`,
-    );
+  blobChunks(st: string, blobId: Buffer, expectedSize: number): AsyncGenerator<Buffer> {
+    return this.reader.blobChunks(st, blobId, expectedSize);
   }
 
-  /** Committed transactions with start <= tid <= stop, in TID order. */
-  async *iterate(st: string, start: Buffer = Z64, stop?: Buffer): AsyncGenerator<TransactionInfo> {
-    const gen = await this.readable();
-    const tp = K.txnPrefix(st);
-    const range = {
-      gte: K.txnKey(st, start),
-      ...(stop ? { lte: K.txnKey(st, stop) } : { lt: K.prefixEnd(tp) }),
-    };
-    for await (const [key, value] of this.db.iterator(range)) {
-      const tid = Buffer.from(key.subarray(key.length - ID_BYTES));
-      const rec = txnRecordCodec.decode(value);
-      const records: TransactionInfo['records'] = [];
-      for (const o of rec.oids ?? []) {
-        const oid = buf(o);
-        const r = await this.db.get(K.revisionKey(st, oid, tid));
-        if (!r) continue; // removed by pack
-        const rev = revisionCodec.decode(r);
-        records.push({
-          oid,
-          data: buf(rev.data),
-          deleted: rev.deleted === true,
-          dataTid: serialOf(rev.dataTid),
-        });
-      }
-      this.stillValid(gen); // a record missing because an install cleared it is not a pack
-      yield {
-        tid,
-        user: rec.user ?? '',
-        description: rec.description ?? '',
-        extension: buf(rec.extension),
-        status: rec.status || ' ',
-        records,
-      };
-    }
+  iterate(st: string, start: Buffer = Z64, stop?: Buffer): AsyncGenerator<TransactionInfo> {
+    return this.reader.iterate(st, start, stop);
   }
 
-  /** The OIDs written by one transaction, or undefined when there is no such transaction. */
   transactionOids(st: string, tid: Buffer): Promise<Buffer[] | undefined> {
-    return this.guarded(async () => {
-      const t = await this.db.get(K.txnKey(st, tid));
-      return t ? (txnRecordCodec.decode(t).oids ?? []).map(buf) : undefined;
-    });
+    return this.reader.transactionOids(st, tid);
   }
 
-  /**
-   * The transactions of a storage on record (`count`), the oldest (`oldestTid`) and the oldest of
-   * the newest `n` (`windowOldestTid`); z64 TIDs when there are none. Two point reads of N
-   * records, whatever the history's length.
-   */
   historyWindow(
     st: string,
     n: number,
   ): Promise<{ count: number; oldestTid: Buffer; windowOldestTid: Buffer }> {
-    assert(Number.isInteger(n) && n >= 1, `history window of ${n} transactions`);
-    return this.guarded(async () => {
-      // The published count is read first: its N records have landed, and stay until an install
-      // replaces the state (guarded() fails a read that overlapped one).
-      const count = this.pubMetas.get(st)?.txnCount ?? 0;
-      const gen = this.generation;
-      if (count === 0) return { count, oldestTid: Z64, windowOldestTid: Z64 };
-      const at = async (i: number): Promise<Buffer> => {
-        const tid = await this.db.get(K.txnNumberKey(st, i));
-        if (!tid || tid.length !== ID_BYTES) {
-          this.stillValid(gen); // not missing because an install cleared the state under the read
-          this.corruptionSeen ??= `storage ${st}: transaction ${i} of ${count} has no N record`;
-          assert(false, this.corruptionSeen);
-        }
-        return Buffer.from(tid);
-      };
-      const oldestTid = await at(1);
-      const windowOldestTid = count <= n ? oldestTid : await at(count - n + 1);
-      return { count, oldestTid, windowOldestTid };
-    });
+    return this.reader.historyWindow(st, n);
   }
 
-  /** The TID of the storage's transaction just before `tid` (z64 when none): one seek. */
   previousTid(st: string, tid: Buffer): Promise<Buffer> {
-    return this.guarded(async () => {
-      const tp = K.txnPrefix(st);
-      for await (const [key] of this.db.iterator({
-        gte: tp,
-        lt: K.txnKey(st, tid),
-        reverse: true,
-        limit: 1,
-      }))
-        return Buffer.from(key.subarray(key.length - ID_BYTES));
-      return Z64;
-    });
+    return this.reader.previousTid(st, tid);
   }
 
-  /** The oldest committed TID of a storage still on record (z64 when none). */
-  async oldestTid(st: string): Promise<Buffer> {
-    await this.readable();
-    const tp = K.txnPrefix(st);
-    for await (const [key] of this.db.iterator({ gte: tp, lt: K.prefixEnd(tp), limit: 1 })) {
-      return Buffer.from(key.subarray(key.length - ID_BYTES));
-    }
-    return Z64;
+  oldestTid(st: string): Promise<Buffer> {
+    return this.reader.oldestTid(st);
   }
 
-  /**
-   * ZODB's undoLog(first, last): newest first, skipping `first`, up to `last - first` entries.
-   * Transactions at or before the pack time are not listed: they cannot be undone.
-   */
-  async undoLog(st: string, first: number, last: number): Promise<HistoryEntry[]> {
-    await this.readable(); // one LevelDB iterator: a consistent view
-    const tp = K.txnPrefix(st);
-    const packTid = this.storageSummary(st).packTid;
-    const out: HistoryEntry[] = [];
-    let i = 0;
-    for await (const [key, value] of this.db.iterator({
-      ...(idEquals(packTid, Z64) ? { gte: tp } : { gt: K.txnKey(st, packTid) }),
-      lt: K.prefixEnd(tp),
-      reverse: true,
-      limit: last,
-    })) {
-      if (i++ < first) continue;
-      const rec = txnRecordCodec.decode(value);
-      out.push({
-        tid: Buffer.from(key.subarray(key.length - ID_BYTES)),
-        user: rec.user ?? '',
-        description: rec.description ?? '',
-        extension: buf(rec.extension),
-        size: 0,
-      });
-    }
-    return out;
+  undoLog(st: string, first: number, last: number): Promise<HistoryEntry[]> {
+    return this.reader.undoLog(st, first, last);
   }
 
   // ------------------------------------------------------------------------------------------
-  // Snapshots (Raft state transfer)
+  // Snapshots (Raft state transfer; snapshot-stream.ts)
 
   /**
    * The whole state as encoded chunks, read from one consistent LevelDB snapshot taken when the
@@ -2362,31 +1856,8 @@ export class ObjectStore {
    * the chunks describe.
    */
   snapshot(): { index: number; chunks: AsyncGenerator<Buffer> } {
-    const it = this.db.iterator();
-    const index = this.appliedIdx;
-    async function* gen(): AsyncGenerator<Buffer> {
-      try {
-        let keys: Buffer[] = [];
-        let values: Buffer[] = [];
-        let bytes = 0;
-        for await (const [k, v] of it) {
-          if (k[0] === K.TAG.install || k[0] === K.TAG.staged) continue; // never while serving
-          keys.push(k);
-          values.push(v);
-          bytes += k.length + v.length;
-          if (bytes >= SNAPSHOT_CHUNK_BYTES) {
-            yield snapshotChunkCodec.encode({ keys, values });
-            keys = [];
-            values = [];
-            bytes = 0;
-          }
-        }
-        yield snapshotChunkCodec.encode({ keys, values, last: true });
-      } finally {
-        await it.close();
-      }
-    }
-    return { index, chunks: gen() };
+    const chunks = snapshotChunks(this.db);
+    return { index: this.appliedIdx, chunks };
   }
 
   /**
@@ -2416,51 +1887,24 @@ export class ObjectStore {
     try {
       const index = await validateSnapshot(open(), expectedIndex);
       const step = (st: InstallStep): void => this.options.onInstallStep?.(st);
+      await stageSnapshot(this.db, open, index, step);
+      const switched = this.gate.switching();
+      this.cache.reset(); // reads of the old state in flight must not fill the cache
       try {
-        await this.db.put(K.installKey, installRecord(index, PHASE_STAGING), { sync: true });
-        step('marked');
-        for await (const raw of open()) {
-          const c = snapshotChunkCodec.decode(raw);
-          const ops: BatchOp[] = (c.keys ?? []).map((k, i) => ({
-            type: 'put',
-            key: Buffer.concat([STAGED_PREFIX, buf(k)]),
-            value: buf(c.values[i]),
-          }));
-          if (ops.length) {
-            await this.db.batch(ops);
-            step('chunk');
-          }
-        }
-        step('staged');
-      } catch (e) {
-        // The current state was not touched: drop what was staged and go on serving it. If even
-        // that fails, the record stays and the next open rolls the install back.
-        await this.db
-          .clear(STAGED_RANGE)
-          .then(() => this.db.del(K.installKey, { sync: true }))
-          .catch(() => undefined);
-        throw e;
-      }
-      let finished!: () => void;
-      this.installRunning = new Promise<void>((resolve) => (finished = resolve));
-      this.generation++;
-      this.batchesLanded++; // reads of the old state in flight must not fill the cache
-      this.currentCache.clear();
-      try {
-        await this.switchToStaged(BigInt(index), step);
+        await switchToStaged(this.db, BigInt(index), step);
         await this.loadState(false); // published below, with the replaced event
         assert(
           this.appliedIdx === index,
           `restored store is at ${this.appliedIdx}, its snapshot at ${index}`,
         );
       } catch (e) {
-        this.brokenReason = `a snapshot install failed part-way (${String(e)}); the node must restart`;
+        this.gate.broken(
+          `a snapshot install failed part-way (${String(e)}); the node must restart`,
+        );
         throw e;
       } finally {
-        this.currentCache.clear();
-        this.batchesLanded++;
-        this.installRunning = undefined;
-        finished();
+        this.cache.reset();
+        switched();
       }
       // Publish and tell the listeners in one synchronous step: nobody sees the new last TID
       // (a stream's progress event, say) before the streams know the state was replaced.
@@ -2473,154 +1917,5 @@ export class ObjectStore {
       this.applying = false;
       this.restoring = false;
     }
-  }
-
-  /**
-   * Replace the current state with the staged one. Idempotent from any point, so open() can redo
-   * it after a crash: the staged copy is deleted only once every record is in place.
-   */
-  private async switchToStaged(index: bigint, step: (st: InstallStep) => void): Promise<void> {
-    await this.db.put(K.installKey, installRecord(index, PHASE_SWITCHING), { sync: true });
-    step('switching');
-    await this.db.clear({ lt: K.installKey });
-    await this.db.clear({ gt: K.installKey, lt: STAGED_PREFIX });
-    step('cleared');
-    let ops: BatchOp[] = [];
-    let bytes = 0;
-    for await (const [k, v] of this.db.iterator(STAGED_RANGE)) {
-      ops.push({ type: 'put', key: k.subarray(STAGED_PREFIX.length), value: v });
-      bytes += k.length + v.length;
-      if (bytes >= SNAPSHOT_CHUNK_BYTES) {
-        await this.db.batch(ops);
-        ops = [];
-        bytes = 0;
-      }
-    }
-    if (ops.length) await this.db.batch(ops);
-    await this.db.put(K.installKey, installRecord(index, PHASE_COPIED), { sync: true });
-    step('copied');
-    await this.db.clear(STAGED_RANGE);
-    await this.db.del(K.installKey, { sync: true });
-    step('installed');
-  }
-}
-
-/** The install record: the snapshot's applied index (8 bytes) and the phase (1 byte). */
-const INSTALL_RECORD_BYTES = 9;
-const PHASE_STAGING = 0;
-const PHASE_SWITCHING = 1;
-const PHASE_COPIED = 2;
-const STAGED_PREFIX = Buffer.from([K.TAG.staged]);
-/** Every staged key: the staging prefix followed by a (non-empty) key of the state. */
-const STAGED_RANGE = { gt: STAGED_PREFIX, lt: Buffer.from([K.TAG.staged + 1]) };
-
-function installRecord(index: number | bigint, phase: number): Buffer {
-  const r = Buffer.alloc(INSTALL_RECORD_BYTES);
-  r.writeBigUInt64BE(BigInt(index));
-  r[8] = phase;
-  return r;
-}
-
-const KNOWN_TAGS: ReadonlySet<number> = new Set(
-  Object.values(K.TAG).filter((t) => t !== K.TAG.install && t !== K.TAG.staged),
-);
-
-/**
- * Check a whole snapshot without writing anything: every chunk decodes, keys and values pair up,
- * keys are in strictly increasing order with known tags, every record decodes, the last chunk
- * ends it, and the global record names its applied index (returned).
- */
-export async function validateSnapshot(
-  chunks: AsyncIterable<Uint8Array>,
-  expectedIndex?: number,
-): Promise<number> {
-  const bad = (why: string): never => {
-    throw new StorageError('INVALID', `malformed snapshot: ${why}`);
-  };
-  let sawLast = false;
-  let prev: Buffer | undefined;
-  let index: number | undefined;
-  let n = 0;
-  for await (const raw of chunks) {
-    if (sawLast) bad('a chunk after the last one');
-    let c: SnapshotChunk;
-    try {
-      c = snapshotChunkCodec.decode(raw);
-    } catch (e) {
-      return bad(`chunk ${n} does not decode (${String(e)})`);
-    }
-    const keys = c.keys ?? [];
-    const values = c.values ?? [];
-    if (keys.length !== values.length)
-      bad(`chunk ${n} has ${keys.length} keys and ${values.length} values`);
-    for (let i = 0; i < keys.length; i++) {
-      const key = buf(keys[i]);
-      const value = buf(values[i]);
-      if (key.length === 0 || !KNOWN_TAGS.has(key[0])) bad(`unknown key ${key.toString('hex')}`);
-      if (prev && Buffer.compare(prev, key) >= 0) bad(`keys out of order at chunk ${n}`);
-      prev = key;
-      try {
-        checkRecord(key, value);
-      } catch (e) {
-        bad(`record ${key.toString('hex')}: ${String(e)}`);
-      }
-      if (key[0] === K.TAG.global) index = Number(value.readBigUInt64BE(0));
-    }
-    sawLast = c.last === true;
-    n++;
-  }
-  if (!sawLast) bad('it ended before its last chunk');
-  if (index === undefined || index < 1) bad('no applied index');
-  if (expectedIndex !== undefined && index !== expectedIndex)
-    bad(`its data is at index ${index}, its message says ${expectedIndex}`);
-  return index as number;
-}
-
-/** Throws unless `value` is a well-formed record for `key`. */
-function checkRecord(key: Buffer, value: Buffer): void {
-  switch (key[0]) {
-    case K.TAG.global:
-      assert(key.length === 1 && value.length === 16, 'global record of the wrong size');
-      return;
-    case K.TAG.current:
-      assert(value.length === ID_BYTES + 1, 'current record of the wrong size');
-      return;
-    case K.TAG.finished:
-      assert(value.length === ID_BYTES, 'finished record of the wrong size');
-      return;
-    case K.TAG.expired:
-      assert(value.length === 8, 'expired record of the wrong size');
-      return;
-    case K.TAG.revision:
-      revisionCodec.decode(value);
-      return;
-    case K.TAG.txn:
-      txnRecordCodec.decode(value);
-      return;
-    case K.TAG.txnNumber:
-      assert(value.length === ID_BYTES, 'transaction number record of the wrong size');
-      return;
-    case K.TAG.storage:
-      storageMetaCodec.decode(value);
-      return;
-    case K.TAG.prepared:
-      preparedCodec.decode(value);
-      return;
-    case K.TAG.member:
-      memberCodec.decode(value);
-      return;
-    case K.TAG.blobUpload:
-    case K.TAG.blob:
-    case K.TAG.blobChunk:
-      checkBlobRecord(key, value);
-      return;
-    case K.TAG.packMark:
-      assert(value.length === 9, 'pack mark of the wrong size');
-      return;
-    case K.TAG.session:
-      if (key.length === 1)
-        assert(value.length === ID_BYTES, 'session watermark of the wrong size');
-      else sessionCodec.decode(value);
-      return;
   }
 }
