@@ -6,6 +6,7 @@
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import { StorageError } from '../storage/errors';
 import { packStorage } from '../server/pack';
+import { HISTORY_ENTRIES_MAX, UNDO_LOG_ENTRIES_MAX } from '../server/read-limits';
 import { hex, idCompare, idNext, p64, tidFromTime, tidToTime, u64 } from '../util/ids';
 import { toBuffer } from './args';
 import { ZeoDisconnect } from './errors';
@@ -13,8 +14,6 @@ import { ReplyThen, type SessionContext, bytes, decodeExtension } from './sessio
 
 /** ZEO hands out at most this many OIDs per new_oids call. */
 export const NEW_OIDS_MAX = 100;
-const HISTORY_MAX = 1000;
-const UNDO_LOG_MAX = 1000;
 /** getInvalidations scans at most this many transactions; a client further behind drops its cache. */
 const INVALIDATIONS_SCAN_MAX_TXNS = 10_000;
 
@@ -107,7 +106,7 @@ export class StorageCalls {
   }
 
   async history(oid: Buffer, size: number): Promise<Record<string, unknown>[]> {
-    const n = Math.min(Math.max(size, 1), HISTORY_MAX);
+    const n = Math.min(Math.max(size, 1), HISTORY_ENTRIES_MAX);
     try {
       const entries = await this.ctx.node.store.history(this.ctx.st, oid, n);
       return entries.map((e) => ({
@@ -130,7 +129,7 @@ export class StorageCalls {
   ): Promise<Record<string, unknown>[]> {
     if (last < 0) last = first - last;
     first = Math.max(0, first);
-    last = Math.min(Math.max(last, first), first + UNDO_LOG_MAX);
+    last = Math.min(Math.max(last, first), first + UNDO_LOG_ENTRIES_MAX);
     const entries = await this.ctx.node.store.undoLog(this.ctx.st, first, last);
     const out = entries.map((e) => ({
       ...decodeExtension(e.extension),
