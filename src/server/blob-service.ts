@@ -15,7 +15,10 @@ import type { DownloadBlobRequest__Output } from '../generated/zeoraft/v1/Downlo
 import type { BlobChunk } from '../generated/zeoraft/v1/BlobChunk';
 import { BLOB_CHUNK_BYTES_MAX, BLOB_ID_BYTES } from '../storage/blob-store';
 import { RpcError, fromStorageError, invalid, toServiceError } from './errors';
-import type { StorageNode } from './node';
+import type { NodeMetrics } from '../metrics/metrics';
+import type { ObjectStore } from '../storage/object-store';
+import type { Limits } from './limits';
+import type { Replicator } from './replicator';
 import type { Caller } from './security';
 import { requireId } from './validate';
 
@@ -36,13 +39,22 @@ export interface BlobServiceContext {
   ): grpc.handleServerStreamingCall<Req, Res>;
 }
 
+/** What the blob methods use of the node. */
+export interface BlobServiceDeps {
+  store: Pick<ObjectStore, 'blobUploadSize' | 'blobOf' | 'blobChunks'>;
+  replicator: Pick<Replicator, 'propose'>;
+  limits: Pick<Limits, 'reserveTxnMemory' | 'exceeded'>;
+  metrics: Pick<NodeMetrics, 'startRequest'>;
+  config: { limits: { maxBlobBytes: number } };
+}
+
 function blobIdArg(b: Buffer | undefined, field: string): Buffer {
   if (!b || b.length !== BLOB_ID_BYTES)
     throw invalid(`${field} must be ${BLOB_ID_BYTES} bytes (an UploadBlob answer's blob_id)`);
   return b;
 }
 
-export function blobHandlers(node: StorageNode, ctx: BlobServiceContext) {
+export function blobHandlers(node: BlobServiceDeps, ctx: BlobServiceContext) {
   /** Replicate `data` from `offset` in log chunks; returns the new size. */
   async function replicate(
     call: grpc.ServerReadableStream<UploadBlobRequest__Output, UploadBlobResponse>,

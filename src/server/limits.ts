@@ -1,12 +1,12 @@
 /**
- * Enforcement of the configured limits: past one, RESOURCE_EXHAUSTED naming it, a count in
+ * Enforcement of the configured limits: past one, a LIMIT_EXCEEDED domain error naming it, a count in
  * zeoraft_limit_exceeded_total{limit} and a warning in the log (rate-limited per limit).
  */
 import type { NodeMetrics } from '../metrics/metrics';
 import type { Command } from '../storage/codec';
 import type { Logger } from '../util/log';
 import type { LimitsConfig } from './config';
-import { RpcError, limit } from './errors';
+import { DomainError, limitExceeded } from './domain-errors';
 
 /**
  * What one object of a transaction costs a node beyond its data while it is staged, replicated and
@@ -70,7 +70,7 @@ export class Limits {
     message: string,
     fields: Record<string, unknown> = {},
     transient = false,
-  ): RpcError {
+  ): DomainError {
     this.metrics?.limitsExceeded.inc({ limit: name });
     const now = Date.now();
     const prev = this.logged.get(name);
@@ -82,7 +82,7 @@ export class Limits {
         `limit ${name} exceeded: ${message}`,
       );
     }
-    return limit(name, message, transient);
+    return limitExceeded(name, message, transient);
   }
 
   checkTransaction(objects: number, bytes: number): void {

@@ -13,7 +13,8 @@ import { ObjectStore } from '../storage/object-store';
 import { hex, idCompare } from '../util/ids';
 import { Logger, createLogger } from '../util/log';
 import { NodeConfig, VOTE_LEASE_MS } from './config';
-import { RpcError, unavailable } from './errors';
+import { deadlineExceeded } from './domain-errors';
+import { unavailable } from './errors';
 import { AddressBook } from './address-book';
 import { addHealthAndReflection, stopHealth } from './health';
 import { startHttp } from './http';
@@ -23,7 +24,9 @@ import { Security } from './security';
 import { clientServerCredentials } from './tls';
 import { LocalReplicator } from './local-replicator';
 import type { Replicator } from './replicator';
+import { StorageApi } from './storage-api';
 import { storageHandlers } from './storage-service';
+import { packStorage } from './pack';
 import { SubscriptionHub } from './subscriptions';
 import { ZeoServer, startZeoServer } from '../zeo/server';
 import { Waiters, systemWaitClock } from '../util/waiters';
@@ -57,6 +60,8 @@ export class StorageNode {
   readonly addressBook: AddressBook;
   readonly security: Security;
   replicator!: Replicator;
+  /** The storage API both doors use (built once the replicator exists). */
+  api!: StorageApi;
   private grpcServer: grpc.Server | undefined;
   private grpcListener: CappedListener | undefined;
   private httpServer: http.Server | undefined;
@@ -136,6 +141,16 @@ export class StorageNode {
     node.replicator = factory
       ? await factory(node)
       : new LocalReplicator(store, config.nodeId, () => clock.nowMs());
+    node.api = new StorageApi({
+      config,
+      store,
+      replicator: node.replicator,
+      applied: node,
+      metrics: node.metrics,
+      limits: node.limits,
+      feed: node.subscriptions,
+      pack: (st, packTid, gc, propose) => packStorage(node, st, packTid, gc, propose),
+    });
     await node.startGrpc();
     if (config.httpListen) node.httpServer = await startHttp(config.httpListen, node.metrics, node);
     node.httpServer?.prependListener('connection', (s) => node.security.admitSocket('http', s));
@@ -192,7 +207,16 @@ export class StorageNode {
     });
     server.addService(
       withPreEncodedResponses(storagePackage().zeoraft.v1.Storage.service, ['Subscribe']),
-      storageHandlers(this),
+      storageHandlers({
+        api: this.api,
+        metrics: this.metrics,
+        log: this.log,
+        security: this.security,
+        limits: this.limits,
+        subscriptions: this.subscriptions,
+        config: this.config,
+        blobs: this,
+      }),
     );
     addHealthAndReflection(server, this);
     for (const add of this.extraServices) add(server);
@@ -223,11 +247,7 @@ export class StorageNode {
 
   /** Resolve once `cond()` holds after some apply, or reject at the deadline. */
   waitApplied(cond: () => boolean, deadlineMs: number, what: () => string): Promise<void> {
-    return this.appliedWaiters.until(
-      cond,
-      deadlineMs,
-      () => new RpcError(grpc.status.DEADLINE_EXCEEDED, what()),
-    );
+    return this.appliedWaiters.until(cond, deadlineMs, () => deadlineExceeded(what()));
   }
 
   /** Wait until this node has applied `tid` (MISSION §2.6: never serve a client older state than it saw). */
@@ -295,6 +315,7 @@ export class StorageNode {
     if (this.sweeper) clearInterval(this.sweeper);
     this.subscriptions.closeAll(unavailable(`node ${this.config.nodeId} is shutting down`));
     if (this.zeoServer) await this.zeoServer.close();
+    this.api.close();
     await this.replicator.close();
     if (this.grpcServer) {
       const s = this.grpcServer;

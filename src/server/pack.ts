@@ -7,7 +7,9 @@ import type { Command } from '../storage/codec';
 import type { ApplyResult } from '../storage/object-store';
 import { PackRunResult, runPack } from '../storage/pack-gc';
 import { hex } from '../util/ids';
-import type { StorageNode } from './node';
+import type { NodeMetrics } from '../metrics/metrics';
+import type { ObjectStore } from '../storage/object-store';
+import type { Logger } from '../util/log';
 
 export interface PackMetrics {
   runs: client.Counter;
@@ -25,7 +27,7 @@ export interface PackMetrics {
 const byRegistry = new WeakMap<client.Registry, PackMetrics>();
 
 /** The pack metrics of a node (registered in its registry on first use). */
-export function packMetrics(node: Pick<StorageNode, 'metrics'>): PackMetrics {
+export function packMetrics(node: { metrics: Pick<NodeMetrics, 'registry'> }): PackMetrics {
   const registry = node.metrics.registry;
   let m = byRegistry.get(registry);
   if (m) return m;
@@ -68,7 +70,7 @@ export function packMetrics(node: Pick<StorageNode, 'metrics'>): PackMetrics {
 
 /** Run a pack of `storage` at `packTid` through `propose`; logs and counts it. */
 export async function packStorage(
-  node: Pick<StorageNode, 'metrics' | 'store' | 'log'>,
+  node: { metrics: Pick<NodeMetrics, 'registry'>; store: ObjectStore; log: Logger },
   storage: string,
   packTid: Buffer,
   gc: boolean,

@@ -26,8 +26,8 @@ export interface ReplicaView {
 export interface Replicator {
   /**
    * Replicate `cmd` and apply it. Resolves with the state machine's result once the command is
-   * committed and applied on this node. Rejects with an RpcError (UNAVAILABLE, DEADLINE_EXCEEDED,
-   * RESOURCE_EXHAUSTED) when the command could not be committed; the command may still commit
+   * committed and applied on this node. Rejects with a DomainError (NOT_LEADER, OUTCOME_UNKNOWN,
+   * DEADLINE_EXCEEDED, LIMIT_EXCEEDED, ...) when the command could not be committed; the command may still commit
    * later in that case, so callers treat such failures as "outcome unknown". `caller` (default: a
    * client without a key) is whom the command is for; a leader checks forwarded commands against it.
    */

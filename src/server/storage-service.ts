@@ -1,41 +1,47 @@
 /**
- * The zeoraft.v1.Storage gRPC service: validates requests, turns them into reads of the local
- * store or commands for the replicator, and maps results to responses and statuses.
+ * The zeoraft.v1.Storage gRPC service: an adapter over the storage API (storage-api.ts). It
+ * decodes and validates requests (field names in its errors), calls the API, and encodes answers
+ * and statuses (errors.ts maps domain and storage errors to gRPC statuses).
  */
 import * as grpc from '@grpc/grpc-js';
 import type { StorageHandlers } from '../generated/zeoraft/v1/Storage';
 import type { Transaction__Output } from '../generated/zeoraft/v1/Transaction';
 import type { StorageInfo } from '../generated/zeoraft/v1/StorageInfo';
 import type { CommitRequest__Output } from '../generated/zeoraft/v1/CommitRequest';
-import type { Command, CommitSession, Txn } from '../storage/codec';
-import type { ApplyResult } from '../storage/object-store';
-import { StorageError } from '../storage/errors';
-import { MAX_NEW_OIDS } from '../storage/object-store';
+import type { CommitSession, Txn } from '../storage/codec';
+import type { NodeMetrics } from '../metrics/metrics';
 import { BLOB_ID_BYTES } from '../storage/blob-store';
-import { blobHandlers } from './blob-service';
-import { Z64, idCompare, tidFromTime, tidToTime } from '../util/ids';
-import {
-  RpcError,
-  fromStorageError,
-  invalid,
-  readOnly,
-  toServiceError,
-  unavailable,
-} from './errors';
-import { txnBytes } from './limits';
-import { packStorage } from './pack';
-import type { StorageNode } from './node';
+import type { Logger } from '../util/log';
+import { type BlobServiceDeps, blobHandlers } from './blob-service';
+import { Z64, idCompare, tidToTime } from '../util/ids';
+import { invalid, toServiceError } from './errors';
+import type { Limits } from './limits';
 import { type Caller, Security, txnIdScope } from './security';
+import { HISTORY_SIZE_MAX, NEW_OIDS_MAX, StorageApi, UNDO_LOG_PAGE_MAX } from './storage-api';
+import type { SubscriptionHub } from './subscriptions';
 import { count, optionalId, requireId, serialOrZ64, text, txnId } from './validate';
 
 export const DEFAULT_STORAGE = '1';
-const MAX_HISTORY = 1000;
 /** A client's session id: 1..64 printable ASCII characters (a UUID fits). */
 const SESSION_ID = /^[\x21-\x7e]{1,64}$/;
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>;
 
-export function storageHandlers(node: StorageNode): StorageHandlers {
+/** What the gRPC Storage service uses: the storage API and the gRPC edge's own parts. */
+export interface StorageServiceDeps {
+  api: StorageApi;
+  metrics: Pick<NodeMetrics, 'startRequest'>;
+  log: Logger;
+  security: Pick<Security, 'principalFor' | 'watchKey'>;
+  limits: Pick<Limits, 'checkSubscribers'>;
+  subscriptions: Pick<SubscriptionHub, 'count' | 'close' | 'serve'>;
+  config: { defaultDeadlineMs: number; storages: readonly { name: string }[] };
+  /** The blob methods' own needs (blob-service.ts). */
+  blobs: BlobServiceDeps;
+}
+
+export function storageHandlers(node: StorageServiceDeps): StorageHandlers {
+  const api = node.api;
   /** Wrap a promise-returning handler: errors become statuses, never crashes; metrics observe it. */
   function unary<Req, Res>(method: string, fn: Unary<Req, Res>): grpc.handleUnaryCall<Req, Res> {
     return (call, callback) => {
@@ -124,45 +130,16 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
     };
   }
 
-  function storageName(name: string | undefined): string {
-    const st = name || DEFAULT_STORAGE;
-    if (!node.config.storages.some((s) => s.name === st)) {
-      throw new RpcError(
-        grpc.status.NOT_FOUND,
-        `unknown storage ${JSON.stringify(st)}; this cluster serves ${node.config.storages.map((s) => JSON.stringify(s.name)).join(', ')}`,
-        { kind: 'INVALID' },
-      );
-    }
-    return st;
-  }
-
-  function writable(st: string): void {
-    if (node.config.readOnly) throw readOnly(`node ${node.config.nodeId} is read-only`);
-    if (node.config.storages.find((s) => s.name === st)?.readOnly)
-      throw readOnly(`storage ${JSON.stringify(st)} is read-only`);
-  }
-
-  /** Reads need state: a node waiting for its first snapshot holds none (it would say NOT_FOUND). */
-  function holdsState(): void {
-    if (node.replicator.view().awaitingSnapshot)
-      throw unavailable(
-        `node ${node.config.nodeId} holds no state yet: it waits for a snapshot from the leader; retry or try another node`,
-        node.replicator.view().leaderAddress,
-      );
-  }
+  const storageName = (name: string | undefined): string => api.storageName(name, DEFAULT_STORAGE);
+  const writable = (st: string): void => api.writable(st);
 
   async function fresh(
     call: { getDeadline(): grpc.Deadline },
     seen: Buffer | undefined,
   ): Promise<void> {
-    holdsState();
+    api.holdsState();
     const tid = optionalId(seen, 'seen_tid');
-    if (tid) await node.waitForTid(tid, deadline(call));
-  }
-
-  function unwrap(r: ApplyResult): Extract<ApplyResult, { ok: true }> {
-    if (!r.ok) throw fromStorageError(r.error);
-    return r;
+    if (tid) await api.waitForTid(tid, deadline(call));
   }
 
   function blobIdOf(b: Buffer, i: number): Buffer {
@@ -204,70 +181,33 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       stores,
       checks,
     };
-    node.limits.checkTransaction(stores.length + checks.length, txnBytes(txn));
+    api.admitTransaction(txn);
     return txn;
   }
 
-  /** Admit a transaction-carrying command against the node's memory budget while it is applied. */
-  async function withTxnMemory<T>(cmd: Command, what: string, fn: () => Promise<T>): Promise<T> {
-    const r = node.limits.reserveCommand(cmd, what);
-    try {
-      return await fn();
-    } finally {
-      r?.release();
-    }
-  }
+  const info = (st: string): Promise<StorageInfo> => api.info(st);
 
-  async function info(st: string): Promise<StorageInfo> {
-    const s = node.store.storageSummary(st);
-    const cfg = node.config.storages.find((x) => x.name === st);
-    return {
-      name: st,
-      readOnly: node.config.readOnly || cfg?.readOnly === true,
-      supportsUndo: true,
-      objectCount: s.objectCount,
-      lastTid: s.lastTid,
-      oldestResumableTid: await node.subscriptions.oldestResumable(st),
-    };
-  }
-
-  /** Propose a transaction-committing command, waiting (bounded) for locks held by voted transactions. */
-  async function commitWithLockWait(
-    call: { getDeadline(): grpc.Deadline; metadata: grpc.Metadata },
-    cmd: Command,
-  ): Promise<ApplyResult> {
-    const end = Math.min(deadline(call), Date.now() + node.config.lockWaitMs);
-    const caller = callerOf(call);
-    for (;;) {
-      const r = await node.replicator.propose(cmd, deadline(call), caller);
-      if (r.ok || r.error.kind !== 'LOCKED' || Date.now() >= end) {
-        if (!r.ok && r.error.kind === 'CONFLICT') node.metrics.conflicts.inc();
-        return r;
-      }
-      await node.waitForUnlock(end);
-    }
-  }
+  /** A write's deadline and the client it is for. */
+  const ctxOf = (call: { getDeadline(): grpc.Deadline; metadata: grpc.Metadata }) => ({
+    deadlineMs: deadline(call),
+    caller: callerOf(call),
+  });
 
   return {
     Open: unary('Open', async (call) => {
       const st = storageName(call.request.storage);
       const seen = optionalId(call.request.lastTid, 'last_tid');
       text(call.request.clientName, 'client_name', 256);
-      if (seen) await node.waitForTid(seen, deadline(call));
-      const v = node.replicator.view();
-      const i = await info(st);
-      if (call.request.readOnly) i.readOnly = true;
-      return { lastTid: node.store.lastTid, info: i, nodeId: v.nodeId, leaderId: v.leaderId };
+      const r = await api.open(st, seen, deadline(call));
+      if (call.request.readOnly) r.info.readOnly = true;
+      return r;
     }),
 
     Load: unary('Load', async (call) => {
       const st = storageName(call.request.storage);
       const oid = requireId(call.request.oid, 'oid');
       await fresh(call, call.request.seenTid);
-      // Read the applied TID first: the revision is current as of at least this TID.
-      const asOf = node.store.lastTid;
-      const r = await node.store.load(st, oid);
-      return { data: r.data, serial: r.serial, asOfTid: asOf };
+      return api.load(st, oid);
     }),
 
     LoadBefore: unary('LoadBefore', async (call) => {
@@ -275,7 +215,7 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       const oid = requireId(call.request.oid, 'oid');
       const before = requireId(call.request.beforeTid, 'before_tid');
       await fresh(call, call.request.seenTid);
-      const r = await node.store.loadBefore(st, oid, before);
+      const r = await api.loadBefore(st, oid, before);
       return r.found
         ? { found: true, data: r.data, start: r.start, end: r.end ?? Buffer.alloc(0) }
         : { found: false };
@@ -286,84 +226,51 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       const oid = requireId(call.request.oid, 'oid');
       const serial = requireId(call.request.serial, 'serial');
       await fresh(call, call.request.seenTid);
-      return { data: await node.store.loadSerial(st, oid, serial) };
+      return { data: await api.loadSerial(st, oid, serial) };
     }),
 
     History: unary('History', async (call) => {
       const st = storageName(call.request.storage);
       const oid = requireId(call.request.oid, 'oid');
-      const size = count(call.request.size, 'size', 1, MAX_HISTORY);
+      const size = count(call.request.size, 'size', 1, HISTORY_SIZE_MAX);
       await fresh(call, call.request.seenTid);
-      return { entries: await node.store.history(st, oid, size) };
+      return { entries: await api.history(st, oid, size) };
     }),
 
     LastTransaction: unary('LastTransaction', async (call) => {
       const st = storageName(call.request.storage);
-      return { tid: node.store.storageSummary(st).lastTid };
+      return { tid: api.lastTransaction(st) };
     }),
 
     NewOids: unary('NewOids', async (call) => {
       const st = storageName(call.request.storage);
       writable(st);
-      const n = count(call.request.count, 'count', 100, MAX_NEW_OIDS);
-      const r = unwrap(
-        await node.replicator.propose(
-          { newOids: { storage: st, count: n } },
-          deadline(call),
-          callerOf(call),
-        ),
-      );
-      return { oids: r.oids ?? [] };
+      const n = count(call.request.count, 'count', 100, NEW_OIDS_MAX);
+      return { oids: await api.newOids(st, n, ctxOf(call)) };
     }),
 
     Commit: unary('Commit', async (call) => {
       const txn = txnFrom(call.request.transaction);
-      const started = Date.now();
-      const cmd: Command = { commit: { tid: Z64, txn, ...session(call) } };
-      const r = unwrap(await withTxnMemory(cmd, 'Commit', () => commitWithLockWait(call, cmd)));
-      node.metrics.observeCommit(Date.now() - started);
-      // Answered once this node applied the commit: its history holds the transaction before it.
-      return { tid: r.tid, previousTid: await node.store.previousTid(txn.storage, r.tid!) };
+      return api.commit(txn, session(call), ctxOf(call));
     }),
 
     Vote: unary('Vote', async (call) => {
       const id = ownedTxnId(call, call.request.transactionId);
       const txn = txnFrom(call.request.transaction);
-      const prepared = node.store.preparedTransactions();
-      // A retried Vote of a transaction already voted is not one more.
-      if (!prepared.some((p) => p.txnId === id && p.storage === txn.storage))
-        node.limits.checkPrepared(prepared.length);
-      const deadlineMs = Date.now() + node.config.txnTimeoutMs;
-      const cmd: Command = { prepare: { txnId: id, txn, deadlineMs, retryOnly: true } };
-      unwrap(await withTxnMemory(cmd, 'Vote', () => commitWithLockWait(call, cmd)));
+      await api.vote(id, txn, ctxOf(call));
       return {};
     }),
 
     Finish: unary('Finish', async (call) => {
       const st = storageName(call.request.storage);
       const id = ownedTxnId(call, call.request.transactionId);
-      const started = Date.now();
-      const r = unwrap(
-        await node.replicator.propose(
-          { finish: { storage: st, txnId: id, tid: Z64 } },
-          deadline(call),
-          callerOf(call),
-        ),
-      );
-      node.metrics.observeCommit(Date.now() - started);
-      return { tid: r.tid };
+      return { tid: await api.finish(st, id, ctxOf(call)) };
     }),
 
     Abort: unary('Abort', async (call) => {
       const st = storageName(call.request.storage);
       const id = ownedTxnId(call, call.request.transactionId);
-      unwrap(
-        await node.replicator.propose(
-          { abort: { storage: st, txnId: id, reason: 'client' } },
-          deadline(call),
-          callerOf(call),
-        ),
-      );
+      await api.abort(st, id, ctxOf(call));
       return {};
     }),
 
@@ -371,25 +278,19 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       const st = storageName(call.request.storage);
       writable(st);
       const undoTid = requireId(call.request.tid, 'tid');
-      const cmd: Command = {
-        undo: {
-          tid: Z64,
-          storage: st,
-          undoTid,
-          user: text(call.request.user, 'user'),
-          description: text(call.request.description, 'description'),
-        },
+      const meta = {
+        user: text(call.request.user, 'user'),
+        description: text(call.request.description, 'description'),
       };
-      const r = unwrap(await commitWithLockWait(call, cmd));
-      return { tid: r.tid, oids: r.oids ?? [] };
+      return api.undo(st, undoTid, meta, ctxOf(call));
     }),
 
     UndoLog: unary('UndoLog', async (call) => {
       const st = storageName(call.request.storage);
       const first = count(call.request.first, 'first', 0, 1_000_000);
-      const last = count(call.request.last, 'last', first + 20, first + MAX_HISTORY);
+      const last = count(call.request.last, 'last', first + 20, first + UNDO_LOG_PAGE_MAX);
       if (last < first) throw invalid('last must not be less than first');
-      const entries = await node.store.undoLog(st, first, last);
+      const entries = await api.undoLog(st, first, last);
       return {
         transactions: entries.map((e) => ({
           tid: e.tid,
@@ -409,17 +310,11 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
         const t = call.request.packTime;
         if (!Number.isFinite(t) || t <= 0)
           throw invalid('pack_tid or a positive pack_time is required');
-        // A time after now packs as of now (nothing newer exists), as ZODB's pack does.
-        packTid = tidFromTime(Math.min(t * 1000, Date.now()));
+        packTid = api.packTidAt(t);
       }
       // In bounded steps (storage/pack-gc.ts), each replicated; a failed step is the call's error.
-      const dl = deadline(call);
-      const caller = callerOf(call);
-      const r = await packStorage(node, st, packTid, call.request.gc, (cmd) =>
-        node.replicator.propose(cmd, dl, caller),
-      ).catch((e: unknown) => {
-        throw e instanceof StorageError ? fromStorageError(e) : e;
-      });
+      const ctx = ctxOf(call);
+      const r = await api.pack(st, packTid, call.request.gc, (cmd) => api.propose(cmd, ctx));
       return { removed: r.removed };
     }),
 
@@ -428,10 +323,10 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       const start = optionalId(call.request.start, 'start') ?? Z64;
       const stop = optionalId(call.request.stop, 'stop');
       if (stop && idCompare(stop, start) < 0) throw invalid('stop must not be before start');
-      holdsState();
+      api.holdsState();
       let cancelled = false;
       call.on('cancelled', () => (cancelled = true));
-      for await (const t of node.store.iterate(st, start, stop)) {
+      for await (const t of api.iterate(st, start, stop)) {
         if (cancelled) return;
         const ok = call.write({
           tid: t.tid,
@@ -454,8 +349,7 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
       const st = storageName(call.request.storage);
       const from = optionalId(call.request.fromTid, 'from_tid');
       // Never reveal less than the client has seen: wait for this node to catch up first.
-      if (from && idCompare(from, node.store.lastTid) > 0)
-        await node.waitForTid(from, deadline(call));
+      if (from && idCompare(from, api.lastTid) > 0) await api.waitForTid(from, deadline(call));
       node.limits.checkSubscribers(node.subscriptions.count);
       // A key revoked (or no longer granting the storage) while the stream is open ends it.
       const unwatch = node.security.watchKey(call.metadata, st, (e) =>
@@ -470,12 +364,11 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
 
     Sync: unary('Sync', async (call) => {
       storageName(call.request.storage);
-      await node.replicator.linearizableRead(deadline(call));
-      return { tid: node.store.lastTid };
+      return { tid: await api.sync(deadline(call)) };
     }),
 
     Status: unary('Status', async (call) => {
-      const v = node.replicator.view();
+      const v = api.view();
       // A key sees only the storages it may use: not even the names of the others.
       const p = node.security.principalFor(call.metadata);
       return {
@@ -484,15 +377,15 @@ export function storageHandlers(node: StorageNode): StorageHandlers {
         leaderId: v.leaderId,
         term: v.term,
         commitIndex: v.commitIndex,
-        appliedIndex: node.store.appliedIndex,
-        lastTid: node.store.lastTid,
+        appliedIndex: api.appliedIndex,
+        lastTid: api.lastTid,
         storages: await Promise.all(
           node.config.storages.filter((s) => Security.mayUse(p, s.name)).map((s) => info(s.name)),
         ),
       };
     }),
 
-    ...blobHandlers(node, {
+    ...blobHandlers(node.blobs, {
       storageName,
       writable,
       deadline,

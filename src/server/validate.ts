@@ -1,6 +1,6 @@
-/** Request validation: every malformed field is an INVALID_ARGUMENT naming the field. */
+/** Request validation: every malformed field is an INVALID_ARGUMENT domain error naming the field. */
 import { ID_BYTES, Z64 } from '../util/ids';
-import { invalid } from './errors';
+import { invalidArgument as invalid } from './domain-errors';
 
 export function requireId(b: Buffer | undefined, field: string): Buffer {
   if (!b || b.length === 0) throw invalid(`${field} is required (8 bytes)`);

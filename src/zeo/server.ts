@@ -14,13 +14,13 @@
  * an error in a two-way call is answered as an exception.
  */
 import * as net from 'node:net';
-import { RpcError } from '../server/errors';
+import { DomainError } from '../server/domain-errors';
 import type { Reservation } from '../server/limits';
 import type { StorageNode } from '../server/node';
 import { StorageError } from '../storage/errors';
 import { ZeoDisconnect, ZeoException, storageError } from './errors';
 import { FrameDecoder, frame } from './framing';
-import { LockQueue } from './lock-queue';
+import type { LockQueue } from '../server/lock-queue';
 import {
   FLAG_ERROR,
   FLAG_ONEWAY,
@@ -259,7 +259,7 @@ class ZeoConnection {
     }
     let exc: ZeoException;
     if (e instanceof ZeoException) exc = e;
-    else if (e instanceof RpcError || e instanceof StorageError) exc = storageError(e.message);
+    else if (e instanceof DomainError || e instanceof StorageError) exc = storageError(e.message);
     else {
       this.node.log.error(
         { client: this.label, method, error: String(e), stack: (e as Error)?.stack },
@@ -286,12 +286,8 @@ export async function startZeoServer(node: StorageNode, listen: string): Promise
     return s;
   };
   const connections = new Set<ZeoConnection>();
-  // Votes of this node's ZEO sessions waiting for locks, in arrival order, per storage.
-  const lockQueue = new LockQueue({
-    isFree: (n, txnId) => !node.store.lockedForOthers(n.storage, n.oid, txnId, n.shared),
-    holds: (n, txnId) => node.store.lockHolder(n.storage, n.oid) === txnId,
-    onApplied: (fn) => node.store.onApplied(fn),
-  });
+  // Votes waiting for locks, in arrival order: one line with the gRPC door's (storage-api.ts).
+  const lockQueue = node.api.lockQueue;
   const maxConnections = node.config.limits.maxZeoConnections;
   const server = net.createServer((socket) => {
     if (!node.security.admitSocket('zeo', socket)) return;
@@ -334,7 +330,6 @@ export async function startZeoServer(node: StorageNode, listen: string): Promise
     port: bound,
     async close(): Promise<void> {
       unlistenReplaced();
-      lockQueue.close();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       for (const c of [...connections]) c.close('node stopping');
       await closed;

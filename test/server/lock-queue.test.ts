@@ -1,10 +1,10 @@
 /**
- * The line of votes waiting for locks on one node (src/zeo/lock-queue.ts), over a real object
+ * The line of votes waiting for locks on one node (src/server/lock-queue.ts), over a real object
  * store whose prepares, finishes and aborts take and release the locks, as the ZEO server wires it.
  */
 import * as assert from 'node:assert/strict';
 import type { Command } from '../../src/storage/codec';
-import { LockQueue, type LockNeed, type LockTicket, lockNeed } from '../../src/zeo/lock-queue';
+import { LockQueue, type LockNeed, type LockTicket, lockNeed } from '../../src/server/lock-queue';
 import { Z64 } from '../../src/util/ids';
 import { ST, TestStore, oid } from '../storage/helpers';
 
