@@ -8,7 +8,8 @@
  */
 import * as assert from 'node:assert/strict';
 import { Z64, hex, idCompare, p64, u64 } from '../../src/util/ids';
-import { NodeProcess, eventually, freePort, rmDir, sleep, tmpDir } from '../harness';
+import { eventually, sleep } from '../harness';
+import { ZeoCluster, type ZeoMember } from '../harness/zeo-cluster';
 import { ZeoClient } from './zeo-client';
 
 const b = (s: string): Buffer => Buffer.from(s);
@@ -16,15 +17,6 @@ const buf = (u: Uint8Array): Buffer => Buffer.from(u);
 /** Commits of the pair by the writer. */
 const COMMITS = 60;
 const STORAGE = 'race';
-
-interface Member {
-  id: string;
-  client: number;
-  peer: number;
-  zeo: number;
-  dir: string;
-  proc?: NodeProcess;
-}
 
 /** What one reconnection saw. */
 interface Visit {
@@ -40,42 +32,23 @@ interface Visit {
 
 describe('ZEO door: reconnecting clients racing commits (ZODB racetest)', function () {
   this.timeout(180_000);
-  const members: Member[] = [];
+  const cluster = new ZeoCluster('zeo-race', {
+    ZEORAFT_STORAGES: `1,${STORAGE}`,
+  });
+  const members = cluster.members;
   const clients: ZeoClient[] = [];
   let txn = 1;
 
   before(async () => {
-    for (let i = 1; i <= 3; i++)
-      members.push({
-        id: `n${i}`,
-        client: await freePort(),
-        peer: await freePort(),
-        zeo: await freePort(),
-        dir: tmpDir(`zeo-race-n${i}`),
-      });
-    const peers = members.map((x) => `${x.id}=127.0.0.1:${x.peer}=127.0.0.1:${x.client}`).join(',');
-    await Promise.all(
-      members.map(async (m) => {
-        m.proc = await NodeProcess.start({
-          ZEORAFT_NODE_ID: m.id,
-          ZEORAFT_DATA_DIR: m.dir,
-          ZEORAFT_LISTEN: `127.0.0.1:${m.client}`,
-          ZEORAFT_PEER_LISTEN: `127.0.0.1:${m.peer}`,
-          ZEORAFT_ZEO_LISTEN: `127.0.0.1:${m.zeo}`,
-          ZEORAFT_PEERS: peers,
-          ZEORAFT_STORAGES: `1,${STORAGE}`,
-        });
-      }),
-    );
+    await cluster.start();
   });
 
   after(async () => {
     for (const c of clients) c.close();
-    await Promise.all(members.map((m) => m.proc?.kill('SIGKILL')));
-    for (const m of members) rmDir(m.dir);
+    await cluster.stop();
   });
 
-  async function connect(m: Member): Promise<ZeoClient> {
+  async function connect(m: ZeoMember): Promise<ZeoClient> {
     const c = await ZeoClient.connect(m.zeo);
     clients.push(c);
     await c.call('register', STORAGE, false);

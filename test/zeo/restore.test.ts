@@ -7,22 +7,14 @@
  */
 import * as assert from 'node:assert/strict';
 import { Z64, hex, idCompare, p64, tidFromTime, u64 } from '../../src/util/ids';
-import { NodeProcess, eventually, freePort, rmDir, sleep, tmpDir } from '../harness';
+import { eventually, sleep } from '../harness';
+import { ZeoCluster, type ZeoMember } from '../harness/zeo-cluster';
 import { ServerError, ZeoClient } from './zeo-client';
 
 const b = (s: string): Buffer => Buffer.from(s);
 const buf = (u: Uint8Array): Buffer => Buffer.from(u);
 const MAXTID = Buffer.from('7fffffffffffffff', 'hex');
 const add = (tid: Buffer, n: number): Buffer => p64(u64(tid) + BigInt(n));
-
-interface Member {
-  id: string;
-  client: number;
-  peer: number;
-  zeo: number;
-  dir: string;
-  proc?: NodeProcess;
-}
 
 interface Restored {
   tid: Buffer;
@@ -35,11 +27,15 @@ interface Restored {
 
 describe('ZEO door: restore at given TIDs (copyTransactionsFrom)', function () {
   this.timeout(60_000);
-  const members: Member[] = [];
+  const cluster = new ZeoCluster('zeo-restore', {
+    ZEORAFT_STORAGES: '1,other,ro:ro',
+    ZEORAFT_LOCK_WAIT_MS: '10000',
+  });
+  const members = cluster.members;
   const clients: ZeoClient[] = [];
   let txnCounter = 9000;
 
-  async function connect(m: Member, storage: string, readOnly = false): Promise<ZeoClient> {
+  async function connect(m: ZeoMember, storage: string, readOnly = false): Promise<ZeoClient> {
     const c = await ZeoClient.connect(m.zeo);
     clients.push(c);
     await c.call('register', storage, readOnly);
@@ -95,37 +91,14 @@ describe('ZEO door: restore at given TIDs (copyTransactionsFrom)', function () {
   }
 
   before(async function () {
-    for (let i = 1; i <= 3; i++)
-      members.push({
-        id: `n${i}`,
-        client: await freePort(),
-        peer: await freePort(),
-        zeo: await freePort(),
-        dir: tmpDir(`zeo-restore-n${i}`),
-      });
-    const peers = members.map((x) => `${x.id}=127.0.0.1:${x.peer}=127.0.0.1:${x.client}`).join(',');
-    await Promise.all(
-      members.map(async (m) => {
-        m.proc = await NodeProcess.start({
-          ZEORAFT_NODE_ID: m.id,
-          ZEORAFT_DATA_DIR: m.dir,
-          ZEORAFT_LISTEN: `127.0.0.1:${m.client}`,
-          ZEORAFT_PEER_LISTEN: `127.0.0.1:${m.peer}`,
-          ZEORAFT_ZEO_LISTEN: `127.0.0.1:${m.zeo}`,
-          ZEORAFT_PEERS: peers,
-          ZEORAFT_STORAGES: '1,other,ro:ro',
-          ZEORAFT_LOCK_WAIT_MS: '10000',
-        });
-      }),
-    );
+    await cluster.start();
     const c = await connect(members[0], 'other');
     await eventually(() => c.call('new_oids', 1).then(() => true), 20_000, 'a leader');
   });
 
   after(async () => {
     for (const c of clients) c.close();
-    await Promise.all(members.map((m) => m.proc?.kill('SIGKILL')));
-    for (const m of members) rmDir(m.dir);
+    await cluster.stop();
   });
 
   it('keeps the TIDs, status, metadata, records without data and backpointers as given', async () => {

@@ -6,45 +6,26 @@
  */
 import * as assert from 'node:assert/strict';
 import { Z64, hex, idCompare, p64, u64 } from '../../src/util/ids';
-import { NodeProcess, eventually, freePort, rmDir, sleep, tmpDir } from '../harness';
+import { eventually, sleep } from '../harness';
+import { ZeoCluster, type ZeoMember } from '../harness/zeo-cluster';
 import { Disconnected, ServerError, ZeoClient } from './zeo-client';
 
 const b = (s: string): Buffer => Buffer.from(s);
 const buf = (u: Uint8Array): Buffer => Buffer.from(u);
 
-interface Member {
-  id: string;
-  client: number;
-  peer: number;
-  zeo: number;
-  dir: string;
-  proc?: NodeProcess;
-}
-
 describe('ZEO 5 protocol on a three-node cluster', function () {
   this.timeout(60_000);
-  const members: Member[] = [];
+  const cluster = new ZeoCluster('zeo', {
+    ZEORAFT_STORAGES: '1,archive:ro',
+    ZEORAFT_TXN_TIMEOUT_MS: '5000',
+    ZEORAFT_LOCK_WAIT_MS: '1000',
+  });
+  const members = cluster.members;
   const clients: ZeoClient[] = [];
   let txnCounter = 1000;
 
-  async function startMember(m: Member): Promise<void> {
-    m.proc = await NodeProcess.start({
-      ZEORAFT_NODE_ID: m.id,
-      ZEORAFT_DATA_DIR: m.dir,
-      ZEORAFT_LISTEN: `127.0.0.1:${m.client}`,
-      ZEORAFT_PEER_LISTEN: `127.0.0.1:${m.peer}`,
-      ZEORAFT_ZEO_LISTEN: `127.0.0.1:${m.zeo}`,
-      ZEORAFT_PEERS: members
-        .map((x) => `${x.id}=127.0.0.1:${x.peer}=127.0.0.1:${x.client}`)
-        .join(','),
-      ZEORAFT_STORAGES: '1,archive:ro',
-      ZEORAFT_TXN_TIMEOUT_MS: '5000',
-      ZEORAFT_LOCK_WAIT_MS: '1000',
-    });
-  }
-
   async function connect(
-    m: Member,
+    m: ZeoMember,
     storage = '1',
     readOnly = false,
   ): Promise<{ c: ZeoClient; last: Buffer }> {
@@ -75,15 +56,7 @@ describe('ZEO 5 protocol on a three-node cluster', function () {
   }
 
   before(async function () {
-    for (let i = 1; i <= 3; i++)
-      members.push({
-        id: `n${i}`,
-        client: await freePort(),
-        peer: await freePort(),
-        zeo: await freePort(),
-        dir: tmpDir(`zeo-n${i}`),
-      });
-    await Promise.all(members.map((m) => startMember(m)));
+    await cluster.start();
     // Writes need a leader: retry the first allocation until one is elected.
     const { c } = await connect(members[0]);
     await eventually(() => c.call('new_oids', 1).then(() => true), 20_000, 'a leader');
@@ -91,8 +64,7 @@ describe('ZEO 5 protocol on a three-node cluster', function () {
 
   after(async () => {
     for (const c of clients) c.close();
-    await Promise.all(members.map((m) => m.proc?.kill('SIGKILL')));
-    for (const m of members) rmDir(m.dir);
+    await cluster.stop();
   });
 
   it('greets with M5 and answers ruok with JSON status before any handshake', async () => {

@@ -8,7 +8,8 @@
 import * as assert from 'node:assert/strict';
 import { readIntSetRecord, readLengthRecord } from '../../src/storage/zodb-resolve';
 import { Z64, hex, idCompare, p64, tidToTime, u64 } from '../../src/util/ids';
-import { NodeProcess, eventually, freePort, rmDir, sleep, tmpDir } from '../harness';
+import { eventually, sleep } from '../harness';
+import { ZeoCluster, type ZeoMember } from '../harness/zeo-cluster';
 import { ServerError, ZeoClient } from './zeo-client';
 
 const b = (s: string): Buffer => Buffer.from(s);
@@ -55,22 +56,19 @@ const iiSet = (keys: number[]): Buffer =>
     'hex',
   );
 
-interface Member {
-  id: string;
-  client: number;
-  peer: number;
-  zeo: number;
-  dir: string;
-  proc?: NodeProcess;
-}
-
 describe('ZEO door: what the ZODB and ZEO storage suites expect', function () {
   this.timeout(60_000);
-  const members: Member[] = [];
+  const cluster = new ZeoCluster('zeo-zodb', {
+    ZEORAFT_STORAGES: '1,misc,undo,gc,opaque,order,reserve,lease,hot',
+    // Far longer than any wait below: a vote released in time was released by its lease.
+    ZEORAFT_TXN_TIMEOUT_MS: '120000',
+    ZEORAFT_LOCK_WAIT_MS: '3000',
+  });
+  const members = cluster.members;
   const clients: ZeoClient[] = [];
   let txnCounter = 5000;
 
-  async function connect(m: Member, storage: string): Promise<ZeoClient> {
+  async function connect(m: ZeoMember, storage: string): Promise<ZeoClient> {
     const c = await ZeoClient.connect(m.zeo);
     clients.push(c);
     await c.call('register', storage, false);
@@ -106,39 +104,14 @@ describe('ZEO door: what the ZODB and ZEO storage suites expect', function () {
     c.call('loadBefore', oid, MAXTID);
 
   before(async function () {
-    for (let i = 1; i <= 3; i++)
-      members.push({
-        id: `n${i}`,
-        client: await freePort(),
-        peer: await freePort(),
-        zeo: await freePort(),
-        dir: tmpDir(`zeo-zodb-n${i}`),
-      });
-    const peers = members.map((x) => `${x.id}=127.0.0.1:${x.peer}=127.0.0.1:${x.client}`).join(',');
-    await Promise.all(
-      members.map(async (m) => {
-        m.proc = await NodeProcess.start({
-          ZEORAFT_NODE_ID: m.id,
-          ZEORAFT_DATA_DIR: m.dir,
-          ZEORAFT_LISTEN: `127.0.0.1:${m.client}`,
-          ZEORAFT_PEER_LISTEN: `127.0.0.1:${m.peer}`,
-          ZEORAFT_ZEO_LISTEN: `127.0.0.1:${m.zeo}`,
-          ZEORAFT_PEERS: peers,
-          ZEORAFT_STORAGES: '1,misc,undo,gc,opaque,order,reserve,lease,hot',
-          // Far longer than any wait below: a vote released in time was released by its lease.
-          ZEORAFT_TXN_TIMEOUT_MS: '120000',
-          ZEORAFT_LOCK_WAIT_MS: '3000',
-        });
-      }),
-    );
+    await cluster.start();
     const c = await connect(members[0], 'misc');
     await eventually(() => c.call('new_oids', 1).then(() => true), 20_000, 'a leader');
   });
 
   after(async () => {
     for (const c of clients) c.close();
-    await Promise.all(members.map((m) => m.proc?.kill('SIGKILL')));
-    for (const m of members) rmDir(m.dir);
+    await cluster.stop();
   });
 
   it('answers loadBefore(oid, maxtid) (ClientStorage.load) on every node without waiting for that TID', async () => {

@@ -11,7 +11,8 @@ import * as assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { NodeProcess, freePort, rmDir, tmpDir } from '../harness';
+import { rmDir, tmpDir } from '../harness';
+import { ZeoCluster } from '../harness/zeo-cluster';
 
 const ROOT = path.resolve(__dirname, '../../..');
 const PYTHON = path.join(ROOT, '.venv-zodb/bin/python');
@@ -20,15 +21,6 @@ const SCRIPT = path.join(ROOT, 'test/zodb/migrate.py');
 const SOURCE_TRANSACTIONS = 300;
 /** Transactions in the source FileStorage with blobs (cycles of eight). */
 const BLOB_SOURCE_TRANSACTIONS = 40;
-
-interface Member {
-  id: string;
-  client: number;
-  peer: number;
-  zeo: number;
-  dir: string;
-  proc?: NodeProcess;
-}
 
 function run(cmd: string, args: string[]): Promise<{ code: number | null; out: string }> {
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -40,7 +32,9 @@ function run(cmd: string, args: string[]): Promise<{ code: number | null; out: s
 
 describe('moving a site in: zodbconvert from a FileStorage through the ZEO door', function () {
   this.timeout(300_000);
-  const members: Member[] = [];
+  const cluster = new ZeoCluster('zodb-migrate', {
+    ZEORAFT_STORAGES: '1,blobs',
+  });
   const work = tmpDir('zodb-migrate');
 
   before(async function () {
@@ -48,38 +42,16 @@ describe('moving a site in: zodbconvert from a FileStorage through the ZEO door'
       console.log(`    skipped: no ${PYTHON} (make zodb-venv; make zodb-suites runs this file)`);
       this.skip();
     }
-    for (let i = 1; i <= 3; i++)
-      members.push({
-        id: `n${i}`,
-        client: await freePort(),
-        peer: await freePort(),
-        zeo: await freePort(),
-        dir: tmpDir(`zodb-migrate-n${i}`),
-      });
-    const peers = members.map((x) => `${x.id}=127.0.0.1:${x.peer}=127.0.0.1:${x.client}`).join(',');
-    await Promise.all(
-      members.map(async (m) => {
-        m.proc = await NodeProcess.start({
-          ZEORAFT_NODE_ID: m.id,
-          ZEORAFT_DATA_DIR: m.dir,
-          ZEORAFT_LISTEN: `127.0.0.1:${m.client}`,
-          ZEORAFT_PEER_LISTEN: `127.0.0.1:${m.peer}`,
-          ZEORAFT_ZEO_LISTEN: `127.0.0.1:${m.zeo}`,
-          ZEORAFT_PEERS: peers,
-          ZEORAFT_STORAGES: '1,blobs',
-        });
-      }),
-    );
+    await cluster.start();
   });
 
   after(async () => {
-    await Promise.all(members.map((m) => m.proc?.kill('SIGKILL')));
-    for (const m of members) rmDir(m.dir);
+    await cluster.stop();
     rmDir(work);
   });
 
   it('copies every transaction with its TID, status, metadata and records, byte for byte', async () => {
-    const zeo = members.map((m) => `127.0.0.1:${m.zeo}`).join(',');
+    const zeo = cluster.zeoAddresses();
     const r = await run(PYTHON, [
       SCRIPT,
       '--zeo',

@@ -10,20 +10,11 @@ import * as assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { NodeProcess, freePort, rmDir, tmpDir } from '../harness';
+import { ZeoCluster } from '../harness/zeo-cluster';
 
 const ROOT = path.resolve(__dirname, '../../..');
 const PYTHON = path.join(ROOT, '.venv-zodb/bin/python');
 const SCRIPT = path.join(ROOT, 'test/zodb/z5_client.py');
-
-interface Member {
-  id: string;
-  client: number;
-  peer: number;
-  zeo: number;
-  dir: string;
-  proc?: NodeProcess;
-}
 
 function run(cmd: string, args: string[]): Promise<{ code: number | null; out: string }> {
   const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -35,44 +26,24 @@ function run(cmd: string, args: string[]): Promise<{ code: number | null; out: s
 
 describe('ZEO door: a client without msgpack over pickle framing (Z5)', function () {
   this.timeout(120_000);
-  const members: Member[] = [];
+  const cluster = new ZeoCluster('zodb-z5', {
+    ZEORAFT_ZEO_ENCODING: 'pickle',
+  });
 
   before(async function () {
     if (!fs.existsSync(PYTHON)) {
       console.log(`    skipped: no ${PYTHON} (make zodb-venv; make zodb-suites runs this file)`);
       this.skip();
     }
-    for (let i = 1; i <= 3; i++)
-      members.push({
-        id: `n${i}`,
-        client: await freePort(),
-        peer: await freePort(),
-        zeo: await freePort(),
-        dir: tmpDir(`zodb-z5-n${i}`),
-      });
-    const peers = members.map((x) => `${x.id}=127.0.0.1:${x.peer}=127.0.0.1:${x.client}`).join(',');
-    await Promise.all(
-      members.map(async (m) => {
-        m.proc = await NodeProcess.start({
-          ZEORAFT_NODE_ID: m.id,
-          ZEORAFT_DATA_DIR: m.dir,
-          ZEORAFT_LISTEN: `127.0.0.1:${m.client}`,
-          ZEORAFT_PEER_LISTEN: `127.0.0.1:${m.peer}`,
-          ZEORAFT_ZEO_LISTEN: `127.0.0.1:${m.zeo}`,
-          ZEORAFT_PEERS: peers,
-          ZEORAFT_ZEO_ENCODING: 'pickle',
-        });
-      }),
-    );
+    await cluster.start();
   });
 
   after(async () => {
-    await Promise.all(members.map((m) => m.proc?.kill('SIGKILL')));
-    for (const m of members) rmDir(m.dir);
+    await cluster.stop();
   });
 
   it('connects, commits, loads through another node, gets ZODB exceptions, undoes, iterates and packs', async () => {
-    const zeo = members.map((m) => `127.0.0.1:${m.zeo}`).join(',');
+    const zeo = cluster.zeoAddresses();
     const r = await run(PYTHON, [SCRIPT, '--zeo', zeo]);
     assert.equal(r.code, 0, `z5_client.py failed:\n${r.out}`);
     const line = r.out.split('\n').find((l) => l.startsWith('{'));
