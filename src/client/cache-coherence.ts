@@ -25,13 +25,15 @@ import { LoadTracker, Tracker } from './load-tracker';
 import type { InvalidationEvent, InvalidationListener } from './options';
 import type { StreamSink } from './connection-manager';
 import { Z64, hex, idCompare } from '../util/ids';
+import { Waiters, systemWaitClock } from '../util/waiters';
 import type { SubscribeEvent__Output } from '../generated/zeoraft/v1/SubscribeEvent';
 
 export class CacheCoherence implements StreamSink {
   readonly mem: MemoryCache;
   readonly tracker = new LoadTracker();
   private readonly listeners = new Set<InvalidationListener>();
-  private readonly waiters = new Set<{ tid: Buffer; done: (ok: boolean) => void }>();
+  /** Waits for the last TID to reach a TID (waitForTid), woken when it advances. */
+  private readonly waiters = new Waiters(systemWaitClock);
   /** Every invalidation up to this TID is applied (undefined until the first open). */
   private lastTid: Buffer | undefined;
   /** The highest TID the client has seen anywhere (its own commits included). */
@@ -191,7 +193,7 @@ export class CacheCoherence implements StreamSink {
     this.lastTid = tid;
     this.disk?.setLastTid(tid);
     if (idCompare(tid, this.seenTid) > 0) this.seenTid = tid;
-    this.wakeWaiters();
+    this.waiters.notify();
     this.emit({ tid, oids: [], reset: true });
   }
 
@@ -200,7 +202,7 @@ export class CacheCoherence implements StreamSink {
     this.lastTid = tid;
     this.disk?.setLastTid(tid);
     if (idCompare(tid, this.seenTid) > 0) this.seenTid = tid;
-    this.wakeWaiters();
+    this.waiters.notify();
   }
 
   private emit(ev: InvalidationEvent): void {
@@ -218,30 +220,23 @@ export class CacheCoherence implements StreamSink {
 
   /** Resolves true once the last TID >= tid, false after `timeoutMs` or when the client closes. */
   waitForTid(tid: Buffer, timeoutMs: number): Promise<boolean> {
-    if (this.lastTid && idCompare(this.lastTid, tid) >= 0) return Promise.resolve(true);
+    if (this.reached(tid)) return Promise.resolve(true);
     if (this.closed) return Promise.resolve(false);
-    return new Promise((resolve) => {
-      const w = {
-        tid,
-        done: (ok: boolean) => {
-          clearTimeout(timer);
-          this.waiters.delete(w);
-          resolve(ok);
-        },
-      };
-      const timer = setTimeout(() => w.done(false), timeoutMs);
-      this.waiters.add(w);
-    });
-  }
-
-  private wakeWaiters(): void {
-    if (!this.lastTid) return;
-    for (const w of [...this.waiters]) if (idCompare(this.lastTid, w.tid) >= 0) w.done(true);
+    return this.waiters
+      .until(
+        () => this.closed || this.reached(tid),
+        Date.now() + timeoutMs,
+        () => new Error(`TID ${hex(tid)} not reached in ${timeoutMs} ms`),
+      )
+      .then(
+        () => this.reached(tid),
+        () => false,
+      );
   }
 
   /** The client closed: pending waits end (false). */
   close(): void {
     this.closed = true;
-    for (const w of [...this.waiters]) w.done(false);
+    this.waiters.notify();
   }
 }
