@@ -22,6 +22,7 @@
 import { DiskCache } from './cache-disk';
 import { MemoryCache } from './cache-memory';
 import { LoadTracker, Tracker } from './load-tracker';
+import { InvalidationIterator, type InvalidationsOptions } from './invalidation-iterator';
 import type { InvalidationEvent, InvalidationListener } from './options';
 import type { StreamSink } from './connection-manager';
 import { Z64, hex, idCompare } from '../util/ids';
@@ -32,6 +33,8 @@ export class CacheCoherence implements StreamSink {
   readonly mem: MemoryCache;
   readonly tracker = new LoadTracker();
   private readonly listeners = new Set<InvalidationListener>();
+  /** The invalidations iterators not yet ended, each bounded (invalidation-iterator.ts). */
+  private readonly iterators = new Set<InvalidationIterator>();
   /** Waits for the last TID to reach a TID (waitForTid), woken when it advances. */
   private readonly waiters = new Waiters(systemWaitClock);
   /** Every invalidation up to this TID is applied (undefined until the first open). */
@@ -88,6 +91,14 @@ export class CacheCoherence implements StreamSink {
   onInvalidate(listener: InvalidationListener): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  /** A bounded iterator of the events the listeners get, from now on (see ClientStorage). */
+  invalidations(options: InvalidationsOptions): InvalidationIterator {
+    const it = new InvalidationIterator(options, (done) => this.iterators.delete(done));
+    if (this.closed) it.end();
+    else this.iterators.add(it);
+    return it;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -213,6 +224,7 @@ export class CacheCoherence implements StreamSink {
         this.onError?.(e);
       }
     }
+    for (const it of this.iterators) it.push(ev);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -234,9 +246,11 @@ export class CacheCoherence implements StreamSink {
       );
   }
 
-  /** The client closed: pending waits end (false). */
+  /** The client closed: pending waits end (false), iterators end after what they hold. */
   close(): void {
     this.closed = true;
     this.waiters.notify();
+    for (const it of this.iterators) it.end();
+    this.iterators.clear();
   }
 }

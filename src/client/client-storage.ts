@@ -22,6 +22,7 @@ import {
   isTransient,
 } from './errors';
 import { BlobCache } from './blob-cache';
+import type { InvalidationIterator, InvalidationsOptions } from './invalidation-iterator';
 import { downloadResuming, uploadResuming } from './blob-transfer';
 import type {
   CacheStats,
@@ -159,6 +160,20 @@ export class ClientStorage implements ViewSource {
   /** Call `listener` for every transaction committed by anyone, after the caches reflect it. */
   onInvalidate(listener: InvalidationListener): () => void {
     return this.coherence.onInvalidate(listener);
+  }
+
+  /**
+   * The same events as onInvalidate's listeners get, from this call on, as a `for await` iterator
+   * with a bounded buffer (`bufferEventsMax` items, default 1000). A consumer slower than the
+   * stream is never silently skipped and never grows memory past the bound: an event that finds
+   * the buffer full collapses it into one overflow item (`reset: true`, `overflowed` > 0, `tid`
+   * the newest event folded), meaning "your view was lost up to tid: treat every object as
+   * changed"; later items follow tid in order. Iteration ends when the client closes (after the
+   * items already buffered; at once on a closed client) or when the loop exits (break), which
+   * releases the buffer. See invalidation-iterator.ts.
+   */
+  invalidations(options: InvalidationsOptions = {}): InvalidationIterator {
+    return this.coherence.invalidations(options);
   }
 
   /**

@@ -19,6 +19,11 @@ export type {
   TransactResult,
   CacheStats,
 } from './client-storage';
+export {
+  InvalidationIterator,
+  DEFAULT_INVALIDATION_BUFFER_EVENTS_MAX,
+} from './invalidation-iterator';
+export type { InvalidationItem, InvalidationsOptions } from './invalidation-iterator';
 export { SnapshotView, Transaction } from './transaction';
 export type {
   LoadResult,
