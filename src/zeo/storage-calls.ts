@@ -6,7 +6,7 @@
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import { StorageError } from '../storage/errors';
 import { packStorage } from '../server/pack';
-import { HISTORY_ENTRIES_MAX, UNDO_LOG_ENTRIES_MAX } from '../server/read-limits';
+import { HISTORY_SIZE_MAX, UNDO_LOG_PAGE_MAX } from '../server/storage-api';
 import { hex, idCompare, idNext, p64, tidFromTime, tidToTime, u64 } from '../util/ids';
 import { toBuffer } from './args';
 import { ZeoDisconnect } from './errors';
@@ -106,7 +106,7 @@ export class StorageCalls {
   }
 
   async history(oid: Buffer, size: number): Promise<Record<string, unknown>[]> {
-    const n = Math.min(Math.max(size, 1), HISTORY_ENTRIES_MAX);
+    const n = Math.min(Math.max(size, 1), HISTORY_SIZE_MAX);
     try {
       const entries = await this.ctx.node.store.history(this.ctx.st, oid, n);
       return entries.map((e) => ({
@@ -129,7 +129,7 @@ export class StorageCalls {
   ): Promise<Record<string, unknown>[]> {
     if (last < 0) last = first - last;
     first = Math.max(0, first);
-    last = Math.min(Math.max(last, first), first + UNDO_LOG_ENTRIES_MAX);
+    last = Math.min(Math.max(last, first), first + UNDO_LOG_PAGE_MAX);
     const entries = await this.ctx.node.store.undoLog(this.ctx.st, first, last);
     const out = entries.map((e) => ({
       ...decodeExtension(e.extension),
