@@ -13,7 +13,7 @@ import {
 } from '../../src/client/errors';
 import { StorageRpc } from '../../src/client/rpc';
 import { SESSIONS_MAX } from '../../src/storage/object-store';
-import { Z64, hex, idCompare } from '../../src/util/ids';
+import { Z64, hex, idCompare, tidFromTime } from '../../src/util/ids';
 import { rmDir, sleep, tmpDir } from '../harness';
 import { Standalone, text } from './helpers';
 
@@ -371,6 +371,23 @@ describe('ClientStorage on a standalone node', function () {
     assert.ok(idCompare(a.lastTransaction(), ty3) >= 0);
     assert.equal(text((await a.load(x)).data), 'x2', 'the other commit was invalidated first');
     assert.equal(text((await a.load(y)).data), 'y3');
+  });
+
+  it('waits for a TID until the stream brings it, and gives up at its deadline or when closed', async () => {
+    const a = await open();
+    const b = await open();
+    const oid = await a.newOid();
+    const far = tidFromTime(Date.now() + 24 * 3600_000); // a day ahead: never reached here
+    const reached = b.waitForTid(b.lastTransaction(), 5000);
+    assert.equal(await reached, true, 'a TID already reached resolves at once');
+    const pending = b.waitForTid(far, 60_000);
+    const t = await a.commit({ stores: [{ oid, data: Buffer.from('x') }] });
+    assert.equal(await b.waitForTid(t, 5000), true, 'the commit reached b through its stream');
+    assert.ok(idCompare(b.lastTransaction(), t) >= 0);
+    assert.equal(await b.waitForTid(far, 50), false, 'false at the deadline');
+    await b.close();
+    assert.equal(await pending, false, 'a pending wait ends false when the client closes');
+    assert.equal(await b.waitForTid(far, 60_000), false, 'and a new one on a closed client');
   });
 
   it('hands out new OIDs from batches of 100', async () => {
