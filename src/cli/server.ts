@@ -1,13 +1,9 @@
 /** `zeoraft server`: run one node until SIGTERM/SIGINT, then stop cleanly (a leader hands off first). */
 import type { NodeConfig } from '../server/config';
 import { StorageNode } from '../server/node';
-import { startClusterNode } from '../server/cluster-node';
 
 export async function runServer(config: NodeConfig): Promise<void> {
-  const node =
-    config.peers.length > 0 || config.join
-      ? await startClusterNode(config)
-      : await StorageNode.start(config);
+  const node = await StorageNode.start(config);
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;

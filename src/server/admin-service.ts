@@ -4,8 +4,10 @@ import { loadProto } from '../proto';
 import type { ProtoGrpcType as AdminProto } from '../generated/admin';
 import type { AdminHandlers } from '../generated/zeoraft/v1/Admin';
 import { ConfChangeType } from '../raft';
+import type { NodeMetrics } from '../metrics/metrics';
+import type { AddressBook } from './address-book';
+import type { NodeConfig } from './config';
 import { RpcError, invalid, toServiceError, unavailable } from './errors';
-import type { StorageNode } from './node';
 import type { RaftReplicator } from './raft-replicator';
 
 let adminProto: AdminProto | undefined;
@@ -17,7 +19,28 @@ export function adminPackage(): AdminProto {
 const ID = /^[A-Za-z0-9_.-]{1,64}$/;
 const HOST_PORT = /^[^\s]+:\d{1,5}$/;
 
-export function adminHandlers(node: StorageNode, r: RaftReplicator): AdminHandlers {
+/** What the Admin service uses of the node. */
+export interface AdminDeps {
+  config: Pick<NodeConfig, 'tickMs' | 'electionTicks'>;
+  metrics: Pick<NodeMetrics, 'startRequest'>;
+  addressBook: Pick<AddressBook, 'peerAddress' | 'clientAddress'>;
+}
+
+/** What the Admin service asks of the Raft replicator. */
+export type AdminReplicator = Pick<
+  RaftReplicator,
+  | 'view'
+  | 'leaderId'
+  | 'leaderAddress'
+  | 'members'
+  | 'propose'
+  | 'proposeConfChange'
+  | 'transferLeadership'
+  | 'waitLeader'
+  | 'compactNow'
+>;
+
+export function adminHandlers(node: AdminDeps, r: AdminReplicator): AdminHandlers {
   function unary<Req, Res>(
     method: string,
     fn: (req: Req) => Promise<Res>,

@@ -1,6 +1,7 @@
 /**
- * Starting a node as a Raft cluster member: the durable log, the Raft host loop, the peer
- * transport and the Admin service, around a StorageNode.
+ * The parts a Raft cluster member adds to a node (the composition root, node.ts, calls these):
+ * whether it joins or bootstraps, then the durable log, the Raft replicator, the peer transport
+ * and the Admin service.
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -8,16 +9,22 @@ import * as path from 'node:path';
 import { randomInt } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
+import type { NodeMetrics } from '../metrics/metrics';
 import { storagePackage } from '../proto';
+import type { ObjectStore } from '../storage/object-store';
 import { assert } from '../util/assert';
+import { LateBound } from '../util/late-bound';
+import type { Logger } from '../util/log';
+import type { Waiters } from '../util/waiters';
+import type { AddressBook } from './address-book';
 import { adminHandlers, adminPackage } from './admin-service';
 import type { NodeConfig } from './config';
-import { StorageNode } from './node';
-import { PeerTransport } from './peer-transport';
+import type { Limits } from './limits';
+import { PeerReceiver, PeerTransport } from './peer-transport';
 import { DurableLog } from './raft-log';
 import { alignStateMachine } from './raft-host';
 import { RaftReplicator } from './raft-replicator';
-import { KEY_METADATA } from './security';
+import { KEY_METADATA, type Security } from './security';
 import { internalClientCredentials } from './tls';
 
 /** How long each start-up probe of a peer's client port may take. */
@@ -92,6 +99,17 @@ async function clusterAlreadyRunning(config: NodeConfig): Promise<boolean> {
   return (await Promise.all(probes)).some(Boolean);
 }
 
+/** Where a member keeps its Raft log. */
+function raftLogDir(config: NodeConfig): string {
+  return path.join(config.dataDir, 'raft');
+}
+
+/** Whether a member joins a running cluster (and why) or bootstraps one. */
+export interface MemberStart {
+  join: boolean;
+  why?: string;
+}
+
 /**
  * Whether a node whose data directory holds no Raft log joins (waits for a snapshot, never votes
  * before it has one) or bootstraps the cluster from its peer list. Bootstrapping is explicit
@@ -100,10 +118,8 @@ async function clusterAlreadyRunning(config: NodeConfig): Promise<boolean> {
  * when told "new", a node whose peers already run a cluster joins. A single-voter cluster
  * bootstraps: nobody else holds its data.
  */
-async function joinsAtStart(
-  config: NodeConfig,
-  logDir: string,
-): Promise<{ join: boolean; why?: string }> {
+export async function joinsAtStart(config: NodeConfig): Promise<MemberStart> {
+  const logDir = raftLogDir(config);
   if (config.join) return { join: true, why: '--join' };
   if (fs.existsSync(logDir) || config.peers.length <= 1) return { join: false };
   switch (config.initialClusterState) {
@@ -123,51 +139,73 @@ async function joinsAtStart(
   }
 }
 
-export async function startClusterNode(config: NodeConfig): Promise<StorageNode> {
-  const logDir = path.join(config.dataDir, 'raft');
-  const { join, why } = await joinsAtStart(config, logDir);
-  let replicator: RaftReplicator | undefined;
-  const node = await StorageNode.start(config, async (n) => {
-    // A snapshot install interrupted by a crash is rolled back or forward when the store opens;
-    // only an install by an earlier version (which cleared the state first) leaves nothing: then
-    // the log must stop describing the lost state and ask for a snapshot again.
-    const rejoin = n.store.interruptedInstall;
-    if (rejoin)
-      n.log.warn(
-        'an interrupted snapshot install was discarded: rejoining (waiting for a snapshot from the leader)',
-      );
-    const log = await DurableLog.open(logDir, {
-      initial: { voters: config.peers.map((p) => p.id), learners: [] },
-      join: join || rejoin,
-      fsync: config.fsync,
-      onFsync: (s) => n.metrics.fsyncDuration.observe(s),
-      rejoin,
-    });
-    if (rejoin) await n.store.installRecovered();
-    const problem = await alignStateMachine(log, n.store);
-    assert(
-      problem === undefined,
-      `${problem}: the state directory was lost; wipe ${config.dataDir} and restart with --join`,
+/** What a member's parts use of the node. */
+export interface RaftMemberDeps {
+  config: NodeConfig;
+  store: ObjectStore;
+  clock: { nowMs(): number };
+  metrics: NodeMetrics;
+  log: Logger;
+  limits: Limits;
+  security: Security;
+  addressBook: AddressBook;
+  /** The node's applied-index watch, shared with the Raft host. */
+  watch: Waiters;
+  /** No leader for an election timeout (subscribers are told). */
+  onLeaderLost: () => void;
+}
+
+/**
+ * Open the durable log, bring the store to its starting point, and start the Raft replicator and
+ * the peer transport (listening). Returns the replicator and the services it adds to the client
+ * port (Admin).
+ */
+export async function startRaftMember(
+  n: RaftMemberDeps,
+  { join, why }: MemberStart,
+): Promise<{ replicator: RaftReplicator; services: Array<(server: grpc.Server) => void> }> {
+  const config = n.config;
+  // A snapshot install interrupted by a crash is rolled back or forward when the store opens;
+  // only an install by an earlier version (which cleared the state first) leaves nothing: then
+  // the log must stop describing the lost state and ask for a snapshot again.
+  const rejoin = n.store.interruptedInstall;
+  if (rejoin)
+    n.log.warn(
+      'an interrupted snapshot install was discarded: rejoining (waiting for a snapshot from the leader)',
     );
-    if (join && log.isNew)
-      n.log.info({ why }, 'joining an existing cluster: waiting for a snapshot from the leader');
-    const sec = config.security;
-    // Said at every start, not once: an open peer port must not be forgotten.
-    if (!sec?.clusterKey && !sec?.peerTls)
-      n.log.warn(
-        { peerListen: config.peerListen },
-        "peers are NOT authenticated (--insecure-peers): anyone who can reach the peer port can replace this cluster's data; set a cluster key or peer mutual TLS",
-      );
-    const r = new RaftReplicator(n, log, randomInt(1, 2 ** 31));
-    const transport = new PeerTransport(n, r);
-    r.transport = transport;
-    await transport.listen();
-    replicator = r;
-    n.extraServices.push((server) =>
-      server.addService(adminPackage().zeoraft.v1.Admin.service, adminHandlers(n, r)),
-    );
-    return r;
+  const log = await DurableLog.open(raftLogDir(config), {
+    initial: { voters: config.peers.map((p) => p.id), learners: [] },
+    join: join || rejoin,
+    fsync: config.fsync,
+    onFsync: (s) => n.metrics.fsyncDuration.observe(s),
+    rejoin,
   });
-  assert(replicator, 'replicator created');
-  return node;
+  if (rejoin) await n.store.installRecovered();
+  const problem = await alignStateMachine(log, n.store);
+  assert(
+    problem === undefined,
+    `${problem}: the state directory was lost; wipe ${config.dataDir} and restart with --join`,
+  );
+  if (join && log.isNew)
+    n.log.info({ why }, 'joining an existing cluster: waiting for a snapshot from the leader');
+  const sec = config.security;
+  // Said at every start, not once: an open peer port must not be forgotten.
+  if (!sec?.clusterKey && !sec?.peerTls)
+    n.log.warn(
+      { peerListen: config.peerListen },
+      "peers are NOT authenticated (--insecure-peers): anyone who can reach the peer port can replace this cluster's data; set a cluster key or peer mutual TLS",
+    );
+  // The transport delivers to the replicator, which sends through the transport: the receiver is
+  // bound right after both exist, before the transport listens.
+  const receiver = new LateBound<PeerReceiver>("the peer transport's receiver");
+  const transport = new PeerTransport(n, receiver);
+  const r = new RaftReplicator(n, log, randomInt(1, 2 ** 31), transport);
+  receiver.bind(r);
+  await transport.listen();
+  return {
+    replicator: r,
+    services: [
+      (server) => server.addService(adminPackage().zeoraft.v1.Admin.service, adminHandlers(n, r)),
+    ],
+  };
 }

@@ -13,9 +13,8 @@ import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation, ServingStatus, protoPath as HEALTH_PROTO } from 'grpc-health-check';
 import { LOADER_OPTIONS } from '../proto';
-import type { StorageNode } from './node';
 
-/** How often the health status is recomputed from node.ready(). */
+/** How often the health status is recomputed from readiness.ready(). */
 export const HEALTH_POLL_MS = 500;
 
 /** Service names with a health status: "" is the server as a whole (the gRPC convention). */
@@ -24,8 +23,15 @@ export const HEALTH_SERVICES = ['', 'zeoraft.v1.Storage', 'zeoraft.v1.Admin'] as
 /** Files described by reflection: the client contract, administration, and health itself. */
 const REFLECTED_PROTOS = ['zeoraft/v1/storage.proto', 'zeoraft/v1/admin.proto'];
 
-/** Per node: the readiness poller and how to report NOT_SERVING when the node stops. */
-const running = new WeakMap<StorageNode, { timer: NodeJS.Timeout; stopped: () => void }>();
+/** What health follows: the node's readiness (the same answer as HTTP /readyz). */
+export interface Readiness {
+  ready(): { ok: boolean; reason: string };
+}
+
+/** A running health service: stop() ends the polling and reports NOT_SERVING to watchers. */
+export interface HealthHandle {
+  stop(): void;
+}
 
 let reflectedDefinition: protoLoader.PackageDefinition | undefined;
 function reflectedPackages(): protoLoader.PackageDefinition {
@@ -38,9 +44,9 @@ function reflectedPackages(): protoLoader.PackageDefinition {
 
 /**
  * Register health and reflection on `server` (before it starts) and keep the health status in
- * step with `node.ready()` until stopHealth(node) is called.
+ * step with `readiness.ready()` until the returned handle is stopped.
  */
-export function addHealthAndReflection(server: grpc.Server, node: StorageNode): void {
+export function addHealthAndReflection(server: grpc.Server, readiness: Readiness): HealthHandle {
   const health = new HealthImplementation();
   let last: ServingStatus | undefined;
   const set = (status: ServingStatus): void => {
@@ -48,20 +54,21 @@ export function addHealthAndReflection(server: grpc.Server, node: StorageNode): 
     last = status;
     for (const name of HEALTH_SERVICES) health.setStatus(name, status);
   };
-  set(node.ready().ok ? 'SERVING' : 'NOT_SERVING');
+  set(readiness.ready().ok ? 'SERVING' : 'NOT_SERVING');
   health.addToServer(server);
   new ReflectionService(reflectedPackages()).addToServer(server);
-  stopHealth(node);
-  const timer = setInterval(() => set(node.ready().ok ? 'SERVING' : 'NOT_SERVING'), HEALTH_POLL_MS);
+  let timer: NodeJS.Timeout | undefined = setInterval(
+    () => set(readiness.ready().ok ? 'SERVING' : 'NOT_SERVING'),
+    HEALTH_POLL_MS,
+  );
   timer.unref(); // never what keeps a process alive
-  running.set(node, { timer, stopped: () => set('NOT_SERVING') });
-}
-
-/** Stop polling readiness and report NOT_SERVING to watchers (first thing in node.stop()). */
-export function stopHealth(node: StorageNode): void {
-  const r = running.get(node);
-  if (!r) return;
-  clearInterval(r.timer);
-  r.stopped();
-  running.delete(node);
+  return {
+    // Stop polling readiness and report NOT_SERVING to watchers (first thing in node.stop()).
+    stop: () => {
+      if (!timer) return;
+      clearInterval(timer);
+      timer = undefined;
+      set('NOT_SERVING');
+    },
+  };
 }

@@ -10,13 +10,14 @@ import type * as http from 'node:http';
 import { NodeMetrics } from '../metrics/metrics';
 import { storagePackage, withPreEncodedResponses } from '../proto';
 import { ObjectStore } from '../storage/object-store';
-import { hex, idCompare } from '../util/ids';
+import { hex } from '../util/ids';
 import { Logger, createLogger } from '../util/log';
 import { NodeConfig, VOTE_LEASE_MS } from './config';
-import { deadlineExceeded } from './domain-errors';
 import { unavailable } from './errors';
 import { AddressBook } from './address-book';
-import { addHealthAndReflection, stopHealth } from './health';
+import { AppliedIndexWatch } from './applied-watch';
+import { startRaftMember, joinsAtStart } from './cluster-node';
+import { HealthHandle, addHealthAndReflection } from './health';
 import { startHttp } from './http';
 import { Limits } from './limits';
 import { CappedListener, connectionServerOptions } from './listener';
@@ -49,51 +50,118 @@ export interface Clock {
 }
 export const systemClock: Clock = { nowMs: () => Date.now() };
 
-/** Builds the replicator for a node; the cluster runtime provides one that runs Raft. */
-export type ReplicatorFactory = (node: StorageNode) => Promise<Replicator>;
+/** Extra gRPC services on the client port (the Admin service of a cluster member). */
+export type ServiceRegistration = (server: grpc.Server) => void;
 
+/** The parts of a node, built in order by StorageNode.start (the composition root). */
+interface NodeParts {
+  config: NodeConfig;
+  store: ObjectStore;
+  clock: Clock;
+  metrics: NodeMetrics;
+  log: Logger;
+  limits: Limits;
+  security: Security;
+  watch: AppliedIndexWatch;
+  subscriptions: SubscriptionHub;
+  addressBook: AddressBook;
+  replicator: Replicator;
+  api: StorageApi;
+}
+
+/**
+ * A running node. StorageNode.start is the composition root: it builds the store, metrics, limits
+ * and security, the applied-index watch, the commit feed (subscriptions), the replicator, then the
+ * adapters (gRPC services, HTTP, the ZEO door) and the timeout sweeper, in that order, handing
+ * each the parts it uses.
+ */
 export class StorageNode {
+  readonly config: NodeConfig;
+  readonly store: ObjectStore;
+  readonly clock: Clock;
   readonly metrics: NodeMetrics;
   readonly limits: Limits;
   readonly log: Logger;
   readonly subscriptions: SubscriptionHub;
   readonly addressBook: AddressBook;
   readonly security: Security;
-  replicator!: Replicator;
-  /** The storage API both doors use (built once the replicator exists). */
-  api!: StorageApi;
+  readonly replicator: Replicator;
+  /** The storage API both doors use. */
+  readonly api: StorageApi;
+  /** Waits for "applied up to ...": one watch, shared with the Raft host (see start()). */
+  private readonly watch: AppliedIndexWatch;
   private grpcServer: grpc.Server | undefined;
   private grpcListener: CappedListener | undefined;
+  private health: HealthHandle | undefined;
   private httpServer: http.Server | undefined;
   private sweeper: NodeJS.Timeout | undefined;
   private zeoServer: ZeoServer | undefined;
-  /** Waits for "applied up to ..." (deadlines are gRPC deadlines: the system clock). */
-  private readonly appliedWaiters = new Waiters(systemWaitClock);
   private stopping = false;
   /** When this node last became leader (its clock), while it is leader. */
   private leaderSinceMs: number | undefined;
   /** The bound client port (useful when listening on port 0). */
   port = 0;
 
-  private constructor(
-    readonly config: NodeConfig,
-    readonly store: ObjectStore,
-    readonly clock: Clock,
-  ) {
-    this.metrics = new NodeMetrics({ node: config.nodeId });
-    this.log = createLogger(config.logLevel, { node: config.nodeId });
-    this.limits = new Limits(config.limits, this.metrics, this.log);
-    this.security = new Security(
+  private constructor(parts: NodeParts) {
+    this.config = parts.config;
+    this.store = parts.store;
+    this.clock = parts.clock;
+    this.metrics = parts.metrics;
+    this.log = parts.log;
+    this.limits = parts.limits;
+    this.security = parts.security;
+    this.watch = parts.watch;
+    this.subscriptions = parts.subscriptions;
+    this.addressBook = parts.addressBook;
+    this.replicator = parts.replicator;
+    this.api = parts.api;
+  }
+
+  /**
+   * Start a node: a Raft cluster member when it has peers (or joins), else a standalone node
+   * (LocalReplicator). The services do not know which.
+   */
+  static async start(config: NodeConfig, clock: Clock = systemClock): Promise<StorageNode> {
+    fs.mkdirSync(config.dataDir, { recursive: true });
+    const member = config.peers.length > 0 || config.join;
+    // A member decides whether it joins or bootstraps before it opens anything (it may ask its peers).
+    const memberStart = member ? await joinsAtStart(config) : undefined;
+    const crashAt = config.testCrashAt;
+    const store = await ObjectStore.open(path.join(config.dataDir, 'state'), {
+      sync: !member && config.fsync,
+      // Test-only (ZEORAFT_TEST_CRASH_AT=snapshot-install:<step>): die like kill -9 at that step.
+      onInstallStep: crashAt
+        ? (step) => {
+            if (crashAt === `snapshot-install:${step}`) process.kill(process.pid, 'SIGKILL');
+          }
+        : undefined,
+    });
+    if (!member && store.interruptedInstall)
+      throw new Error(
+        `${config.dataDir} holds an interrupted snapshot install and a standalone node has no leader to get a snapshot from`,
+      );
+    const metrics = new NodeMetrics({ node: config.nodeId });
+    const log = createLogger(config.logLevel, { node: config.nodeId });
+    const limits = new Limits(config.limits, metrics, log);
+    const security = new Security(
       config.security ?? {},
-      this.metrics,
-      this.log,
+      metrics,
+      log,
       {
         ...config.limits,
         txnTimeoutMs: config.txnTimeoutMs,
       },
       config.nodeId,
     );
-    this.subscriptions = new SubscriptionHub(
+    // The applied-index watch: notified on every apply; the Raft host keeps its waits here too
+    // (deadlines are gRPC deadlines: this clock, the system clock in production).
+    const waiters = new Waiters({ nowMs: () => clock.nowMs(), after: systemWaitClock.after });
+    const watch = new AppliedIndexWatch(waiters, store, config.nodeId);
+    store.onApplied((index) => {
+      metrics.appliedIndex.set(index);
+      waiters.notify();
+    });
+    const subscriptions = new SubscriptionHub(
       store,
       {
         historyMaxTransactions: config.historyMaxTransactions,
@@ -102,63 +170,68 @@ export class StorageNode {
         bufferMaxBytes: config.limits.subscriberBufferBytes,
         nowMs: () => clock.nowMs(),
         onLimit: (name, lastSent) =>
-          this.limits.exceeded(name, 'a subscriber fell too far behind and was cut off', {
+          limits.exceeded(name, 'a subscriber fell too far behind and was cut off', {
             resumeFrom: hex(lastSent),
           }),
       },
-      (n) => this.metrics.invalidationsSent.inc(n),
+      (n) => metrics.invalidationsSent.inc(n),
     );
-    this.addressBook = new AddressBook(config.peers, store);
-    this.metrics.countSubscribers(() => this.subscriptions.count);
-    store.onApplied((index) => {
-      this.metrics.appliedIndex.set(index);
-      this.appliedWaiters.notify();
-    });
-  }
-
-  static async start(
-    config: NodeConfig,
-    factory?: ReplicatorFactory,
-    clock: Clock = systemClock,
-  ): Promise<StorageNode> {
-    fs.mkdirSync(config.dataDir, { recursive: true });
-    const standalone = !factory;
-    const crashAt = config.testCrashAt;
-    const store = await ObjectStore.open(path.join(config.dataDir, 'state'), {
-      sync: standalone && config.fsync,
-      // Test-only (ZEORAFT_TEST_CRASH_AT=snapshot-install:<step>): die like kill -9 at that step.
-      onInstallStep: crashAt
-        ? (step) => {
-            if (crashAt === `snapshot-install:${step}`) process.kill(process.pid, 'SIGKILL');
-          }
-        : undefined,
-    });
-    if (standalone && store.interruptedInstall)
-      throw new Error(
-        `${config.dataDir} holds an interrupted snapshot install and a standalone node has no leader to get a snapshot from`,
+    metrics.countSubscribers(() => subscriptions.count);
+    const addressBook = new AddressBook(config.peers, store);
+    const services: ServiceRegistration[] = [];
+    let replicator: Replicator;
+    if (memberStart) {
+      const m = await startRaftMember(
+        {
+          config,
+          store,
+          clock,
+          metrics,
+          log,
+          limits,
+          security,
+          addressBook,
+          watch: waiters,
+          onLeaderLost: () => subscriptions.leaderLost(config.nodeId),
+        },
+        memberStart,
       );
-    const node = new StorageNode(config, store, clock);
-    node.replicator = factory
-      ? await factory(node)
-      : new LocalReplicator(store, config.nodeId, () => clock.nowMs());
-    node.api = new StorageApi({
+      replicator = m.replicator;
+      services.push(...m.services);
+    } else replicator = new LocalReplicator(store, config.nodeId, () => clock.nowMs());
+    const api = new StorageApi({
       config,
       store,
-      replicator: node.replicator,
-      applied: node,
-      metrics: node.metrics,
-      limits: node.limits,
-      feed: node.subscriptions,
-      pack: (st, packTid, gc, propose) => packStorage(node, st, packTid, gc, propose),
+      replicator,
+      applied: watch,
+      metrics,
+      limits,
+      feed: subscriptions,
+      pack: (st, packTid, gc, propose) =>
+        packStorage({ metrics, store, log }, st, packTid, gc, propose),
     });
-    await node.startGrpc();
-    if (config.httpListen) node.httpServer = await startHttp(config.httpListen, node.metrics, node);
-    node.httpServer?.prependListener('connection', (s) => node.security.admitSocket('http', s));
-    if (config.zeoListen && node.security.zeoAccess === 'off')
-      node.log.warn('zeo: listener off: security keys are on and ZEORAFT_ZEO_ACCESS is not set');
+    const node = new StorageNode({
+      config,
+      store,
+      clock,
+      metrics,
+      log,
+      limits,
+      security,
+      watch,
+      subscriptions,
+      addressBook,
+      replicator,
+      api,
+    });
+    await node.startGrpc(services);
+    if (config.httpListen) node.httpServer = await startHttp(config.httpListen, metrics, node);
+    node.httpServer?.prependListener('connection', (s) => security.admitSocket('http', s));
+    if (config.zeoListen && security.zeoAccess === 'off')
+      log.warn('zeo: listener off: security keys are on and ZEORAFT_ZEO_ACCESS is not set');
     else if (config.zeoListen) node.zeoServer = await startZeoServer(node, config.zeoListen);
     node.sweeper = setInterval(() => node.abortExpired(), TXN_SWEEP_MS);
-    node.log.info(
+    log.info(
       {
         listen: config.listen,
         port: node.port,
@@ -172,10 +245,7 @@ export class StorageNode {
     return node;
   }
 
-  /** Extra services (Admin, Raft peer) register here before the server starts. */
-  readonly extraServices: Array<(server: grpc.Server) => void> = [];
-
-  private async startGrpc(): Promise<void> {
+  private async startGrpc(services: ServiceRegistration[]): Promise<void> {
     const limits = this.config.limits;
     const listener = new CappedListener({
       maxConnections: limits.maxClientConnections,
@@ -218,8 +288,8 @@ export class StorageNode {
         blobs: this,
       }),
     );
-    addHealthAndReflection(server, this);
-    for (const add of this.extraServices) add(server);
+    this.health = addHealthAndReflection(server, this);
+    for (const add of services) add(server);
     this.port = await listener.listen(
       server,
       this.config.listen,
@@ -245,29 +315,13 @@ export class StorageNode {
     return { ok: true, reason: `leader ${v.leaderId}, applied ${this.store.appliedIndex}` };
   }
 
-  /** Resolve once `cond()` holds after some apply, or reject at the deadline. */
-  waitApplied(cond: () => boolean, deadlineMs: number, what: () => string): Promise<void> {
-    return this.appliedWaiters.until(cond, deadlineMs, () => deadlineExceeded(what()));
-  }
-
-  /** Wait until this node has applied `tid` (MISSION §2.6: never serve a client older state than it saw). */
+  /** See AppliedIndexWatch (applied-watch.ts). */
   waitForTid(tid: Buffer, deadlineMs: number): Promise<void> {
-    return this.waitApplied(
-      () => idCompare(this.store.lastTid, tid) >= 0,
-      deadlineMs,
-      () =>
-        `node ${this.config.nodeId} has applied up to TID ${hex(this.store.lastTid)}, behind the client's ${hex(tid)}; try another node`,
-    );
+    return this.watch.waitForTid(tid, deadlineMs);
   }
 
-  /** Wait for the next applied command (locks may have been released), at most until the deadline. */
   waitForUnlock(deadlineMs: number): Promise<void> {
-    const start = this.store.appliedIndex;
-    return this.waitApplied(
-      () => this.store.appliedIndex > start,
-      deadlineMs,
-      () => 'lock wait timed out',
-    ).catch(() => undefined);
+    return this.watch.waitForUnlock(deadlineMs);
   }
 
   /** On the leader: abort voted transactions whose client did not finish them in time. */
@@ -311,7 +365,7 @@ export class StorageNode {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    stopHealth(this);
+    this.health?.stop();
     if (this.sweeper) clearInterval(this.sweeper);
     this.subscriptions.closeAll(unavailable(`node ${this.config.nodeId} is shutting down`));
     if (this.zeoServer) await this.zeoServer.close();

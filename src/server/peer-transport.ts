@@ -23,16 +23,58 @@ import type { Caller as PCaller, Caller__Output } from '../generated/zeoraft/v1/
 import { Message, MessageType } from '../raft';
 import { commandCodec } from '../storage/codec';
 import { type ApplyResult, validateSnapshot } from '../storage/object-store';
+import type { NodeMetrics } from '../metrics/metrics';
+import type { ObjectStore } from '../storage/object-store';
+import type { LateBound } from '../util/late-bound';
+import type { Logger } from '../util/log';
+import type { AddressBook } from './address-book';
 import { decodeApplyResult, encodeApplyResult } from './apply-result-codec';
+import type { NodeConfig } from './config';
 import { RpcError, outcomeUnknown, toServiceError, unavailable } from './errors';
+import type { Limits } from './limits';
 import { CappedListener, connectionServerOptions } from './listener';
-import type { StorageNode } from './node';
 import { peerCallMetadata, peerToken } from './peer-auth';
 import { StreamLink, acceptStream } from './peer-stream';
 import { STREAM_ALPN, STREAM_MAGIC } from './peer-wire';
 import type { PeerSender, RaftReplicator } from './raft-replicator';
-import { ROLES, type Caller, type Role } from './security';
+import { ROLES, type Caller, type Role, type Security } from './security';
 import { peerChannelCredentials, peerListenerTls, peerStreamTls } from './tls';
+
+/** What the peer transport uses of the node. */
+export interface PeerTransportDeps {
+  config: Pick<
+    NodeConfig,
+    'nodeId' | 'security' | 'peerListen' | 'limits' | 'dataDir' | 'storages'
+  >;
+  addressBook: Pick<AddressBook, 'peerAddress' | 'clientAddress'>;
+  log: Logger;
+  metrics: Pick<
+    NodeMetrics,
+    | 'peerSentFailures'
+    | 'connections'
+    | 'snapshotsSent'
+    | 'snapshotBytesSent'
+    | 'snapshotSendDuration'
+  >;
+  limits: Pick<Limits, 'exceeded'>;
+  security: Pick<
+    Security,
+    'interceptor' | 'admitPeerStream' | 'peerEnvelopeError' | 'refused' | 'forwardedCommandError'
+  >;
+  store: Pick<ObjectStore, 'restore' | 'appliedIndex'>;
+}
+
+/** Where the transport delivers what peers send: the Raft replicator. */
+export type PeerReceiver = Pick<
+  RaftReplicator,
+  | 'step'
+  | 'reportUnreachable'
+  | 'reportSnapshot'
+  | 'captureSnapshot'
+  | 'installSnapshot'
+  | 'proposeLocal'
+  | 'fatal'
+>;
 
 const SNAPSHOT_FILE = 'snapshot-incoming.tmp';
 /** Connections on the peer listener: a cluster's members need a few each. */
@@ -168,10 +210,19 @@ export class PeerTransport implements PeerSender {
   private readonly streams = new Set<net.Socket>();
   closing = false;
 
+  /**
+   * `receiver` is bound once the replicator exists: the replicator sends through this transport
+   * and this transport delivers to the replicator (a cycle at run time, so one of the two is
+   * late-bound, explicitly). Nothing is delivered before listen().
+   */
   constructor(
-    readonly node: StorageNode,
-    readonly replicator: RaftReplicator,
+    readonly node: PeerTransportDeps,
+    private readonly receiver: LateBound<PeerReceiver>,
   ) {}
+
+  get replicator(): PeerReceiver {
+    return this.receiver.get();
+  }
 
   /** Names and authenticates this node on a call to a peer (a fresh copy per call). */
   callMetadata(): grpc.Metadata {

@@ -160,6 +160,12 @@ export interface HostDeps {
   stateMachine: StateMachine;
   sender: PeerSender;
   clock: HostClock;
+  /**
+   * Where waits for state changes ("applied up to", "a leader is known") are kept: the node's
+   * applied-index watch, shared with its other waits for applied state (its clock must be
+   * `clock`). The host notifies it after each change; a host of its own when absent.
+   */
+  watch?: Waiters;
   events: (e: HostEvent) => void;
   /** A failure to persist or apply: the node's state is unknown; stop rather than diverge. */
   onFatal: (e: unknown) => void;
@@ -354,7 +360,7 @@ export class RaftHost {
     this.log = deps.log;
     this.sm = deps.stateMachine;
     this.clock = deps.clock;
-    this.waiters = new Waiters(deps.clock);
+    this.waiters = deps.watch ?? new Waiters(deps.clock);
     this.emit = deps.events;
     const snap = this.log.mem.snapshot();
     this.conf = this.log.mem.initialState().conf;

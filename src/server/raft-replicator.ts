@@ -7,9 +7,14 @@
 import * as grpc from '@grpc/grpc-js';
 import { ConfChange, ConfState, Message, MessageType } from '../raft';
 import { Command } from '../storage/codec';
+import type { NodeMetrics } from '../metrics/metrics';
 import type { ApplyResult } from '../storage/object-store';
+import type { Logger } from '../util/log';
+import type { Waiters } from '../util/waiters';
+import type { AddressBook } from './address-book';
+import type { NodeConfig } from './config';
 import { RpcError, definitelyNotAppended, outcomeUnknown, unavailable } from './errors';
-import type { StorageNode } from './node';
+import type { Limits } from './limits';
 import type { DurableLog } from './raft-log';
 import {
   HostClock,
@@ -17,6 +22,7 @@ import {
   HostEvent,
   PeerSender as HostPeerSender,
   RaftHost,
+  StateMachine,
 } from './raft-host';
 import { ReplicaView, Replicator } from './replicator';
 import { ANONYMOUS_CLIENT, type Caller } from './security';
@@ -24,6 +30,37 @@ import { ANONYMOUS_CLIENT, type Caller } from './security';
 /** What the replicator needs from the peer transport. */
 export interface PeerSender extends HostPeerSender {
   close(): Promise<void>;
+}
+
+/** What the replicator uses of the node. */
+export interface RaftReplicatorDeps {
+  config: Pick<
+    NodeConfig,
+    'nodeId' | 'tickMs' | 'electionTicks' | 'heartbeatTicks' | 'snapshotEntries'
+  >;
+  /** The state machine the host applies to (the object store). */
+  store: StateMachine;
+  clock: { nowMs(): number };
+  /** The node's applied-index watch, shared with the host (its clock is `clock`'s). */
+  watch: Waiters;
+  addressBook: Pick<AddressBook, 'clientAddress'>;
+  metrics: Pick<
+    NodeMetrics,
+    | 'peerRtt'
+    | 'leaderChanges'
+    | 'hasLeader'
+    | 'isLeader'
+    | 'term'
+    | 'commitIndex'
+    | 'proposalsCommitted'
+    | 'proposalsFailed'
+    | 'proposalsPending'
+    | 'snapshotsReceived'
+  >;
+  log: Logger;
+  limits: Pick<Limits, 'checkPending' | 'reserveCommand'>;
+  /** No leader for an election timeout: tell those who would otherwise go silently stale. */
+  onLeaderLost: () => void;
 }
 
 /**
@@ -80,12 +117,12 @@ export class RaftReplicator implements Replicator {
   private readonly ticker: NodeJS.Timeout;
   /** When the heartbeat to each peer now awaiting its answer was sent (performance.now ms). */
   private readonly heartbeatSentAt = new Map<string, number>();
-  transport!: PeerSender;
 
   constructor(
-    private readonly node: StorageNode,
+    private readonly node: RaftReplicatorDeps,
     readonly log: DurableLog,
     seed: number,
+    private readonly transport: PeerSender,
   ) {
     const config = node.config;
     this.host = new RaftHost(
@@ -115,6 +152,7 @@ export class RaftReplicator implements Replicator {
             }),
         },
         clock: { nowMs: () => node.clock.nowMs(), ...systemTimers },
+        watch: node.watch,
         events: (e) => this.record(e),
         onFatal: (e) => this.fatal(e),
         clientAddress: (id) => node.addressBook.clientAddress(id),
@@ -175,7 +213,7 @@ export class RaftReplicator implements Replicator {
         metrics.commitIndex.set(e.commit);
         break;
       case 'leader-lost':
-        this.node.subscriptions.leaderLost(this.node.config.nodeId);
+        this.node.onLeaderLost();
         break;
       case 'proposal':
         if (e.outcome === 'committed') metrics.proposalsCommitted.inc();
