@@ -9,6 +9,7 @@ import type { AddressBook } from './address-book';
 import type { NodeConfig } from './config';
 import { RpcError, invalid, toServiceError, unavailable } from './errors';
 import type { RaftReplicator } from './raft-replicator';
+import type { ObjectStore } from '../storage/object-store';
 
 let adminProto: AdminProto | undefined;
 export function adminPackage(): AdminProto {
@@ -24,6 +25,7 @@ export interface AdminDeps {
   config: Pick<NodeConfig, 'tickMs' | 'electionTicks'>;
   metrics: Pick<NodeMetrics, 'startRequest'>;
   addressBook: Pick<AddressBook, 'peerAddress' | 'clientAddress'>;
+  store: Pick<ObjectStore, 'isRemovedMember'>;
 }
 
 /** What the Admin service asks of the Raft replicator. */
@@ -101,6 +103,11 @@ export function adminHandlers(node: AdminDeps, r: AdminReplicator): AdminHandler
       if (!HOST_PORT.test(req.clientAddress)) throw invalid('client_address must be host:port');
       if (r.members().some((x) => x.id === m))
         throw new RpcError(grpc.status.ALREADY_EXISTS, `member ${m} already exists`);
+      if (node.store.isRemovedMember(m))
+        throw new RpcError(
+          grpc.status.FAILED_PRECONDITION,
+          `member ${m} was removed from the cluster; a removed member's id is never used again: choose another`,
+        );
       // Addresses first, through the log, so every node can reach the new member once it is added.
       // Proposed as the node itself: the interceptor let only an admin (when keys are on) call Admin.
       const rec = await r.propose(

@@ -152,6 +152,7 @@ export class StorageNode {
         txnTimeoutMs: config.txnTimeoutMs,
       },
       config.nodeId,
+      (id) => store.isRemovedMember(id),
     );
     // The applied-index watch: notified on every apply; the Raft host keeps its waits here too
     // (deadlines are gRPC deadlines: this clock, the system clock in production).

@@ -550,7 +550,7 @@ export class RaftHost {
       .filter((e) => e.index > this.sm.appliedIndex)
       .map((e) => ({
         index: e.index,
-        cmd: e.type === EntryType.Normal ? this.decode(e) : ({ noop: {} } as Command),
+        cmd: e.type === EntryType.Normal ? this.decode(e) : confChangeCommand(e),
       }));
     const results = new Map<number, ApplyResult>();
     if (items.length)
@@ -1041,4 +1041,15 @@ export class RaftHost {
       })),
     ];
   }
+}
+
+/**
+ * The store's side of a membership change: a removal leaves the member's tombstone (its id is
+ * refused by the peers and never used again); other changes touch nothing there.
+ */
+function confChangeCommand(e: Entry): Command {
+  const cc = decodeConfChange(e.data);
+  return cc.type === ConfChangeType.RemoveNode
+    ? { member: { id: cc.node, remove: true } }
+    : { noop: {} };
 }

@@ -288,6 +288,8 @@ export class Security {
     private readonly perConnection: LimitsPerConnection,
     /** This node's id: peer messages must be addressed to it. */
     private readonly nodeId: string,
+    /** Whether a node id was removed from the cluster (its tombstone applied): refused as a peer. */
+    private readonly isRemovedMember: (id: string) => boolean = () => false,
   ) {
     validateTls(config.tls, config.peerTls);
     this.keys = config.keysFile ? new KeyStore(config.keysFile, log) : undefined;
@@ -362,6 +364,12 @@ export class Security {
   ): RpcError | undefined {
     const kind = commandKind(cmd);
     const st = commandStorage(cmd);
+    if ('member' in cmd && cmd.member?.remove)
+      return new RpcError(
+        grpc.status.PERMISSION_DENIED,
+        'a member tombstone is written only by the removal of that member (a membership change)',
+        { kind: 'INVALID' },
+      );
     if (st === undefined) {
       if (kind === 'noop' || caller.kind === 'node') return undefined;
       return new RpcError(
@@ -520,6 +528,7 @@ export class Security {
       mtls: !!this.config.peerTls,
     });
     if ('error' in a) return refuse(a.error, a.reason);
+    if (this.isRemovedMember(a.id)) return refuse(removedMember(a.id), 'removed_member');
     if (hello.to !== this.nodeId)
       return refuse(
         new RpcError(
@@ -590,6 +599,7 @@ export class Security {
                   mtls: !!this.config.peerTls,
                 });
                 if ('error' in a) return deny(a.error, a.reason);
+                if (this.isRemovedMember(a.id)) return deny(removedMember(a.id), 'removed_member');
                 peer = a.id;
               }
               if (listener === 'client' && this.keys && !KEYLESS_SERVICES.test(service)) {
@@ -700,4 +710,12 @@ export class Security {
     }
     return undefined;
   }
+}
+
+/** The refusal of a removed member on the peer port (etcd answers it "410 Gone"). */
+function removedMember(id: string): RpcError {
+  return new RpcError(
+    grpc.status.PERMISSION_DENIED,
+    `node ${id} was removed from the cluster: its messages and calls are refused`,
+  );
 }

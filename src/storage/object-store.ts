@@ -305,9 +305,14 @@ export class ObjectStore {
     return this.reader.packPreparedTxns(st);
   }
 
-  /** Member addresses recorded through the log. */
+  /** Member addresses recorded through the log (removed members' tombstones left out). */
   members(): MemberRecord[] {
-    return [...this.ctx.members.values()];
+    return [...this.ctx.members.values()].filter((m) => !m.remove);
+  }
+
+  /** Whether `id` was removed from the cluster (its tombstone was applied): never a member again. */
+  isRemovedMember(id: string): boolean {
+    return this.ctx.members.get(id)?.remove === true;
   }
 
   /** Make every applied write durable (one synced write flushes LevelDB's log). */

@@ -41,7 +41,7 @@ import {
   tmpDir,
 } from '../harness';
 import { addKey } from '../../src/cli/keys';
-import { StreamTarget, httpGet, raftStream, rpcWithKey } from './helpers';
+import { StreamTarget, adminCall, httpGet, raftStream, rpcWithKey } from './helpers';
 
 const oid = (n: number): Buffer => p64(BigInt(n));
 /** The term forged messages claim: far above anything a test cluster reaches on its own. */
@@ -440,6 +440,60 @@ describe('security: the peer port', function () {
       });
       assert.equal(tid.length, 8);
     } finally {
+      await c.stop();
+    }
+  });
+
+  it('refuses a removed member for good: its stream, its calls and its id, while the rest commit', async () => {
+    const c = await TestCluster.start(3);
+    const clients: RaftClient[] = [];
+    try {
+      const leader = await c.leader();
+      const [gone, stays] = c.members.map((m) => m.id).filter((id) => id !== leader);
+      const admin = `127.0.0.1:${c.member(leader).client}`;
+      const removed = await adminCall(admin, 'RemoveMember', { id: gone }, TEST_CLUSTER_KEY);
+      assert.equal(removed.err, undefined, removed.err?.details);
+      // The removal is a membership change: every remaining member applies its tombstone.
+      const md = (): grpc.Metadata => peerCallMetadata(gone, TEST_CLUSTER_KEY);
+      for (const id of [leader, stays])
+        await eventually(
+          async () => {
+            const a = await stream({ port: c.member(id).peer, id }, md(), [
+              { from: gone, messages: [msg(MessageType.Heartbeat, gone, id, FORGED_TERM)] },
+            ]);
+            return a.code === grpc.status.PERMISSION_DENIED && /was removed/.test(a.details);
+          },
+          20_000,
+          `${id} to refuse the removed ${gone}'s Raft stream`,
+        );
+      const r = raftClient(c.member(leader).peer);
+      clients.push(r);
+      const fwd = await forward(r, md(), { command: commitCommand('1', 5, 'x'), from: gone });
+      assert.equal(fwd.code, grpc.status.PERMISSION_DENIED, fwd.details);
+      assert.match(fwd.details, /was removed/);
+      const snap = await snapshot(r, md(), gone, leader);
+      assert.equal(snap.code, grpc.status.PERMISSION_DENIED, snap.details);
+      // Still a holder of the key: a member record (or tombstone) of its own is refused too.
+      const tomb = await forward(r, peerCallMetadata(stays, TEST_CLUSTER_KEY), {
+        command: commandCodec.encode({ member: { id: stays, remove: true } }),
+        from: stays,
+      });
+      assert.equal(tomb.code, grpc.status.PERMISSION_DENIED, tomb.details);
+      // The id is never used again.
+      const again = await adminCall(
+        admin,
+        'AddMember',
+        { id: gone, peerAddress: '127.0.0.1:1', clientAddress: '127.0.0.1:2' },
+        TEST_CLUSTER_KEY,
+      );
+      assert.equal(again.err?.code, grpc.status.FAILED_PRECONDITION, again.err?.details);
+      assert.ok((await term(c, leader)) < FORGED_TERM, 'the forged term was not taken');
+      await c.rpc(leader).call('Commit', {
+        transaction: { stores: [{ oid: oid(6), data: Buffer.from('after the removal') }] },
+      });
+      assert.equal(await c.leader([leader, stays]), leader);
+    } finally {
+      for (const r of clients) r.close();
       await c.stop();
     }
   });

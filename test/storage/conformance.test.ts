@@ -1321,6 +1321,31 @@ describe('ObjectStore conformance', function () {
       assert.deepEqual((await other.store.load(ST, oid(1))).data, data('v1'));
     });
 
+    it("keeps a removed member's tombstone through a reopen and a snapshot, and refuses its id again", async function () {
+      const rec = { id: 'n3', peerAddress: '127.0.0.1:1', clientAddress: '127.0.0.1:2' };
+      assert.deepEqual((await t.apply({ member: rec })).ok, true);
+      assert.deepEqual(
+        t.store.members().map((m) => m.id),
+        ['n3'],
+      );
+      assert.equal(t.store.isRemovedMember('n3'), false);
+      assert.equal((await t.apply({ member: { id: 'n3', remove: true } })).ok, true);
+      assert.deepEqual(t.store.members(), []);
+      assert.equal(t.store.isRemovedMember('n3'), true);
+      expectError(await t.apply({ member: rec }), 'INVALID');
+      await t.reopen();
+      assert.equal(t.store.isRemovedMember('n3'), true);
+      const chunks = await collect(t.store.snapshot().chunks);
+      const other = await TestStore.create();
+      extra.push(other);
+      other.index = await other.store.restore(async function* () {
+        yield* chunks;
+      });
+      assert.equal(other.store.isRemovedMember('n3'), true);
+      assert.deepEqual(other.store.members(), []);
+      expectError(await other.apply({ member: rec }), 'INVALID');
+    });
+
     it('restores into a fresh store with identical reads and applied index', async function () {
       await populate();
       const snap = t.store.snapshot();
