@@ -11,6 +11,7 @@ import type { PackApplyContext } from './pack-steps';
 import type { SessionTable } from './session-table';
 import type { Db } from './store-records';
 import type { CommitEvent } from './store-types';
+import type { PreviousTids } from './previous-tids';
 
 export interface ApplyContext {
   readonly db: Db;
@@ -24,6 +25,8 @@ export interface ApplyContext {
   readonly members: Map<string, MemberRecord>;
   /** Told of each committed transaction once its batch has landed, in TID order. */
   readonly commitListeners: ReadonlySet<(ev: CommitEvent) => void>;
+  /** The TID before each recent commit, for the commit's answer. */
+  readonly previousTids: PreviousTids;
   /** What the steps of a pack in steps (pack-steps.ts) use of the store. */
   readonly packCtx: PackApplyContext;
 }

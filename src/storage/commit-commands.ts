@@ -198,7 +198,9 @@ export async function applyCommit(
   ctx.w.lastTidGlobal = tid;
   ctx.w.metas.set(st, newMeta);
   const index = () => ctx.w.appliedIdx;
+  const previous = Buffer.from(meta.lastTid ?? Z64);
   after.push(() => {
+    ctx.previousTids.remember(st, tid, previous);
     const ev: CommitEvent = { index: index(), storage: st, tid, records };
     for (const fn of ctx.commitListeners) fn(ev);
   });

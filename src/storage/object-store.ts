@@ -67,6 +67,7 @@ import type {
   UndoPlan,
 } from './store-types';
 import { planUndo } from './undo-commands';
+import { PreviousTids } from './previous-tids';
 
 export type {
   ApplyResult,
@@ -131,6 +132,7 @@ export class ObjectStore {
       sessions: new SessionTable(),
       members: new Map<string, MemberRecord>(),
       commitListeners: this.commitListeners,
+      previousTids: new PreviousTids(),
       packCtx: packContext(db, this.w, locks),
     };
     this.reader = new StoreReader(db, this.gate, this.cache, {
@@ -380,8 +382,10 @@ export class ObjectStore {
     return this.reader.historyWindow(st, n);
   }
 
+  /** The TID of the storage's transaction just before `tid` (z64 when none). */
   previousTid(st: string, tid: Buffer): Promise<Buffer> {
-    return this.reader.previousTid(st, tid);
+    const hit = this.ctx.previousTids.get(st, tid);
+    return hit ? Promise.resolve(Buffer.from(hit)) : this.reader.previousTid(st, tid);
   }
 
   oldestTid(st: string): Promise<Buffer> {
@@ -449,6 +453,7 @@ export class ObjectStore {
         throw e;
       } finally {
         this.cache.reset();
+        this.ctx.previousTids.clear();
         switched();
       }
       // Publish and tell the listeners in one synchronous step: nobody sees the new last TID

@@ -332,6 +332,29 @@ describe('ObjectStore conformance', function () {
   });
 
   describe('TIDs', function () {
+    it("names each commit's previous TID in its storage, the same after a restart (a seek) as before (remembered)", async function () {
+      const want: Array<[string, Buffer, Buffer]> = [];
+      const last = new Map<string, Buffer>([
+        [ST, Z64],
+        ['two', Z64],
+      ]);
+      const serials = new Map<string, Buffer>();
+      for (let i = 0; i < 12; i++) {
+        const st = i % 3 === 0 ? 'two' : ST;
+        const o = oid(1 + (i % 2));
+        const tid = await t.put(o, serials.get(`${st}/${i % 2}`) ?? Z64, `v${i}`, { storage: st });
+        serials.set(`${st}/${i % 2}`, tid);
+        want.push([st, tid, last.get(st)!]);
+        last.set(st, tid);
+      }
+      const answers = async (): Promise<string[]> =>
+        Promise.all(want.map(async ([st, tid]) => hex(await t.store.previousTid(st, tid))));
+      const expected = want.map(([, , prev]) => hex(prev));
+      assert.deepEqual(await answers(), expected);
+      await t.reopen();
+      assert.deepEqual(await answers(), expected);
+    });
+
     it('strictly increase even when the proposed TID goes backwards', async function () {
       const now = Date.UTC(2030, 0, 1);
       const proposals = [now, now, now - 60_000, now - 86_400_000, now + 1, 0];
