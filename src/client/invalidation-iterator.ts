@@ -61,11 +61,6 @@ export class InvalidationIterator implements AsyncIterableIterator<InvalidationI
     return this.queue.length - this.head;
   }
 
-  /** Whether iteration has ended (the client closed, or the consumer returned). */
-  get done(): boolean {
-    return this.ended && this.buffered === 0;
-  }
-
   /** A new event, in order after the previous one. Ignored once ended. */
   push(ev: InvalidationEvent): void {
     if (this.ended) return;
