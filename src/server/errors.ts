@@ -12,13 +12,6 @@ import { StorageError, StorageErrorKind } from '../storage/errors';
 import * as domain from './domain-errors';
 import { DomainError, type DomainErrorCode } from './domain-errors';
 
-/** Whether an error says for certain that a command was not appended to the log (safe to retry). */
-export function definitelyNotAppended(e: unknown): boolean {
-  if (e instanceof RpcError)
-    return e.code === grpc.status.UNAVAILABLE && e.detail?.kind === 'NOT_LEADER';
-  return domain.definitelyNotAppended(e);
-}
-
 export class RpcError extends Error {
   constructor(
     readonly code: grpc.status,
@@ -101,13 +94,6 @@ export const invalid = (message: string): RpcError =>
 
 export const unavailable = (message: string, leaderHint = ''): RpcError =>
   fromDomainError(domain.notLeader(message, leaderHint));
-
-/** The write may or may not have committed: the node or its leader went away mid-flight. */
-export const outcomeUnknown = (
-  message: string,
-  code: grpc.status = grpc.status.UNAVAILABLE,
-): RpcError =>
-  fromDomainError(domain.outcomeUnknown(message, code === grpc.status.DEADLINE_EXCEEDED));
 
 export const readOnly = (message: string): RpcError => fromDomainError(domain.readOnly(message));
 

@@ -30,7 +30,8 @@ import type { Logger } from '../util/log';
 import type { AddressBook } from './address-book';
 import { decodeApplyResult, encodeApplyResult } from './apply-result-codec';
 import type { NodeConfig } from './config';
-import { RpcError, outcomeUnknown, toServiceError, unavailable } from './errors';
+import { notLeader, outcomeUnknown } from './domain-errors';
+import { RpcError, domainErrorFromStatus, toServiceError } from './errors';
 import type { Limits } from './limits';
 import { CappedListener, connectionServerOptions } from './listener';
 import { peerCallMetadata, peerToken } from './peer-auth';
@@ -374,11 +375,7 @@ export class PeerTransport implements PeerSender {
     caller: Caller,
   ): Promise<{ index: number; result: ApplyResult }> {
     const client = this.link(leaderId).connection();
-    if (!client)
-      throw new RpcError(grpc.status.UNAVAILABLE, `no address for leader ${leaderId}`, {
-        kind: 'NOT_LEADER',
-        transient: true,
-      });
+    if (!client) throw notLeader(`no address for leader ${leaderId}`);
     const res = await new Promise<any>((resolve, reject) =>
       client.Forward(
         { command, from: this.node.config.nodeId, caller: callerToProto(caller) },
@@ -392,16 +389,11 @@ export class PeerTransport implements PeerSender {
           const detail = decodeStatusDetails(err.metadata);
           const leaderHint = this.node.addressBook.clientAddress(leaderId);
           const msg = `forwarding to leader ${leaderId} failed: ${err.details || err.message}`;
-          if (detail) reject(new RpcError(err.code, msg, { ...detail, leaderHint }));
-          else if (neverSent(err)) reject(unavailable(msg, leaderHint));
-          else if (REFUSALS.has(err.code)) reject(new RpcError(err.code, msg));
-          else
-            reject(
-              outcomeUnknown(
-                msg,
-                err.code === grpc.status.DEADLINE_EXCEEDED ? err.code : grpc.status.UNAVAILABLE,
-              ),
-            );
+          if (detail) reject(domainErrorFromStatus(err.code, msg, detail, leaderHint));
+          else if (neverSent(err)) reject(notLeader(msg, leaderHint));
+          else if (REFUSALS.has(err.code))
+            reject(domainErrorFromStatus(err.code, msg, undefined, leaderHint));
+          else reject(outcomeUnknown(msg, err.code === grpc.status.DEADLINE_EXCEEDED));
         },
       ),
     );

@@ -1,10 +1,9 @@
 /**
  * A cluster member's Replicator: the Raft host (raft-host.ts) wired to the real world: the system
  * clock and timers, the durable log on LevelDB, the object store, the peer transport,
- * metrics, logs, and process exit on a fatal error. The host's refusals (HostError) become gRPC
- * statuses here and nowhere else.
+ * metrics, logs, and process exit on a fatal error. The host's refusals (HostError) become domain
+ * errors here and nowhere else.
  */
-import * as grpc from '@grpc/grpc-js';
 import { ConfChange, ConfState, Message, MessageType } from '../raft';
 import { Command } from '../storage/codec';
 import type { NodeMetrics } from '../metrics/metrics';
@@ -13,7 +12,15 @@ import type { Logger } from '../util/log';
 import type { Waiters } from '../util/waiters';
 import type { AddressBook } from './address-book';
 import type { NodeConfig } from './config';
-import { RpcError, definitelyNotAppended, outcomeUnknown, unavailable } from './errors';
+import {
+  DomainError,
+  deadlineExceeded,
+  definitelyNotAppended,
+  noLeaderInTime,
+  notLeader,
+  outcomeUnknown,
+  refused,
+} from './domain-errors';
 import type { Limits } from './limits';
 import type { DurableLog } from './raft-log';
 import {
@@ -78,37 +85,31 @@ const systemTimers: Omit<HostClock, 'nowMs'> = {
   soon: (fn) => void setImmediate(fn),
 };
 
-/** A host refusal as the gRPC status a client acts on. */
-export function hostErrorToRpc(e: unknown): unknown {
+/** A host refusal as the domain error a client's adapter maps. */
+export function hostErrorToDomain(e: unknown): unknown {
   if (!(e instanceof HostError)) return e;
   switch (e.kind) {
     case 'not-leader':
-      return unavailable(e.message, e.leaderHint);
+      return notLeader(e.message, e.leaderHint);
     case 'outcome-unknown':
       return outcomeUnknown(e.message);
     case 'proposal-deadline':
-      return new RpcError(grpc.status.DEADLINE_EXCEEDED, e.message, {
-        kind: 'NOT_LEADER',
-        transient: true,
-      });
+      return noLeaderInTime(e.message);
     case 'deadline':
-      return new RpcError(grpc.status.DEADLINE_EXCEEDED, e.message);
+      return deadlineExceeded(e.message);
     case 'limit':
-      return new RpcError(grpc.status.RESOURCE_EXHAUSTED, e.message, {
-        kind: 'LIMIT',
-        transient: true,
-      });
+      return new DomainError('LIMIT_EXCEEDED', e.message, { transient: true });
     case 'invalid':
-      return new RpcError(grpc.status.FAILED_PRECONDITION, e.message, { kind: 'INVALID' });
+      return refused(e.message);
   }
 }
 
-/** Run a host request, mapping its refusals to gRPC statuses. */
+/** Run a host request, mapping its refusals to domain errors. */
 async function rpc<T>(p: Promise<T>): Promise<T> {
   try {
     return await p;
   } catch (e) {
-    throw hostErrorToRpc(e);
+    throw hostErrorToDomain(e);
   }
 }
 
@@ -146,7 +147,7 @@ export class RaftReplicator implements Replicator {
                 throw new HostError(
                   'not-leader',
                   (e as Error).message,
-                  (e as RpcError).detail?.leaderHint,
+                  (e as DomainError).leaderHint,
                 );
               throw e;
             }),

@@ -14,7 +14,7 @@ import { MAX_NEW_OIDS } from '../storage/object-store';
 import type { PackRunResult } from '../storage/pack-gc';
 import { Z64, tidFromTime } from '../util/ids';
 import { notLeader, readOnly, unknownStorage } from './domain-errors';
-import { type Limits, txnBytes } from './limits';
+import { type Limits, type Reservation, txnBytes } from './limits';
 import { LockQueue, type LockNeed, lockNeed } from './lock-queue';
 import type { ReplicaView, Replicator } from './replicator';
 import type { Caller } from './security';
@@ -75,7 +75,10 @@ export interface StorageApiDeps {
   replicator: Pick<Replicator, 'propose' | 'linearizableRead' | 'view'>;
   applied: AppliedWatch;
   metrics: Pick<NodeMetrics, 'conflicts' | 'observeCommit'>;
-  limits: Pick<Limits, 'checkTransaction' | 'checkPrepared' | 'reserveCommand'>;
+  limits: Pick<
+    Limits,
+    'checkTransaction' | 'checkPrepared' | 'reserveCommand' | 'reserveTxnMemory'
+  >;
   feed: FeedWindow;
   /** Run a pack in replicated steps, logged and counted (pack.ts). */
   pack(
@@ -101,6 +104,8 @@ export interface LockWait extends CallContext {
   txnId?: string;
   /** Stop waiting (the client left). */
   stopped?: () => boolean;
+  /** Without `needs`: also look again after this long without an applied command. */
+  pollMs?: number;
 }
 
 export interface StorageInfoView {
@@ -163,9 +168,13 @@ export class StorageApi {
     return this.d.config.storages.some((s) => s.name === st);
   }
 
-  /** Why `st` takes no writes on this node (the node or the storage is read-only), if it does not. */
-  readOnlyReason(st: string): string | undefined {
+  /**
+   * Why `st` takes no writes on this node, if it does not: the node is read-only, the door is
+   * (`doorReason`: the ZEO door while security keys are on), or the storage is.
+   */
+  readOnlyReason(st: string, doorReason?: string): string | undefined {
     if (this.d.config.readOnly) return `node ${this.d.config.nodeId} is read-only`;
+    if (doorReason) return doorReason;
     if (this.d.config.storages.find((s) => s.name === st)?.readOnly)
       return `storage ${JSON.stringify(st)} is read-only`;
     return undefined;
@@ -257,6 +266,11 @@ export class StorageApi {
     return this.d.store.iterate(st, start, stop);
   }
 
+  /** The oldest TID a client may resume from in `st` (the commit feed's retained window). */
+  oldestResumable(st: string): Promise<Buffer> {
+    return this.d.feed.oldestResumable(st);
+  }
+
   /** The TID after which everything is applied here once the linearizable point is reached. */
   async sync(deadlineMs: number): Promise<Buffer> {
     await this.d.replicator.linearizableRead(deadlineMs);
@@ -279,11 +293,23 @@ export class StorageApi {
     );
   }
 
-  /** Admission of one more voted transaction (max_prepared_txns). */
-  admitVote(txnId: string, storage: string): void {
+  /** The transaction limits for `objects` objects of `bytes` bytes (max_txn_objects, max_txn_bytes). */
+  checkTransactionSize(objects: number, bytes: number): void {
+    this.d.limits.checkTransaction(objects, bytes);
+  }
+
+  /** A share of the node's transaction memory budget (max_txn_memory_bytes). */
+  reserveTxnMemory(bytes: number, what: string): Reservation {
+    return this.d.limits.reserveTxnMemory(bytes, what);
+  }
+
+  /**
+   * Admission of one more voted transaction (max_prepared_txns). With `retry`, a vote of that
+   * transaction already voted is not one more (a retried gRPC Vote).
+   */
+  admitVote(retry?: { txnId: string; storage: string }): void {
     const prepared = this.d.store.preparedTransactions();
-    // A retried vote of a transaction already voted is not one more.
-    if (!prepared.some((p) => p.txnId === txnId && p.storage === storage))
+    if (!retry || !prepared.some((p) => p.txnId === retry.txnId && p.storage === retry.storage))
       this.d.limits.checkPrepared(prepared.length);
   }
 
@@ -324,7 +350,7 @@ export class StorageApi {
    * transaction timeout (ZEORAFT_TXN_TIMEOUT_MS). Once it resolves, finish cannot fail.
    */
   async vote(txnId: string, txn: Txn, ctx: CallContext): Promise<void> {
-    this.admitVote(txnId, txn.storage);
+    this.admitVote({ txnId, storage: txn.storage });
     const deadlineMs = Date.now() + this.d.config.txnTimeoutMs;
     const cmd: Command = { prepare: { txnId, txn, deadlineMs, retryOnly: true } };
     unwrap(
@@ -382,7 +408,8 @@ export class StorageApi {
    * objects. Waiters of both doors share one line (lock-queue.ts): a newcomer queues behind
    * earlier waiters for the same objects, and a waiter proposes again only when the applied state
    * shows its objects free and its turn has come. A command whose objects are not known before it
-   * is applied (an undo) proposes again after each applied command. The result of the last
+   * is applied (an undo, a vote at a given TID that waits for every other vote) proposes again
+   * after each applied command (or `pollMs`). The result of the last
    * proposal is returned (LOCKED when the wait ran out); a replication failure rejects.
    */
   async proposeWithLockWait(cmd: Command, w: LockWait): Promise<ApplyResult> {
@@ -399,7 +426,9 @@ export class StorageApi {
         const r = await this.propose(cmd, w);
         if (r.ok || r.error.kind !== 'LOCKED' || Date.now() >= end || w.stopped?.()) return r;
         if (!needs) {
-          await this.d.applied.waitForUnlock(end);
+          await this.d.applied.waitForUnlock(
+            w.pollMs === undefined ? end : Math.min(end, Date.now() + w.pollMs),
+          );
           continue;
         }
         ticket ??= this.lockQueue.enter(needs, txnId);

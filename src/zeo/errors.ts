@@ -1,9 +1,12 @@
 /**
  * Exceptions as ZEO 5 sends them: a Python class name and the exception's `__dict__` or `args`.
  * The Python client maps the names below to ZODB exceptions (ZEO.asyncio.client.exc_factories);
- * any other name arrives as ZEO.Exceptions.ServerException.
+ * any other name arrives as ZEO.Exceptions.ServerException. The one mapping of the storage API's
+ * errors (domain and storage errors) to ZODB exceptions is zodbException, at the end.
  */
-import { hex } from '../util/ids';
+import { DomainError } from '../server/domain-errors';
+import { StorageError } from '../storage/errors';
+import { Z64, hex } from '../util/ids';
 
 export class ZeoException extends Error {
   constructor(
@@ -79,3 +82,48 @@ export const typeError = (message: string): ZeoException =>
 
 export const keyError = (message: string): ZeoException =>
   new ZeoException('builtins.KeyError', [message], message);
+
+/**
+ * A storage API failure as the ZODB exception a ZEO client gets (`oid`: the object the call was
+ * about, for a POSKeyError without one in the error). Other values are returned as they are.
+ */
+export function zodbException(e: unknown, oid?: Uint8Array): unknown {
+  if (e instanceof DomainError) return storageError(e.message);
+  if (!(e instanceof StorageError)) return e;
+  switch (e.kind) {
+    case 'NOT_FOUND':
+    case 'HISTORY_PACKED': // as in FileStorage: a packed-away revision is no longer there
+      return posKeyError(e.conflict?.oid ?? oid ?? Z64);
+    case 'CONFLICT':
+    case 'LOCKED':
+    case 'UNDO_CONFLICT':
+      return conflictError(
+        'ConflictError',
+        e.message,
+        e.conflict?.oid ?? null,
+        e.conflict ? [e.conflict.actual, e.conflict.expected] : null,
+      );
+    case 'READ_CONFLICT':
+      return conflictError(
+        'ReadConflictError',
+        e.message,
+        e.conflict?.oid ?? null,
+        e.conflict ? [e.conflict.actual, e.conflict.expected] : null,
+      );
+    case 'UNKNOWN_TRANSACTION':
+      return storageTransactionError(e.message);
+    default:
+      return storageError(e.message);
+  }
+}
+
+/**
+ * The exception a reply carries for an error no call mapped: ZODB exceptions as they are, other
+ * storage API failures as a StorageError with their message; undefined for anything else (an
+ * internal error, logged by the caller).
+ */
+export function replyException(e: unknown): ZeoException | undefined {
+  if (e instanceof ZeoException) return e;
+  if (e instanceof DomainError || e instanceof StorageError) return storageError(e.message);
+  return undefined;
+}

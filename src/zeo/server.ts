@@ -14,13 +14,10 @@
  * an error in a two-way call is answered as an exception.
  */
 import * as net from 'node:net';
-import { DomainError } from '../server/domain-errors';
 import type { Reservation } from '../server/limits';
 import type { StorageNode } from '../server/node';
-import { StorageError } from '../storage/errors';
-import { ZeoDisconnect, ZeoException, storageError } from './errors';
+import { ZeoDisconnect, replyException, storageError } from './errors';
 import { FrameDecoder, frame } from './framing';
-import type { LockQueue } from '../server/lock-queue';
 import {
   FLAG_ERROR,
   FLAG_ONEWAY,
@@ -84,12 +81,11 @@ class ZeoConnection {
     private readonly node: StorageNode,
     private readonly socket: net.Socket,
     statsFor: (st: string) => ZeoStats,
-    lockQueue: LockQueue,
     private readonly onClosed: (c: ZeoConnection) => void,
   ) {
     this.label = `${socket.remoteAddress}:${socket.remotePort}`;
     this.decoder = new FrameDecoder(node.config.limits.maxMessageBytes, HANDSHAKE_MAX_BYTES);
-    this.session = new ZeoSession(node, this, statsFor, lockQueue);
+    this.session = new ZeoSession(node, this, statsFor);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', () => this.close('socket error'));
@@ -257,10 +253,8 @@ class ZeoConnection {
       this.node.log.warn({ client: this.label, method, error: e.message }, 'zeo: disconnecting');
       return this.close(e.message);
     }
-    let exc: ZeoException;
-    if (e instanceof ZeoException) exc = e;
-    else if (e instanceof DomainError || e instanceof StorageError) exc = storageError(e.message);
-    else {
+    let exc = replyException(e);
+    if (!exc) {
       this.node.log.error(
         { client: this.label, method, error: String(e), stack: (e as Error)?.stack },
         'zeo: internal error',
@@ -286,8 +280,6 @@ export async function startZeoServer(node: StorageNode, listen: string): Promise
     return s;
   };
   const connections = new Set<ZeoConnection>();
-  // Votes waiting for locks, in arrival order: one line with the gRPC door's (storage-api.ts).
-  const lockQueue = node.api.lockQueue;
   const maxConnections = node.config.limits.maxZeoConnections;
   const server = net.createServer((socket) => {
     if (!node.security.admitSocket('zeo', socket)) return;
@@ -302,7 +294,7 @@ export async function startZeoServer(node: StorageNode, listen: string): Promise
     }
     const gauge = (): void => node.metrics.connections.set({ listener: 'zeo' }, connections.size);
     connections.add(
-      new ZeoConnection(node, socket, statsFor, lockQueue, (c) => {
+      new ZeoConnection(node, socket, statsFor, (c) => {
         connections.delete(c);
         gauge();
       }),

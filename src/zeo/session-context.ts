@@ -1,27 +1,23 @@
 /**
  * What the parts of one ZEO session share (session.ts builds one per connection): the connection,
- * the node, the registered storage, the invalidation outbox, and the helpers every part uses —
- * writability, deadlines, proposing, catching up with the client's view, and the mapping of
- * storage errors to ZODB exceptions.
+ * the storage API (server/storage-api.ts), the registered storage, the invalidation outbox, and
+ * the helpers every part uses — writability, deadlines, proposing, catching up with the client's
+ * view, and storage API errors as ZODB exceptions (zeo/errors.ts).
  */
-import * as grpc from '@grpc/grpc-js';
 import type { Command } from '../storage/codec';
 import type { ApplyResult } from '../storage/object-store';
-import { StorageError } from '../storage/errors';
 import type { StorageNode } from '../server/node';
-import { Z64, idCompare, tidFromTime } from '../util/ids';
+import type { StorageApi } from '../server/storage-api';
+import { idCompare, tidFromTime } from '../util/ids';
 import {
   ZeoDisconnect,
-  conflictError,
-  posKeyError,
   readOnlyError,
   storageError,
-  storageTransactionError,
   typeError,
   valueError,
+  zodbException,
 } from './errors';
 import { decodeValue, encodeValue } from './marshal';
-import type { LockQueue } from './lock-queue';
 import { InvalidationOutbox } from './outbox';
 
 /**
@@ -29,12 +25,6 @@ import { InvalidationOutbox } from './outbox';
  * ClientStorage.load sends loadBefore(oid, maxtid)): it is answered from the applied state.
  */
 const FUTURE_TID_SLACK_MS = 60_000;
-/** Failed proposals whose RpcError codes mean "outcome unknown, try again". */
-export const RETRYABLE = new Set<number>([
-  grpc.status.UNAVAILABLE,
-  grpc.status.DEADLINE_EXCEEDED,
-  grpc.status.RESOURCE_EXHAUSTED,
-]);
 
 /** What a session needs from its connection. */
 export interface SessionPeer {
@@ -100,13 +90,16 @@ export class SessionContext {
   readonly outbox = new InvalidationOutbox();
   label = '';
   closed = false;
+  /** The storage API this door is an adapter of. */
+  readonly api: StorageApi;
 
   constructor(
     readonly node: StorageNode,
     readonly peer: SessionPeer,
     readonly statsFor: (storage: string) => ZeoStats,
-    readonly lockQueue: LockQueue,
-  ) {}
+  ) {
+    this.api = node.api;
+  }
 
   get registered(): boolean {
     return this.storage !== undefined;
@@ -126,12 +119,12 @@ export class SessionContext {
   }
 
   storageReadOnly(st: string): string | undefined {
-    if (this.node.config.readOnly) return `node ${this.node.config.nodeId} is read-only`;
-    if (this.node.security.zeoAccess === 'read-only')
-      return 'ZEO clients are read-only on this node (security keys are on; ZEORAFT_ZEO_ACCESS)';
-    if (this.node.config.storages.find((s) => s.name === st)?.readOnly)
-      return `storage ${JSON.stringify(st)} is read-only`;
-    return undefined;
+    return this.api.readOnlyReason(
+      st,
+      this.node.security.zeoAccess === 'read-only'
+        ? 'ZEO clients are read-only on this node (security keys are on; ZEORAFT_ZEO_ACCESS)'
+        : undefined,
+    );
   }
 
   writable(): void {
@@ -147,7 +140,7 @@ export class SessionContext {
    */
   async propose(cmd: Command): Promise<ApplyResult> {
     try {
-      return await this.node.replicator.propose(cmd, this.deadline());
+      return await this.api.propose(cmd, { deadlineMs: this.deadline() });
     } catch (e) {
       throw storageError(`replication failed: ${e instanceof Error ? e.message : e}`);
     }
@@ -161,10 +154,10 @@ export class SessionContext {
    * reach a leader cannot prove it is current: the connection is dropped and the client moves on.
    */
   async caughtUp(tid: Buffer): Promise<void> {
-    if (idCompare(this.node.store.lastTid, tid) >= 0) return;
+    if (idCompare(this.api.lastTid, tid) >= 0) return;
     if (idCompare(tid, tidFromTime(Date.now() + FUTURE_TID_SLACK_MS)) > 0) return;
     try {
-      await this.node.replicator.linearizableRead(this.deadline());
+      await this.api.linearizableRead(this.deadline());
     } catch (e) {
       throw new ZeoDisconnect(
         `node ${this.node.config.nodeId} cannot confirm it is current: ${e instanceof Error ? e.message : e}`,
@@ -173,32 +166,8 @@ export class SessionContext {
     }
   }
 
+  /** Throw a storage API failure as its ZODB exception (zeo/errors.ts); anything else as is. */
   fromStorage(e: unknown, oid?: Buffer): never {
-    if (!(e instanceof StorageError)) throw e;
-    switch (e.kind) {
-      case 'NOT_FOUND':
-      case 'HISTORY_PACKED': // as in FileStorage: a packed-away revision is no longer there
-        throw posKeyError(e.conflict?.oid ?? oid ?? Z64);
-      case 'CONFLICT':
-      case 'LOCKED':
-      case 'UNDO_CONFLICT':
-        throw conflictError(
-          'ConflictError',
-          e.message,
-          e.conflict?.oid ?? null,
-          e.conflict ? [e.conflict.actual, e.conflict.expected] : null,
-        );
-      case 'READ_CONFLICT':
-        throw conflictError(
-          'ReadConflictError',
-          e.message,
-          e.conflict?.oid ?? null,
-          e.conflict ? [e.conflict.actual, e.conflict.expected] : null,
-        );
-      case 'UNKNOWN_TRANSACTION':
-        throw storageTransactionError(e.message);
-      default:
-        throw storageError(e.message);
-    }
+    throw zodbException(e, oid);
   }
 }

@@ -60,7 +60,7 @@ export class SessionIterators {
       }
       const oid = r.oids[0];
       try {
-        const cur = await this.ctx.node.store.load(st, oid);
+        const cur = await this.ctx.api.load(st, oid);
         return [
           oid,
           cur.serial,
@@ -82,7 +82,7 @@ export class SessionIterators {
     const iid = this.nextIteratorId++;
     this.iterators.set(iid, {
       kind: 'txn',
-      gen: this.ctx.node.store.iterate(this.ctx.st, start ?? Z64, stop),
+      gen: this.ctx.api.iterate(this.ctx.st, start ?? Z64, stop),
     });
     return iid;
   }

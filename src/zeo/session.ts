@@ -18,7 +18,6 @@ import type { CommitEvent } from '../storage/object-store';
 import type { StorageNode } from '../server/node';
 import { arity, intArg, textArg } from './args';
 import { ZeoDisconnect, readOnlyError, valueError } from './errors';
-import type { LockQueue } from './lock-queue';
 import { METHODS, ONE_WAY, type SessionParts } from './dispatch';
 import { SessionContext, type SessionPeer, type ZeoStats } from './session-context';
 import { SessionIterators } from './session-iterators';
@@ -36,13 +35,8 @@ export class ZeoSession {
   private readonly parts: SessionParts;
   private unsubscribe: (() => void) | undefined;
 
-  constructor(
-    node: StorageNode,
-    peer: SessionPeer,
-    statsFor: (storage: string) => ZeoStats,
-    lockQueue: LockQueue,
-  ) {
-    const ctx = new SessionContext(node, peer, statsFor, lockQueue);
+  constructor(node: StorageNode, peer: SessionPeer, statsFor: (storage: string) => ZeoStats) {
+    const ctx = new SessionContext(node, peer, statsFor);
     const staging = new TxnStaging(ctx);
     this.ctx = ctx;
     this.parts = {
@@ -102,8 +96,7 @@ export class ZeoSession {
     const readOnly = intArg(a[1], 'read_only') !== 0;
     const ctx = this.ctx;
     if (ctx.storage !== undefined) throw valueError('duplicate register() call');
-    if (!ctx.node.config.storages.some((s) => s.name === st))
-      throw valueError(`unknown storage: ${st}`);
+    if (!ctx.api.knows(st)) throw valueError(`unknown storage: ${st}`);
     if (!readOnly) {
       const why = ctx.storageReadOnly(st);
       if (why) throw readOnlyError(why);
@@ -111,7 +104,7 @@ export class ZeoSession {
     // The client compares its cache's TID with ours and refuses a server behind it; a
     // linearizable point makes this node at least as new as anything the client can have seen.
     try {
-      await ctx.node.replicator.linearizableRead(Date.now() + 5_000);
+      await ctx.api.linearizableRead(Date.now() + 5_000);
     } catch {
       // No leader right now: serve what this node has; the client refuses us if we are behind.
     }
@@ -122,7 +115,7 @@ export class ZeoSession {
     stats.connections++;
     // Subscribe and read the last TID in the same tick: every later commit is an invalidation.
     this.unsubscribe = ctx.node.store.onCommit((ev) => this.onCommit(ev));
-    return ctx.node.store.storageSummary(st).lastTid;
+    return ctx.api.lastTransaction(st);
   }
 
   serverStatus(st: string): Record<string, unknown> {

@@ -5,9 +5,8 @@
  */
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import { StorageError } from '../storage/errors';
-import { packStorage } from '../server/pack';
-import { HISTORY_SIZE_MAX, UNDO_LOG_PAGE_MAX } from '../server/storage-api';
-import { hex, idCompare, idNext, p64, tidFromTime, tidToTime, u64 } from '../util/ids';
+import { UNDO_LOG_PAGE_MAX } from '../server/storage-api';
+import { hex, idCompare, idNext, p64, tidToTime, u64 } from '../util/ids';
 import { toBuffer } from './args';
 import { ZeoDisconnect } from './errors';
 import { ReplyThen, type SessionContext, bytes, decodeExtension } from './session-context';
@@ -39,20 +38,20 @@ export class StorageCalls {
   }
 
   lastTransaction(): Buffer {
-    return this.ctx.node.store.storageSummary(this.ctx.st).lastTid;
+    return this.ctx.api.lastTransaction(this.ctx.st);
   }
 
   /** (tid, oids) changed after `tid`, or null when history that old is not kept (drop the cache). */
   async getInvalidations(tid: Buffer): Promise<[Buffer, Buffer[]] | null> {
     const st = this.ctx.st;
-    const last = this.ctx.node.store.storageSummary(st).lastTid;
+    const last = this.ctx.api.lastTransaction(st);
     if (idCompare(tid, last) >= 0) return [last, []];
-    const oldest = await this.ctx.node.subscriptions.oldestResumable(st);
+    const oldest = await this.ctx.api.oldestResumable(st);
     if (idCompare(idNext(tid), oldest) < 0) return null;
     const oids = new Map<string, Buffer>();
     let latest = tid;
     let n = 0;
-    for await (const t of this.ctx.node.store.iterate(st, idNext(tid), last)) {
+    for await (const t of this.ctx.api.iterate(st, idNext(tid), last)) {
       if (++n > INVALIDATIONS_SCAN_MAX_TXNS) return null;
       for (const oid of (await this.ctx.node.store.transactionOids(st, t.tid)) ?? [])
         oids.set(hex(oid), oid);
@@ -74,7 +73,7 @@ export class StorageCalls {
     this.ctx.stats.loads++;
     const hold = this.ctx.outbox.hold();
     try {
-      const r = await this.ctx.node.store.loadBefore(this.ctx.st, oid, tid);
+      const r = await this.ctx.api.loadBefore(this.ctx.st, oid, tid);
       const reply = r.found ? [r.data ?? Buffer.alloc(0), r.start as Buffer, r.end ?? null] : null;
       return new ReplyThen(reply, () => this.ctx.outbox.release(hold));
     } catch (e) {
@@ -90,7 +89,7 @@ export class StorageCalls {
     await this.ctx.caughtUp(serial);
     this.ctx.stats.loads++;
     try {
-      return await this.ctx.node.store.loadSerial(this.ctx.st, oid, serial);
+      return await this.ctx.api.loadSerial(this.ctx.st, oid, serial);
     } catch (e) {
       return this.ctx.fromStorage(e, oid);
     }
@@ -99,16 +98,15 @@ export class StorageCalls {
   /** The current serial; POSKeyError (a KeyError) for an unknown object or an undone creation. */
   async getTid(oid: Buffer): Promise<Buffer> {
     try {
-      return (await this.ctx.node.store.load(this.ctx.st, oid)).serial;
+      return (await this.ctx.api.load(this.ctx.st, oid)).serial;
     } catch (e) {
       return this.ctx.fromStorage(e, oid);
     }
   }
 
   async history(oid: Buffer, size: number): Promise<Record<string, unknown>[]> {
-    const n = Math.min(Math.max(size, 1), HISTORY_SIZE_MAX);
     try {
-      const entries = await this.ctx.node.store.history(this.ctx.st, oid, n);
+      const entries = await this.ctx.api.history(this.ctx.st, oid, size);
       return entries.map((e) => ({
         time: tidToTime(e.tid) / 1000,
         tid: e.tid,
@@ -130,7 +128,7 @@ export class StorageCalls {
     if (last < 0) last = first - last;
     first = Math.max(0, first);
     last = Math.min(Math.max(last, first), first + UNDO_LOG_PAGE_MAX);
-    const entries = await this.ctx.node.store.undoLog(this.ctx.st, first, last);
+    const entries = await this.ctx.api.undoLog(this.ctx.st, first, last);
     const out = entries.map((e) => ({
       ...decodeExtension(e.extension),
       id: e.tid,
@@ -150,12 +148,12 @@ export class StorageCalls {
 
   serverStatus(st: string): Record<string, unknown> {
     const s = this.ctx.statsFor(st);
-    const v = this.ctx.node.replicator.view();
+    const v = this.ctx.api.view();
     return {
       ...s,
       waiting: 0,
       'timeout-thread-is-alive': true,
-      'last-transaction': hex(this.ctx.node.store.storageSummary(st).lastTid),
+      'last-transaction': hex(this.ctx.api.lastTransaction(st)),
       'zeoraft-node': v.nodeId,
       'zeoraft-role': v.role,
       'zeoraft-leader': v.leaderId,
@@ -209,11 +207,9 @@ export class StorageCalls {
     // store time; an unreadable record reachable then stops the collection).
     const run = async (): Promise<void> => {
       // A time after now packs as of now (nothing newer exists); in bounded steps (pack-gc.ts).
-      const packTid = tidFromTime(Math.min(time * 1000, Date.now()));
+      const packTid = this.ctx.api.packTidAt(time);
       try {
-        await packStorage(this.ctx.node, this.ctx.st, packTid, true, (cmd) =>
-          this.ctx.propose(cmd),
-        );
+        await this.ctx.api.pack(this.ctx.st, packTid, true, (cmd) => this.ctx.propose(cmd));
       } catch (e) {
         this.ctx.fromStorage(e);
       }

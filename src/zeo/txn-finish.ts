@@ -9,10 +9,11 @@ import type { Command, StoreOp, Txn } from '../storage/codec';
 import type { ApplyResult, UndoPlan } from '../storage/object-store';
 import { StorageError } from '../storage/errors';
 import { VOTE_LEASE_MS } from '../server/config';
+import { proposalMayBeRetried } from '../server/domain-errors';
+import { needsOf } from '../server/storage-api';
 import { Z64, hex, idCompare } from '../util/ids';
 import { ZeoDisconnect, storageError, storageTransactionError, undoError } from './errors';
-import { type LockNeed, type LockTicket, lockNeed } from './lock-queue';
-import { RETRYABLE, ReplyThen, type SessionContext } from './session-context';
+import { ReplyThen, type SessionContext } from './session-context';
 import { type PendingTxn, type TxnStaging, stopRenewing } from './txn-staging';
 
 /** Votes of one transaction that look again after finding this node behind the leader. */
@@ -44,10 +45,10 @@ export class TxnFinish {
       if (Date.now() > until) return stopRenewing(t);
       if (inFlight) return;
       inFlight = true;
-      this.ctx.node.replicator
+      this.ctx.api
         .propose(
           { renew: { storage: st, txnId: t.txnId, leaseMs: VOTE_LEASE_MS } },
-          Date.now() + VOTE_LEASE_MS,
+          { deadlineMs: Date.now() + VOTE_LEASE_MS },
         )
         .catch((e: unknown) =>
           this.ctx.node.log.debug({ txn: t.txnId, error: String(e) }, 'zeo: vote renewal failed'),
@@ -108,8 +109,8 @@ export class TxnFinish {
           );
       }
       const checks = [...t.checks.entries()].filter(([k]) => !stores.has(k)).map(([, c]) => c);
-      this.ctx.node.limits.checkTransaction(stores.size + checks.length, t.dataBytes);
-      this.ctx.node.limits.checkPrepared(this.ctx.node.store.preparedTransactions().length);
+      this.ctx.api.checkTransactionSize(stores.size + checks.length, t.dataBytes);
+      this.ctx.api.admitVote();
       const txn: Txn = {
         storage: this.ctx.st,
         user: t.user,
@@ -122,9 +123,10 @@ export class TxnFinish {
       if (t.tid) {
         // One vote at the given TID: it waits until nothing else is voted, then holds the cluster's
         // commits until its finish. A conflict (a store at a given TID) is the client's error.
-        const r = await this.prepareAtTid({
-          prepare: { txnId: t.txnId, txn, leaseMs: VOTE_LEASE_MS, tid: t.tid },
-        });
+        const r = await this.prepareWithLockWait(
+          { prepare: { txnId: t.txnId, txn, leaseMs: VOTE_LEASE_MS, tid: t.tid } },
+          true,
+        );
         if (!r.ok) return this.ctx.fromStorage(r.error);
         t.voted = true;
         this.renewLease(t);
@@ -220,13 +222,13 @@ export class TxnFinish {
 
   private countConflicts(n: number): void {
     this.ctx.stats.conflicts += n;
-    this.ctx.node.metrics.conflicts.inc(n);
+    this.ctx.api.countConflicts(n);
   }
 
   /** Apply everything committed so far (a linearizable read); false when that is not possible. */
   private async catchUp(): Promise<boolean> {
     try {
-      await this.ctx.node.replicator.linearizableRead(this.ctx.deadline());
+      await this.ctx.api.linearizableRead(this.ctx.deadline());
       return true;
     } catch {
       return false;
@@ -237,8 +239,11 @@ export class TxnFinish {
   abortVote(t: PendingTxn, why: string): void {
     const st = this.ctx.storage;
     if (!st) return;
-    this.ctx.node.replicator
-      .propose({ abort: { storage: st, txnId: t.txnId, reason: 'client' } }, this.ctx.deadline())
+    this.ctx.api
+      .propose(
+        { abort: { storage: st, txnId: t.txnId, reason: 'client' } },
+        { deadlineMs: this.ctx.deadline() },
+      )
       .catch((e: unknown) =>
         this.ctx.node.log.warn(
           { txn: t.txnId, why, error: String(e) },
@@ -248,81 +253,34 @@ export class TxnFinish {
   }
 
   /**
-   * Propose a prepare, waiting (bounded) while a voted transaction holds one of its objects. Votes
-   * waiting on this node go in arrival order (lock-queue.ts): a newcomer queues behind earlier
-   * waiters for the same objects, and a waiter proposes again only when its turn comes.
+   * Propose a prepare, waiting (bounded) while a voted transaction holds one of its objects, in
+   * the node's one line of lock waiters (StorageApi.proposeWithLockWait). A vote at a given TID
+   * waits until it is the one voted transaction: it looks again after each applied command.
    */
   private async prepareWithLockWait(
     cmd: Extract<Command, { prepare: unknown }>,
+    atTid = false,
   ): Promise<ApplyResult> {
-    const end = Date.now() + this.ctx.node.config.lockWaitMs;
     const txnId = cmd.prepare.txnId;
-    const txn = cmd.prepare.txn;
-    const needs: LockNeed[] = [
-      ...(txn.stores ?? []).map((op) =>
-        lockNeed(txn.storage, op.oid, op.resolve === true && !cmd.prepare.reserve),
-      ),
-      ...(txn.checks ?? []).map((op) => lockNeed(txn.storage, op.oid, false)),
-    ];
-    let ticket: LockTicket | undefined;
     try {
-      if (this.ctx.lockQueue.behindOthers(needs, txnId)) {
-        ticket = this.ctx.lockQueue.enter(needs, txnId);
-        await ticket.wait(end);
-      }
-      for (;;) {
-        let r: ApplyResult;
-        try {
-          r = await this.ctx.node.replicator.propose(cmd, this.ctx.deadline());
-        } catch (e) {
-          // Outcome unknown: the prepare may still commit and hold locks. Abort it (best effort;
-          // the leader's transaction timeout is the backstop) and fail the vote.
-          this.ctx.node.replicator
-            .propose(
-              { abort: { storage: this.ctx.st, txnId, reason: 'client' } },
-              this.ctx.deadline(),
-            )
-            .catch(() => undefined);
-          throw storageError(`vote failed: ${e instanceof Error ? e.message : e}`);
-        }
-        if (r.ok || r.error.kind !== 'LOCKED' || Date.now() >= end || this.ctx.closed) return r;
-        ticket ??= this.ctx.lockQueue.enter(needs, txnId);
-        await ticket.wait(end);
-      }
-    } finally {
-      ticket?.leave();
-    }
-  }
-
-  /**
-   * Propose a vote at a given TID, waiting (up to ZEORAFT_LOCK_WAIT_MS) while other transactions
-   * are voted: it is accepted only when it is the one voted transaction.
-   */
-  private async prepareAtTid(cmd: Extract<Command, { prepare: unknown }>): Promise<ApplyResult> {
-    const end = Date.now() + this.ctx.node.config.lockWaitMs;
-    for (;;) {
-      let r: ApplyResult;
-      try {
-        r = await this.ctx.node.replicator.propose(cmd, this.ctx.deadline());
-      } catch (e) {
-        this.ctx.node.replicator
-          .propose(
-            { abort: { storage: this.ctx.st, txnId: cmd.prepare.txnId, reason: 'client' } },
-            this.ctx.deadline(),
-          )
-          .catch(() => undefined);
-        throw storageError(`vote failed: ${e instanceof Error ? e.message : e}`);
-      }
-      if (r.ok || r.error.kind !== 'LOCKED' || Date.now() >= end || this.ctx.closed) return r;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, AT_TID_RETRY_MS);
-        const unlisten = this.ctx.node.store.onApplied(done);
-        function done(): void {
-          clearTimeout(timer);
-          unlisten();
-          resolve();
-        }
+      return await this.ctx.api.proposeWithLockWait(cmd, {
+        deadlineMs: this.ctx.deadline(),
+        txnId,
+        ...(atTid
+          ? { pollMs: AT_TID_RETRY_MS }
+          : { needs: needsOf(cmd.prepare.txn, cmd.prepare.reserve === true) }),
+        stopped: () => this.ctx.closed,
       });
+    } catch (e) {
+      // Outcome unknown: the prepare may still commit and hold locks. Abort it (best effort;
+      // the leader's transaction timeout is the backstop) and fail the vote.
+      this.ctx.api
+        .propose(
+          { abort: { storage: this.ctx.st, txnId, reason: 'client' } },
+          { deadlineMs: this.ctx.deadline() },
+        )
+        .catch(() => undefined);
+      throw storageError(`vote failed: ${e instanceof Error ? e.message : e}`);
     }
   }
 
@@ -339,16 +297,15 @@ export class TxnFinish {
     const end = Date.now() + FINISH_RETRY_MS;
     for (;;) {
       try {
-        r = await this.ctx.node.replicator.propose(
+        r = await this.ctx.api.propose(
           { finish: { storage: st, txnId: t.txnId, tid: Z64 } },
-          this.ctx.deadline(),
+          { deadlineMs: this.ctx.deadline() },
         );
         break;
       } catch (e) {
         // A finish is idempotent (the store remembers finished transaction ids): retry it
         // through a leader change. Past the retry window the outcome is unknown: disconnect.
-        const code = (e as { code?: number }).code;
-        if (this.ctx.closed || Date.now() >= end || code === undefined || !RETRYABLE.has(code)) {
+        if (this.ctx.closed || Date.now() >= end || !proposalMayBeRetried(e)) {
           this.ctx.outbox.release(hold);
           throw new ZeoDisconnect(`tpc_finish failed: ${e instanceof Error ? e.message : e}`, {
             cause: e,
@@ -364,7 +321,7 @@ export class TxnFinish {
     }
     const tid = r.tid as Buffer;
     this.ctx.stats.commits++;
-    this.ctx.node.metrics.observeCommit(Date.now() - started);
+    this.ctx.api.observeCommit(started);
     // ZEO's order: invalidations of earlier transactions, `info`, the reply, then later ones.
     // The client does not get an invalidation for its own transaction.
     await this.ctx.outbox.narrow(hold, tid);

@@ -10,6 +10,7 @@ import { isIntSetRecord, isLengthRecord } from '../storage/zodb-resolve';
 import { PickleStateError } from '../storage/pickle-reader';
 import { packMetrics } from '../server/pack';
 import { zodbReferences } from '../storage/zodb-refs';
+import { proposalMayBeRetried } from '../server/domain-errors';
 import { Limits, type Reservation } from '../server/limits';
 import { ZEO_TXN_ID_PREFIX } from '../server/security';
 import { hex, idCompare, tidFromTime } from '../util/ids';
@@ -32,7 +33,7 @@ import {
   valueError,
 } from './errors';
 import { ZeoBlobUpload } from './blob-upload';
-import { RETRYABLE, type SessionContext, encodeExtension } from './session-context';
+import { type SessionContext, encodeExtension } from './session-context';
 
 /**
  * A TID given to tpc_begin this far past the node's clock is refused: it names no time a source
@@ -314,11 +315,11 @@ export class TxnStaging {
     const objects = t.stores.size + t.checks.size + (prev ? 0 : 1);
     const total = t.dataBytes - prevBytes + bytes;
     try {
-      this.ctx.node.limits.checkTransaction(objects, total);
+      this.ctx.api.checkTransactionSize(objects, total);
       const more = Limits.txnCharge(objects, total) - (t.memory?.bytes ?? 0);
       if (more > 0) {
         if (t.memory) t.memory.add(more, 'a ZEO transaction');
-        else t.memory = this.ctx.node.limits.reserveTxnMemory(more, 'a ZEO transaction');
+        else t.memory = this.ctx.api.reserveTxnMemory(more, 'a ZEO transaction');
       }
     } catch (e) {
       throw storageError(e instanceof Error ? e.message : String(e));
@@ -346,10 +347,10 @@ export class TxnStaging {
     return new ZeoBlobUpload({
       storage: this.ctx.st,
       maxBlobBytes: this.ctx.node.config.limits.maxBlobBytes,
-      propose: (cmd) => this.ctx.node.replicator.propose(cmd, this.ctx.deadline()),
-      reserve: (bytes) => this.ctx.node.limits.reserveTxnMemory(bytes, 'a blob chunk'),
+      propose: (cmd) => this.ctx.api.propose(cmd, { deadlineMs: this.ctx.deadline() }),
+      reserve: (bytes) => this.ctx.api.reserveTxnMemory(bytes, 'a blob chunk'),
       pressure: (paused) => this.ctx.peer.pauseReading(paused),
-      retryable: (e) => RETRYABLE.has((e as { code?: number }).code ?? -1),
+      retryable: proposalMayBeRetried,
     });
   }
 }
