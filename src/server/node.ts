@@ -29,6 +29,7 @@ import { StorageApi } from './storage-api';
 import { storageHandlers } from './storage-service';
 import { packStorage } from './pack';
 import { SubscriptionHub } from './subscriptions';
+import { CommitFeed } from './commit-feed';
 import { ZeoServer, startZeoServer } from '../zeo/server';
 import { Waiters, systemWaitClock } from '../util/waiters';
 
@@ -71,9 +72,9 @@ interface NodeParts {
 
 /**
  * A running node. StorageNode.start is the composition root: it builds the store, metrics, limits
- * and security, the applied-index watch, the commit feed (subscriptions), the replicator, then the
- * adapters (gRPC services, HTTP, the ZEO door) and the timeout sweeper, in that order, handing
- * each the parts it uses.
+ * and security, the applied-index watch, the commit feed (and the gRPC subscriptions over it), the
+ * replicator, then the adapters (gRPC services, HTTP, the ZEO door) and the timeout sweeper, in
+ * that order, handing each the parts it uses.
  */
 export class StorageNode {
   readonly config: NodeConfig;
@@ -162,21 +163,24 @@ export class StorageNode {
       metrics.appliedIndex.set(index);
       waiters.notify();
     });
-    const subscriptions = new SubscriptionHub(
+    const feed = new CommitFeed(
       store,
       {
         historyMaxTransactions: config.historyMaxTransactions,
         historyMaxAgeMs: config.historyMaxAgeMs,
-        bufferMaxEvents: config.limits.subscriberBufferEvents,
-        bufferMaxBytes: config.limits.subscriberBufferBytes,
         nowMs: () => clock.nowMs(),
-        onLimit: (name, lastSent) =>
-          limits.exceeded(name, 'a subscriber fell too far behind and was cut off', {
-            resumeFrom: hex(lastSent),
-          }),
       },
       (n) => metrics.invalidationsSent.inc(n),
     );
+    const subscriptions = new SubscriptionHub(store, feed, {
+      bufferMaxEvents: config.limits.subscriberBufferEvents,
+      bufferMaxBytes: config.limits.subscriberBufferBytes,
+      nowMs: () => clock.nowMs(),
+      onLimit: (name, lastSent) =>
+        limits.exceeded(name, 'a subscriber fell too far behind and was cut off', {
+          resumeFrom: hex(lastSent),
+        }),
+    });
     metrics.countSubscribers(() => subscriptions.count);
     const addressBook = new AddressBook(config.peers, store);
     const services: ServiceRegistration[] = [];
@@ -207,7 +211,7 @@ export class StorageNode {
       applied: watch,
       metrics,
       limits,
-      feed: subscriptions,
+      feed,
       pack: (st, packTid, gc, propose) =>
         packStorage({ metrics, store, log }, st, packTid, gc, propose),
     });

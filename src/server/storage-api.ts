@@ -9,13 +9,14 @@
  */
 import type { NodeMetrics } from '../metrics/metrics';
 import type { Command, CommitSession, Txn } from '../storage/codec';
-import type { ApplyResult, ObjectStore } from '../storage/object-store';
+import type { ApplyResult, CommitEvent, ObjectStore } from '../storage/object-store';
 import { MAX_NEW_OIDS } from '../storage/object-store';
 import type { PackRunResult } from '../storage/pack-gc';
 import { Z64, tidFromTime } from '../util/ids';
 import { notLeader, readOnly, unknownStorage } from './domain-errors';
 import { type Limits, type Reservation, txnBytes } from './limits';
 import { LockQueue, type LockNeed, lockNeed } from './lock-queue';
+import type { CommitFeed } from './commit-feed';
 import type { ReplicaView, Replicator } from './replicator';
 import type { Caller } from './security';
 
@@ -64,11 +65,6 @@ export interface AppliedWatch {
   waitForUnlock(deadlineMs: number): Promise<void>;
 }
 
-/** Where resume points of the commit feed end (the retained history window). */
-export interface FeedWindow {
-  oldestResumable(storage: string): Promise<Buffer>;
-}
-
 export interface StorageApiDeps {
   config: StorageApiConfig;
   store: StoreReads;
@@ -79,7 +75,8 @@ export interface StorageApiDeps {
     Limits,
     'checkTransaction' | 'checkPrepared' | 'reserveCommand' | 'reserveTxnMemory'
   >;
-  feed: FeedWindow;
+  /** Committed transactions for subscribers, and the window they may resume from. */
+  feed: Pick<CommitFeed, 'oldestResumable' | 'follow' | 'delivered'>;
   /** Run a pack in replicated steps, logged and counted (pack.ts). */
   pack(
     storage: string,
@@ -269,6 +266,19 @@ export class StorageApi {
   /** The oldest TID a client may resume from in `st` (the commit feed's retained window). */
   oldestResumable(st: string): Promise<Buffer> {
     return this.d.feed.oldestResumable(st);
+  }
+
+  /**
+   * Follow the commits of `st` from now on, in TID order, synchronously as they are applied (the
+   * commit feed, commit-feed.ts); the ZEO door's invalidations. Returns the unsubscribe function.
+   */
+  subscribe(st: string, deliver: (ev: CommitEvent) => void): () => void {
+    return this.d.feed.follow(st, deliver);
+  }
+
+  /** Count commit events sent to a client (zeoraft_invalidations_sent_total). */
+  invalidationsSent(n: number): void {
+    this.d.feed.delivered(n);
   }
 
   /** The TID after which everything is applied here once the linearizable point is reached. */

@@ -1,5 +1,6 @@
 /**
- * Subscribe streams: every transaction committed in a storage after a TID, in TID order.
+ * Subscribe streams (the gRPC door's side of the commit feed, commit-feed.ts): every transaction
+ * committed in a storage after a TID, in TID order.
  *
  * Guarantees (MISSION §3): ordered and unique (a subscriber's last sent TID only grows and an
  * event is sent only for a TID above it), reliable (the live listener is registered before the
@@ -8,20 +9,21 @@
  * outside it an explicit Reset), bookmarked (a Progress at TID T is sent only with nothing
  * queued, so everything up to T was sent). Slow subscribers are cut off at a bounded queue.
  */
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { StorageError } from '../storage/errors';
 import type { CommitEvent, ObjectStore } from '../storage/object-store';
-import { Z64, hex, idCompare, idNext, tidFromTime } from '../util/ids';
+import { Z64, hex, idCompare, idNext } from '../util/ids';
 import type { SubscribeEvent } from '../generated/zeoraft/v1/SubscribeEvent';
 import type { SubscribeRequest__Output } from '../generated/zeoraft/v1/SubscribeRequest';
-import { RpcError, toServiceError } from './errors';
+import type { CommitFeed } from './commit-feed';
+import { DomainError } from './domain-errors';
+import { toServiceError } from './errors';
 import { encodeSubscribeEvent } from '../proto';
 
+/** How a stream ends early: a domain error (a limit, a revoked key, shutdown) or cancellation. */
+type Failure = DomainError | Error;
+
 export interface SubscriptionOptions {
-  /** Resume points older than this many transactions back get a Reset. */
-  historyMaxTransactions: number;
-  /** Resume points older than this get a Reset. */
-  historyMaxAgeMs: number;
   /** Events queued for one subscriber before it is cut off with RESOURCE_EXHAUSTED. */
   bufferMaxEvents: number;
   /** Encoded bytes queued for one subscriber before it is cut off with RESOURCE_EXHAUSTED. */
@@ -32,8 +34,6 @@ export interface SubscriptionOptions {
 }
 
 export const DEFAULT_SUBSCRIPTION_OPTIONS: Omit<SubscriptionOptions, 'nowMs'> = {
-  historyMaxTransactions: 100_000,
-  historyMaxAgeMs: 24 * 3600_000,
   bufferMaxEvents: 10_000,
   bufferMaxBytes: 16 << 20,
 };
@@ -65,35 +65,21 @@ export class SubscriptionHub {
 
   constructor(
     private readonly store: ObjectStore,
+    readonly feed: CommitFeed,
     private readonly options: SubscriptionOptions,
-    private readonly onDelivered: (n: number) => void = () => undefined,
   ) {}
 
   get count(): number {
     return this.subscribers.size;
   }
 
-  /**
-   * The oldest TID a subscriber of `storage` may resume from: the window is the newest
-   * `historyMaxTransactions` transactions, cut to those younger than `historyMaxAgeMs`. Costs two
-   * point reads of the store, whatever the history's length.
-   */
-  async oldestResumable(storage: string): Promise<Buffer> {
-    const max = this.options.historyMaxTransactions;
-    if (max < 1) return Z64; // no transaction counted in: nothing bounds a resume point
-    const w = await this.store.historyWindow(storage, max);
-    if (w.count === 0) return Z64; // nothing on record: resuming from anywhere misses nothing
-    const byAge = tidFromTime(this.options.nowMs() - this.options.historyMaxAgeMs);
-    // Every transaction ever committed is on record (pack keeps transaction records): when all
-    // of them are inside the window, a subscriber may resume from anywhere, the all-zero TID too.
-    const allByCount = w.count <= max;
-    if (allByCount && idCompare(w.oldestTid, byAge) >= 0) return Z64;
-    const oldest = allByCount ? w.oldestTid : idNext(w.windowOldestTid);
-    return idCompare(byAge, oldest) > 0 ? byAge : oldest;
+  /** The oldest TID a subscriber of `storage` may resume from (the feed's window). */
+  oldestResumable(storage: string): Promise<Buffer> {
+    return this.feed.oldestResumable(storage);
   }
 
   async serve(storage: string, req: SubscribeRequest__Output, call: Call): Promise<void> {
-    const sub = new Subscriber(storage, req, call, this.store, this.options, this.onDelivered);
+    const sub = new Subscriber(storage, req, call, this.store, this.feed, this.options);
     this.subscribers.add(sub);
     try {
       await sub.run(this);
@@ -107,15 +93,18 @@ export class SubscriptionHub {
     for (const s of this.subscribers) s.push({ leaderLost: { nodeId } });
   }
 
-  closeAll(e: RpcError): void {
+  closeAll(e: Failure): void {
     for (const s of this.subscribers) s.fail(e);
   }
 
   /** End the stream of the subscriber on `call` with `e` (its key was revoked). */
-  close(call: Call, e: RpcError): void {
+  close(call: Call, e: Failure): void {
     for (const s of this.subscribers) if (s.call === call) s.fail(e);
   }
 }
+
+/** The client cancelled its stream: it ends without a status. */
+class Cancelled extends Error {}
 
 class Subscriber {
   private lastSent: Buffer = Z64;
@@ -133,7 +122,7 @@ class Subscriber {
   /** Wakes a write waiting for 'drain' (on drain, or when the subscriber is cut off). */
   private drained: (() => void) | undefined;
   private done = false;
-  private failure: RpcError | undefined;
+  private failure: Failure | undefined;
   private readonly maxDataBytes: number;
   private readonly progressMs: number;
 
@@ -142,8 +131,8 @@ class Subscriber {
     private readonly req: SubscribeRequest__Output,
     readonly call: Call,
     private readonly store: ObjectStore,
+    private readonly feed: CommitFeed,
     private readonly options: SubscriptionOptions,
-    private readonly onDelivered: (n: number) => void,
   ) {
     this.maxDataBytes = req.maxDataBytes || DEFAULT_MAX_DATA_BYTES;
     this.progressMs = Math.max(MIN_PROGRESS_MS, req.progressIntervalMs || DEFAULT_PROGRESS_MS);
@@ -168,10 +157,10 @@ class Subscriber {
         : ['subscriber_buffer_bytes', this.options.bufferMaxBytes];
       this.options.onLimit?.(name, this.lastSent);
       this.fail(
-        new RpcError(
-          grpc.status.RESOURCE_EXHAUSTED,
+        new DomainError(
+          'LIMIT_EXCEEDED',
           `limit ${name} (${max}) exceeded: subscriber too slow; resume from TID ${hex(this.lastSent)}`,
-          { kind: 'LIMIT', transient: true },
+          { limit: name, transient: true },
         ),
       );
       return;
@@ -181,7 +170,7 @@ class Subscriber {
     this.wake?.();
   }
 
-  fail(e: RpcError): void {
+  fail(e: Failure): void {
     if (this.done) return;
     this.failure = e;
     this.done = true;
@@ -204,10 +193,10 @@ class Subscriber {
     if (this.pending.length >= this.options.bufferMaxEvents) {
       this.options.onLimit?.('subscriber_buffer_events', this.lastSent);
       return this.fail(
-        new RpcError(
-          grpc.status.RESOURCE_EXHAUSTED,
+        new DomainError(
+          'LIMIT_EXCEEDED',
           `limit subscriber_buffer_events (${this.options.bufferMaxEvents}) exceeded while catching up: subscriber too slow; resume from TID ${hex(this.lastSent)}`,
-          { kind: 'LIMIT', transient: true },
+          { limit: 'subscriber_buffer_events', transient: true },
         ),
       );
     }
@@ -252,7 +241,7 @@ class Subscriber {
       if (idCompare(out.tid, this.lastSent) <= 0)
         throw new Error(`subscription order violated: ${hex(out.tid)} after ${hex(this.lastSent)}`);
       this.lastSent = out.tid;
-      this.onDelivered(1);
+      this.feed.delivered(1);
     }
     // One 'drain' listener per blocked write, removed when it returns; close and cancel end the
     // wait through fail() (the listeners run() registered once).
@@ -269,9 +258,9 @@ class Subscriber {
   }
 
   async run(hub: SubscriptionHub): Promise<void> {
-    const unlisten = this.store.onCommit(this.onCommit);
+    const unlisten = this.feed.follow(this.storage, this.onCommit);
     const unlistenReplaced = this.store.onReplaced(this.onReplaced);
-    const cancel = (): void => this.fail(new RpcError(grpc.status.CANCELLED, 'cancelled'));
+    const cancel = (): void => this.fail(new Cancelled('cancelled'));
     this.call.on('cancelled', cancel);
     this.call.on('close', cancel);
     try {
@@ -308,7 +297,7 @@ class Subscriber {
         });
         this.wake = undefined;
       }
-      if (this.failure && this.failure.code !== grpc.status.CANCELLED)
+      if (this.failure && !(this.failure instanceof Cancelled))
         this.call.emit('error', toServiceError(this.failure));
       else this.call.end();
     } finally {

@@ -59,7 +59,7 @@ export class ZeoSession {
   // ------------------------------------------------------------------------------------------
   // Invalidations
 
-  /** A committed transaction of any storage, in TID order (from ObjectStore.onCommit). */
+  /** A committed transaction of this storage, in TID order (the storage API's commit feed). */
   private onCommit(ev: CommitEvent): void {
     if (this.ctx.closed || ev.storage !== this.ctx.storage) return;
     if (this.ctx.outbox.queued >= OUTBOX_EVENTS_MAX) {
@@ -71,7 +71,7 @@ export class ZeoSession {
 
   private sendInvalidation(ev: CommitEvent): void {
     this.ctx.peer.callAsync('invalidateTransaction', [ev.tid, ev.records.map((r) => r.oid)]);
-    this.ctx.node.metrics.invalidationsSent.inc();
+    this.ctx.api.invalidationsSent(1);
   }
 
   // ------------------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ export class ZeoSession {
     const stats = ctx.statsFor(st);
     stats.connections++;
     // Subscribe and read the last TID in the same tick: every later commit is an invalidation.
-    this.unsubscribe = ctx.node.store.onCommit((ev) => this.onCommit(ev));
+    this.unsubscribe = ctx.api.subscribe(st, (ev) => this.onCommit(ev));
     return ctx.api.lastTransaction(st);
   }
 

@@ -9,7 +9,7 @@ import { Level } from 'level';
 import * as K from '../../src/storage/keys';
 import { storageMetaCodec } from '../../src/storage/codec';
 import { ObjectStore } from '../../src/storage/object-store';
-import { SubscriptionHub } from '../../src/server/subscriptions';
+import { CommitFeed } from '../../src/server/commit-feed';
 import { Z64, idCompare, idEquals, idNext, tidFromTime } from '../../src/util/ids';
 import { ST, TestStore, collect, data, mustTid, oid } from './helpers';
 
@@ -57,15 +57,13 @@ async function checkAgainstScan(store: ObjectStore, what: string): Promise<void>
     for (const max of WINDOWS)
       for (const ageS of [0, 3, 10, 1e6]) {
         const nowMs = BASE_MS + 30_000;
-        const hub = new SubscriptionHub(store, {
+        const feed = new CommitFeed(store, {
           historyMaxTransactions: max,
           historyMaxAgeMs: ageS * 1000,
-          bufferMaxEvents: 10,
-          bufferMaxBytes: 1 << 20,
           nowMs: () => nowMs,
         });
         assert.deepEqual(
-          await hub.oldestResumable(st),
+          await feed.oldestResumable(st),
           expectedResumable(tids, max, nowMs, ageS * 1000),
           `${what}: storage ${st}, ${max} transactions, ${ageS} s`,
         );
