@@ -14,7 +14,7 @@ import {
   generateKey,
   hashKey,
   validateKeyEntry,
-} from '../server/security';
+} from '../server/security-keys';
 
 function readKeys(file: string): KeysFile {
   if (!fs.existsSync(file)) return { keys: [] };

@@ -19,7 +19,7 @@ import type { NodeMetrics } from '../metrics/metrics';
 import type { ObjectStore } from '../storage/object-store';
 import type { Limits } from './limits';
 import type { Replicator } from './replicator';
-import type { Caller } from './security';
+import type { Caller } from './callers';
 import { requireId } from './validate';
 
 /** What the blob methods share with the rest of the Storage service (storage-service.ts). */

@@ -24,7 +24,8 @@ import { PeerReceiver, PeerTransport } from './peer-transport';
 import { DurableLog } from './raft-log';
 import { alignStateMachine } from './raft-host';
 import { RaftReplicator } from './raft-replicator';
-import { KEY_METADATA, type Security } from './security';
+import type { Security } from './security';
+import { KEY_METADATA } from './security-keys';
 import { internalClientCredentials } from './tls';
 
 /** How long each start-up probe of a peer's client port may take. */

@@ -32,7 +32,7 @@ import {
   StateMachine,
 } from './raft-host';
 import { ReplicaView, Replicator } from './replicator';
-import { ANONYMOUS_CLIENT, type Caller } from './security';
+import { ANONYMOUS_CLIENT, type Caller } from './callers';
 
 /** What the replicator needs from the peer transport. */
 export interface PeerSender extends HostPeerSender {

@@ -5,7 +5,7 @@
 import type { ApplyResult } from '../storage/object-store';
 import type { Command } from '../storage/codec';
 import { tidFromTime } from '../util/ids';
-import type { Caller } from './security';
+import type { Caller } from './callers';
 
 export type Role = 'leader' | 'follower' | 'candidate' | 'precandidate' | 'learner' | 'standalone';
 

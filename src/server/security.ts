@@ -7,37 +7,28 @@
  * handlers never see a request that was refused, and one socket check for the HTTP and ZEO
  * listeners.
  *
- * Keys. A keys file (JSON) holds only the SHA-256 of each key, with a role and the storages it may
- * use. SHA-256 and not scrypt: keys are 256 random bits made by `zeoraft keys add`, so the hash
- * does not need to be slow to resist guessing (there is nothing to guess from: 2^256 keys), and a
- * slow KDF on every request would hand an attacker a cheap way to burn the node's CPU. A presented
- * key is hashed and compared against every stored hash with crypto.timingSafeEqual (no early exit).
- *
- * Roles: `read-only` (reads of its storages), `read-write` (reads and writes of its storages),
- * `admin` (read-write plus the Admin service). `storages: ["*"]` means every storage. The cluster
- * key (ZEORAFT_CLUSTER_KEY), presented as a client key, counts as admin (nodes use it to probe each
- * other's client listeners). Health and reflection need no key (they reveal nothing stored).
- *
- * A follower forwards writes to the leader with the caller they are made for (the client's key
- * principal, or the node itself); the leader checks the command against it and against its own
- * storage read-only flags before proposing it, as it would the client's own request.
+ * Keys and roles: security-keys.ts. Callers and the permissions of forwarded commands: callers.ts.
  */
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import * as fs from 'node:fs';
-import * as net from 'node:net';
+import { timingSafeEqual } from 'node:crypto';
+import type * as net from 'node:net';
 import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import type { NodeMetrics } from '../metrics/metrics';
 import type { Command } from '../storage/codec';
 import type { Logger } from '../util/log';
+import { AllowList } from './allow-list';
+import { Caller, forwardedCommandError } from './callers';
 import { RpcError, limit, readOnly, toServiceError } from './errors';
 import { authenticateClaim, authenticatePeer, peerMessageError } from './peer-auth';
+import { KEY_METADATA, KeyStore, Principal, digest, mayUse } from './security-keys';
 import type { ClientTlsConfig, TlsFiles } from './tls';
 import { validateTls } from './tls';
 
-export const KEY_METADATA = 'x-zeoraft-key';
-export type Role = 'read-only' | 'read-write' | 'admin';
-export const ROLES: readonly Role[] = ['read-only', 'read-write', 'admin'];
+// Moved out of this module; still exported from here for the code that imports them from it.
+export { AllowList } from './allow-list';
+export { ANONYMOUS_CLIENT, type Caller, ZEO_TXN_ID_PREFIX, txnIdScope } from './callers';
+export { KEY_METADATA, type Principal, ROLES, type Role, hashKey } from './security-keys';
+
 export type Listener = 'client' | 'peer' | 'http' | 'zeo';
 /** What the ZEO listener allows: ZEO clients cannot send a key. */
 export type ZeoAccess = 'read-write' | 'read-only' | 'off';
@@ -68,168 +59,6 @@ export interface LimitsPerConnection {
   maxSubscribersPerConnection: number;
   /** Voted transactions stop counting after this long (the leader aborts them then). */
   txnTimeoutMs: number;
-}
-
-export interface KeyEntry {
-  id: string;
-  role: Role;
-  storages: string[];
-  /** "sha256:" + hex of the key. */
-  hash: string;
-  comment?: string;
-  created?: string;
-}
-
-export interface KeysFile {
-  keys: KeyEntry[];
-}
-
-/** A new random key: 256 bits, base64url, with a recognisable prefix. */
-export function generateKey(): string {
-  return `zrk_${randomBytes(32).toString('base64url')}`;
-}
-
-export function hashKey(key: string): string {
-  return `sha256:${createHash('sha256').update(key, 'utf8').digest('hex')}`;
-}
-
-const digest = (key: string): Buffer => createHash('sha256').update(key, 'utf8').digest();
-
-export function validateKeyEntry(k: KeyEntry, where: string): void {
-  const fail = (m: string): never => {
-    throw new Error(`invalid keys file ${where}: ${m}`);
-  };
-  if (!k || typeof k !== 'object') fail('an entry is not an object');
-  if (!/^sha256:[0-9a-f]{64}$/.test(k.hash)) fail(`key ${k.id}: hash must be sha256:<64 hex>`);
-  if (!ROLES.includes(k.role)) fail(`key ${k.id}: role must be one of ${ROLES.join(', ')}`);
-  if (!Array.isArray(k.storages) || k.storages.length === 0)
-    fail(`key ${k.id}: storages must list at least one storage (or "*")`);
-}
-
-export interface Principal {
-  id: string;
-  role: Role;
-  storages: string[];
-}
-
-/**
- * On whose behalf a command is proposed: a client request (with the principal of its security key
- * when keys are on), or the node itself (a timeout abort, or the Admin service, which has checked
- * that its caller is an admin).
- */
-export type Caller = { kind: 'client'; principal?: Principal } | { kind: 'node' };
-export const ANONYMOUS_CLIENT: Caller = { kind: 'client' };
-
-/**
- * The owner scope a client's transaction id carries in the replicated prepare, renew, finish and
- * abort commands: the JSON-quoted id of the caller's security key, or "-" without a key, then "/".
- * The gRPC door prefixes every id with it (storage-service.ts), and a leader refuses a forwarded
- * command whose id is not in its caller's scope.
- */
-export const txnIdScope = (p: Principal | undefined): string =>
-  `${p ? JSON.stringify(p.id) : '-'}/`;
-/** How the ZEO door's transaction ids begin (zeo/session.ts); its clients carry no key. */
-export const ZEO_TXN_ID_PREFIX = 'z:';
-
-/** Whether the transaction id `id` is in the scope of a client with principal `p`. */
-export function ownsTxnId(p: Principal | undefined, id: string): boolean {
-  return id.startsWith(txnIdScope(p)) || (!p && id.startsWith(ZEO_TXN_ID_PREFIX));
-}
-
-/** The storage a command writes to; undefined for commands outside any storage (member, noop). */
-export function commandStorage(cmd: Command): string | undefined {
-  const body = Object.values(cmd)[0] as { storage?: unknown; txn?: { storage?: unknown } };
-  const st = body?.storage ?? body?.txn?.storage;
-  return typeof st === 'string' ? st || '1' : undefined;
-}
-
-/** The name of a command's variant ("commit", "member", ...). */
-const commandKind = (cmd: Command): string => Object.keys(cmd)[0] ?? 'empty';
-
-/** The keys file, re-read when it changes (checked at most once per second), so added keys work without a restart. */
-export class KeyStore {
-  private entries: Array<{ principal: Principal; digest: Buffer }> = [];
-  private mtimeMs = -1;
-  private checkedAtMs = 0;
-
-  constructor(
-    readonly file: string,
-    private readonly log?: Logger,
-  ) {
-    this.load();
-  }
-
-  private load(): void {
-    const st = fs.statSync(this.file);
-    if (st.mtimeMs === this.mtimeMs) return;
-    const parsed = JSON.parse(fs.readFileSync(this.file, 'utf8')) as KeysFile;
-    if (!parsed || !Array.isArray(parsed.keys))
-      throw new Error(`invalid keys file ${this.file}: expected {"keys": [...]}`);
-    for (const k of parsed.keys) validateKeyEntry(k, this.file);
-    this.entries = parsed.keys.map((k) => ({
-      principal: { id: k.id, role: k.role, storages: k.storages },
-      digest: Buffer.from(k.hash.slice('sha256:'.length), 'hex'),
-    }));
-    this.mtimeMs = st.mtimeMs;
-  }
-
-  private refresh(): void {
-    const now = Date.now();
-    if (now - this.checkedAtMs < 1000) return;
-    this.checkedAtMs = now;
-    try {
-      this.load();
-    } catch (e) {
-      // Keep the keys we have: a half-written file must not lock everybody out.
-      this.log?.warn({ file: this.file, error: String(e) }, 'keys file not reloaded');
-    }
-  }
-
-  /** The key's principal, or undefined. Compares against every entry in constant time per entry. */
-  lookup(key: string): Principal | undefined {
-    return this.lookupDigest(digest(key));
-  }
-
-  /** Like lookup, by the key's SHA-256. */
-  lookupDigest(d: Buffer): Principal | undefined {
-    this.refresh();
-    let found: Principal | undefined;
-    for (const e of this.entries) if (timingSafeEqual(d, e.digest) && !found) found = e.principal;
-    return found;
-  }
-}
-
-/** A CIDR allow-list (IPv4 and IPv6; IPv4-mapped IPv6 addresses match IPv4 entries). */
-export class AllowList {
-  private readonly list = new net.BlockList();
-  readonly empty: boolean;
-
-  constructor(readonly entries: string[]) {
-    this.empty = entries.length === 0;
-    for (const raw of entries) {
-      const e = raw.trim();
-      const [addr, bits] = e.split('/');
-      const type = net.isIPv4(addr) ? 'ipv4' : net.isIPv6(addr) ? 'ipv6' : undefined;
-      if (!type)
-        throw new Error(`invalid configuration: ${JSON.stringify(e)} is not an IP address or CIDR`);
-      const max = type === 'ipv4' ? 32 : 128;
-      const prefix = bits === undefined ? max : Number(bits);
-      if (!Number.isInteger(prefix) || prefix < 0 || prefix > max)
-        throw new Error(`invalid configuration: ${JSON.stringify(e)} has a bad prefix length`);
-      this.list.addSubnet(addr, prefix, type);
-    }
-  }
-
-  allows(address: string | undefined): boolean {
-    if (this.empty) return true;
-    if (!address) return false;
-    let a = address.replace(/^\[|\]$/g, '').replace(/%.*$/, '');
-    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(a);
-    if (mapped) a = mapped[1];
-    if (net.isIPv4(a)) return this.list.check(a, 'ipv4');
-    if (net.isIPv6(a)) return this.list.check(a, 'ipv6');
-    return false;
-  }
 }
 
 const WRITE_METHODS = new Set([
@@ -348,67 +177,16 @@ export class Security {
 
   /** Whether `p` may see storage `st` at all (Status lists only those). */
   static mayUse(p: Principal | undefined, st: string): boolean {
-    return !p || p.storages.includes('*') || p.storages.includes(st);
+    return mayUse(p, st);
   }
 
-  /**
-   * Why the leader must refuse a command forwarded by a follower for `caller`: the same storage
-   * permissions as the client's own request (read-only storages, the key's role and storages), and
-   * records outside any storage (membership addresses) only from the node itself. Undefined when
-   * it may be proposed.
-   */
+  /** See forwardedCommandError in callers.ts. */
   forwardedCommandError(
     cmd: Command,
     caller: Caller,
     storages: readonly { name: string; readOnly: boolean }[],
   ): RpcError | undefined {
-    const kind = commandKind(cmd);
-    const st = commandStorage(cmd);
-    if ('member' in cmd && cmd.member?.remove)
-      return new RpcError(
-        grpc.status.PERMISSION_DENIED,
-        'a member tombstone is written only by the removal of that member (a membership change)',
-        { kind: 'INVALID' },
-      );
-    if (st === undefined) {
-      if (kind === 'noop' || caller.kind === 'node') return undefined;
-      return new RpcError(
-        grpc.status.PERMISSION_DENIED,
-        `a ${kind} command is proposed only by a node itself, not on behalf of a client`,
-        { kind: 'INVALID' },
-      );
-    }
-    // Finish and abort settle a vote that was checked when it was made.
-    const settles = kind === 'finish' || kind === 'abort';
-    if (!settles && storages.find((s) => s.name === st)?.readOnly)
-      return readOnly(`storage ${JSON.stringify(st)} is read-only`);
-    if (caller.kind === 'client' && caller.principal) {
-      const p = caller.principal;
-      if (!Security.mayUse(p, st))
-        return new RpcError(
-          grpc.status.PERMISSION_DENIED,
-          `key ${p.id} may not use storage ${JSON.stringify(st)}`,
-          { kind: 'INVALID' },
-        );
-      if (p.role === 'read-only') return readOnly(`key ${p.id} is read-only: ${kind} is a write`);
-    }
-    // A client session's commit is made only by the session's owner.
-    const session = 'commit' in cmd ? cmd.commit?.sessionId : undefined;
-    if (caller.kind === 'client' && session && !session.startsWith(txnIdScope(caller.principal)))
-      return new RpcError(
-        grpc.status.PERMISSION_DENIED,
-        `session ${JSON.stringify(session)} does not belong to ${caller.principal ? `key ${caller.principal.id}` : 'a client without a key'}`,
-        { kind: 'INVALID' },
-      );
-    // A vote is made, renewed, finished and aborted only by its owner.
-    const id = (Object.values(cmd)[0] as { txnId?: unknown } | undefined)?.txnId;
-    if (caller.kind === 'client' && typeof id === 'string' && !ownsTxnId(caller.principal, id))
-      return new RpcError(
-        grpc.status.PERMISSION_DENIED,
-        `transaction ${JSON.stringify(id)} does not belong to ${caller.principal ? `key ${caller.principal.id}` : 'a client without a key'}: a ${kind} is made only by the transaction's owner`,
-        { kind: 'INVALID' },
-      );
-    return undefined;
+    return forwardedCommandError(cmd, caller, storages);
   }
 
   private principalOf(key: string | undefined): Principal | undefined {
