@@ -44,7 +44,7 @@ module.exports = tseslint.config(
   {
     // The Raft host runs in production and in the deterministic simulator: its clock, timers,
     // disk, network and fatal exit come in through HostDeps.
-    files: ['src/server/raft-host.ts'],
+    files: ['src/server/raft-host*.ts'],
     rules: {
       'no-restricted-imports': [
         'error',
