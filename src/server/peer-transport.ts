@@ -10,36 +10,36 @@
  * its hello, checked by Security.admitPeerStream. Every message's sender is then checked against
  * the node authenticated.
  */
-import * as fs from 'node:fs';
 import type * as net from 'node:net';
-import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { decodeStatusDetails, loadProto } from '../proto';
-import type { ProtoGrpcType as RaftProto } from '../generated/raft';
+import { decodeStatusDetails } from '../proto';
 import type { RaftClient, RaftHandlers } from '../generated/zeoraft/v1/raft/Raft';
-import type { Message as PMessage, Message__Output } from '../generated/zeoraft/v1/raft/Message';
-import type { SnapshotPart, SnapshotPart__Output } from '../generated/zeoraft/v1/raft/SnapshotPart';
-import type { Caller as PCaller, Caller__Output } from '../generated/zeoraft/v1/raft/Caller';
+import type { Message as PMessage } from '../generated/zeoraft/v1/raft/Message';
 import { Message, MessageType } from '../raft';
 import { commandCodec } from '../storage/codec';
-import { type ApplyResult, validateSnapshot } from '../storage/object-store';
+import type { ApplyResult, ObjectStore } from '../storage/object-store';
 import type { NodeMetrics } from '../metrics/metrics';
-import type { ObjectStore } from '../storage/object-store';
 import type { LateBound } from '../util/late-bound';
 import type { Logger } from '../util/log';
 import type { AddressBook } from './address-book';
 import { decodeApplyResult, encodeApplyResult } from './apply-result-codec';
+import type { Caller } from './callers';
 import type { NodeConfig } from './config';
 import { notLeader, outcomeUnknown } from './domain-errors';
 import { RpcError, domainErrorFromStatus, toServiceError } from './errors';
 import type { Limits } from './limits';
 import { CappedListener, connectionServerOptions } from './listener';
 import { peerCallMetadata, peerToken } from './peer-auth';
+import { callerFromProto, callerToProto, fromProto, raftPackage, toProto } from './peer-messages';
+import { receiveSnapshot, sendSnapshot } from './peer-snapshot';
 import { StreamLink, acceptStream } from './peer-stream';
 import { STREAM_ALPN, STREAM_MAGIC } from './peer-wire';
 import type { PeerSender, RaftReplicator } from './raft-replicator';
-import { ROLES, type Caller, type Role, type Security } from './security';
+import type { Security } from './security';
 import { peerChannelCredentials, peerListenerTls, peerStreamTls } from './tls';
+
+// Moved to peer-messages.ts; still exported from here for the code that imports them from it.
+export { fromProto, raftPackage, toProto } from './peer-messages';
 
 /** What the peer transport uses of the node. */
 export interface PeerTransportDeps {
@@ -77,7 +77,6 @@ export type PeerReceiver = Pick<
   | 'fatal'
 >;
 
-const SNAPSHOT_FILE = 'snapshot-incoming.tmp';
 /** Connections on the peer listener: a cluster's members need a few each. */
 const PEER_CONNECTIONS_MAX = 128;
 /** A peer connection without a call (snapshot or forward) for this long is closed. */
@@ -87,59 +86,6 @@ const PEER_KEEPALIVE_TIME_MS = 10_000;
 const PEER_KEEPALIVE_TIMEOUT_MS = 10_000;
 /** A peer connection that has not started a call (or sent a Raft stream's hello) within this time is closed. */
 const PEER_FIRST_CALL_TIMEOUT_MS = 10_000;
-
-let raftProto: RaftProto | undefined;
-export function raftPackage(): RaftProto {
-  raftProto ??= loadProto('zeoraft/v1/raft.proto') as unknown as RaftProto;
-  return raftProto;
-}
-
-export function toProto(m: Message): PMessage {
-  return {
-    type: m.type,
-    from: m.from,
-    to: m.to,
-    term: m.term,
-    logTerm: m.logTerm,
-    index: m.index,
-    entries: m.entries.map((e) => ({
-      index: e.index,
-      term: e.term,
-      type: e.type,
-      data: Buffer.from(e.data.buffer, e.data.byteOffset, e.data.byteLength),
-    })),
-    commit: m.commit,
-    reject: m.reject,
-    rejectHint: m.rejectHint,
-    snapshot: m.snapshot
-      ? { index: m.snapshot.index, term: m.snapshot.term, conf: m.snapshot.conf }
-      : undefined,
-    context: m.context ? Buffer.from(m.context) : Buffer.alloc(0),
-  };
-}
-
-export function fromProto(p: Message__Output): Message {
-  const m: Message = {
-    type: p.type as MessageType,
-    from: p.from,
-    to: p.to,
-    term: p.term,
-    logTerm: p.logTerm,
-    index: p.index,
-    entries: p.entries.map((e) => ({ index: e.index, term: e.term, type: e.type, data: e.data })),
-    commit: p.commit,
-    reject: p.reject,
-    rejectHint: p.rejectHint,
-  };
-  if (p.snapshot)
-    m.snapshot = {
-      index: p.snapshot.index,
-      term: p.snapshot.term,
-      conf: { voters: p.snapshot.conf?.voters ?? [], learners: p.snapshot.conf?.learners ?? [] },
-    };
-  if (p.context && p.context.length) m.context = p.context;
-  return m;
-}
 
 class PeerLink {
   private client: RaftClient | undefined;
@@ -307,7 +253,7 @@ export class PeerTransport implements PeerSender {
     for (const m of messages) {
       if (m.to === this.node.config.nodeId) continue;
       if (m.type === MessageType.Snapshot) {
-        void this.sendSnapshot(m);
+        void sendSnapshot(this, this.link(m.to), m);
         continue;
       }
       let list = byPeer.get(m.to);
@@ -315,57 +261,6 @@ export class PeerTransport implements PeerSender {
       list.push(toProto(m));
     }
     for (const [peer, list] of byPeer) this.link(peer).send(list);
-  }
-
-  private async sendSnapshot(m: Message): Promise<void> {
-    const link = this.link(m.to);
-    if (link.snapshotInFlight) return;
-    link.snapshotInFlight = true;
-    const started = Date.now();
-    let ok = false;
-    try {
-      const client = link.connection();
-      const cap = await this.replicator.captureSnapshot();
-      if (!client || !cap) return;
-      const msg: Message = { ...m, snapshot: cap.meta };
-      this.node.log.info({ to: m.to, index: cap.meta.index }, 'sending snapshot');
-      let bytes = 0;
-      const ack = await new Promise<{ installed: boolean }>((resolve, reject) => {
-        const call = client.Snapshot(
-          this.callMetadata(),
-          { deadline: Date.now() + 10 * 60_000 },
-          (err, res) => (err ? reject(err) : resolve(res as { installed: boolean })),
-        );
-        (async () => {
-          const write = async (part: SnapshotPart): Promise<void> => {
-            if (!call.write(part)) await new Promise((r) => call.once('drain', r));
-          };
-          await write({ message: toProto(msg) });
-          for await (const chunk of cap.chunks) {
-            bytes += chunk.length;
-            await write({ chunk });
-          }
-          call.end();
-        })().catch((e: unknown) => {
-          call.cancel();
-          reject(e);
-        });
-      });
-      ok = ack.installed;
-      this.node.metrics.snapshotsSent.inc();
-      this.node.metrics.snapshotBytesSent.inc(bytes);
-      this.node.metrics.snapshotSendDuration.observe((Date.now() - started) / 1000);
-      this.node.log.info(
-        { to: m.to, index: cap.meta.index, bytes, installed: ok, ms: Date.now() - started },
-        'snapshot sent',
-      );
-    } catch (e) {
-      this.node.log.warn({ to: m.to, error: String(e) }, 'snapshot transfer failed');
-      this.node.metrics.peerSentFailures.inc({ peer: m.to });
-    } finally {
-      link.snapshotInFlight = false;
-      this.replicator.reportSnapshot(m.to, ok);
-    }
   }
 
   async forward(
@@ -402,51 +297,7 @@ export class PeerTransport implements PeerSender {
 
   private handlers(): RaftHandlers {
     return {
-      Snapshot: (call, callback) => {
-        const file = path.join(this.node.config.dataDir, SNAPSHOT_FILE);
-        let header: Message | undefined;
-        const out = fs.createWriteStream(file);
-        // A full or failing disk while receiving: stop in order (the partial file is discarded).
-        out.on('error', (e) => this.replicator.fatal(e));
-        call.on('data', (part: SnapshotPart__Output) => {
-          if (!header && part.message) {
-            header = fromProto(part.message);
-            return;
-          }
-          const len = Buffer.alloc(4);
-          len.writeUInt32BE(part.chunk.length);
-          out.write(len);
-          if (!out.write(part.chunk)) {
-            call.pause();
-            out.once('drain', () => call.resume());
-          }
-        });
-        call.on('error', () => out.destroy());
-        call.on('end', () => {
-          out.end(async () => {
-            try {
-              if (!header || header.type !== MessageType.Snapshot || !header.snapshot)
-                throw new RpcError(
-                  grpc.status.INVALID_ARGUMENT,
-                  'snapshot stream without a Snapshot message',
-                );
-              const index = header.snapshot.index;
-              // Refuse a malformed snapshot before the core sees its message: once the core has
-              // accepted a snapshot, failing to install its data stops the node.
-              await validateSnapshot(readChunks(file), index);
-              const installed = await this.replicator.installSnapshot(header, () =>
-                this.node.store.restore(() => readChunks(file), index),
-              );
-              callback(null, { installed, appliedIndex: this.node.store.appliedIndex });
-            } catch (e) {
-              this.node.log.error({ error: String(e) }, 'snapshot install failed');
-              callback(toServiceError(e) as grpc.ServiceError);
-            } finally {
-              fs.rmSync(file, { force: true });
-            }
-          });
-        });
-      },
+      Snapshot: receiveSnapshot(this),
       Forward: (call, callback) => {
         let cmd;
         try {
@@ -509,19 +360,6 @@ export class PeerTransport implements PeerSender {
   }
 }
 
-function callerToProto(c: Caller): PCaller {
-  if (c.kind === 'node') return { node: true };
-  return c.principal ? { key: { ...c.principal } } : {};
-}
-
-function callerFromProto(c: Caller__Output | null): Caller {
-  if (c?.node) return { kind: 'node' };
-  if (!c?.key) return { kind: 'client' };
-  // An unknown role counts as the least one.
-  const role: Role = ROLES.includes(c.key.role as Role) ? (c.key.role as Role) : 'read-only';
-  return { kind: 'client', principal: { id: c.key.id, role, storages: c.key.storages } };
-}
-
 /**
  * Statuses by which the leader's server refused a forwarded call before running it (too large,
  * malformed, not allowed): the command was not appended, and the caller gets the same status.
@@ -546,24 +384,4 @@ function neverSent(err: grpc.ServiceError): boolean {
       err.details ?? '',
     )
   );
-}
-
-/** The length-prefixed chunks of a received snapshot file. */
-async function* readChunks(file: string): AsyncGenerator<Buffer> {
-  const fd = await fs.promises.open(file, 'r');
-  try {
-    const len = Buffer.alloc(4);
-    for (;;) {
-      const r = await fd.read(len, 0, 4, null);
-      if (r.bytesRead === 0) return;
-      if (r.bytesRead !== 4) throw new Error('truncated snapshot file');
-      const n = len.readUInt32BE(0);
-      const chunk = Buffer.alloc(n);
-      const c = await fd.read(chunk, 0, n, null);
-      if (c.bytesRead !== n) throw new Error('truncated snapshot chunk');
-      yield chunk;
-    }
-  } finally {
-    await fd.close();
-  }
 }

@@ -236,7 +236,7 @@ describe('cluster: snapshot install is all-or-nothing', function () {
     const atKill = (await status(cluster, leader)).lastTid as Buffer;
     // Enough entries for the leader to compact past everything the victim holds.
     await w.commit(4 * SNAPSHOT_ENTRIES);
-    // Where the victim receives a snapshot (peer-transport.ts), every write fails with ENOSPC.
+    // Where the victim receives a snapshot (peer-snapshot.ts), every write fails with ENOSPC.
     const incoming = path.join(cluster.dataDir(victim), 'snapshot-incoming.tmp');
     fs.symlinkSync('/dev/full', incoming);
     const p = cluster.spawnNode(victim);
