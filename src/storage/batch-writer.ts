@@ -134,6 +134,22 @@ export class BatchWriter {
     return key[0] === K.TAG.current ? this.cache.read(key) : this.db.get(key);
   }
 
+  /** Reads by apply of many C records (current serials): the batch's own writes first. */
+  async readCurrentMany(keys: Buffer[]): Promise<(Buffer | undefined)[]> {
+    const out: (Buffer | undefined)[] = new Array(keys.length);
+    const rest: number[] = [];
+    keys.forEach((key, i) => {
+      assert(key[0] === K.TAG.current, 'readCurrentMany reads C records only');
+      const k = key.toString('latin1');
+      if (this.overlay.has(k)) out[i] = this.overlay.get(k) ?? undefined;
+      else rest.push(i);
+    });
+    if (rest.length === 0) return out;
+    const got = await this.cache.readMany(rest.map((i) => keys[i]));
+    rest.forEach((i, j) => (out[i] = got[j]));
+    return out;
+  }
+
   /** A read of the applied state; during an apply, of the batch's state (as apply reads). */
   readonly readState: Get = (key) => (this.applying ? this.read(key) : this.db.get(key));
 

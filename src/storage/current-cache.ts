@@ -37,6 +37,29 @@ export class CurrentSerialCache {
     return v;
   }
 
+  /**
+   * The C records of many objects: hits from memory, every miss in one LevelDB getMany (one trip
+   * to LevelDB's thread pool instead of one per object: a commit of 30,000 new objects spent
+   * most of its time waiting on those trips one by one).
+   */
+  async readMany(keys: Buffer[]): Promise<(Buffer | undefined)[]> {
+    const out: (Buffer | undefined)[] = new Array(keys.length);
+    const missing: number[] = [];
+    keys.forEach((key, i) => {
+      const hit = this.currentCache.get(key.toString('latin1'));
+      if (hit === undefined) missing.push(i);
+      else out[i] = hit === null ? undefined : Buffer.from(hit, 'latin1');
+    });
+    if (missing.length === 0) return out;
+    const landed = this.batchesLanded;
+    const got = await this.db.getMany(missing.map((i) => keys[i]));
+    missing.forEach((i, j) => {
+      out[i] = got[j];
+      if (landed === this.batchesLanded) this.rememberCurrent(keys[i], got[j] ?? null);
+    });
+    return out;
+  }
+
   /** A batch has landed: remember the C records it wrote. */
   landed(ops: BatchOp[]): void {
     this.batchesLanded++;
