@@ -68,12 +68,18 @@ export function domainErrorFromStatus(
   const relayed = new RpcError(code, message, detail && { ...detail, leaderHint });
   const timedOut = code === grpc.status.DEADLINE_EXCEEDED;
   const options = { relayed, leaderHint, transient: detail?.transient ?? false, timedOut };
+  // The status decides whether the command may have been appended (and may be retried); the
+  // detail's kind, when there is one, says more within that.
+  const kind = detail?.kind;
   let dc: DomainErrorCode;
-  if (detail?.kind === 'NOT_LEADER' && (code === grpc.status.UNAVAILABLE || timedOut))
-    dc = 'NOT_LEADER';
-  else if (detail?.kind === 'OUTCOME_UNKNOWN' || code === grpc.status.UNAVAILABLE)
-    dc = 'OUTCOME_UNKNOWN';
-  else if (detail?.kind === 'READ_ONLY') dc = 'READ_ONLY';
+  if (code === grpc.status.UNAVAILABLE || timedOut)
+    dc =
+      kind === 'NOT_LEADER'
+        ? 'NOT_LEADER'
+        : kind === 'OUTCOME_UNKNOWN' || !timedOut
+          ? 'OUTCOME_UNKNOWN'
+          : 'DEADLINE_EXCEEDED';
+  else if (kind === 'READ_ONLY' && code === grpc.status.PERMISSION_DENIED) dc = 'READ_ONLY';
   else dc = STATUS_CODES.get(code) ?? 'REFUSED';
   return new DomainError(dc, message, options);
 }

@@ -130,6 +130,28 @@ describe('standalone node: the Storage API over gRPC', function () {
     assert.ok(e instanceof TransactionError, String(e));
   });
 
+  it('holds a Commit that meets a voted lock in line until the vote is aborted, then commits it', async () => {
+    const t0 = await commit([{ oid: oid(21), data: data('v0') }]);
+    await rpc.call('Vote', {
+      transactionId: 'tx-hold',
+      transaction: { stores: [{ oid: oid(21), serial: t0, data: data('voted') }] },
+    });
+    // The Commit finds the object locked and waits (StorageApi.proposeWithLockWait) ...
+    let answered = false;
+    const waiting = rpc
+      .call('Commit', {
+        transaction: { stores: [{ oid: oid(21), serial: t0, data: data('waited') }] },
+      })
+      .finally(() => (answered = true));
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(answered, false, 'the Commit waits while the vote holds the object');
+    // ... and goes through once the abort releases it.
+    await rpc.call('Abort', { transactionId: 'tx-hold' });
+    const c = await waiting;
+    const l = await rpc.call('Load', { oid: oid(21) });
+    assert.deepEqual([l.data, l.serial], [data('waited'), c.tid]);
+  });
+
   it('refuses a second Vote under an id with a different content; an identical one is a retry', async () => {
     const store = (o: number, d: string) => ({ stores: [{ oid: oid(o), data: data(d) }] });
     await rpc.call('Vote', { transactionId: '1', transaction: store(0x111, 'first') });
