@@ -36,6 +36,8 @@ export interface StorageApiConfig {
   lockWaitMs: number;
   /** A gRPC vote not finished within this time is aborted by the leader. */
   txnTimeoutMs: number;
+  /** The deadline of a request that brings none (every ZEO call, a gRPC call without one). */
+  defaultDeadlineMs: number;
 }
 
 /** The store's read side, as the API uses it. */
@@ -89,7 +91,10 @@ export interface StorageApiDeps {
 /** Who asks and until when: each replicated call carries both. */
 export interface CallContext {
   deadlineMs: number;
-  /** Whom a command is for (a leader checks forwarded commands against it); default: a client without a key. */
+  /**
+   * Whom a command is for (a leader checks forwarded commands against it); default: a client
+   * without a key.
+   */
   caller?: Caller;
 }
 
@@ -134,6 +139,13 @@ export class StorageApi {
 
   get nodeId(): string {
     return this.d.config.nodeId;
+  }
+
+  /** A request's deadline: the one it brings (ms since the epoch), else the default from now. */
+  deadline(requestedMs?: number): number {
+    return requestedMs !== undefined && Number.isFinite(requestedMs) && requestedMs > 0
+      ? requestedMs
+      : Date.now() + this.d.config.defaultDeadlineMs;
   }
 
   get lastTid(): Buffer {

@@ -35,7 +35,7 @@ export interface StorageServiceDeps {
   security: Pick<Security, 'principalFor' | 'watchKey'>;
   limits: Pick<Limits, 'checkSubscribers'>;
   subscriptions: Pick<SubscriptionHub, 'count' | 'close' | 'serve'>;
-  config: { defaultDeadlineMs: number; storages: readonly { name: string }[] };
+  config: { storages: readonly { name: string }[] };
   /** The blob methods' own needs (blob-service.ts). */
   blobs: BlobServiceDeps;
 }
@@ -86,7 +86,7 @@ export function storageHandlers(node: StorageServiceDeps): StorageHandlers {
   const deadline = (call: { getDeadline(): grpc.Deadline }): number => {
     const d = call.getDeadline();
     const ms = d instanceof Date ? d.getTime() : Number(d);
-    return Number.isFinite(ms) && ms > 0 ? ms : Date.now() + node.config.defaultDeadlineMs;
+    return api.deadline(ms);
   };
 
   /** The client a write is for: a leader re-checks forwarded writes against its key. */

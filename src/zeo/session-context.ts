@@ -115,7 +115,7 @@ export class SessionContext {
   }
 
   deadline(): number {
-    return Date.now() + this.node.config.defaultDeadlineMs;
+    return this.api.deadline();
   }
 
   storageReadOnly(st: string): string | undefined {
