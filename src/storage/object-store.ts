@@ -137,7 +137,6 @@ export class ObjectStore {
     };
     this.reader = new StoreReader(db, this.gate, this.cache, {
       published: () => this.w.published,
-      readState: this.w.readState,
     });
   }
 
@@ -286,7 +285,7 @@ export class ObjectStore {
 
   /** The transactional undo of `undoTids` as one transaction (undo-commands.ts). */
   planUndo(st: string, undoTids: Buffer[]): Promise<UndoPlan> {
-    return this.gate.guarded(() => planUndo(this.ctx, st, undoTids));
+    return this.gate.guarded(() => planUndo(this.ctx, st, undoTids, false));
   }
 
   /** The pack in steps running on `st` (as applied and published), if any. */

@@ -22,7 +22,6 @@ import { isBlobId } from './blob-store';
 import type { ReadGate } from './read-gate';
 import {
   type Db,
-  type Get,
   buf,
   emptyMeta,
   parseCurrent,
@@ -41,12 +40,13 @@ import type {
 /** Bytes one read of a pack's walk holds at most (beyond its last record: LevelDB's highWaterMarkBytes). */
 const PACK_SCAN_BATCH_BYTES = 1 << 20;
 
+/** Reads of one load when the object keeps changing between its current record and revision. */
+const LOAD_ATTEMPTS_MAX = 4;
+
 /** What the reader sees of the store's applied state. */
 export interface ReaderSource {
   /** The storages' metadata as last published: readers never see a batch before it landed. */
   published(): ReadonlyMap<string, StorageMeta>;
-  /** A point read of the applied state; during an apply, one that sees the batch's writes. */
-  readState: Get;
 }
 
 export class StoreReader {
@@ -125,23 +125,36 @@ export class StoreReader {
 
   async load(st: string, oid: Buffer): Promise<LoadResult> {
     const gen = await this.gate.readable();
-    const cur = await this.cache.read(K.currentKey(st, oid));
-    this.gate.stillValid(gen);
-    if (!cur) throw new StorageError('NOT_FOUND', `no object ${hex(oid)} in storage ${st}`);
-    const c = parseCurrent(cur);
-    if (c.deleted)
-      throw new StorageError('NOT_FOUND', `object ${hex(oid)} was deleted by ${hex(c.serial)}`);
-    const data = await revisionData(this.source.readState, st, oid, c.serial);
-    this.gate.stillValid(gen);
-    if (data === undefined) {
-      assert(
-        false,
-        this.gate.corrupt(
-          `current revision ${hex(c.serial)} of ${hex(oid)} in storage ${st} is missing`,
-        ),
-      );
+    for (let attempt = 1; ; attempt++) {
+      const cur = await this.cache.read(K.currentKey(st, oid));
+      this.gate.stillValid(gen);
+      if (!cur) throw new StorageError('NOT_FOUND', `no object ${hex(oid)} in storage ${st}`);
+      const c = parseCurrent(cur);
+      if (c.deleted)
+        throw new StorageError('NOT_FOUND', `object ${hex(oid)} was deleted by ${hex(c.serial)}`);
+      // The landed state only: a batch being applied is not there for readers (a pack's sweep
+      // in it may be removing this very revision).
+      const data = await revisionData((k) => this.db.get(k), st, oid, c.serial);
+      this.gate.stillValid(gen);
+      if (data !== undefined) return { data, serial: Buffer.from(c.serial) };
+      // A batch that landed between the two reads may have removed the object (a pack's sweep of
+      // what is unreachable drops its revisions and its current record): the current record,
+      // read again, tells. Only one that still names the missing revision is corruption.
+      const again = await this.db.get(K.currentKey(st, oid));
+      this.gate.stillValid(gen);
+      if (again && idEquals(parseCurrent(again).serial, c.serial))
+        assert(
+          false,
+          this.gate.corrupt(
+            `current revision ${hex(c.serial)} of ${hex(oid)} in storage ${st} is missing`,
+          ),
+        );
+      if (attempt >= LOAD_ATTEMPTS_MAX)
+        throw new StorageError(
+          'UNAVAILABLE',
+          `object ${hex(oid)} in storage ${st} changed under ${attempt} reads in a row; retry`,
+        );
     }
-    return { data, serial: Buffer.from(c.serial) };
   }
 
   /**

@@ -32,7 +32,7 @@ export async function applyUndo(
 ): Promise<ApplyResult> {
   const st = u.storage;
   if (!isId(u.undoTid)) throw new StorageError('INVALID', 'undo needs an 8-byte TID');
-  const plan = await planUndo(ctx, st, [buf(u.undoTid)]);
+  const plan = await planUndo(ctx, st, [buf(u.undoTid)], true);
   const c = plan.conflicts[0];
   if (c) {
     const cur = await ctx.db.get(K.currentKey(st, c.oid));
@@ -66,19 +66,20 @@ export async function applyUndo(
  * data (a later undo or an identical store made it so; several undos in one transaction see
  * each other's results). Undoing a creation deletes the object. Otherwise the undo conflicts:
  * undoing a creation that later transactions changed is an UNDO_CONFLICT; anything else needs
- * conflict resolution, which is the client's (UndoPlan.conflicts). Reads the applied state (or,
- * during apply, the batch's state); the stores are based on current serials, so committing them
+ * conflict resolution, which is the client's (UndoPlan.conflicts). Reads the landed state (or,
+ * in apply, the batch's state); the stores are based on current serials, so committing them
  * re-checks that nothing moved.
  */
 export async function planUndo(
   ctx: ApplyContext,
   st: string,
   undoTids: Buffer[],
+  inApply: boolean,
 ): Promise<UndoPlan> {
-  const get = (k: Buffer): Promise<Buffer | undefined> =>
-    ctx.w.applying ? ctx.w.read(k) : ctx.db.get(k);
-  const packTid = (ctx.w.applying ? ctx.w.meta(st) : (ctx.w.published.get(st) ?? emptyMeta()))
-    .packTid;
+  // Apply reads the batch's state; a reader (the ZEO door staging an undo) the landed state
+  // only, even while a batch is being applied.
+  const get = (k: Buffer): Promise<Buffer | undefined> => (inApply ? ctx.w.read(k) : ctx.db.get(k));
+  const packTid = (inApply ? ctx.w.meta(st) : (ctx.w.published.get(st) ?? emptyMeta())).packTid;
   interface Planned {
     committed: Buffer;
     deleted: boolean;
