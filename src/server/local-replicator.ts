@@ -7,7 +7,7 @@ export class LocalReplicator implements Replicator {
   private tail: Promise<unknown> = Promise.resolve();
 
   constructor(
-    private readonly store: ObjectStore,
+    private readonly store: Pick<ObjectStore, 'apply' | 'appliedIndex'>,
     private readonly nodeId: string,
     private readonly nowMs: () => number,
   ) {}

@@ -230,7 +230,8 @@ export class StorageNode {
       api,
     });
     await node.startGrpc(services);
-    if (config.httpListen) node.httpServer = await startHttp(config.httpListen, metrics, node);
+    if (config.httpListen)
+      node.httpServer = await startHttp(config.httpListen, metrics, { ready: () => node.ready() });
     node.httpServer?.prependListener('connection', (s) => security.admitSocket('http', s));
     if (config.zeoListen && security.zeoAccess === 'off')
       log.warn('zeo: listener off: security keys are on and ZEORAFT_ZEO_ACCESS is not set');
@@ -290,10 +291,16 @@ export class StorageNode {
         limits: this.limits,
         subscriptions: this.subscriptions,
         config: this.config,
-        blobs: this,
+        blobs: {
+          store: this.store,
+          replicator: this.replicator,
+          limits: this.limits,
+          metrics: this.metrics,
+          config: this.config,
+        },
       }),
     );
-    this.health = addHealthAndReflection(server, this);
+    this.health = addHealthAndReflection(server, { ready: () => this.ready() });
     for (const add of services) add(server);
     this.port = await listener.listen(
       server,
