@@ -192,3 +192,25 @@ export function intOp(parts: Buffer[], proto: number, x: bigint): void {
   } else if (x >= -0x80000000n && x <= 0x7fffffffn) parts.push(Buffer.from(`I${x}\n`, 'latin1'));
   else parts.push(Buffer.from(`L${x}L\n`, 'latin1'));
 }
+
+/**
+ * Whether `record` holds `mark` and `read` parses it: the cheap test first (every ZEO store asks),
+ * then the parse; a PickleStateError means "not such a record", anything else is thrown.
+ */
+export function recordMatches(
+  record: Uint8Array,
+  mark: Buffer,
+  read: (view: Buffer) => unknown,
+): boolean {
+  const view = Buffer.isBuffer(record)
+    ? record
+    : Buffer.from(record.buffer, record.byteOffset, record.byteLength);
+  if (view.indexOf(mark) < 0) return false;
+  try {
+    read(view);
+    return true;
+  } catch (e) {
+    if (e instanceof PickleStateError) return false;
+    throw e;
+  }
+}

@@ -12,6 +12,7 @@ import {
   intOp,
   readClassPickle,
   readIntOp,
+  recordMatches,
   skipMemo,
 } from './zodb-pickle-ints';
 
@@ -141,17 +142,7 @@ export function writeIntSetRecord(like: IntSetRecord, keys: bigint[]): Buffer {
 
 /** Whether a record is an integer-key set record (told apart cheaply first: every store asks). */
 export function isIntSetRecord(record: Uint8Array): boolean {
-  const view = Buffer.isBuffer(record)
-    ? record
-    : Buffer.from(record.buffer, record.byteOffset, record.byteLength);
-  if (view.indexOf(SET_MARK) < 0) return false;
-  try {
-    readIntSetRecord(view);
-    return true;
-  } catch (e) {
-    if (e instanceof PickleStateError) return false;
-    throw e;
-  }
+  return recordMatches(record, SET_MARK, readIntSetRecord);
 }
 const SET_MARK = Buffer.from('Set\n', 'latin1');
 

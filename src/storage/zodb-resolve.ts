@@ -27,6 +27,7 @@ import {
   intOp,
   readClassPickle,
   readIntOp,
+  recordMatches,
   skipMemo,
 } from './zodb-pickle-ints';
 
@@ -87,17 +88,7 @@ const LENGTH_MARK = Buffer.from(LENGTH_MODULE, 'latin1');
 export function isLengthRecord(record: Uint8Array): boolean {
   // Most records are not: they are told apart without parsing (this runs for every ZEO store).
   if (record.length > LENGTH_RECORD_BYTES_MAX) return false;
-  const view = Buffer.isBuffer(record)
-    ? record
-    : Buffer.from(record.buffer, record.byteOffset, record.byteLength);
-  if (view.indexOf(LENGTH_MARK) < 0) return false;
-  try {
-    readLengthRecord(record);
-    return true;
-  } catch (e) {
-    if (e instanceof PickleStateError) return false;
-    throw e;
-  }
+  return recordMatches(record, LENGTH_MARK, readLengthRecord);
 }
 
 /** An int pickled as Python's pickler does at `proto` (save_long), without a FRAME. */
