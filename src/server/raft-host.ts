@@ -30,7 +30,7 @@
  * ReadIndex tracking (raft-host-tracking.ts); here, the requests on top of the loop: proposals
  * (local and forwarded), ReadIndex reads, membership changes, leadership transfer and shutdown.
  */
-import { ConfChange, ConfState, ProposalDroppedError } from '../raft';
+import { ConfChange, ConfChangeType, ConfState, ProposalDroppedError } from '../raft';
 import { Command, commandCodec } from '../storage/codec';
 import type { ApplyResult } from '../storage/object-store';
 import type { Caller } from './callers';
@@ -60,6 +60,13 @@ const LEADER_WAIT_MS = 3000;
 const READ_INDEX_RETRY_MS = 1000;
 /** How long a refused proposal waits for leadership to move before it is tried again. */
 const LEADER_CHANGE_WAIT_MS = 200;
+/**
+ * A learner is promoted only once it holds this share of the leader's log (etcd's rule): an
+ * empty or far-behind voter adds to the quorum without being able to vote (a member that waits
+ * for its snapshot does not vote), so one more failure could leave no quorum to elect a leader
+ * that would send it that snapshot.
+ */
+const LEARNER_READY_FRACTION = 0.9;
 
 export class RaftHost extends HostLoop {
   private async waitForLeader(deadlineMs: number): Promise<void> {
@@ -245,6 +252,15 @@ export class RaftHost extends HostLoop {
         `membership changes go to the leader (${this.leader || 'unknown'})`,
         this.leaderAddress(),
       );
+    if (cc.type === ConfChangeType.PromoteLearner) {
+      const s = this.raw.status();
+      const match = s.progress[cc.node]?.match ?? 0;
+      if (match === 0 || match < Math.floor(s.lastIndex * LEARNER_READY_FRACTION))
+        throw new HostError(
+          'invalid',
+          `learner ${cc.node} is not caught up (it holds ${match} of the leader's ${s.lastIndex} entries): promote it once it is`,
+        );
+    }
     let index: number;
     try {
       index = this.raw.proposeConfChange(cc);

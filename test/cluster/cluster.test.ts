@@ -131,7 +131,29 @@ describe('cluster: three real nodes replicating through Raft', function () {
       LIVENESS_MS,
       'n4 to become a learner',
     );
-    await admin('PromoteMember', { id: 'n4' });
+    // A learner that holds nothing yet is not promoted: as a voter it could not vote until a
+    // leader sent it a snapshot, and one more failure could then leave no quorum to elect one.
+    await admin('AddMember', {
+      id: 'n5',
+      peerAddress: '127.0.0.1:1',
+      clientAddress: '127.0.0.1:2',
+    });
+    await assert.rejects(admin('PromoteMember', { id: 'n5' }), (e: any) => {
+      assert.equal(e.code, 9 /* FAILED_PRECONDITION */, e.details);
+      assert.match(e.details, /not caught up/);
+      return true;
+    });
+    await admin('RemoveMember', { id: 'n5' });
+    // n4 is promoted once it holds (nearly) the leader's whole log.
+    await eventually(
+      () =>
+        admin('PromoteMember', { id: 'n4' }).then(
+          () => true,
+          () => false,
+        ),
+      LIVENESS_MS,
+      'n4 to be caught up and promoted',
+    );
     await w.progress(20);
     await admin('RemoveMember', { id: 'n3' });
     voters = ['n1', 'n2', 'n4'];
