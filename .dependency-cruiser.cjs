@@ -3,9 +3,7 @@
  * The dependency gate (`npm run lint`): the module graph of src/, type-only imports included,
  * checked by dependency-cruiser. Rules: no import cycle; the Raft core depends on src/util only;
  * the ZEO door and the gRPC storage service do not depend on the node (src/server/node.ts, the
- * composition root). Violations that predate a rule are listed in
- * .dependency-cruiser-known-violations.json (`npm run depcruise:baseline` rewrites it); any other
- * fails the lint.
+ * composition root). Any violation fails the lint; there is no list of tolerated ones.
  */
 module.exports = {
   forbidden: [

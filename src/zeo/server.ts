@@ -15,7 +15,6 @@
  */
 import * as net from 'node:net';
 import type { Reservation } from '../server/limits';
-import type { StorageNode } from '../server/node';
 import { ZeoDisconnect, replyException, storageError } from './errors';
 import { FrameDecoder, frame } from './framing';
 import {
@@ -31,6 +30,7 @@ import {
 } from './marshal';
 import { PROTOCOL_Z5, decodePickledMessage, encodePickledMessage } from './pickle-marshal';
 import { ReplyThen, ZeoSession, ZeoStats } from './session';
+import type { ZeoNode } from './session-context';
 
 /** One encoding of ZEO messages: msgpack (M5) or restricted pickle (Z5). */
 interface Codec {
@@ -78,7 +78,7 @@ class ZeoConnection {
   readonly label: string;
 
   constructor(
-    private readonly node: StorageNode,
+    private readonly node: ZeoNode,
     private readonly socket: net.Socket,
     statsFor: (st: string) => ZeoStats,
     private readonly onClosed: (c: ZeoConnection) => void,
@@ -268,11 +268,11 @@ class ZeoConnection {
 }
 
 /** The greeting: the configured encoding's protocol. */
-function greeting(node: StorageNode): string {
+function greeting(node: ZeoNode): string {
   return node.config.zeoEncoding === 'pickle' ? PROTOCOL_Z5 : PROTOCOL_M5;
 }
 
-export async function startZeoServer(node: StorageNode, listen: string): Promise<ZeoServer> {
+export async function startZeoServer(node: ZeoNode, listen: string): Promise<ZeoServer> {
   const stats = new Map<string, ZeoStats>();
   const statsFor = (st: string): ZeoStats => {
     let s = stats.get(st);

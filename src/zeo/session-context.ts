@@ -4,10 +4,14 @@
  * the helpers every part uses — writability, deadlines, proposing, catching up with the client's
  * view, and storage API errors as ZODB exceptions (zeo/errors.ts).
  */
-import type { Command } from '../storage/codec';
-import type { ApplyResult } from '../storage/object-store';
-import type { StorageNode } from '../server/node';
+import type { NodeMetrics } from '../metrics/metrics';
+import type { NodeConfig } from '../server/config';
+import type { Limits } from '../server/limits';
+import type { Security } from '../server/security';
 import type { StorageApi } from '../server/storage-api';
+import type { Command } from '../storage/codec';
+import type { ApplyResult, ObjectStore } from '../storage/object-store';
+import type { Logger } from '../util/log';
 import { idCompare, tidFromTime } from '../util/ids';
 import {
   ZeoDisconnect,
@@ -25,6 +29,34 @@ import { InvalidationOutbox } from './outbox';
  * ClientStorage.load sends loadBefore(oid, maxtid)): it is answered from the applied state.
  */
 const FUTURE_TID_SLACK_MS = 60_000;
+
+/**
+ * What the ZEO door uses of its node, handed over by the composition root (server/node.ts): the
+ * storage API for everything it does, and the few store reads, settings, checks and counters the
+ * protocol needs besides.
+ */
+export interface ZeoNode {
+  readonly api: StorageApi;
+  readonly config: Pick<
+    NodeConfig,
+    'limits' | 'zeoEncoding' | 'nodeId' | 'txnTimeoutMs' | 'storages'
+  >;
+  readonly store: Pick<
+    ObjectStore,
+    | 'storageSummary'
+    | 'transactionOids'
+    | 'planUndo'
+    | 'onReplaced'
+    | 'currentSerial'
+    | 'currentObjects'
+    | 'blobOf'
+    | 'blobChunks'
+  >;
+  readonly security: Pick<Security, 'zeoAccess' | 'admitSocket'>;
+  readonly limits: Pick<Limits, 'exceeded' | 'reserveTxnMemory'>;
+  readonly metrics: Pick<NodeMetrics, 'connections' | 'registry'>;
+  readonly log: Logger;
+}
 
 /** What a session needs from its connection. */
 export interface SessionPeer {
@@ -94,7 +126,7 @@ export class SessionContext {
   readonly api: StorageApi;
 
   constructor(
-    readonly node: StorageNode,
+    readonly node: ZeoNode,
     readonly peer: SessionPeer,
     readonly statsFor: (storage: string) => ZeoStats,
   ) {

@@ -15,11 +15,10 @@
  * session-context.ts.
  */
 import type { CommitEvent } from '../storage/object-store';
-import type { StorageNode } from '../server/node';
 import { arity, intArg, textArg } from './args';
 import { ZeoDisconnect, readOnlyError, valueError } from './errors';
 import { METHODS, ONE_WAY, type SessionParts } from './dispatch';
-import { SessionContext, type SessionPeer, type ZeoStats } from './session-context';
+import { SessionContext, type SessionPeer, type ZeoNode, type ZeoStats } from './session-context';
 import { SessionIterators } from './session-iterators';
 import { StorageCalls } from './storage-calls';
 import { TxnFinish } from './txn-finish';
@@ -35,7 +34,7 @@ export class ZeoSession {
   private readonly parts: SessionParts;
   private unsubscribe: (() => void) | undefined;
 
-  constructor(node: StorageNode, peer: SessionPeer, statsFor: (storage: string) => ZeoStats) {
+  constructor(node: ZeoNode, peer: SessionPeer, statsFor: (storage: string) => ZeoStats) {
     const ctx = new SessionContext(node, peer, statsFor);
     const staging = new TxnStaging(ctx);
     this.ctx = ctx;
