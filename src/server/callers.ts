@@ -27,7 +27,7 @@ export const ANONYMOUS_CLIENT: Caller = { kind: 'client' };
  */
 export const txnIdScope = (p: Principal | undefined): string =>
   `${p ? JSON.stringify(p.id) : '-'}/`;
-/** How the ZEO door's transaction ids begin (zeo/session.ts); its clients carry no key. */
+/** How the ZEO door's transaction ids begin (zeo/txn-staging.ts); its clients carry no key. */
 export const ZEO_TXN_ID_PREFIX = 'z:';
 
 /** Whether the transaction id `id` is in the scope of a client with principal `p`. */

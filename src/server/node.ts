@@ -235,7 +235,11 @@ export class StorageNode {
     node.httpServer?.prependListener('connection', (s) => security.admitSocket('http', s));
     if (config.zeoListen && security.zeoAccess === 'off')
       log.warn('zeo: listener off: security keys are on and ZEORAFT_ZEO_ACCESS is not set');
-    else if (config.zeoListen) node.zeoServer = await startZeoServer(node, config.zeoListen);
+    else if (config.zeoListen)
+      node.zeoServer = await startZeoServer(
+        { config, api, store, security, log, metrics, limits },
+        config.zeoListen,
+      );
     node.sweeper = setInterval(() => node.abortExpired(), TXN_SWEEP_MS);
     log.info(
       {
