@@ -61,6 +61,7 @@ function parse(): {
       duration: { type: 'string' },
       compare: { type: 'string' },
       profile: { type: 'boolean', default: false },
+      clients: { type: 'string' },
     },
   });
   if (values.compare !== undefined && values.compare !== 'etcd' && values.compare !== 'zeo')
@@ -90,7 +91,7 @@ function parse(): {
     sizes: {
       durationMs: durationS * 1000,
       warmupMs: quick ? 100 : 1000,
-      commitClients: [1, 16, 64, 256],
+      commitClients: values.clients ? values.clients.split(',').map(Number) : [1, 16, 64, 256],
       conflictClients: quick ? 16 : 64,
       loadClients: 64,
       subscribers: 100,

@@ -98,6 +98,8 @@ export interface ObjectStoreOptions {
    * that an install interrupted at any step is recovered; production passes nothing.
    */
   onInstallStep?: (step: InstallStep) => void;
+  /** Current-serial records kept in memory (current-cache.ts; default CURRENT_CACHE_ENTRIES). */
+  currentCacheEntries?: number;
 }
 
 export class ObjectStore {
@@ -120,7 +122,7 @@ export class ObjectStore {
     private readonly db: Db,
     private readonly options: ObjectStoreOptions,
   ) {
-    this.cache = new CurrentSerialCache(db);
+    this.cache = new CurrentSerialCache(db, options.currentCacheEntries);
     this.w = new BatchWriter(db, this.cache, options.sync, this.applyListeners);
     const blobs = new BlobUploads();
     const locks = new LockTable(blobs);
@@ -149,6 +151,7 @@ export class ObjectStore {
     const store = new ObjectStore(db, options);
     store.interrupted = await discardPartialInstall(store.db);
     await loadState(store.ctx);
+    store.cache.replaced();
     return store;
   }
 
@@ -165,6 +168,7 @@ export class ObjectStore {
     const store = new ObjectStore(db as unknown as Db, options);
     store.interrupted = await discardPartialInstall(store.db);
     await loadState(store.ctx);
+    store.cache.replaced();
     return store;
   }
 
@@ -190,6 +194,19 @@ export class ObjectStore {
   }
 
   /** Why this store cannot serve (a failed install, a broken invariant), or undefined. */
+  /**
+   * Resolves once the presence filter over the current state is built (current-cache.ts); until
+   * then every conflict check of a new object reads LevelDB.
+   */
+  presenceFilterBuilt(): Promise<void> {
+    return this.cache.filterBuilt;
+  }
+
+  /** Conflict checks answered "no such object" by the presence filter, without a read. */
+  get absentByFilter(): number {
+    return this.cache.absentByFilter;
+  }
+
   get unhealthy(): string | undefined {
     return this.gate.unhealthy;
   }
@@ -451,7 +468,7 @@ export class ObjectStore {
         );
         throw e;
       } finally {
-        this.cache.reset();
+        this.cache.replaced();
         this.ctx.previousTids.clear();
         switched();
       }

@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { CheckOp, Command, StoreOp } from '../../src/storage/codec';
 import { StorageError, StorageErrorKind } from '../../src/storage/errors';
-import { ApplyResult, ObjectStore } from '../../src/storage/object-store';
+import { ApplyResult, ObjectStore, ObjectStoreOptions } from '../../src/storage/object-store';
 import { Z64, p64 } from '../../src/util/ids';
 
 /** ZEO's default storage name. */
@@ -46,10 +46,14 @@ export class TestStore {
   private constructor(
     readonly dir: string,
     public store: ObjectStore,
+    private readonly options: Partial<ObjectStoreOptions> = {},
   ) {}
 
-  static async create(dir: string = tempDir()): Promise<TestStore> {
-    return new TestStore(dir, await ObjectStore.open(dir, { sync: false }));
+  static async create(
+    dir: string = tempDir(),
+    options: Partial<ObjectStoreOptions> = {},
+  ): Promise<TestStore> {
+    return new TestStore(dir, await ObjectStore.open(dir, { sync: false, ...options }), options);
   }
 
   apply(cmd: Command): Promise<ApplyResult> {
@@ -85,7 +89,7 @@ export class TestStore {
 
   async reopen(): Promise<void> {
     await this.store.close();
-    this.store = await ObjectStore.open(this.dir, { sync: false });
+    this.store = await ObjectStore.open(this.dir, { sync: false, ...this.options });
     this.index = this.store.appliedIndex;
   }
 
