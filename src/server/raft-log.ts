@@ -12,6 +12,7 @@ import { Level } from 'level';
 import { MemoryStorage } from '../raft/storage';
 import type { ConfState, Entry, HardState, Ready, SnapshotMeta } from '../raft/types';
 import { assert } from '../util/assert';
+import { writeBatch } from '../util/level-batch';
 import { PROTO_DIR } from '../util/proto-path';
 
 const root = protobuf.loadSync(path.join(PROTO_DIR, 'zeoraft/v1/raft.proto'));
@@ -254,7 +255,7 @@ export class DurableLog {
       // a node must not come back joining (with another voter down, no majority could vote).
       const sync = (rd.mustSync || caughtUp) && this.fsync;
       const started = process.hrtime.bigint();
-      await this.db.batch(ops, { sync });
+      await writeBatch(this.db, ops, { sync });
       if (sync) this.onFsync(Number(process.hrtime.bigint() - started) / 1e9);
     }
     if (rd.snapshot) {
@@ -283,7 +284,7 @@ export class DurableLog {
     const meta = this.mem.createSnapshot(snapIndex, conf);
     const ops: Op[] = [{ type: 'put', key: K_SNAP, value: enc(SnapshotMetaT, meta) }];
     for (let i = first; i < compactIndex; i++) ops.push({ type: 'del', key: entryKey(i) });
-    await this.db.batch(ops, { sync: this.fsync });
+    await writeBatch(this.db, ops, { sync: this.fsync });
     this.mem.compact(compactIndex);
     this.bytes = sumBytes(this.heldEntries());
   }

@@ -5,6 +5,7 @@
  */
 import { assert } from '../util/assert';
 import { Z64 } from '../util/ids';
+import { writeBatch } from '../util/level-batch';
 import type { Command, StorageMeta } from './codec';
 import type { CurrentSerialCache } from './current-cache';
 import { StorageError } from './errors';
@@ -118,7 +119,7 @@ export class BatchWriter {
   /** Write a batch and only then publish it: readers never see an index or TID before it landed. */
   private async write(ops: BatchOp[], after: Array<() => void>, index: number): Promise<void> {
     ops.push({ type: 'put', key: K.globalKey, value: this.globalValue(index) });
-    await this.db.batch(ops, { sync: this.sync });
+    await writeBatch(this.db, ops, { sync: this.sync });
     this.cache.landed(ops);
     this.overlay.clear();
     this.appliedIdx = index;

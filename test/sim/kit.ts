@@ -415,8 +415,18 @@ export class SimDisk {
           ? { type: 'put', key: Buffer.from(op.key), value: Buffer.from(op.value) }
           : { type: 'del', key: Buffer.from((op as { key: Buffer }).key) },
       );
-    d.batch = (ops: DiskOp[], o?: { sync?: boolean }) =>
-      this.write(copy(ops), o?.sync === true, () => batch(ops, o));
+    d.batch = (ops?: DiskOp[], o?: { sync?: boolean }) => {
+      if (ops !== undefined) return this.write(copy(ops), o?.sync === true, () => batch(ops, o));
+      // A chained batch (src/util/level-batch.ts): the same write, once write() is called.
+      const queued: DiskOp[] = [];
+      const chained = {
+        put: (key: Buffer, value: Buffer) => (queued.push({ type: 'put', key, value }), chained),
+        del: (key: Buffer) => (queued.push({ type: 'del', key }), chained),
+        write: (wo?: { sync?: boolean }) =>
+          this.write(copy(queued), wo?.sync === true, () => batch(queued, wo)),
+      };
+      return chained;
+    };
     d.put = (key: Buffer, value: Buffer, o?: { sync?: boolean }) =>
       this.write(copy([{ type: 'put', key, value }]), o?.sync === true, () =>
         batch([{ type: 'put', key, value }], o),
