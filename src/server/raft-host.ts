@@ -58,6 +58,13 @@ export { ProposalTracker, ReadTracker } from './raft-host-tracking';
 const LEADER_WAIT_MS = 3000;
 /** A ReadIndex request unanswered for this long is issued again. */
 const READ_INDEX_RETRY_MS = 1000;
+const READ_DEADLINE = 'no read index from the leader before the deadline';
+
+function noop(): void {}
+
+function isReadDeadline(e: unknown): boolean {
+  return e instanceof HostError && e.message === READ_DEADLINE;
+}
 /** How long a refused proposal waits for leadership to move before it is tried again. */
 const LEADER_CHANGE_WAIT_MS = 200;
 /**
@@ -69,6 +76,10 @@ const LEADER_CHANGE_WAIT_MS = 200;
 const LEARNER_READY_FRACTION = 0.9;
 
 export class RaftHost extends HostLoop {
+  /** The ReadIndex round in flight, and the one collecting the requests that arrive meanwhile. */
+  private readInFlight: Promise<number> | undefined;
+  private readQueued: Promise<number> | undefined;
+
   private async waitForLeader(deadlineMs: number): Promise<void> {
     await this.waitFor(
       () => this.leader !== '' || this.closed,
@@ -205,19 +216,68 @@ export class RaftHost extends HostLoop {
 
   /**
    * ReadIndex: the leader confirms its leadership with a heartbeat round and names its commit
-   * index; once this node has applied it, reads here are linearizable. A request (or its answer)
-   * lost on the way, or dropped by a leader change, is never answered, so it is re-issued with
-   * a fresh context every READ_INDEX_RETRY_MS until the deadline. Resolves with the read index.
+   * index; once this node has applied it, reads here are linearizable. Resolves with the read
+   * index.
+   *
+   * Requests share rounds, as etcd's linearizable read loop does: a request joins the round that
+   * has not been issued yet, never one already in flight (a round issued before the request
+   * arrived may name a commit index older than writes acknowledged before the request was made).
+   * So at most one round is in flight and one collects the requests arriving meanwhile; 64
+   * concurrent readers cost two heartbeat rounds, not 64.
    */
   async linearizableRead(deadlineMs: number): Promise<number> {
+    let readIndex: number;
+    for (;;) {
+      try {
+        readIndex = await this.sharedReadIndex(deadlineMs);
+        break;
+      } catch (e) {
+        // The round ended at the deadline of the request that started it: a request with a later
+        // deadline goes on with a round of its own.
+        if (isReadDeadline(e) && this.clock.nowMs() < deadlineMs && !this.closed) continue;
+        throw e;
+      }
+    }
+    await this.waitFor(
+      () => this.processed >= readIndex,
+      deadlineMs,
+      () => new HostError('deadline', `not yet applied up to read index ${readIndex}`),
+    );
+    return readIndex;
+  }
+
+  private sharedReadIndex(deadlineMs: number): Promise<number> {
+    if (!this.readInFlight) return this.startReadRound(deadlineMs);
+    if (!this.readQueued) {
+      const queued = this.readInFlight.then(noop, noop).then(() => {
+        this.readQueued = undefined;
+        return this.startReadRound(deadlineMs);
+      });
+      this.readQueued = queued;
+    }
+    return this.readQueued;
+  }
+
+  private startReadRound(deadlineMs: number): Promise<number> {
+    const round = this.readIndexRound(deadlineMs);
+    this.readInFlight = round;
+    const done = (): void => {
+      if (this.readInFlight === round) this.readInFlight = undefined;
+    };
+    round.then(done, done);
+    return round;
+  }
+
+  /**
+   * One ReadIndex round. A request (or its answer) lost on the way, or dropped by a leader
+   * change, is never answered, so it is re-issued with a fresh context every READ_INDEX_RETRY_MS
+   * until the deadline.
+   */
+  private async readIndexRound(deadlineMs: number): Promise<number> {
     let readIndex = -1;
     while (readIndex < 0) {
       if (this.clock.nowMs() >= deadlineMs)
-        throw new HostError(
-          'not-leader',
-          'no read index from the leader before the deadline',
-          this.leaderAddress(),
-        );
+        throw new HostError('not-leader', READ_DEADLINE, this.leaderAddress());
       await this.waitForLeader(deadlineMs);
       const req = this.reads.issue((i) => {
         readIndex = i;
@@ -237,11 +297,6 @@ export class RaftHost extends HostLoop {
         req.cancel();
       }
     }
-    await this.waitFor(
-      () => this.processed >= readIndex,
-      deadlineMs,
-      () => new HostError('deadline', `not yet applied up to read index ${readIndex}`),
-    );
     return readIndex;
   }
 
