@@ -22,7 +22,8 @@ const LOAD_KEY_BASE = 30_000;
 const FANOUT_KEY_BASE = 50_000;
 const FANOUT_KEYS = 1000;
 const FAILOVER_KEY_BASE = 100_000;
-const CLIENT_COMMIT_KEY_BASE = 60_000;
+const CLIENT_COMMIT_KEY_BASE = 60_000; // up to four points of COMMIT_KEYS keys
+let clientCommitPoints = 0;
 /** Concurrencies of the `commit (ClientStorage)` row, next to the raw `Commit` row's. */
 export const CLIENT_COMMIT_CLIENTS = [1, 64];
 const MEMORY_KEY_BASE = 10_000_000;
@@ -203,6 +204,9 @@ export async function clientCommitPoint(
   });
   try {
     const owned = Math.floor(COMMIT_KEYS / clients);
+    // Each point writes keys of its own: its committers start without serials, so keys an
+    // earlier point wrote would all be conflicts (based on "new object", current serial set).
+    const keyBase = CLIENT_COMMIT_KEY_BASE + COMMIT_KEYS * (clientCommitPoints++ % 4);
     const serials = new Map<number, Buffer>();
     const errors = new ErrorTally();
     const r = await closedLoop(
@@ -210,7 +214,7 @@ export async function clientCommitPoint(
       sizes.durationMs,
       sizes.warmupMs,
       async (c) => {
-        const key = CLIENT_COMMIT_KEY_BASE + c + clients * randomInt(owned);
+        const key = keyBase + c + clients * randomInt(owned);
         const tid = await cs.commit({
           stores: [{ oid: oidOf(key), serial: serials.get(key), data: value(key) }],
         });
