@@ -27,6 +27,16 @@ function rssBytes(pid: number): number {
   return Number(m[1]) * 1024;
 }
 
+/**
+ * Prints a node's resident memory before a limit was hit and now (or at the peak), and returns
+ * the growth: every limit below is hit with the node's RSS measured on both sides.
+ */
+function reportRss(what: string, pid: number, before: number, after = rssBytes(pid)): number {
+  const mib = (n: number): string => (n / MiB).toFixed(1);
+  console.log(`      RSS ${what}: ${mib(before)} -> ${mib(after)} MiB (${mib(after - before)})`);
+  return after - before;
+}
+
 /** The value of one sample of the node's /metrics (0 when absent). */
 async function metric(httpPort: number, name: string, labels = ''): Promise<number> {
   const { body } = await httpGet(httpPort, '/metrics');
@@ -133,7 +143,7 @@ describe('resource limits of the ZEO listener', function () {
     await Promise.all(
       Array.from({ length: 12 }, () => flood(node.zeo, [header, ...Array(16).fill(body)])),
     );
-    const growth = rssBytes(node.proc.pid) - before;
+    const growth = reportRss('ZEO pre-handshake frames', node.proc.pid, before);
     assert.ok(growth < 40 * MiB, `RSS grew by ${(growth / MiB).toFixed(1)} MiB`);
     await stillServes();
   });
@@ -151,7 +161,7 @@ describe('resource limits of the ZEO listener', function () {
       c.oneWay('storea', oids[i % 100], Z64, data, id);
       if (i % 16 === 15) assert.equal(await c.call('ping'), null); // paced by the server
     }
-    const growth = rssBytes(node.proc.pid) - before;
+    const growth = reportRss('ZEO staged storea bytes', node.proc.pid, before);
     const e = await c.call('vote', id).catch((x: unknown) => x);
     assert.ok(e instanceof ServerError, `vote refused, got ${String(e)}`);
     assert.match(e.message, /max_txn_bytes/);
@@ -168,6 +178,7 @@ describe('resource limits of the ZEO listener', function () {
   });
 
   it('counts metadata in the transaction bytes', async () => {
+    const rss0 = rssBytes(node.proc.pid);
     const c = await connect();
     const [oid] = (await c.call('new_oids', 1)).map(buf);
     const id = handle++;
@@ -177,9 +188,11 @@ describe('resource limits of the ZEO listener', function () {
     const e = await c.call('vote', id).catch((x: unknown) => x);
     assert.ok(e instanceof ServerError);
     assert.match(e.message, /max_txn_bytes/);
+    reportRss('ZEO extension over max_txn_bytes', node.proc.pid, rss0);
   });
 
   it('caps open connections and closes idle ones', async () => {
+    const rss0 = rssBytes(node.proc.pid);
     const open: ZeoClient[] = [];
     // Connections of the other tests may still be closing: fill up to the cap of 20.
     await eventually(
@@ -203,9 +216,11 @@ describe('resource limits of the ZEO listener', function () {
     await Promise.all(open.map((c) => c.closedPromise));
     assert.ok((await metric(node.http, 'zeoraft_limit_exceeded_total', 'idle_timeout_ms')) >= 1);
     await stillServes();
+    reportRss('ZEO connection cap and idle timeout', node.proc.pid, rss0);
   });
 
   it('record_iternext seeks over gaps in the OID space instead of probing every OID', async () => {
+    const rss0 = rssBytes(node.proc.pid);
     const c = await connect();
     const [low] = (await c.call('new_oids', 1)).map(buf);
     const far = p64(1n << 40n);
@@ -229,6 +244,7 @@ describe('resource limits of the ZEO listener', function () {
     d.close();
     await sleep(100);
     await stillServes();
+    reportRss('ZEO record_iternext over a 2^40 gap', node.proc.pid, rss0);
   });
 });
 
@@ -278,6 +294,7 @@ describe('resource limits of the gRPC listener', function () {
   }
 
   it('counts the extension and every metadata field in the transaction bytes', async () => {
+    const rss0 = rssBytes(node.proc.pid);
     const rpc = client();
     const [oid] = await newOids(rpc, 1);
     await rejectsWith(
@@ -297,6 +314,7 @@ describe('resource limits of the gRPC listener', function () {
     );
     await rejectsWith(rpc.call('Load', { oid }), grpc.status.NOT_FOUND);
     await commitOne(rpc);
+    reportRss('gRPC extension over max_txn_bytes', node.proc.pid, rss0);
   });
 
   it('cuts off a subscriber that stops reading once its buffer holds too many bytes', async () => {
@@ -322,7 +340,7 @@ describe('resource limits of the gRPC listener', function () {
     // The client stops reading: HTTP/2 flow control stops the node's writes; events queue up.
     stream.pause();
     const oids = await commitMany();
-    const growth = rssBytes(node.proc.pid) - before;
+    const growth = reportRss('frozen subscriber', node.proc.pid, before);
     stream.resume();
     await eventually(() => error, 20_000, 'the subscriber to be cut off');
     assert.ok(received < oids.length, `${received} events received before the cut-off`);
@@ -338,6 +356,7 @@ describe('resource limits of the gRPC listener', function () {
   });
 
   it('limits voted transactions node-wide, whatever connection they come from', async () => {
+    const rss0 = rssBytes(node.proc.pid);
     const voters = Array.from({ length: 6 }, () => client());
     const oids = await newOids(voters[0], 6);
     for (let i = 0; i < 5; i++)
@@ -368,9 +387,11 @@ describe('resource limits of the gRPC listener', function () {
     for (let i = 1; i <= 5; i++) await voters[i].call('Finish', { transactionId: `lim-${i}` });
     for (let i = 0; i < 6; i++)
       assert.deepEqual(buf((await voters[0].call('Load', { oid: oids[i] })).data), b(`v${i}`));
+    reportRss('node-wide vote limit', node.proc.pid, rss0);
   });
 
   it('holds the locks of a vote at most one transaction timeout: an expired vote is not renewed', async () => {
+    const rss0 = rssBytes(node.proc.pid);
     const holder = client();
     const other = client();
     const [oid] = await newOids(holder, 1);
@@ -404,6 +425,7 @@ describe('resource limits of the gRPC listener', function () {
       grpc.status.FAILED_PRECONDITION,
     );
     assert.deepEqual(buf((await other.call('Load', { oid })).data), b('other'));
+    reportRss('expired vote not renewed', node.proc.pid, rss0);
   });
 
   it('admits transactions against a node-wide memory budget (RESOURCE_EXHAUSTED beyond it)', async () => {
@@ -443,7 +465,7 @@ describe('resource limits of the gRPC listener', function () {
         assert.match(e.message, /max_txn_memory_bytes.*retry later/);
         assert.equal(e.detail?.transient, true);
       }
-      const growth = peak - before;
+      const growth = reportRss('memory budget (peak)', budgeted.proc.pid, before, peak);
       // Unbounded, the same twelve commits added about 230 MiB at their peak (about 50 within it).
       assert.ok(growth < 120 * MiB, `RSS peak grew by ${(growth / MiB).toFixed(1)} MiB`);
       // Nothing lost: admitted commits are readable; refused ones commit when retried one by one.
@@ -472,6 +494,7 @@ describe('resource limits of the gRPC listener', function () {
       ZEORAFT_IDLE_TIMEOUT_MS: '1000',
     });
     try {
+      const rss0 = rssBytes(capped.proc.pid);
       const connect = (): StorageRpc => {
         const r = new StorageRpc(`127.0.0.1:${capped.client}`, {
           timeoutMs: 3_000,
@@ -516,6 +539,7 @@ describe('resource limits of the gRPC listener', function () {
       const raw = net.connect(capped.client, '127.0.0.1');
       raw.on('error', () => undefined).resume();
       await new Promise((resolve) => raw.once('close', resolve));
+      reportRss('gRPC connection cap and idle timeout', capped.proc.pid, rss0);
     } finally {
       await stopNode(capped);
     }
@@ -538,6 +562,7 @@ describe('resource limits of the peer listener', function () {
     const sockets: net.Socket[] = [];
     try {
       const node1 = node;
+      const rss0 = rssBytes(node1.proc.pid);
       // 128 connections that say nothing take every place on the peer listener...
       for (let i = 0; i < 128; i++) {
         const s = net.connect(peer, '127.0.0.1');
@@ -578,6 +603,7 @@ describe('resource limits of the peer listener', function () {
       } finally {
         rpc.close();
       }
+      reportRss('peer connection cap and first-call timeout', node1.proc.pid, rss0);
     } finally {
       for (const s of sockets) s.destroy();
       await stopNode(node);
