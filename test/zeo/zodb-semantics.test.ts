@@ -10,7 +10,7 @@ import { readIntSetRecord, readLengthRecord } from '../../src/storage/zodb-resol
 import { Z64, hex, idCompare, p64, tidToTime, u64 } from '../../src/util/ids';
 import { eventually, sleep } from '../harness';
 import { ZeoCluster, type ZeoMember } from '../harness/zeo-cluster';
-import { ServerError, ZeoClient } from './zeo-client';
+import { Disconnected, ServerError, ZeoClient } from './zeo-client';
 
 const b = (s: string): Buffer => Buffer.from(s);
 const buf = (u: Uint8Array): Buffer => Buffer.from(u);
@@ -59,7 +59,7 @@ const iiSet = (keys: number[]): Buffer =>
 describe('ZEO door: what the ZODB and ZEO storage suites expect', function () {
   this.timeout(60_000);
   const cluster = new ZeoCluster('zeo-zodb', {
-    ZEORAFT_STORAGES: '1,misc,undo,gc,opaque,order,reserve,lease,hot',
+    ZEORAFT_STORAGES: '1,misc,undo,undopack,gc,opaque,order,reserve,lease,closing,hot',
     // Far longer than any wait below: a vote released in time was released by its lease.
     ZEORAFT_TXN_TIMEOUT_MS: '120000',
     ZEORAFT_LOCK_WAIT_MS: '3000',
@@ -216,6 +216,33 @@ describe('ZEO door: what the ZODB and ZEO storage suites expect', function () {
     assert.equal(r.vote.pyClass, 'ZODB.POSException.MultipleUndoErrors');
     assert.deepEqual(buf(r.vote.pyArgs._errs[0][1]), oid);
     assert.equal(await c.call('ping'), null);
+  });
+
+  it('undoes after a pack as FileStorage (ZODB testTransactionalUndoAfterPack): undoInfo counts only what follows the pack time', async () => {
+    const c = await connect(members[1], 'undopack');
+    // The root object itself, so that the pack's garbage collection keeps it.
+    const r0 = await commit(c, [[Z64, Z64, leaf(50)]]);
+    const r1 = await commit(c, [[Z64, r0, leaf(51)]]);
+    await sleep(20);
+    const r2 = await commit(c, [[Z64, r1, leaf(52)]]);
+    const r3 = await commit(c, [[Z64, r2, leaf(53)]]);
+    const ids = async (): Promise<string[]> =>
+      (await c.call('undoInfo', 0, 20, null)).map((d: any) => hex(buf(d.id)));
+    assert.deepEqual(await ids(), [r3, r2, r1, r0].map(hex));
+    // Pack between r1 and r2: r1 stays (current at the pack time), r0 goes.
+    assert.equal(await c.call('pack', (tidToTime(r1) + 5) / 1000, 1), null);
+    assert.deepEqual(await ids(), [r3, r2].map(hex), 'only transactions after the pack time');
+    assert.deepEqual(buf(await c.call('loadSerial', Z64, r1)), leaf(51));
+    assert.equal(
+      (await c.call('loadSerial', Z64, r0).catch((x) => x)).pyClass,
+      'ZODB.POSException.POSKeyError',
+    );
+    // The last transaction is undone to the state before it.
+    const u = await undo(c, [r3]);
+    assert.deepEqual(u.vote.map(buf), [Z64]);
+    const [data, serial, end] = await current(c, Z64);
+    assert.deepEqual([buf(data), buf(serial), end], [leaf(52), u.tid, null]);
+    assert.deepEqual(await ids(), [u.tid as Buffer, r3, r2].map(hex));
   });
 
   it('packs as FileStorage: unreachable objects and old revisions go (POSKeyError), undoLog forgets, later packs lose nothing', async () => {
@@ -403,6 +430,39 @@ describe('ZEO door: what the ZODB and ZEO storage suites expect', function () {
     const conflicts = await c.call('vote', ie);
     assert.deepEqual(conflicts[0].serials.map(buf), [last, t1]);
     await c.call('tpc_abort', ie);
+  });
+
+  it('closes a connection beginning a second transaction before the first ends (ZEO checkSecondBeginFails), and a closed connection releases its vote at once (checkDisconnectedOnThread2Close)', async () => {
+    const c = await connect(members[1], 'closing');
+    const oid = await newOid(c);
+    const t1 = await commit(c, [[oid, Z64, b('one')]]);
+    const id = begin(c);
+    c.oneWay('storea', oid, t1, b('voted by c'), id);
+    assert.deepEqual(await c.call('vote', id), []);
+    // ZEO's server refuses a second simultaneous tpc_begin from one client: a one-way call cannot
+    // answer, so the connection closes (the client's threads see ClientDisconnected), and the vote
+    // it held goes with it.
+    begin(c);
+    const pending = c.call('tpc_finish', id).catch((e) => e);
+    await c.closedPromise;
+    assert.ok((await pending) instanceof Disconnected, 'tpc_finish is not answered');
+    // Far before the transaction timeout (2 min): the vote went with its connection.
+    const seen = await connect(members[0], 'closing');
+    assert.deepEqual(
+      buf((await current(seen, oid))[1]),
+      t1,
+      'the closed connection committed nothing',
+    );
+    for (const m of [members[1], members[0]]) {
+      const d = await connect(m, 'closing');
+      const base = buf((await current(d, oid))[1]);
+      const t = await eventually(
+        () => commit(d, [[oid, base, b(`from ${m.id}`)]]).catch(() => undefined),
+        10_000,
+        `a commit through ${m.id}`,
+      );
+      assert.ok(idCompare(t, t1) > 0);
+    }
   });
 
   it('aborts on every node the vote of a client that went away', async () => {
