@@ -492,6 +492,7 @@ describe('ZEO door: what the ZODB and ZEO storage suites expect', function () {
     const id = begin(c);
     c.oneWay('storea', oid, t1, b('voted, never finished'), id);
     assert.deepEqual(await c.call('vote', id), []);
+    const killedAt = Date.now();
     await victim.proc!.kill('SIGKILL');
     // The transaction timeout is two minutes: only the vote's lease can release it this soon.
     const d = await eventually(() => connect(members[0], 'lease').catch(() => undefined), 10_000);
@@ -499,6 +500,9 @@ describe('ZEO door: what the ZODB and ZEO storage suites expect', function () {
       () => commit(d, [[oid, t1, b('after')]]).catch(() => undefined),
       15_000,
       'a commit of the voted object',
+    );
+    console.log(
+      `      the voted object committed by another client ${Date.now() - killedAt} ms after the kill`,
     );
     // The client, reconnecting to a survivor, sees that its transaction never committed.
     const again = await connect(members[1], 'lease');
