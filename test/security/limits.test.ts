@@ -611,6 +611,48 @@ describe('resource limits of the peer listener', function () {
   });
 });
 
+describe('resource limits of the HTTP listener', function () {
+  this.timeout(60_000);
+
+  it('caps HTTP connections and closes those that never send a request', async () => {
+    const node = await startNode({});
+    const sockets: net.Socket[] = [];
+    try {
+      const rss0 = rssBytes(node.proc.pid);
+      // 256 connections that say nothing take every place on the HTTP listener...
+      for (let i = 0; i < 256; i++) {
+        const s = net.connect(node.http, '127.0.0.1');
+        s.on('error', () => undefined).resume();
+        sockets.push(s);
+        await new Promise((resolve, reject) => s.once('connect', resolve).once('error', reject));
+      }
+      // ...so the next one is closed as it arrives, without an answer...
+      const extra = net.connect(node.http, '127.0.0.1');
+      let answered = false;
+      extra.on('error', () => undefined).on('data', () => (answered = true));
+      extra.once('connect', () => extra.write('GET /livez HTTP/1.1\r\nHost: x\r\n\r\n'));
+      await new Promise((resolve) => extra.once('close', resolve));
+      assert.equal(answered, false);
+      // ...and all of them are closed within the 10 s headers timeout (checked every second).
+      const t0 = Date.now();
+      await Promise.all(sockets.map((s) => new Promise((resolve) => s.once('close', resolve))));
+      const closedAfterMs = Date.now() - t0;
+      assert.ok(closedAfterMs < 20_000, `silent HTTP connections closed after ${closedAfterMs} ms`);
+      console.log(`      silent HTTP connections closed ${closedAfterMs} ms after the cap was hit`);
+      // The listener serves again and counted the refusal.
+      const { status } = await httpGet(node.http, '/readyz');
+      assert.equal(status, 200);
+      assert.ok(
+        (await metric(node.http, 'zeoraft_limit_exceeded_total', 'http_connections_max')) >= 1,
+      );
+      reportRss('HTTP connection cap and headers timeout', node.proc.pid, rss0);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await stopNode(node);
+    }
+  });
+});
+
 describe('limit settings', () => {
   it('a config file may set some limits (the others keep their defaults); a bad one is refused', () => {
     const dir = tmpDir('limits-config');
