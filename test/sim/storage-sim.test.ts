@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
 import { runStorageSeed } from './storage-sim';
 
 /** More seeds: `npm run sim -- --storage --seeds 2000` (see test/sim/README.md). */
@@ -37,6 +39,33 @@ describe('storage simulator (Raft + ObjectStore)', function () {
     const a = await runStorageSeed(77);
     const b = await runStorageSeed(77);
     assert.deepEqual(a, b);
+  });
+
+  it('catches a host that restores its store from a snapshot its core refused', function () {
+    // The planted bug install-before-core (test/sim/bugs): run.js builds a private copy of the
+    // sources with the patch and runs seed 6 there, where n1 restores its store from a snapshot
+    // of n3 that its core then refuses. Without the check the seed passes.
+    this.timeout(300_000);
+    const res = spawnSync(
+      process.execPath,
+      [
+        path.join(__dirname, 'run.js'),
+        '--storage',
+        '--inject',
+        'install-before-core',
+        '--start',
+        '6',
+        '--seeds',
+        '1',
+        '--quiet',
+      ],
+      { encoding: 'utf8' },
+    );
+    assert.equal(res.status, 1, `${res.stdout}${res.stderr}`);
+    assert.match(
+      res.stdout,
+      /restored its store from snapshot \d+ of n\d+, which its core refused/,
+    );
   });
 
   it('catches a store that loses writes the log cannot replay (compaction without flush)', async () => {

@@ -11,7 +11,9 @@
  * gets the same ApplyResult; the reference model (model.ts) predicts each result. Checked for
  * every entry a node writes to its log: no node logs a different entry at an index it considers
  * committed. Checked for every linearizable read: its read index covers everything committed
- * before it was issued. Checked at restart: the store never lost writes the log cannot replay.
+ * before it was issued. Checked for every snapshot received: the store is restored from it only
+ * if the host reports that the core accepted it. Checked at restart: the store never lost writes
+ * the log cannot replay.
  * Checked at compaction: the snapshot's membership is the one in force at its index. Checked once
  * converged: with its leader cut off from one follower voter for a while, the leader stays leader
  * and the clients keep committing (pre-vote and check-quorum, as in production). Checked at
@@ -1236,12 +1238,24 @@ class StorageSim {
       yield* item.chunks;
     };
     const index = item.m.snapshot!.index;
+    let restored = false;
     // As the transport: a malformed snapshot is refused before the core sees its message.
     validateSnapshot(chunks(), index)
-      .then(() => host.installSnapshot({ ...item.m }, () => store.restore(chunks, index)))
+      .then(() =>
+        host.installSnapshot({ ...item.m }, () => {
+          restored = true;
+          return store.restore(chunks, index);
+        }),
+      )
       .then(
         (installed) => {
           if (to.incarnation !== inc) return; // the crash reported it
+          // The host's contract: the data reaches the store only once the core accepted the
+          // snapshot (a deposed leader's, or one behind what this node has committed, is refused).
+          if (restored && !installed)
+            this.failure ??= new SimFailure(
+              `${to.id} restored its store from snapshot ${index} of ${item.m.from}, which its core refused`,
+            );
           to.installing.delete(pending);
           this.net.schedule(this.now + this.net.delay(this.faults), {
             kind: 'report',
