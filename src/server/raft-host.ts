@@ -58,13 +58,16 @@ export { ProposalTracker, ReadTracker } from './raft-host-tracking';
 const LEADER_WAIT_MS = 3000;
 /** A ReadIndex request unanswered for this long is issued again. */
 const READ_INDEX_RETRY_MS = 1000;
-const READ_DEADLINE = 'no read index from the leader before the deadline';
+
+/** A ReadIndex round ended at the deadline of the request that started it. */
+class ReadDeadlineError extends HostError {
+  constructor(leaderHint: string) {
+    super('not-leader', 'no read index from the leader before the deadline', leaderHint);
+  }
+}
 
 function noop(): void {}
 
-function isReadDeadline(e: unknown): boolean {
-  return e instanceof HostError && e.message === READ_DEADLINE;
-}
 /** How long a refused proposal waits for leadership to move before it is tried again. */
 const LEADER_CHANGE_WAIT_MS = 200;
 /**
@@ -234,7 +237,8 @@ export class RaftHost extends HostLoop {
       } catch (e) {
         // The round ended at the deadline of the request that started it: a request with a later
         // deadline goes on with a round of its own.
-        if (isReadDeadline(e) && this.clock.nowMs() < deadlineMs && !this.closed) continue;
+        if (e instanceof ReadDeadlineError && this.clock.nowMs() < deadlineMs && !this.closed)
+          continue;
         throw e;
       }
     }
@@ -248,13 +252,10 @@ export class RaftHost extends HostLoop {
 
   private sharedReadIndex(deadlineMs: number): Promise<number> {
     if (!this.readInFlight) return this.startReadRound(deadlineMs);
-    if (!this.readQueued) {
-      const queued = this.readInFlight.then(noop, noop).then(() => {
-        this.readQueued = undefined;
-        return this.startReadRound(deadlineMs);
-      });
-      this.readQueued = queued;
-    }
+    this.readQueued ??= this.readInFlight.then(noop, noop).then(() => {
+      this.readQueued = undefined;
+      return this.startReadRound(deadlineMs);
+    });
     return this.readQueued;
   }
 
@@ -276,8 +277,7 @@ export class RaftHost extends HostLoop {
   private async readIndexRound(deadlineMs: number): Promise<number> {
     let readIndex = -1;
     while (readIndex < 0) {
-      if (this.clock.nowMs() >= deadlineMs)
-        throw new HostError('not-leader', READ_DEADLINE, this.leaderAddress());
+      if (this.clock.nowMs() >= deadlineMs) throw new ReadDeadlineError(this.leaderAddress());
       await this.waitForLeader(deadlineMs);
       const req = this.reads.issue((i) => {
         readIndex = i;

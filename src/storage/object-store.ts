@@ -148,11 +148,7 @@ export class ObjectStore {
       valueEncoding: 'buffer',
     });
     await db.open();
-    const store = new ObjectStore(db, options);
-    store.interrupted = await discardPartialInstall(store.db);
-    await loadState(store.ctx);
-    store.cache.replaced();
-    return store;
+    return ObjectStore.load(db, options);
   }
 
   /**
@@ -165,7 +161,12 @@ export class ObjectStore {
     options: ObjectStoreOptions,
   ): Promise<ObjectStore> {
     if (db.status !== 'open') await db.open();
-    const store = new ObjectStore(db as unknown as Db, options);
+    return ObjectStore.load(db as unknown as Db, options);
+  }
+
+  /** An open database: finish an interrupted snapshot install, load the state, build the filter. */
+  private static async load(db: Db, options: ObjectStoreOptions): Promise<ObjectStore> {
+    const store = new ObjectStore(db, options);
     store.interrupted = await discardPartialInstall(store.db);
     await loadState(store.ctx);
     store.cache.replaced();
@@ -193,7 +194,6 @@ export class ObjectStore {
     return this.restoring;
   }
 
-  /** Why this store cannot serve (a failed install, a broken invariant), or undefined. */
   /**
    * Resolves once the presence filter over the current state is built (current-cache.ts); until
    * then every conflict check of a new object reads LevelDB.
@@ -207,6 +207,7 @@ export class ObjectStore {
     return this.cache.absentByFilter;
   }
 
+  /** Why this store cannot serve (a failed install, a broken invariant), or undefined. */
   get unhealthy(): string | undefined {
     return this.gate.unhealthy;
   }
