@@ -62,6 +62,13 @@ export class DurableLog {
   private joiningFlag: boolean;
   /** Data bytes of the entries held after the snapshot (in memory and on disk). */
   private bytes = 0;
+  /**
+   * A hard state that changed only its commit index, not yet written: it goes out with the next
+   * write (entries, a vote, a compaction, close). The commit index need not be durable (Raft
+   * relearns it from the leader; the core takes the larger of it and the snapshot's index), and
+   * writing it alone cost a LevelDB write per committed batch on every node.
+   */
+  private pendingHard: HardState | undefined;
 
   private constructor(
     private readonly db: Level<Buffer, Buffer>,
@@ -247,8 +254,13 @@ export class DurableLog {
         `entry ${first} at or before the snapshot`,
       );
     }
-    if (rd.hardState) ops.push({ type: 'put', key: K_HARD, value: enc(HardStateT, rd.hardState) });
     const caughtUp = this.joiningFlag && this.holdsCommittedEntryOfItsTerm(rd);
+    if (rd.hardState) this.pendingHard = rd.hardState;
+    const commitOnly = ops.length === 0 && !rd.mustSync && !caughtUp;
+    if (this.pendingHard && !commitOnly) {
+      ops.push({ type: 'put', key: K_HARD, value: enc(HardStateT, this.pendingHard) });
+      this.pendingHard = undefined;
+    }
     if (caughtUp) ops.push({ type: 'del', key: K_JOIN });
     if (ops.length) {
       // The end of joining is synced even when the Ready needs no sync: once counted as a voter,
@@ -284,12 +296,18 @@ export class DurableLog {
     const meta = this.mem.createSnapshot(snapIndex, conf);
     const ops: Op[] = [{ type: 'put', key: K_SNAP, value: enc(SnapshotMetaT, meta) }];
     for (let i = first; i < compactIndex; i++) ops.push({ type: 'del', key: entryKey(i) });
+    const hard = this.pendingHard;
+    if (hard) ops.push({ type: 'put', key: K_HARD, value: enc(HardStateT, hard) });
     await writeBatch(this.db, ops, { sync: this.fsync });
+    if (this.pendingHard === hard) this.pendingHard = undefined;
     this.mem.compact(compactIndex);
     this.bytes = sumBytes(this.heldEntries());
   }
 
   async close(): Promise<void> {
+    if (this.pendingHard && this.db.status === 'open')
+      await this.db.put(K_HARD, enc(HardStateT, this.pendingHard));
+    this.pendingHard = undefined;
     await this.db.close();
   }
 }

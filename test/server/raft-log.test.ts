@@ -68,3 +68,33 @@ describe('DurableLog: a joining node (new, or back after losing its disk)', () =
     await db.close();
   });
 });
+
+describe('DurableLog: the commit index', () => {
+  const conf = { voters: ['n1', 'n2', 'n3'], learners: [] };
+  const open = (db: Db) => DurableLog.openOn(db, { initial: conf, join: false, fsync: true });
+  /** The commit index on disk, read by a second log over the same database. */
+  const durableCommit = async (db: Db) => (await open(db)).mem.hardState().commit;
+  const hs = (commit: number): HardState => ({ term: 2, vote: 'n1', commit });
+
+  it('is written with the next write when it is all that changed, and at compaction and close', async () => {
+    const db = new MemoryLevel<Buffer, Buffer>({ keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    const log = await open(db as unknown as Db);
+    await log.persist(ready({ entries: [entry(2, 2), entry(3, 2)], hardState: hs(1) }));
+    assert.equal(await durableCommit(db as unknown as Db), 1);
+    // A Ready that only moves the commit index: no write of its own.
+    await log.persist(ready({ hardState: hs(3), mustSync: false }));
+    assert.equal(log.mem.hardState().commit, 3, 'the core sees it at once');
+    assert.equal(await durableCommit(db as unknown as Db), 1, 'not written alone');
+    await log.persist(ready({ entries: [entry(4, 2)], mustSync: true }));
+    assert.equal(await durableCommit(db as unknown as Db), 3, 'written with the next entries');
+    await log.persist(ready({ hardState: hs(4), mustSync: false }));
+    await log.compact(4, conf, 4);
+    assert.equal(await durableCommit(db as unknown as Db), 4, 'written with the compaction');
+    await log.persist(ready({ entries: [entry(5, 2)], hardState: hs(4), mustSync: true }));
+    await log.persist(ready({ hardState: hs(5), mustSync: false }));
+    await log.close();
+    await db.open();
+    assert.equal(await durableCommit(db as unknown as Db), 5, 'written at close');
+    await db.close();
+  });
+});

@@ -43,8 +43,8 @@ describe('storage simulator (Raft + ObjectStore)', function () {
 
   it('catches a host that restores its store from a snapshot its core refused', function () {
     // The planted bug install-before-core (test/sim/bugs): run.js builds a private copy of the
-    // sources with the patch and runs seed 6 there, where n1 restores its store from a snapshot
-    // of n3 that its core then refuses. Without the check the seed passes.
+    // sources with the patch and runs seed 7 there, where n4 restores its store from a snapshot
+    // of n1 that its core then refuses. Without the check the seed passes.
     this.timeout(300_000);
     const res = spawnSync(
       process.execPath,
@@ -54,7 +54,7 @@ describe('storage simulator (Raft + ObjectStore)', function () {
         '--inject',
         'install-before-core',
         '--start',
-        '6',
+        '7',
         '--seeds',
         '1',
         '--quiet',
