@@ -187,6 +187,7 @@ function rows(z: SystemResults, e: SystemResults | undefined): Row[] {
     add(name, 'p50', 'ms', false, (r) => r.commit?.[i]?.p50Ms);
     add(name, 'p99', 'ms', false, (r) => r.commit?.[i]?.p99Ms);
     add(name, 'max', 'ms', false, (r) => r.commit?.[i]?.maxMs);
+    add(name, 'CPU per commit, all nodes', 'ms', false, (r) => r.commit?.[i]?.cpuMsPerOp);
   });
   for (const c of w.CLIENT_COMMIT_CLIENTS) {
     const name = `commit (ClientStorage) C=${c}`;

@@ -74,6 +74,34 @@ class ErrorTally {
 }
 
 /** A closed-loop run's throughput point. */
+/** CPU seconds all nodes used between a loop's window edges (closedLoop's onWindow). */
+class CpuWindow {
+  private startS: number | undefined;
+  private usedS: number | undefined;
+
+  constructor(private readonly t: Target) {}
+
+  private total(): number | undefined {
+    let sum = 0;
+    for (let i = 0; i < this.t.nodeCount; i++) {
+      const s = this.t.cpuSeconds(i);
+      if (s === undefined) return undefined;
+      sum += s;
+    }
+    return sum;
+  }
+
+  readonly edge = (e: 'start' | 'end'): void => {
+    const now = this.total();
+    if (e === 'start') this.startS = now;
+    else if (now !== undefined && this.startS !== undefined) this.usedS = now - this.startS;
+  };
+
+  msPer(ops: number): number | undefined {
+    return this.usedS === undefined || ops === 0 ? undefined : (this.usedS * 1000) / ops;
+  }
+}
+
 function throughputPoint(
   clients: number,
   r: Awaited<ReturnType<typeof closedLoop>>,
@@ -100,6 +128,11 @@ async function populate(t: Target, conn: Conn, base: number, count: number): Pro
 export interface ThroughputPoint extends LatencySummary {
   clients: number;
   perSecond: number;
+  /**
+   * CPU time of all nodes (user + system) per successful operation over the measured window:
+   * what the work costs, whatever else the machine runs at the time.
+   */
+  cpuMsPerOp?: number;
   failed: number;
   errors: number;
   errorExamples: string[];
@@ -163,6 +196,7 @@ export async function commitWorkload(
     const conns = Array.from({ length: clients }, (_, c) => t.conn(leader, c % CHANNELS_PER_NODE));
     const owned = Math.floor(COMMIT_KEYS / clients);
     const errors = new ErrorTally();
+    const cpu = new CpuWindow(t);
     const r = await closedLoop(
       clients,
       sizes.durationMs,
@@ -173,10 +207,11 @@ export async function commitWorkload(
         return true;
       },
       errors.add,
+      cpu.edge,
     );
-    const p = throughputPoint(clients, r, errors);
+    const p = { ...throughputPoint(clients, r, errors), cpuMsPerOp: cpu.msPer(r.ok) };
     log(
-      `${t.name} commit C=${clients}: ${p.perSecond.toFixed(0)}/s p50 ${p.p50Ms.toFixed(2)} ms p99 ${p.p99Ms.toFixed(2)} ms`,
+      `${t.name} commit C=${clients}: ${p.perSecond.toFixed(0)}/s p50 ${p.p50Ms.toFixed(2)} ms p99 ${p.p99Ms.toFixed(2)} ms, CPU ${p.cpuMsPerOp?.toFixed(3)} ms per commit`,
     );
     points.push(p);
     await afterPoint?.(clients);

@@ -140,6 +140,10 @@ export class EtcdTarget implements Target {
     return this.members[node].child?.alive ?? false;
   }
 
+  cpuSeconds(node: number): number | undefined {
+    return this.members[node].child?.cpuSeconds();
+  }
+
   rssBytes(node: number): number | undefined {
     return this.members[node].child?.rssBytes();
   }

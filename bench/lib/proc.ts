@@ -10,6 +10,8 @@ import * as path from 'node:path';
 
 /** How much of a child's output is kept for error messages. */
 const OUTPUT_KEEP_BYTES = 64 << 10;
+/** The unit of /proc/<pid>/stat's CPU times (USER_HZ, 100 on Linux). */
+const CLOCK_TICKS_PER_SECOND = 100;
 /** How long a stop waits after SIGTERM before SIGKILL. */
 const STOP_GRACE_MS = 10_000;
 
@@ -141,6 +143,19 @@ export class Child {
 
   killNow(): void {
     if (this.alive) process.kill(this.pid, 'SIGKILL');
+  }
+
+  /** CPU time used so far (user + system, all threads), from /proc/<pid>/stat; undefined once gone. */
+  cpuSeconds(): number | undefined {
+    try {
+      const stat = fs.readFileSync(`/proc/${this.pid}/stat`, 'utf8');
+      // Fields after the command name (which may contain spaces): utime and stime are the 12th and
+      // 13th, in clock ticks.
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS_PER_SECOND;
+    } catch {
+      return undefined;
+    }
   }
 
   /** Resident set size in bytes, from /proc/<pid>/status (VmRSS, reported in kB). */

@@ -55,9 +55,12 @@ export async function closedLoop(
   warmupMs: number,
   op: (client: number) => Promise<boolean>,
   onError?: (e: unknown) => void,
+  /** Called when the warm-up ends and again when the last operation has settled. */
+  onWindow?: (edge: 'start' | 'end') => void,
 ): Promise<LoopResult> {
   const start = nowMs();
   const measureFrom = start + warmupMs;
+  const startTimer = onWindow ? setTimeout(() => onWindow('start'), warmupMs) : undefined;
   const end = measureFrom + durationMs;
   const res: LoopResult = { ok: 0, failed: 0, seconds: durationMs / 1000, latenciesMs: [] };
   const worker = async (c: number): Promise<void> => {
@@ -78,6 +81,8 @@ export async function closedLoop(
     }
   };
   await Promise.all(Array.from({ length: clients }, (_, c) => worker(c)));
+  clearTimeout(startTimer);
+  onWindow?.('end');
   res.seconds = (nowMs() - measureFrom) / 1000;
   return res;
 }

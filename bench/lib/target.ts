@@ -46,4 +46,6 @@ export interface Target {
   restart(node: number): Promise<void>;
   isAlive(node: number): boolean;
   rssBytes(node: number): number | undefined;
+  /** CPU seconds used so far by the node's process (user + system), if it is running. */
+  cpuSeconds(node: number): number | undefined;
 }

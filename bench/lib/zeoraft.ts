@@ -125,6 +125,10 @@ export class ZeoRaftTarget implements Target {
     return this.members[node].child?.pid;
   }
 
+  cpuSeconds(node: number): number | undefined {
+    return this.members[node].child?.cpuSeconds();
+  }
+
   rssBytes(node: number): number | undefined {
     return this.members[node].child?.rssBytes();
   }
