@@ -27,6 +27,7 @@ export const SETTINGS = {
   'election-ticks': 'ZEORAFT_ELECTION_TICKS',
   'snapshot-entries': 'ZEORAFT_SNAPSHOT_ENTRIES',
   'txn-timeout-ms': 'ZEORAFT_TXN_TIMEOUT_MS',
+  'vote-renew-ms': 'ZEORAFT_VOTE_RENEW_MS',
   'lock-wait-ms': 'ZEORAFT_LOCK_WAIT_MS',
   'history-max-transactions': 'ZEORAFT_HISTORY_MAX_TRANSACTIONS',
   'history-max-age-ms': 'ZEORAFT_HISTORY_MAX_AGE_MS',
@@ -116,6 +117,7 @@ export function buildConfig(
   set('election-ticks', 'electionTicks', (s) => int(s, 'election-ticks'));
   set('snapshot-entries', 'snapshotEntries', (s) => int(s, 'snapshot-entries'));
   set('txn-timeout-ms', 'txnTimeoutMs', (s) => int(s, 'txn-timeout-ms'));
+  set('vote-renew-ms', 'voteRenewMs', (s) => int(s, 'vote-renew-ms'));
   set('lock-wait-ms', 'lockWaitMs', (s) => int(s, 'lock-wait-ms'));
   set('history-max-transactions', 'historyMaxTransactions', (s) =>
     int(s, 'history-max-transactions'),

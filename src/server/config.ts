@@ -6,8 +6,9 @@ import { VOTE_RENEW_MAX_MS } from '../storage/object-store';
 
 /**
  * A leased vote (a ZEO session's) lives this long after its last renewal, measured on the leader's
- * clock; its owner renews it several times per lease while it lives, so a vote whose node died or
- * whose client went away is aborted about a lease later, on every node.
+ * clock; its owner renews it several times per lease while it lives. Past it, the leader keeps the
+ * vote while it hears from the owner node (within this long too) and aborts it otherwise, so a
+ * vote whose node died is aborted about a lease later, on every node (node.ts abortExpired).
  */
 export const VOTE_LEASE_MS = 1_000;
 
@@ -66,6 +67,12 @@ export interface NodeConfig {
   snapshotEntries: number;
   /** A voted transaction not finished within this time is aborted by the leader. */
   txnTimeoutMs: number;
+  /**
+   * How often a ZEO session renews its vote's lease (VOTE_LEASE_MS). Each renewal is a Raft
+   * entry; the leader also keeps a vote whose owner node it hears from (node.ts abortExpired), so
+   * a cluster with many open votes may renew less often than several times per lease.
+   */
+  voteRenewMs: number;
   /** How long a commit waits for objects locked by a voted transaction. */
   lockWaitMs: number;
   /** Deadline for calls that set none. */
@@ -155,6 +162,7 @@ export function defaultConfig(overrides: Partial<NodeConfig> = {}): NodeConfig {
     heartbeatTicks: 2,
     snapshotEntries: 10_000,
     txnTimeoutMs: 30_000,
+    voteRenewMs: 250,
     lockWaitMs: 5_000,
     defaultDeadlineMs: 30_000,
     fsync: true,
@@ -219,6 +227,14 @@ export function validateConfig(c: NodeConfig): void {
   // The store renews a vote at most VOTE_RENEW_MAX_MS past its first deadline.
   if (!(c.txnTimeoutMs >= 1 && c.txnTimeoutMs <= VOTE_RENEW_MAX_MS))
     fail(`transaction timeout must be 1..${VOTE_RENEW_MAX_MS} ms, got ${c.txnTimeoutMs}`);
+  if (!(
+    Number.isSafeInteger(c.voteRenewMs) &&
+    c.voteRenewMs >= 1 &&
+    c.voteRenewMs <= c.txnTimeoutMs
+  ))
+    fail(
+      `vote renewal interval must be 1..${c.txnTimeoutMs} ms (the transaction timeout), got ${c.voteRenewMs}`,
+    );
   for (const [name, v] of Object.entries(c.limits))
     if (!Number.isSafeInteger(v) || v < 1)
       fail(`limit ${name} must be a positive integer, got ${v}`);

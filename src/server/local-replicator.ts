@@ -37,6 +37,11 @@ export class LocalReplicator implements Replicator {
     };
   }
 
+  /** A standalone node has no other members. */
+  heardFromMs(): undefined {
+    return undefined;
+  }
+
   async close(): Promise<void> {
     await this.tail;
   }

@@ -9,7 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import type * as http from 'node:http';
 import { NodeMetrics } from '../metrics/metrics';
 import { storagePackage, withPreEncodedResponses } from '../proto';
-import { ObjectStore } from '../storage/object-store';
+import { ObjectStore, type PreparedSummary } from '../storage/object-store';
 import { hex } from '../util/ids';
 import { Logger, createLogger } from '../util/log';
 import { NodeConfig, VOTE_LEASE_MS } from './config';
@@ -340,42 +340,79 @@ export class StorageNode {
     return this.watch.waitForUnlock(deadlineMs);
   }
 
-  /** On the leader: abort voted transactions whose client did not finish them in time. */
+  /**
+   * Abort voted transactions whose client is gone. A vote is aborted past its deadline (its
+   * lease, or a gRPC vote's transaction timeout), judged by the leader, except a ZEO session's
+   * vote whose owner node (PreparedSummary.owner) lives: the leader itself while the session is
+   * open, or another node the leader heard from within a lease. Renewals go through Raft (several
+   * event-loop turns and fsyncs on two or three nodes) and fall behind under load; the owner's
+   * answers to heartbeats take one turn. A live owner's vote goes at the transaction timeout
+   * after its first deadline, as when its renewals stop. Every node also aborts the votes it owns
+   * past their deadline whose session is gone (its abort at close failed, or the node restarted).
+   */
   private abortExpired(): void {
     if (this.stopping) return;
     const v = this.replicator.view();
-    if (v.role !== 'leader' && v.role !== 'standalone') {
-      this.leaderSinceMs = undefined;
-      return;
-    }
     const now = this.clock.nowMs();
-    this.leaderSinceMs ??= now;
+    const leads = v.role === 'leader' || v.role === 'standalone';
+    if (!leads) this.leaderSinceMs = undefined;
+    else this.leaderSinceMs ??= now;
     // A new leader first waits one lease, so owners that could not renew during the election can.
-    if (v.role === 'leader' && now - this.leaderSinceMs < VOTE_LEASE_MS) return;
+    const judges = leads && !(v.role === 'leader' && now - this.leaderSinceMs! < VOTE_LEASE_MS);
+    let live: Set<string> | undefined;
     for (const p of this.store.preparedTransactions()) {
-      if (p.deadlineMs > 0 && p.deadlineMs < now) {
-        this.log.warn(
-          { storage: p.storage, txn: p.txnId },
-          'aborting voted transaction past its timeout',
-        );
-        this.replicator
-          .propose(
-            {
-              abort: {
-                storage: p.storage,
-                txnId: p.txnId,
-                reason: 'timeout',
-                expiredDeadlineMs: p.deadlineMs,
-              },
+      if (!(p.deadlineMs > 0 && p.deadlineMs < now)) continue;
+      const why = p.owner
+        ? this.ownedVoteGone(p, now, judges, (live ??= this.liveTxnIds()))
+        : judges
+          ? 'past its deadline'
+          : undefined;
+      if (!why) continue;
+      this.log.warn(
+        { storage: p.storage, txn: p.txnId, owner: p.owner, why },
+        'aborting voted transaction',
+      );
+      this.replicator
+        .propose(
+          {
+            abort: {
+              storage: p.storage,
+              txnId: p.txnId,
+              reason: 'timeout',
+              expiredDeadlineMs: p.deadlineMs,
             },
-            Date.now() + 5000,
-            { kind: 'node' },
-          )
-          .catch((e: unknown) =>
-            this.log.warn({ txn: p.txnId, error: String(e) }, 'timeout abort failed; will retry'),
-          );
-      }
+          },
+          Date.now() + 5000,
+          { kind: 'node' },
+        )
+        .catch((e: unknown) =>
+          this.log.warn({ txn: p.txnId, error: String(e) }, 'timeout abort failed; will retry'),
+        );
     }
+  }
+
+  /** Why an owned vote past its lease is to be aborted (see abortExpired), or undefined. */
+  private ownedVoteGone(
+    p: PreparedSummary,
+    now: number,
+    judges: boolean,
+    live: Set<string>,
+  ): string | undefined {
+    const mine = p.owner === this.config.nodeId;
+    if (mine && !live.has(p.txnId)) return 'its session is gone';
+    if (!judges) return undefined;
+    if (now > (p.votedDeadlineMs ?? 0) + this.config.txnTimeoutMs)
+      return 'past the transaction timeout';
+    if (mine) return undefined;
+    const heard = this.replicator.heardFromMs(p.owner!);
+    if (heard === undefined || now - heard > VOTE_LEASE_MS)
+      return `its node ${p.owner} was not heard from within a lease`;
+    return undefined;
+  }
+
+  /** The transactions of this node's open ZEO sessions. */
+  private liveTxnIds(): Set<string> {
+    return this.zeoServer?.liveTxnIds() ?? new Set();
   }
 
   async stop(): Promise<void> {

@@ -118,6 +118,8 @@ export class RaftReplicator implements Replicator {
   private readonly ticker: NodeJS.Timeout;
   /** When the heartbeat to each peer now awaiting its answer was sent (performance.now ms). */
   private readonly heartbeatSentAt = new Map<string, number>();
+  /** When a Raft message last arrived from each peer (the node's clock): see heardFromMs. */
+  private readonly heardAt = new Map<string, number>();
 
   constructor(
     private readonly node: RaftReplicatorDeps,
@@ -162,8 +164,13 @@ export class RaftReplicator implements Replicator {
     this.ticker = setInterval(() => this.host.tick(), config.tickMs);
   }
 
-  /** A message from a peer (heartbeat answers also time the round trip). */
+  heardFromMs(nodeId: string): number | undefined {
+    return this.heardAt.get(nodeId);
+  }
+
+  /** A message from a peer (heartbeat answers also time the round trip; its arrival is noted). */
   step(m: Message): void {
+    this.heardAt.set(m.from, this.node.clock.nowMs());
     if (m.type === MessageType.HeartbeatResp) {
       const sent = this.heartbeatSentAt.get(m.from);
       if (sent !== undefined) {

@@ -35,6 +35,11 @@ export interface Replicator {
   /** Resolves once this node has applied everything committed before the call (ReadIndex). */
   linearizableRead(deadlineMs: number): Promise<void>;
   view(): ReplicaView;
+  /**
+   * When this node last received a Raft message from member `nodeId` (this node's clock), if it
+   * ever did: a live member answers a leader's heartbeats several times per election timeout.
+   */
+  heardFromMs(nodeId: string): number | undefined;
   close(): Promise<void>;
 }
 

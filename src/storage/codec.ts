@@ -57,6 +57,8 @@ export type Command =
         retryOnly?: boolean;
         /** Commit at this TID (ZODB's tpc_begin with a TID): see PrepareCmd.tid in log.proto. */
         tid?: Uint8Array;
+        /** The node whose ZEO session votes (PrepareCmd.owner in log.proto). */
+        owner?: string;
       };
     }
   | { finish: { storage: string; txnId: string; tid: Uint8Array } }
@@ -145,6 +147,8 @@ export interface PreparedRecord {
   resolved?: ResolvedStore[];
   /** The TID its finish commits at (PrepareCmd.tid). */
   tid?: Uint8Array;
+  /** The node whose ZEO session made the vote (PrepareCmd.owner); '' or absent for others. */
+  owner?: string;
 }
 export interface ResolvedStore {
   oid: Uint8Array;

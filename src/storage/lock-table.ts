@@ -69,6 +69,9 @@ export class LockTable {
       deadlineMs: rec.deadlineMs ?? 0,
       oids,
       ...(sharedOids.length ? { sharedOids } : {}),
+      ...(rec.owner
+        ? { owner: rec.owner, votedDeadlineMs: rec.votedDeadlineMs || rec.deadlineMs || 0 }
+        : {}),
     });
   }
 

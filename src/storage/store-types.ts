@@ -93,4 +93,11 @@ export interface PreparedSummary {
   oids: Buffer[];
   /** Objects whose lock it shares with other resolved stores of them (PreparedRecord.resolved). */
   sharedOids?: Buffer[];
+  /**
+   * The node whose ZEO session made the vote (PreparedRecord.owner), and the deadline of its first
+   * vote: the leader keeps the vote past its lease while that node lives, up to the transaction
+   * timeout past that deadline (server/node.ts abortExpired). Absent for other votes.
+   */
+  owner?: string;
+  votedDeadlineMs?: number;
 }

@@ -94,6 +94,7 @@ export async function applyPrepare(
     reserve?: boolean;
     retryOnly?: boolean;
     tid?: Uint8Array;
+    owner?: string;
   },
   ops: BatchOp[],
   _after: Array<() => void>,
@@ -158,6 +159,7 @@ export async function applyPrepare(
   if (earlier && !earlier.reserve)
     await ctx.blobs.holdCommitted(st, earlier.txn.stores ?? [], -1, blobCtx);
   if (atTid) rec.tid = atTid;
+  if (p.owner) rec.owner = p.owner;
   ops.push({ type: 'put', key: K.preparedKey(st, p.txnId), value: preparedCodec.encode(rec) });
   // Locks are taken now (not after the write) so that the next command applied sees them.
   if (again) ctx.locks.release(st, p.txnId);

@@ -62,13 +62,15 @@ const FRAME_CHARGED_MIN_BYTES = 1 << 20;
 
 export interface ZeoServer {
   readonly port: number;
+  /** The replicated ids of the transactions of this node's open sessions. */
+  liveTxnIds(): Set<string>;
   close(): Promise<void>;
 }
 
 class ZeoConnection {
   private readonly decoder: FrameDecoder;
   private state: 'handshake' | 'open' | 'closed' = 'handshake';
-  private readonly session: ZeoSession;
+  readonly session: ZeoSession;
   private inflight = 0;
   private readonly handshakeTimer: NodeJS.Timeout;
   /** The budget share of the large message being received, if any. */
@@ -320,6 +322,14 @@ export async function startZeoServer(node: ZeoNode, listen: string): Promise<Zeo
   });
   return {
     port: bound,
+    liveTxnIds(): Set<string> {
+      const ids = new Set<string>();
+      for (const c of connections) {
+        const id = c.session.txnId;
+        if (id !== undefined) ids.add(id);
+      }
+      return ids;
+    },
     async close(): Promise<void> {
       unlistenReplaced();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));

@@ -39,7 +39,7 @@ export interface ZeoNode {
   readonly api: StorageApi;
   readonly config: Pick<
     NodeConfig,
-    'limits' | 'zeoEncoding' | 'nodeId' | 'txnTimeoutMs' | 'storages'
+    'limits' | 'zeoEncoding' | 'nodeId' | 'txnTimeoutMs' | 'voteRenewMs' | 'storages'
   >;
   readonly store: Pick<
     ObjectStore,

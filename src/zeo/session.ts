@@ -55,6 +55,11 @@ export class ZeoSession {
     return this.ctx.registered;
   }
 
+  /** The replicated id of this open session's transaction (begun, maybe voted), if any. */
+  get txnId(): string | undefined {
+    return this.ctx.closed ? undefined : this.parts.staging.txn?.txnId;
+  }
+
   // ------------------------------------------------------------------------------------------
   // Invalidations
 

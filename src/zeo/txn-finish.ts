@@ -18,8 +18,6 @@ import { type PendingTxn, type TxnStaging, stopRenewing } from './txn-staging';
 
 /** Votes of one transaction that look again after finding this node behind the leader. */
 const VOTE_ATTEMPTS_MAX = 3;
-/** A voted transaction's lease is renewed this often while its session lives (see VOTE_LEASE_MS). */
-const VOTE_RENEW_MS = 250;
 /** A vote at a given TID that met other votes looks again after the next apply, or this long. */
 const AT_TID_RETRY_MS = 50;
 /** How long tpc_finish retries a finish whose outcome is unknown (leader change) before giving up. */
@@ -32,9 +30,16 @@ export class TxnFinish {
     private readonly staging: TxnStaging,
   ) {}
 
+  /** The owner named by this session's votes (PrepareCmd.owner): this node. */
+  private get owner(): string {
+    return this.ctx.node.config.nodeId;
+  }
+
   /**
    * Keep a vote alive while this session lives, up to the transaction timeout: one renewal in
-   * flight at a time. A failed renewal is retried at the next tick; the lease covers several.
+   * flight at a time, every NodeConfig.voteRenewMs. A failed renewal is retried at the next tick.
+   * The vote names this node as its owner, so the leader also keeps it while it hears from this
+   * node: renewals that fall behind under load do not lose it.
    */
   private renewLease(t: PendingTxn): void {
     stopRenewing(t);
@@ -54,7 +59,7 @@ export class TxnFinish {
           this.ctx.node.log.debug({ txn: t.txnId, error: String(e) }, 'zeo: vote renewal failed'),
         )
         .finally(() => (inFlight = false));
-    }, VOTE_RENEW_MS);
+    }, this.ctx.node.config.voteRenewMs);
   }
 
   /** The undo of this transaction's undoa calls; failures are UndoError, as in ZODB. */
@@ -124,7 +129,9 @@ export class TxnFinish {
         // One vote at the given TID: it waits until nothing else is voted, then holds the cluster's
         // commits until its finish. A conflict (a store at a given TID) is the client's error.
         const r = await this.prepareWithLockWait(
-          { prepare: { txnId: t.txnId, txn, leaseMs: VOTE_LEASE_MS, tid: t.tid } },
+          {
+            prepare: { txnId: t.txnId, txn, leaseMs: VOTE_LEASE_MS, tid: t.tid, owner: this.owner },
+          },
           true,
         );
         if (!r.ok) return this.ctx.fromStorage(r.error);
@@ -140,7 +147,7 @@ export class TxnFinish {
         if (!conflicts.length) {
           // A leased vote: it outlives its session (client gone, node dead) by about a lease.
           const r = await this.prepareWithLockWait({
-            prepare: { txnId: t.txnId, txn, leaseMs: VOTE_LEASE_MS },
+            prepare: { txnId: t.txnId, txn, leaseMs: VOTE_LEASE_MS, owner: this.owner },
           });
           if (r.ok) {
             t.voted = true;
@@ -180,6 +187,7 @@ export class TxnFinish {
             txn: { storage: this.ctx.st, checks: oids.map((oid) => ({ oid })) },
             leaseMs: VOTE_LEASE_MS,
             reserve: true,
+            owner: this.owner,
           },
         });
         if (r.ok) {

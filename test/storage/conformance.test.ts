@@ -744,6 +744,32 @@ describe('ObjectStore conformance', function () {
       assert.equal(t.store.lockHolder(ST, oid(2)), undefined);
     });
 
+    it('keeps the owner node and first deadline of a vote, across renewal, a vote again and reopen', async function () {
+      const owned = (txnId: string, owner: string) =>
+        t.apply({
+          prepare: {
+            txnId,
+            txn: { storage: ST, stores: [{ oid: oid(1), serial: Z64, data: data('a') }] },
+            deadlineMs: 1234,
+            owner,
+          },
+        });
+      assert.deepEqual(await owned('t1', 'n2'), { ok: true });
+      const summary = { storage: ST, txnId: 't1', deadlineMs: 1234, oids: [oid(1)] };
+      const ownedBy = { owner: 'n2', votedDeadlineMs: 1234 };
+      assert.deepEqual(t.store.preparedTransactions(), [{ ...summary, ...ownedBy }]);
+      assert.ok((await t.apply({ renew: { storage: ST, txnId: 't1', deadlineMs: 5000 } })).ok);
+      await t.reopen();
+      assert.deepEqual(t.store.preparedTransactions(), [
+        { ...summary, deadlineMs: 5000, ...ownedBy },
+      ]);
+      // A vote again names the node that voted last.
+      assert.deepEqual(await owned('t1', 'n3'), { ok: true });
+      assert.deepEqual(t.store.preparedTransactions(), [
+        { ...summary, deadlineMs: 5000, owner: 'n3', votedDeadlineMs: 1234 },
+      ]);
+    });
+
     it('renews a vote at most VOTE_RENEW_MAX_MS past its first deadline, across votes and reopen', async function () {
       const bound = 1234 + VOTE_RENEW_MAX_MS;
       const deadline = () => t.store.preparedTransactions()[0].deadlineMs;
