@@ -7,7 +7,8 @@
  * history read starts, so every commit is either in the history read or in the live buffer),
  * atomic (one event per transaction), resumable (from any TID inside the retained window;
  * outside it an explicit Reset), bookmarked (a Progress at TID T is sent only with nothing
- * queued, so everything up to T was sent). Slow subscribers are cut off at a bounded queue.
+ * queued, so everything up to T was sent; the first one as soon as the catch-up is sent, which
+ * tells the client the stream is live). Slow subscribers are cut off at a bounded queue.
  */
 import type * as grpc from '@grpc/grpc-js';
 import { StorageError } from '../storage/errors';
@@ -267,6 +268,10 @@ class Subscriber {
       const from = this.req.fromTid;
       await this.catchUp(hub, from && from.length > 0 ? Buffer.from(from) : undefined);
       let idleSince = this.options.nowMs();
+      // The first Progress goes out as soon as nothing is queued after the catch-up, not a
+      // progress interval later: it tells the client the stream is live (like etcd's `created`),
+      // and a client opening a stream from the present gets it in one round trip.
+      let live = false;
       while (!this.done) {
         const ev = this.queue.shift();
         if (ev) this.queuedBytes -= queuedSize(ev);
@@ -281,10 +286,11 @@ class Subscriber {
           idleSince = this.options.nowMs();
           continue;
         }
-        const wait = Math.max(0, idleSince + this.progressMs - this.options.nowMs());
+        const wait = live ? Math.max(0, idleSince + this.progressMs - this.options.nowMs()) : 0;
         if (wait === 0) {
           // Nothing queued: every commit up to the store's last TID has been written.
           await this.write({ msg: { progress: { tid: this.store.lastTid } } });
+          live = true;
           idleSince = this.options.nowMs();
           continue;
         }

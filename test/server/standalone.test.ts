@@ -264,6 +264,36 @@ describe('standalone node: the Storage API over gRPC', function () {
     assert.deepEqual(got, [t1, t2]);
   });
 
+  it('says a new stream is live with a Progress at once, not a progress interval later', async () => {
+    const t1 = await commit([{ oid: oid(82), data: data('p1') }]);
+    const t2 = await commit([{ oid: oid(83), data: data('p2') }]);
+    const last = (await rpc.call('LastTransaction', {})).tid;
+    // A minute between progress events: only the one that announces the live stream can come.
+    const firstTwo = async (fromTid: Buffer): Promise<string[]> => {
+      const stream = rpc.subscribe({ fromTid, progressIntervalMs: 60_000 });
+      const got: string[] = [];
+      const timer = setTimeout(() => stream.cancel(), 5000);
+      try {
+        for await (const ev of stream) {
+          if (ev.commit) got.push(`commit ${hex(ev.commit.tid)}`);
+          else if (ev.progress) got.push(`progress ${hex(ev.progress.tid)}`);
+          else got.push(Object.keys(ev).join(','));
+          if (got.length === 2 || ev.progress) break;
+        }
+      } catch (e) {
+        got.push(String(e));
+      } finally {
+        clearTimeout(timer);
+        stream.cancel();
+      }
+      return got;
+    };
+    // From the present: the Progress is the first event, at the storage's last TID.
+    assert.deepEqual(await firstTwo(Buffer.alloc(0)), [`progress ${hex(last)}`]);
+    // Resuming one transaction back: that transaction, then the Progress.
+    assert.deepEqual(await firstTwo(t1), [`commit ${hex(t2)}`, `progress ${hex(last)}`]);
+  });
+
   it('answers Sync and Status', async () => {
     const s = await rpc.call('Sync', {});
     const st = await rpc.call('Status', {});
