@@ -419,9 +419,12 @@ export class StoreReader {
         }
         return Buffer.from(tid);
       };
-      const oldestTid = await at(1);
-      const windowOldestTid = count <= n ? oldestTid : await at(count - n + 1);
-      return { count, oldestTid, windowOldestTid };
+      // Both reads at once: one trip through LevelDB's thread pool instead of two in a row.
+      const [oldestTid, windowOldestTid] = await Promise.all([
+        at(1),
+        count <= n ? undefined : at(count - n + 1),
+      ]);
+      return { count, oldestTid, windowOldestTid: windowOldestTid ?? oldestTid };
     });
   }
 
