@@ -50,6 +50,14 @@ export interface ReaderSource {
 }
 
 export class StoreReader {
+  /**
+   * The N records historyWindow read last, per storage: transaction 1's and the window's oldest.
+   * A landed N record never changes until an install replaces the state (pack keeps transaction
+   * records), so they stay good for the install generation they were read in: a Status or a
+   * resume point with no commit since the last one reads nothing.
+   */
+  private readonly nRecords = new Map<string, { gen: number; tids: Map<number, Buffer> }>();
+
   constructor(
     private readonly db: Db,
     private readonly gate: ReadGate,
@@ -394,8 +402,8 @@ export class StoreReader {
 
   /**
    * The transactions of a storage on record (`count`), the oldest (`oldestTid`) and the oldest of
-   * the newest `n` (`windowOldestTid`); z64 TIDs when there are none. Two point reads of N
-   * records, whatever the history's length.
+   * the newest `n` (`windowOldestTid`); z64 TIDs when there are none. At most two point reads of N
+   * records, whatever the history's length, and none when they were read before (nRecords).
    */
   historyWindow(
     st: string,
@@ -408,7 +416,11 @@ export class StoreReader {
       const count = this.source.published().get(st)?.txnCount ?? 0;
       const gen = this.gate.generation;
       if (count === 0) return { count, oldestTid: Z64, windowOldestTid: Z64 };
+      const cached = this.nRecords.get(st);
+      const known = cached?.gen === gen ? cached.tids : undefined;
       const at = async (i: number): Promise<Buffer> => {
+        const hit = known?.get(i);
+        if (hit) return hit;
         const tid = await this.db.get(K.txnNumberKey(st, i));
         if (!tid || tid.length !== ID_BYTES) {
           this.gate.stillValid(gen); // not missing because an install cleared the state under the read
@@ -419,12 +431,22 @@ export class StoreReader {
         }
         return Buffer.from(tid);
       };
+      const windowIndex = count <= n ? 1 : count - n + 1;
       // Both reads at once: one trip through LevelDB's thread pool instead of two in a row.
       const [oldestTid, windowOldestTid] = await Promise.all([
         at(1),
-        count <= n ? undefined : at(count - n + 1),
+        windowIndex === 1 ? undefined : at(windowIndex),
       ]);
-      return { count, oldestTid, windowOldestTid: windowOldestTid ?? oldestTid };
+      const windowTid = windowOldestTid ?? oldestTid;
+      this.gate.stillValid(gen); // what an install overlapped is not kept
+      this.nRecords.set(st, {
+        gen,
+        tids: new Map([
+          [1, oldestTid],
+          [windowIndex, windowTid],
+        ]),
+      });
+      return { count, oldestTid: Buffer.from(oldestTid), windowOldestTid: Buffer.from(windowTid) };
     });
   }
 

@@ -117,6 +117,8 @@ describe('history window kept as transactions commit (real LevelDB)', function (
     await populate(source);
     // The target has a history of its own, longer than the snapshot's: none of it may remain.
     for (let i = 0; i < 40; i++) await target.put(oid(200 + i), Z64, data(`t${i}`));
+    // Read (and keep) the target's own window first: none of it may be answered after the install.
+    await checkAgainstScan(target.store, 'before a snapshot install');
     const snap = source.store.snapshot();
     const chunks = await collect(snap.chunks);
     target.index = await target.store.restore(async function* () {
@@ -152,6 +154,36 @@ describe('history window kept as transactions commit (real LevelDB)', function (
     await checkAgainstScan(t.store, 'after a commit after numbering');
     const w = await t.store.historyWindow(ST, 1);
     assert.ok(idEquals(w.windowOldestTid, t.store.storageSummary(ST).lastTid));
+  });
+
+  it('reads no N record again until a commit moves the window, and one after it', async function () {
+    const t = await TestStore.create();
+    stores.push(t);
+    await populate(t);
+    // Count the N-record reads the store makes (the real LevelDB answers them).
+    const db = (t.store as unknown as { db: { get: (k: Buffer) => Promise<unknown> } }).db;
+    const get = db.get.bind(db);
+    let nReads = 0;
+    db.get = (k: Buffer) => {
+      if (k[0] === K.TAG.txnNumber) nReads++;
+      return get(k);
+    };
+    try {
+      const first = await t.store.historyWindow(ST, 5);
+      for (let i = 0; i < 3; i++) assert.deepEqual(await t.store.historyWindow(ST, 5), first);
+      assert.ok(nReads <= 2, `${nReads} N-record reads for the first look`);
+      const afterFirst = nReads;
+      await t.put(oid(60), Z64, 'moves the window', { tid: tidFromTime(BASE_MS + 90_000) });
+      const moved = await t.store.historyWindow(ST, 5);
+      assert.equal(moved.count, first.count + 1);
+      assert.deepEqual(moved, await expectedWindow(t.store, ST, 5));
+      // Transaction 1's TID is kept; only the window's new oldest is read.
+      assert.equal(nReads, afterFirst + 1);
+      await t.store.historyWindow(ST, 5);
+      assert.equal(nReads, afterFirst + 1);
+    } finally {
+      db.get = get;
+    }
   });
 
   it('reports a missing N record as corruption, not as a shorter history', async function () {
