@@ -1,8 +1,9 @@
 /**
  * What a `Status` and the start of a `Subscribe` with a resume point cost in a store with a long
- * history: both ask the subscription hub for the oldest resumable TID (the rest of either is
- * constant work). Fills a real LevelDB store with N one-object transactions, then times
- * `oldestResumable` with the default window (100,000 transactions, 24 h).
+ * history: both ask the commit feed (commit-feed.ts) for the oldest resumable TID (the rest of
+ * either is constant work). Fills a real LevelDB store with N one-object transactions, then times
+ * `oldestResumable` with the default window (100,000 transactions, 24 h). `npm run bench -- --only
+ * history` measures the same through a node's gRPC door.
  *
  *   node dist/bench/history-window.js [--transactions N] [--root DIST ...]
  *
@@ -26,7 +27,7 @@ function arg(name: string, all: string[]): string[] {
 async function measure(root: string, transactions: number): Promise<void> {
   /* eslint-disable @typescript-eslint/no-require-imports */
   const { ObjectStore } = require(path.resolve(root, 'src/storage/object-store'));
-  const hubModule = require(path.resolve(root, 'src/server/subscriptions'));
+  const { CommitFeed } = require(path.resolve(root, 'src/server/commit-feed'));
   const { p64 } = require(path.resolve(root, 'src/util/ids'));
   /* eslint-enable @typescript-eslint/no-require-imports */
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'zeoraft-history-bench-'));
@@ -49,8 +50,9 @@ async function measure(root: string, transactions: number): Promise<void> {
       if (failed) throw new Error(`a fill commit failed: ${String(failed.error)}`);
     }
     const fillS = (performance.now() - fillStart) / 1000;
-    const hub = new hubModule.SubscriptionHub(store, {
-      ...hubModule.DEFAULT_SUBSCRIPTION_OPTIONS,
+    const hub = new CommitFeed(store, {
+      historyMaxTransactions: 100_000, // the node's defaults (src/server/config.ts)
+      historyMaxAgeMs: 24 * 3600_000,
       nowMs: Date.now,
     });
     await hub.oldestResumable('1'); // warm-up

@@ -3,9 +3,10 @@
  * three-member etcd cluster), run the workloads against each, print a table and write
  * bench/results/<timestamp>.json.
  *
- *   --only commit,conflicts,loads,fanout,failover,memory   run a subset
+ *   --only commit,conflicts,loads,fanout,failover,memory,history   run a subset
  *   --quick            small sizes for a smoke run
  *   --objects N        objects loaded by the memory workload (default 1,000,000)
+ *   --transactions N   transactions in the history workload's store (default 1,000,000)
  *   --duration S       seconds per measured point (default 10; --quick: 2)
  *   --compare etcd     run the same workloads against etcd too (needs the `etcd` binary)
  *   --compare zeo      the ZEO door against a real ZEO server instead (commit,loads,watch,hot,hotset,hotpc;
@@ -25,7 +26,15 @@ import { ZeoRaftTarget } from './lib/zeoraft';
 import * as w from './workloads';
 import { ZEO_SIZES, ZEO_WORKLOADS, type ZeoWorkload, compareZeo } from './zeo/compare';
 
-const WORKLOADS = ['commit', 'conflicts', 'loads', 'fanout', 'failover', 'memory'] as const;
+const WORKLOADS = [
+  'commit',
+  'conflicts',
+  'loads',
+  'fanout',
+  'failover',
+  'memory',
+  'history',
+] as const;
 type Workload = (typeof WORKLOADS)[number];
 const RESULTS_DIR = path.resolve(__dirname, '../../bench/results');
 
@@ -39,6 +48,7 @@ interface SystemResults {
   fanout?: w.FanoutResult;
   failover?: w.FailoverResult;
   memory?: w.MemoryResult;
+  history?: w.HistoryResult;
   /** Failures by workload. */
   errors: Partial<Record<Workload, string>>;
   /** A failure outside the workloads (e.g. the cluster did not start). */
@@ -58,6 +68,7 @@ function parse(): {
       only: { type: 'string' },
       quick: { type: 'boolean', default: false },
       objects: { type: 'string' },
+      transactions: { type: 'string' },
       duration: { type: 'string' },
       compare: { type: 'string' },
       profile: { type: 'boolean', default: false },
@@ -82,6 +93,13 @@ function parse(): {
   const objects = values.objects ? Number(values.objects) : quick ? 5000 : 1_000_000;
   if (!(durationS > 0)) throw new Error('--duration must be a positive number of seconds');
   if (!(objects > 0)) throw new Error('--objects must be positive');
+  const historyTransactions = values.transactions
+    ? Number(values.transactions)
+    : quick
+      ? 20_000
+      : 1_000_000;
+  if (!(Number.isInteger(historyTransactions) && historyTransactions >= 2))
+    throw new Error('--transactions must be an integer of at least 2');
   return {
     only,
     quick,
@@ -100,6 +118,7 @@ function parse(): {
       objects,
       loadKeys: quick ? 2000 : 10_000,
       cacheBoundLoads: quick ? 2000 : 20_000,
+      historyTransactions,
     },
   };
 }
@@ -141,6 +160,7 @@ async function runAll(t: Target, only: Workload[], sizes: w.Sizes): Promise<Syst
     await step('fanout', w.fanoutWorkload);
     await step('failover', w.failoverWorkload);
     await step('memory', w.memoryWorkload);
+    await step('history', w.historyWorkload);
   } catch (e) {
     r.error = String((e as Error)?.stack ?? e);
     process.stderr.write(`[bench] ${t.name} failed: ${r.error}\n`);
@@ -264,6 +284,18 @@ function rows(z: SystemResults, e: SystemResults | undefined): Row[] {
   add(mn, 'max node RSS', 'MiB', false, (r) =>
     r.memory ? r.memory.rssMaxBytes / 2 ** 20 : undefined,
   );
+  const hn = (r: SystemResults | undefined): string =>
+    r?.history ? `${r.history.transactions} ${r === e ? 'revisions' : 'txns'}` : '-';
+  const hw = `history (zeoraft ${hn(z)}, etcd ${hn(e)})`;
+  add(hw, 'Status p50', 'ms', false, (r) => r.history?.status.p50Ms);
+  add(hw, 'Status p99', 'ms', false, (r) => r.history?.status.p99Ms);
+  add(hw, 'open stream from now p50', 'ms', false, (r) => r.history?.openNow.p50Ms);
+  add(hw, 'open stream from now p99', 'ms', false, (r) => r.history?.openNow.p99Ms);
+  add(hw, 'open stream one back p50', 'ms', false, (r) => r.history?.openRecent.p50Ms);
+  add(hw, 'open stream one back p99', 'ms', false, (r) => r.history?.openRecent.p99Ms);
+  add(hw, 'open stream to Reset p50', 'ms', false, (r) => r.history?.openReset?.p50Ms);
+  add(hw, 'open stream to Reset p99', 'ms', false, (r) => r.history?.openReset?.p99Ms);
+  add(hw, 'node busy after ready (start-up scan)', 's', false, (r) => r.history?.settleSeconds);
   add(
     'client cache (1 MiB bound)',
     'peak bytes',

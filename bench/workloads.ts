@@ -3,6 +3,10 @@
  * Key ranges are disjoint per workload so they do not disturb one another on one cluster.
  */
 import { ClientStorage } from '../src/client/client-storage';
+import { StorageRpc } from '../src/client/rpc';
+import { u64 } from '../src/util/ids';
+import { EtcdTarget } from './etcd/cluster';
+import { fillHistoryInChild } from './lib/history-fill';
 import { oidOf, ZeoRaftTarget } from './lib/zeoraft';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -27,6 +31,7 @@ let clientCommitPoints = 0;
 /** Concurrencies of the `commit (ClientStorage)` row, next to the raw `Commit` row's. */
 export const CLIENT_COMMIT_CLIENTS = [1, 64];
 const MEMORY_KEY_BASE = 10_000_000;
+const HISTORY_KEY = 9_000_000;
 /** Read-modify-write attempts before an operation is counted as failed. */
 const RMW_ATTEMPTS_MAX = 100;
 /** Open-loop writers keep at most this many commits outstanding. */
@@ -46,6 +51,8 @@ export interface Sizes {
   loadKeys: number;
   /** Loads through the 1 MiB client cache in the memory workload. */
   cacheBoundLoads: number;
+  /** Transactions in the store of the history workload's standalone node. */
+  historyTransactions: number;
 }
 
 function value(seed: number): Buffer {
@@ -751,4 +758,173 @@ async function clientCacheBound(
   } finally {
     await cs.close();
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/** Timed rounds of the history workload; each round makes each call once, one at a time. */
+const HISTORY_CALLS = 200;
+const HISTORY_WARMUP_CALLS = 50;
+/** The Subscribe streams' progress interval (the default), so a first Progress is not a tick. */
+const HISTORY_PROGRESS_MS = 1000;
+
+export interface HistoryResult {
+  /** Where it ran: a standalone ZeoRaft node on a filled store, or the bench's etcd cluster. */
+  where: string;
+  /** Transactions in the store (ZeoRaft) or the cluster's revision (etcd) when measured. */
+  transactions: number;
+  /** Seconds to fill the store (ZeoRaft), and for the node to start on it. */
+  fillSeconds?: number;
+  startSeconds?: number;
+  /** Seconds from the node's "ready" until it was idle (its start-up scan done); measured after. */
+  settleSeconds?: number;
+  /** `Storage.Status` / `Maintenance.Status`. */
+  status: LatencySummary;
+  /** A stream from the current position to its first message (ZeoRaft) / the `created` (etcd). */
+  openNow: LatencySummary;
+  /** A stream resuming one transaction back, to the first event (that transaction). */
+  openRecent: LatencySummary;
+  /** ZeoRaft: a stream resuming from the first TID, outside the window, to its Reset. */
+  openReset?: LatencySummary;
+}
+
+/**
+ * Time each of `ops` `HISTORY_CALLS` times after `HISTORY_WARMUP_CALLS` untimed rounds, in turns
+ * (one call of each per round), so a passing disturbance falls on all of them alike.
+ */
+async function timeInTurns(
+  ops: Record<string, () => Promise<void>>,
+): Promise<Record<string, LatencySummary>> {
+  const names = Object.keys(ops);
+  const ms = new Map<string, number[]>(names.map((n) => [n, []]));
+  for (let round = 0; round < HISTORY_WARMUP_CALLS + HISTORY_CALLS; round++)
+    for (const n of names) {
+      const t0 = nowMs();
+      await ops[n]();
+      if (round >= HISTORY_WARMUP_CALLS) ms.get(n)!.push(nowMs() - t0);
+    }
+  return Object.fromEntries(names.map((n) => [n, summarize(ms.get(n)!)]));
+}
+
+/** Open a Subscribe stream and wait for its first event (of kind `expect`); then cancel it. */
+function firstEvent(
+  rpc: StorageRpc,
+  fromTid: Buffer | undefined,
+  expect: 'commit' | 'progress' | 'reset',
+): Promise<void> {
+  const stream = rpc.subscribe({
+    fromTid: fromTid ?? Buffer.alloc(0),
+    progressIntervalMs: HISTORY_PROGRESS_MS,
+  });
+  return new Promise<void>((resolve, reject) => {
+    let done = false;
+    const finish = (e?: unknown): void => {
+      if (done) return;
+      done = true;
+      stream.cancel();
+      if (e) reject(e);
+      else resolve();
+    };
+    stream.on('data', (ev) => {
+      const kind = ev.commit ? 'commit' : ev.progress ? 'progress' : ev.reset ? 'reset' : 'other';
+      if (kind === expect) finish();
+      else finish(new Error(`first Subscribe event is ${kind}, expected ${expect}`));
+    });
+    stream.on('error', (e) => finish(e));
+    stream.on('end', () => finish(new Error('Subscribe ended before its first event')));
+  });
+}
+
+const summaryText = (s: LatencySummary): string =>
+  `p50 ${s.p50Ms.toFixed(2)} ms p99 ${s.p99Ms.toFixed(2)} ms`;
+
+/**
+ * What a `Status` and opening a `Subscribe` stream cost with a long history. ZeoRaft: a store of
+ * `historyTransactions` one-object transactions made with the production apply (history-fill.ts),
+ * in a child process, served by a standalone node started on it; calls from a gRPC client in this
+ * process. etcd: the
+ * same calls on the bench's etcd cluster as the earlier workloads left it (its revision is
+ * recorded): etcd's Status and watch creation read no history.
+ */
+export async function historyWorkload(t: Target, sizes: Sizes): Promise<HistoryResult> {
+  if (t instanceof EtcdTarget) return etcdHistory(t);
+  if (!(t instanceof ZeoRaftTarget)) throw new Error(`no history workload for ${t.name}`);
+  const dir = makeTempDir('history');
+  try {
+    const n = sizes.historyTransactions;
+    log(`${t.name} history: filling a store with ${n} transactions`);
+    const filled = await fillHistoryInChild(path.join(dir, 'state'), n, VALUE_BYTES, (line) =>
+      log(`${t.name} history: ${line}`),
+    );
+    log(`${t.name} history: filled in ${filled.seconds.toFixed(1)} s; starting a standalone node`);
+    const node = await t.startStandalone('h1', dir);
+    log(
+      `${t.name} history: node ready in ${node.startSeconds.toFixed(1)} s, idle ` +
+        `${node.settleSeconds.toFixed(1)} s later`,
+    );
+    const rpc = new StorageRpc(node.address, { timeoutMs: 30_000 });
+    try {
+      const st = await rpc.call('Status', {});
+      const info = st.storages.find((x) => x.name === '1');
+      if (!info || u64(info.lastTid) !== u64(filled.lastTid))
+        throw new Error('the standalone node does not serve the filled store');
+      // A resume point outside the retained window (the node's default: the newest 100,000
+      // transactions) gets a Reset; with fewer transactions every point is inside it.
+      const resets = u64(info.oldestResumableTid) > u64(filled.firstTid);
+      const timed = await timeInTurns({
+        status: async () => void (await rpc.call('Status', {})),
+        openNow: () => firstEvent(rpc, undefined, 'progress'),
+        openRecent: () => firstEvent(rpc, filled.previousTid, 'commit'),
+        ...(resets ? { openReset: () => firstEvent(rpc, filled.firstTid, 'reset') } : {}),
+      });
+      const res: HistoryResult = {
+        where: 'standalone ZeoRaft node on a filled store',
+        transactions: n,
+        fillSeconds: filled.seconds,
+        startSeconds: node.startSeconds,
+        settleSeconds: node.settleSeconds,
+        status: timed.status,
+        openNow: timed.openNow,
+        openRecent: timed.openRecent,
+        openReset: timed.openReset,
+      };
+      log(
+        `${t.name} history ${n}: Status ${summaryText(res.status)}; Subscribe from now ` +
+          `${summaryText(res.openNow)}, one back ${summaryText(res.openRecent)}` +
+          (res.openReset ? `, to a Reset ${summaryText(res.openReset)}` : ''),
+      );
+      return res;
+    } finally {
+      rpc.close();
+      await node.stop();
+    }
+  } finally {
+    removeDir(dir);
+  }
+}
+
+async function etcdHistory(t: EtcdTarget): Promise<HistoryResult> {
+  const node = await t.leader();
+  // Two writes on the watched prefix, so "one back" has an event to deliver.
+  const conn = t.conn(node, 0);
+  await conn.put(HISTORY_KEY, value(1));
+  const last = await conn.put(HISTORY_KEY, value(2));
+  const { revision } = await t.status(node);
+  const timed = await timeInTurns({
+    status: async () => void (await t.status(node)),
+    openNow: () => t.openWatch(node, 0, 'created'),
+    openRecent: () => t.openWatch(node, 0, 'event', last),
+  });
+  const res: HistoryResult = {
+    where: 'the bench etcd cluster (leader) after the other workloads',
+    transactions: Number(revision),
+    status: timed.status,
+    openNow: timed.openNow,
+    openRecent: timed.openRecent,
+  };
+  log(
+    `${t.name} history (revision ${revision}): Status ${summaryText(res.status)}; watch created ` +
+      `${summaryText(res.openNow)}, one back ${summaryText(res.openRecent)}`,
+  );
+  return res;
 }

@@ -199,6 +199,47 @@ export class EtcdTarget implements Target {
   conn(node: number, channel = 0): Conn {
     return new EtcdConn(this, node, channel);
   }
+
+  /** Maintenance.Status on `node`: its revision (the count of write transactions so far). */
+  async status(node: number, channel = 0): Promise<{ revision: bigint }> {
+    const r = await unary(this.clientsFor(node, channel).maintenance, 'Status', {});
+    return { revision: BigInt(r.header.revision) };
+  }
+
+  /**
+   * Open a Watch stream on the bench's key prefix (from `startRevision`, else from now) and wait
+   * for `until`: its `created` response, or the first response carrying events. Then cancel it.
+   */
+  openWatch(
+    node: number,
+    channel: number,
+    until: 'created' | 'event',
+    startRevision?: bigint,
+  ): Promise<void> {
+    const stream = this.clientsFor(node, channel).watch.Watch();
+    return new Promise<void>((resolve, reject) => {
+      let done = false;
+      const finish = (e?: unknown): void => {
+        if (done) return;
+        done = true;
+        stream.cancel();
+        if (e) reject(e);
+        else resolve();
+      };
+      stream.on('data', (res: any) => {
+        if (res.canceled) finish(new Error(`watch canceled: ${res.cancelReason}`));
+        else if (until === 'created' ? res.created : res.events.length > 0) finish();
+      });
+      stream.on('error', (e) => finish(e));
+      stream.write({
+        createRequest: {
+          key: Buffer.from(KEY_PREFIX),
+          rangeEnd: Buffer.from(KEY_PREFIX_END),
+          startRevision: startRevision?.toString() ?? '0',
+        },
+      });
+    });
+  }
 }
 
 class EtcdConn implements Conn {

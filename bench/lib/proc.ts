@@ -158,6 +158,27 @@ export class Child {
     }
   }
 
+  /**
+   * Wait until the process is idle: under `busyFraction` of one CPU over each of two successive
+   * `windowMs` windows (e.g. a node's start-up work is done). Resolves with the seconds waited.
+   */
+  async waitIdle(busyFraction: number, windowMs: number, timeoutMs: number): Promise<number> {
+    const t0 = Date.now();
+    let quiet = 0;
+    let last = this.cpuSeconds();
+    while (quiet < 2) {
+      if (Date.now() - t0 > timeoutMs)
+        throw new Error(`${this.label} still busy after ${timeoutMs} ms`);
+      await sleep(windowMs);
+      const now = this.cpuSeconds();
+      if (now === undefined || last === undefined)
+        throw new Error(`${this.label} has no /proc stat`);
+      quiet = now - last < (busyFraction * windowMs) / 1000 ? quiet + 1 : 0;
+      last = now;
+    }
+    return (Date.now() - t0) / 1000;
+  }
+
   /** Resident set size in bytes, from /proc/<pid>/status (VmRSS, reported in kB). */
   rssBytes(): number | undefined {
     try {

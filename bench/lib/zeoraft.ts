@@ -13,6 +13,11 @@ import type { AckId, Conn, Target } from './target';
 
 const CLI = path.resolve(__dirname, '../../src/cli/main.js');
 const NODE_READY_TIMEOUT_MS = 30_000;
+/** A standalone node opening a store with a long history (loading its state) may take longer. */
+const STANDALONE_READY_TIMEOUT_MS = 300_000;
+/** A standalone node counts as settled below this share of one CPU over two such windows. */
+const STANDALONE_IDLE_CPU_FRACTION = 0.2;
+const STANDALONE_IDLE_WINDOW_MS = 500;
 const LEADER_TIMEOUT_MS = 20_000;
 const RPC_TIMEOUT_MS = 5000;
 /** Attempts of a put whose tracked serial turned out stale (e.g. after an unknown outcome). */
@@ -88,22 +93,76 @@ export class ZeoRaftTarget implements Target {
     };
   }
 
-  async restart(node: number): Promise<void> {
-    const m = this.members[node];
-    const nodeArgs = this.options.cpuProfileDir
+  /** `node` arguments for a server process (the CPU profiler with --profile). */
+  private nodeArgs(id: string): string[] {
+    return this.options.cpuProfileDir
       ? [
           '--cpu-prof',
           `--cpu-prof-dir=${this.options.cpuProfileDir}`,
-          `--cpu-prof-name=${m.id}-${Date.now()}.cpuprofile`,
+          `--cpu-prof-name=${id}-${Date.now()}.cpuprofile`,
         ]
       : [];
+  }
+
+  async restart(node: number): Promise<void> {
+    const m = this.members[node];
     m.child = Child.spawn(
       `zeoraft ${m.id}`,
       process.execPath,
-      [...nodeArgs, CLI, 'server'],
+      [...this.nodeArgs(m.id), CLI, 'server'],
       this.env(m),
     );
     await m.child.waitForOutput('zeoraft node ready', NODE_READY_TIMEOUT_MS);
+  }
+
+  /**
+   * A standalone node (no peers, default settings, fsync on) on `dataDir`, which may already hold
+   * a store (its `state` directory). Resolves once it is ready and then idle (see settleSeconds),
+   * with its client address and a stop function (SIGKILL by PID; SIGTERM with --profile so the
+   * profile gets written). Not part of the cluster.
+   */
+  async startStandalone(
+    id: string,
+    dataDir: string,
+  ): Promise<{
+    address: string;
+    startSeconds: number;
+    settleSeconds: number;
+    stop: () => Promise<void>;
+  }> {
+    const clientPort = await pickFreePort();
+    const t0 = performance.now();
+    const child = Child.spawn(
+      `zeoraft ${id}`,
+      process.execPath,
+      [...this.nodeArgs(id), CLI, 'server'],
+      {
+        ZEORAFT_NODE_ID: id,
+        ZEORAFT_DATA_DIR: dataDir,
+        ZEORAFT_LISTEN: `127.0.0.1:${clientPort}`,
+        ZEORAFT_HTTP_LISTEN: `127.0.0.1:${await pickFreePort()}`,
+        ZEORAFT_LOG_LEVEL: process.env.ZEORAFT_LOG_LEVEL ?? 'warn',
+      },
+    );
+    try {
+      await child.waitForOutput('zeoraft node ready', STANDALONE_READY_TIMEOUT_MS);
+    } catch (e) {
+      await child.kill();
+      throw e;
+    }
+    const startSeconds = (performance.now() - t0) / 1000;
+    // Its start-up work after "ready" (the presence filter's scan of every object) is done.
+    const settleSeconds = await child.waitIdle(
+      STANDALONE_IDLE_CPU_FRACTION,
+      STANDALONE_IDLE_WINDOW_MS,
+      STANDALONE_READY_TIMEOUT_MS,
+    );
+    return {
+      address: `127.0.0.1:${clientPort}`,
+      startSeconds,
+      settleSeconds,
+      stop: () => (this.options.cpuProfileDir ? child.terminate() : child.kill()),
+    };
   }
 
   async stop(): Promise<void> {
