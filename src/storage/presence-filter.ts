@@ -20,6 +20,8 @@ import * as K from './keys';
 const BITS_LOG2 = 24;
 const MASK = (1 << BITS_LOG2) - 1;
 const HASHES = 4;
+/** Keys the start-up scan takes per LevelDB read. */
+const SCAN_BATCH_KEYS = 1000;
 
 export class PresenceFilter {
   private readonly bits = new Uint8Array(1 << (BITS_LOG2 - 3));
@@ -71,17 +73,25 @@ export class PresenceFilter {
   private async scan(db: Db): Promise<void> {
     // Wait one turn: the constructor's caller hooks the landed batches first.
     await Promise.resolve();
+    const it = db.keys({
+      gte: Buffer.from([K.TAG.current]),
+      lt: Buffer.from([K.TAG.current + 1]),
+    });
     try {
-      for await (const key of db.keys({
-        gte: Buffer.from([K.TAG.current]),
-        lt: Buffer.from([K.TAG.current + 1]),
-      })) {
+      // A batch of keys per read: one promise per batch, not per key (at a million objects the
+      // per-key iteration kept the main thread busy for seconds, and every request waited on
+      // it); each read is a trip through LevelDB's thread pool, so requests get in between.
+      for (;;) {
+        const keys = await it.nextv(SCAN_BATCH_KEYS);
         if (this.dropped) return;
-        this.add(key);
+        if (keys.length === 0) break;
+        for (const key of keys) this.add(key);
       }
     } catch {
       // The database closed under the scan: the filter never becomes ready (reads go to LevelDB).
       return;
+    } finally {
+      await it.close().catch(() => undefined);
     }
     this.isReady = true;
   }
