@@ -646,7 +646,7 @@ describe('security: bad input on every Storage and Admin RPC', function () {
         encode('Storage', 'Finish', { transactionId: 'vanish' }),
       );
       assert.equal(fin.code, S.FAILED_PRECONDITION, 'finish after the timeout abort fails');
-      assert.match(node.output, /aborting voted transaction past its timeout/);
+      assert.match(node.output, /"why":"past its deadline","msg":"aborting voted transaction"/);
     } finally {
       rpc.close();
       if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, 'SIGKILL');
